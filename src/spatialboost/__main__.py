@@ -1,0 +1,5 @@
+import sys
+
+from spatialboost.cli import main
+
+sys.exit(main())

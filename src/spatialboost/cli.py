@@ -1,0 +1,71 @@
+"""The ``spatialboost`` command line. Thin: parse, load config, call exactly one library function.
+
+Each subcommand lives in the package that owns its work and exposes two functions:
+``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``.
+Modules are imported lazily, so ``spatialboost --help`` stays fast. Usage errors exit with code 2
+(argparse's convention); a ``UserError`` raised by a command prints one line and exits 2 too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from spatialboost.errors import UserError
+
+# name -> (module implementing add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("spatialboost.datagen.commands_generate", "generate a spatial CoT dataset (synthetic or images)"),
+    "validate": ("spatialboost.datagen.commands_validate", "check a dataset's schema, files and answers"),
+    "view": ("spatialboost.datagen.commands_view", "write a static HTML viewer of a dataset"),
+    "train": ("spatialboost.train.commands", "run SpatialBoost training stages"),
+    "export": ("spatialboost.models.commands_export", "export the boosted encoder of a run"),
+    "probe": ("spatialboost.eval.commands", "frozen-feature probes, base vs boosted"),
+    "demo": ("spatialboost.demo", "the whole pipeline on the embedded synthetic default"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that prints a one-line error (plus usage hint) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = _Parser(prog="spatialboost", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (mod_name, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if name == chosen:
+            module = importlib.import_module(mod_name)
+            module.add_arguments(p)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, module = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if module is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"spatialboost {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

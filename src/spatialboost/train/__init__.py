@@ -1,0 +1,1 @@
+"""spatialboost.train"""
