@@ -1,0 +1,283 @@
+"""Wrappers that put HF transformers vision models behind the ``VisionEncoder`` contract.
+
+One class per family: DINOv2, DINOv2 with registers, DINOv3 ViT (RoPE), SigLIP2 vision (NaFlex), CLIP
+vision (also OpenCLIP checkpoints in HF format). Each wrapper holds the HF model as ``self.model`` and
+runs its blocks itself, so ``forward_intermediates`` can stop early and the dual-channel adapter can
+replace each block's attention module (``attention_slots``) without the family noticing.
+
+Shapes: B batch, T tokens (prefix + patches), D embed dim, (h, w) patch grid, N = h * w.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    Siglip2VisionConfig,
+    Siglip2VisionModel,
+)
+from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
+
+from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+
+class HFEncoder(VisionEncoder):
+    """Common loop: embed -> blocks -> final norm -> (cls, patch). Subclasses fill the family details."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type[PretrainedConfig]]
+    model_class: ClassVar[type[PreTrainedModel]]
+    model_types: ClassVar[tuple[str, ...]]
+    attn_attr: ClassVar[str] = "attention"  # the attention module's attribute name inside a block
+    proj_names: ClassVar[tuple[str, str, str, str]] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    default_mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
+    default_std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
+
+    def __init__(self, model: PreTrainedModel, name: str, image_size: int | None = None, mean=None, std=None):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.spec = EncoderSpec(
+            name=name,
+            family=self.family,
+            embed_dim=cfg.hidden_size,
+            patch_size=_int(cfg.patch_size),
+            image_size=image_size or self.default_image_size(cfg),
+            num_layers=cfg.num_hidden_layers,
+            num_heads=cfg.num_attention_heads,
+            num_prefix_tokens=self.prefix_tokens(cfg),
+            mean=tuple(mean or self.default_mean),
+            std=tuple(std or self.default_std),
+        )
+
+    # -- family hooks -------------------------------------------------------------------------
+    @staticmethod
+    def default_image_size(cfg: PretrainedConfig) -> int:
+        return _int(cfg.image_size)
+
+    @staticmethod
+    def prefix_tokens(cfg: PretrainedConfig) -> int:
+        return 1
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(B, 3, H, W) -> tokens (B, T, D) and the keyword arguments every block needs."""
+        raise NotImplementedError
+
+    def pool(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normed tokens (B, T, D) -> cls (B, D), patch (B, N, D)."""
+        return normed[:, 0], normed[:, self.spec.num_prefix_tokens :]
+
+    # -- contract -----------------------------------------------------------------------------
+    def attention_slots(self) -> list[tuple[nn.Module, str]]:
+        """(block, attribute) of every block's attention module, in depth order."""
+        return [(block, self.attn_attr) for block in self.blocks]
+
+    def forward_intermediates(
+        self, pixels: torch.Tensor, layers: list[int] | None = None
+    ) -> list[EncoderOutput]:
+        n = len(self.blocks)
+        wanted = [n - 1] if layers is None else [self._index(i, n) for i in layers]
+        grid = self._grid(pixels)
+        x, block_kwargs = self.embed(pixels)  # (B, T, D)
+        states: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks[: max(wanted) + 1]):
+            x = block(x, **block_kwargs)
+            if i in wanted:
+                states[i] = x
+        outputs = []
+        for i in wanted:
+            cls, patch = self.pool(self.final_norm(states[i]))
+            outputs.append(EncoderOutput(cls=cls, patch=patch, grid=grid))
+        return outputs
+
+    def _grid(self, pixels: torch.Tensor) -> tuple[int, int]:
+        p = self.spec.patch_size
+        h, w = pixels.shape[-2:]
+        if h % p or w % p:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {p} (see models.preprocess)")
+        return h // p, w // p
+
+    @staticmethod
+    def _index(i: int, n: int) -> int:
+        if not -n <= i < n:
+            raise IndexError(f"layer {i} out of range for an encoder with {n} blocks")
+        return i % n
+
+
+def _int(v: Any) -> int:
+    return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+
+class Dinov2Encoder(HFEncoder):
+    family = "dinov2"
+    config_class = Dinov2Config
+    model_class = Dinov2Model
+    model_types = ("dinov2",)
+
+    @staticmethod
+    def default_image_size(cfg: PretrainedConfig) -> int:
+        return 224 if cfg.image_size == 518 else _int(cfg.image_size)  # hub DINOv2 crops 224
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.layernorm
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.model.embeddings(pixels), {"attention_mask": None}
+
+
+class Dinov2RegistersEncoder(Dinov2Encoder):
+    family = "dinov2-registers"
+    config_class = Dinov2WithRegistersConfig
+    model_class = Dinov2WithRegistersModel
+    model_types = ("dinov2_with_registers",)
+
+    @staticmethod
+    def prefix_tokens(cfg: PretrainedConfig) -> int:
+        return 1 + cfg.num_register_tokens
+
+
+class Dinov3Encoder(HFEncoder):
+    """DINOv3 ViT: CLS + registers, RoPE on the patch tokens' queries and keys (``rope`` below)."""
+
+    family = "dinov3"
+    config_class = DINOv3ViTConfig
+    model_class = DINOv3ViTModel
+    model_types = ("dinov3_vit",)
+
+    @staticmethod
+    def prefix_tokens(cfg: PretrainedConfig) -> int:
+        return 1 + cfg.num_register_tokens
+
+    @staticmethod
+    def rope(q: torch.Tensor, k: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]):
+        """The family's own rotary embedding, applied to (B, heads, T, hd) queries and keys."""
+        cos, sin = position_embeddings
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.model.layer
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.norm
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        x = self.model.embeddings(pixels)
+        return x, {"position_embeddings": self.model.rope_embeddings(pixels)}
+
+
+class ClipEncoder(HFEncoder):
+    """CLIP / OpenCLIP (HF format). Tokens after ``post_layernorm`` (applied to every token, not only CLS)."""
+
+    family = "clip"
+    config_class = CLIPVisionConfig
+    model_class = CLIPVisionModel
+    model_types = ("clip_vision_model", "clip")
+    attn_attr = "self_attn"
+    proj_names = ("q_proj", "k_proj", "v_proj", "out_proj")
+    default_mean = CLIP_MEAN
+    default_std = CLIP_STD
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.post_layernorm
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        other_size = tuple(pixels.shape[-2:]) != (self.model.config.image_size,) * 2
+        x = self.model.embeddings(pixels, interpolate_pos_encoding=other_size)
+        return self.model.pre_layrnorm(x), {"attention_mask": None}
+
+
+class Siglip2Encoder(HFEncoder):
+    """SigLIP2 vision (NaFlex): this wrapper patchifies (B, 3, H, W) itself; no CLS token.
+
+    ``cls`` is the attention-pooling head's output when the model has one, else the mean patch token.
+    """
+
+    family = "siglip2"
+    config_class = Siglip2VisionConfig
+    model_class = Siglip2VisionModel
+    model_types = ("siglip2_vision_model", "siglip2")
+    attn_attr = "self_attn"
+    proj_names = ("q_proj", "k_proj", "v_proj", "out_proj")
+    default_mean = HALF
+    default_std = HALF
+
+    @staticmethod
+    def default_image_size(cfg: PretrainedConfig) -> int:
+        return int(round(cfg.num_patches**0.5)) * cfg.patch_size
+
+    @staticmethod
+    def prefix_tokens(cfg: PretrainedConfig) -> int:
+        return 0
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.post_layernorm
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        b, c, height, width = pixels.shape
+        p = self.spec.patch_size
+        h, w = height // p, width // p
+        # (B, C, h, p, w, p) -> (B, h, w, p, p, C) -> (B, N, p*p*C), the processor's patch layout
+        patches = pixels.reshape(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
+        shapes = torch.tensor([[h, w]], device=pixels.device).expand(b, 2)
+        return self.model.embeddings(patches, shapes), {"attention_mask": None}
+
+    def pool(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls = self.model.head(normed) if self.model.use_head else normed.mean(dim=1)
+        return cls, normed
+
+
+FAMILIES: dict[str, type[HFEncoder]] = {
+    cls.family: cls
+    for cls in (Dinov2Encoder, Dinov2RegistersEncoder, Dinov3Encoder, ClipEncoder, Siglip2Encoder)
+}
+
+
+def family_for_model_type(model_type: str) -> type[HFEncoder] | None:
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
+def family_for_model(model: nn.Module) -> type[HFEncoder] | None:
+    return next((f for f in FAMILIES.values() if isinstance(model, f.model_class)), None)
