@@ -1,0 +1,104 @@
+"""The probe-dataset interface and the helpers every reader shares.
+
+A probe dataset is a sized, indexable collection for one split. ``dataset[i]`` is a ``ProbeSample``: an
+RGB image (H, W, 3) uint8 and the targets the source has -- ``depth`` (H, W) float32 metres (0 = invalid),
+``seg`` (H, W) uint8/int class ids (``IGNORE_INDEX`` = not scored) and ``label`` (int class id).
+``dataset.item(i, task)`` gives the ``(image, target)`` pair of one task. ``identity`` is a string that
+changes whenever the samples would (it keys the feature cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spatialboost.errors import UserError
+from spatialboost.io import resolve_inside
+
+IGNORE_INDEX = 255
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ProbeSample:
+    image: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray | None = None  # (H, W) float32, metres, 0 = invalid
+    seg: np.ndarray | None = None  # (H, W) class ids, IGNORE_INDEX = not scored
+    label: int | None = None  # image-level class id
+
+
+class ProbeDataset:
+    """Base class: subclasses fill ``name``, ``split``, ``tasks``, class lists and ``_load``."""
+
+    name: str = "?"
+    split: str = "train"
+    tasks: tuple[str, ...] = ()  # subset of ("depth", "seg", "cls")
+    seg_classes: list[str] = []
+    cls_classes: list[str] = []
+    ignore_index: int = IGNORE_INDEX
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> ProbeSample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> ProbeSample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}/{self.split}: index {index} out of range ({len(self)} samples)")
+        return self._load(index)
+
+    def item(self, index: int, task: str) -> tuple[np.ndarray, np.ndarray | int]:
+        """The ``(image, target)`` pair of one task."""
+        if task not in self.tasks:
+            raise UserError(f"dataset {self.name} has no {task!r} targets (it has {list(self.tasks)})")
+        s = self[index]
+        target = {"depth": s.depth, "seg": s.seg, "cls": s.label}[task]
+        return s.image, target
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}/{self.split}/{len(self)}"
+
+
+def check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
+    if split not in allowed:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(allowed)}")
+    return split
+
+
+def inside(root: Path, rel: str | Path) -> Path:
+    """``root / rel`` resolved, refusing anything that escapes ``root``."""
+    try:
+        return resolve_inside(root, rel)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 from any image file PIL reads; a bad file raises a UserError naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{path}: cannot read image ({e})") from None
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) raw indices of a label PNG (palette 'P' or greyscale 'L'/'I'), no colour conversion."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(f"label PNG must be palette or greyscale, got mode {im.mode}")
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{path}: cannot read label map ({e})") from None
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{path}: {what} not found")
+    return path

@@ -1,0 +1,324 @@
+"""Probes: light heads trained on cached frozen features, chosen by name from ``PROBES``.
+
+Each probe is ``(train: FeatureSet, test: FeatureSet, cfg, seed) -> ProbeResult``: it fits a head on the
+train split and scores the test split. Deterministic given ``seed`` (zero-initialised heads, batch order
+from a seeded ``torch.Generator``; no global RNG).
+
+- ``depth``: per-patch linear head on patch tokens (+ CLS), ``bins`` (softmax over K depth-bin centres,
+  linear in [0, max_depth], SILog loss) or ``log-regression`` (log-depth, MSE on valid pixels); the per-patch
+  outputs are upsampled bilinearly to pixels before the softmax/loss. Metrics are per-image and averaged.
+- ``seg``: per-patch linear classifier on patch tokens, logits upsampled bilinearly, cross-entropy with the
+  ignore index; mIoU/pixel accuracy from the test-set confusion matrix.
+- ``cls-linear``: linear classifier on CLS (optionally + mean patch token), cross-entropy.
+- ``cls-knn``: DINO's weighted kNN: cosine similarity, k nearest, votes weighted by exp(sim / T).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spatialboost.config import ConfigError
+from spatialboost.eval.features import FeatureSet
+from spatialboost.eval.heads import DenseLinearHead, LinearHead, feature_stats, silog_loss
+from spatialboost.eval.metrics import (
+    confusion_matrix,
+    depth_metrics,
+    segmentation_metrics_from_confusion,
+    top1_accuracy,
+)
+from spatialboost.registry import Registry
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = 255
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 8
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise ConfigError("probe epochs, batch_size and lr must be > 0")
+
+
+@dataclass
+class DepthProbeConfig(TrainConfig):
+    mode: Literal["bins", "log-regression"] = "bins"
+    bins: int = 128
+    use_cls: bool = True
+    max_depth: float = 0.0  # metres; 0 = 1.05 x the 99.9th percentile of the train depths
+    preview: int = 4  # test predictions kept for the depth grid plot
+
+
+@dataclass
+class SegProbeConfig(TrainConfig):
+    use_cls: bool = False
+
+
+@dataclass
+class ClsLinearConfig(TrainConfig):
+    epochs: int = 100
+    lr: float = 1e-2
+    batch_size: int = 256
+    use_avgpool: bool = True  # CLS + mean patch token (DINOv2 linear protocol)
+
+
+@dataclass
+class KnnConfig:
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
+class ProbeConfigs:
+    depth: DepthProbeConfig = field(default_factory=DepthProbeConfig)
+    seg: SegProbeConfig = field(default_factory=SegProbeConfig)
+    cls_linear: ClsLinearConfig = field(default_factory=ClsLinearConfig)
+    cls_knn: KnnConfig = field(default_factory=KnnConfig)
+
+
+@dataclass
+class ProbeResult:
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+    preview: np.ndarray | None = None  # (k, S, S) depth predictions of the first test images
+    head: nn.Module | None = None  # the trained head (not serialised)
+
+
+Probe = Callable[[FeatureSet, FeatureSet, Any, int], ProbeResult]
+PROBES: Registry[Probe] = Registry("probe")
+CONFIG_FIELD = {"depth": "depth", "seg": "seg", "cls-linear": "cls_linear", "cls-knn": "cls_knn"}
+
+
+def run_probe(name: str, train: FeatureSet, test: FeatureSet, cfgs: ProbeConfigs, seed: int) -> ProbeResult:
+    return PROBES.get(name)(train, test, getattr(cfgs, CONFIG_FIELD[name]), seed)
+
+
+# --- shared training loop -------------------------------------------------------------------------------
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[np.ndarray]:
+    order = torch.randperm(n, generator=gen).numpy()
+    for start in range(0, n, batch_size):
+        yield np.sort(order[start : start + batch_size])  # sorted reads are kinder to memmaps
+
+
+def fit(
+    head: nn.Module, n: int, step_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig, seed: int
+) -> list[float]:
+    """AdamW with cosine decay over ``cfg.epochs`` passes; returns the mean loss of each epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    history = []
+    head.train()
+    for _ in range(cfg.epochs):
+        losses = []
+        for idx in _batches(n, cfg.batch_size, gen):
+            loss = step_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    head.eval()
+    return history
+
+
+def _t(a: np.ndarray, idx: np.ndarray | slice) -> torch.Tensor:
+    return torch.from_numpy(np.array(a[idx], dtype=np.float32))
+
+
+def _protocol(
+    name: str, cfg: Any, train: FeatureSet, seed: int, history: list[float] | None
+) -> dict[str, Any]:
+    proto = {"head": name, "seed": seed, "image_size": train.image_size, "grid": list(train.grid)}
+    proto.update({k: v for k, v in vars(cfg).items()})
+    if history:
+        proto["final_train_loss"] = history[-1]
+    return proto
+
+
+# --- depth -----------------------------------------------------------------------------------------------
+
+
+def _depth_bins(train: FeatureSet, cfg: DepthProbeConfig) -> torch.Tensor:
+    max_depth = cfg.max_depth
+    if max_depth <= 0:
+        valid = np.asarray(train.depth)[np.asarray(train.depth) > 0]
+        max_depth = 1.05 * float(np.percentile(valid, 99.9)) if valid.size else 10.0
+    edges = torch.linspace(0.0, max_depth, cfg.bins + 1)
+    return 0.5 * (edges[1:] + edges[:-1])  # (K,) metres
+
+
+def _depth_from_out(out: torch.Tensor, mode: str, centers: torch.Tensor) -> torch.Tensor:
+    """(B, K, S, S) head output -> (B, S, S) depth in metres."""
+    if mode == "bins":
+        return torch.einsum("bkhw,k->bhw", out.softmax(dim=1), centers)
+    return out[:, 0].exp()
+
+
+@PROBES.register("depth")
+def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed: int) -> ProbeResult:
+    if train.depth is None or test.depth is None:
+        raise ValueError("depth probe needs depth targets in both splits")
+    size, grid = train.image_size, train.grid
+    centers = _depth_bins(train, cfg)
+    stats = feature_stats(train.patch)
+    if cfg.use_cls:
+        cls_stats = feature_stats(train.cls)
+        stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
+    head = DenseLinearHead(*stats, out_dim=cfg.bins if cfg.mode == "bins" else 1, use_cls=cfg.use_cls)
+
+    def step_loss(idx: np.ndarray) -> torch.Tensor:
+        out = head(_t(train.patch, idx), _t(train.cls, idx), grid, size)
+        target = _t(train.depth, idx)
+        valid = target > 0
+        if cfg.mode == "bins":
+            return silog_loss(_depth_from_out(out, "bins", centers), target, valid)
+        return F.mse_loss(out[:, 0][valid], target[valid].log()) if valid.any() else out.sum() * 0.0
+
+    history = fit(head, len(train), step_loss, cfg, seed)
+    per_image: list[dict[str, float]] = []
+    previews = []
+    with torch.inference_mode():
+        for start in range(0, len(test), cfg.batch_size):
+            sl = slice(start, start + cfg.batch_size)
+            pred = _depth_from_out(head(_t(test.patch, sl), _t(test.cls, sl), grid, size), cfg.mode, centers)
+            target = np.asarray(test.depth[sl])
+            per_image += [depth_metrics(p, t) for p, t in zip(pred.numpy(), target, strict=True)]
+            if sum(len(p) for p in previews) < cfg.preview:
+                previews.append(pred.numpy()[: cfg.preview])
+    metrics = {k: float(np.nanmean([m[k] for m in per_image])) for k in per_image[0]}
+    preview = np.concatenate(previews)[: cfg.preview] if previews else None
+    proto = _protocol("depth-linear", cfg, train, seed, history)
+    proto["max_depth"] = float(centers[-1] + (centers[1] - centers[0]) / 2) if len(centers) > 1 else None
+    return ProbeResult(metrics=metrics, protocol=proto, preview=preview, head=head)
+
+
+# --- segmentation ----------------------------------------------------------------------------------------
+
+
+def _num_seg_classes(*sets: FeatureSet) -> int:
+    top = 0
+    for fs in sets:
+        seg = np.asarray(fs.seg)
+        valid = seg[seg != IGNORE_INDEX]
+        top = max(top, int(valid.max()) + 1 if valid.size else 1)
+    return top
+
+
+@PROBES.register("seg")
+def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: int) -> ProbeResult:
+    if train.seg is None or test.seg is None:
+        raise ValueError("seg probe needs segmentation targets in both splits")
+    size, grid = train.image_size, train.grid
+    num_classes = _num_seg_classes(train, test)
+    stats = feature_stats(train.patch)
+    if cfg.use_cls:
+        cls_stats = feature_stats(train.cls)
+        stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
+    head = DenseLinearHead(*stats, out_dim=num_classes, use_cls=cfg.use_cls)
+
+    def step_loss(idx: np.ndarray) -> torch.Tensor:
+        logits = head(_t(train.patch, idx), _t(train.cls, idx), grid, size)
+        target = torch.from_numpy(np.array(train.seg[idx], dtype=np.int64))
+        if not (target != IGNORE_INDEX).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+    history = fit(head, len(train), step_loss, cfg, seed)
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(test), cfg.batch_size):
+            sl = slice(start, start + cfg.batch_size)
+            pred = head(_t(test.patch, sl), _t(test.cls, sl), grid, size).argmax(1).numpy()
+            conf += confusion_matrix(pred, np.asarray(test.seg[sl]), num_classes, IGNORE_INDEX)
+    proto = _protocol("seg-linear", cfg, train, seed, history)
+    proto["num_classes"] = num_classes
+    return ProbeResult(metrics=segmentation_metrics_from_confusion(conf), protocol=proto, head=head)
+
+
+# --- classification --------------------------------------------------------------------------------------
+
+
+def _cls_features(fs: FeatureSet, use_avgpool: bool) -> np.ndarray:
+    """(n, C) CLS, or (n, 2C) CLS + mean patch token; rows with a missing label are kept (masked later)."""
+    cls = np.asarray(fs.cls, dtype=np.float32)
+    if not use_avgpool:
+        return cls
+    means = np.stack([np.asarray(fs.patch[i], dtype=np.float32).mean(0) for i in range(len(fs))])
+    return np.concatenate([cls, means], axis=1)
+
+
+def _labelled(fs: FeatureSet, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if fs.label is None:
+        raise ValueError("classification probes need image labels")
+    labels = np.asarray(fs.label, dtype=np.int64)
+    keep = labels >= 0
+    return feats[keep], labels[keep]
+
+
+@PROBES.register("cls-linear")
+def cls_linear_probe(train: FeatureSet, test: FeatureSet, cfg: ClsLinearConfig, seed: int) -> ProbeResult:
+    x_tr, y_tr = _labelled(train, _cls_features(train, cfg.use_avgpool))
+    x_te, y_te = _labelled(test, _cls_features(test, cfg.use_avgpool))
+    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    head = LinearHead(*feature_stats(x_tr), out_dim=num_classes)
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), cfg, seed)
+    with torch.inference_mode():
+        scores = head(torch.from_numpy(x_te)).numpy()
+    proto = _protocol("cls-linear", cfg, train, seed, history)
+    proto["num_classes"] = num_classes
+    return ProbeResult(metrics=top1_accuracy(scores, y_te), protocol=proto, head=head)
+
+
+def knn_predict(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> torch.Tensor:
+    """DINO's weighted kNN: (M, C) scores for test rows from cosine similarity to the train rows."""
+    train_x = F.normalize(train_x, dim=1)
+    test_x = F.normalize(test_x, dim=1)
+    k = min(k, train_x.shape[0])
+    scores = []
+    for chunk in test_x.split(1024):
+        sim, idx = (chunk @ train_x.T).topk(k, dim=1)  # (m, k)
+        votes = torch.zeros(chunk.shape[0], num_classes)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+@PROBES.register("cls-knn")
+def cls_knn_probe(train: FeatureSet, test: FeatureSet, cfg: KnnConfig, seed: int) -> ProbeResult:
+    x_tr, y_tr = _labelled(train, np.asarray(train.cls, dtype=np.float32))
+    x_te, y_te = _labelled(test, np.asarray(test.cls, dtype=np.float32))
+    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    scores = knn_predict(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), num_classes, cfg.k,
+                         cfg.temperature)  # fmt: skip
+    proto = {"head": "cls-knn", "seed": seed, "image_size": train.image_size, "k": cfg.k,
+             "temperature": cfg.temperature, "features": "cls"}  # fmt: skip
+    return ProbeResult(metrics=top1_accuracy(scores.numpy(), y_te), protocol=proto)
