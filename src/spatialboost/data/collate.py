@@ -1,0 +1,104 @@
+"""Batches for the VLM: padded rows, or packed rows holding several conversations each.
+
+Both collators take samples ``{"id", "input_ids" (L,), "labels" (L,), "pixel_values" (n, 3, H, W)}``
+and return::
+
+    input_ids     (R, L) long   pad_token_id in the padding
+    labels        (R, L) long   IGNORE_INDEX outside answers
+    position_ids  (R, L) long   restart at 0 for every conversation
+    attention_mask (R, L) bool  True on real tokens
+    seq_ids       (R, L) long   packed only: 1, 2, ... per conversation in a row, 0 on padding
+    pixel_values  (n_total, 3, H, W) or None, in the order the image tokens appear in input_ids (row-major)
+    ids           list[str]     sample ids, for error messages
+
+With ``seq_ids`` the VLM builds a block-diagonal causal mask, so a packed row computes exactly what the
+same conversations compute one per row: same attention, same positions, same label tokens. The first
+token of each conversation is never a target (as in an unpacked row), so no loss crosses a boundary.
+A batch whose label mask is empty raises ``EmptyLabelsError`` naming its samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
+
+
+def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """First-fit decreasing bin packing: sample indices per row, each row at most ``max_length`` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        if lengths[i] > max_length:
+            raise ValueError(
+                f"sample {i} has {lengths[i]} tokens > max_length={max_length}; truncate it first"
+            )
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(max_length)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+class PaddedCollator:
+    """One conversation per row, right-padded to the longest in the batch."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        return _assemble([[s] for s in samples], self.pad_token_id, packed=False)
+
+
+class PackedCollator:
+    """Several conversations per row (first-fit decreasing), rows at most ``max_length`` tokens."""
+
+    def __init__(self, pad_token_id: int, max_length: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+
+    def __call__(self, samples: list[dict]) -> dict:
+        rows = pack_lengths([len(s["input_ids"]) for s in samples], self.max_length)
+        return _assemble([[samples[i] for i in row] for row in rows], self.pad_token_id, packed=True)
+
+
+def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
+    width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    seq_ids = torch.zeros(shape, dtype=torch.long)
+    pixels = []
+    for r, row in enumerate(rows):
+        start = 0
+        for k, sample in enumerate(row, 1):
+            n = len(sample["input_ids"])
+            input_ids[r, start : start + n] = sample["input_ids"]
+            labels[r, start : start + n] = sample["labels"]
+            labels[r, start] = IGNORE_INDEX  # a conversation's first token is never a target
+            position_ids[r, start : start + n] = torch.arange(n)
+            seq_ids[r, start : start + n] = k
+            if sample.get("pixel_values") is not None and len(sample["pixel_values"]):
+                pixels.append(sample["pixel_values"])
+            start += n
+    ids = [s["id"] for row in rows for s in row]
+    if not (labels != IGNORE_INDEX).any():
+        raise EmptyLabelsError(f"batch of samples {ids}: empty label mask, nothing to learn from")
+    batch = {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "attention_mask": seq_ids > 0,
+        "pixel_values": torch.cat(pixels) if pixels else None,
+        "ids": ids,
+    }
+    if packed:
+        batch["seq_ids"] = seq_ids
+    return batch

@@ -1,0 +1,253 @@
+"""SpatialVLM: vision encoder f_V -> projector g_P -> causal LM f_L (LLaVA-1.5 layout, paper section 3).
+
+Image tokens: every ``<image>`` placeholder is expanded to N copies of the image token id up front
+(``data.conversation``; N = patch tokens per image), and ``embed`` overwrites those N embeddings with the
+projected patch tokens of that image. Images are taken in the order their token blocks appear in
+``input_ids`` (row-major), which is how the collators order ``pixel_values``: several images per
+sample (multi-view) just means several blocks.
+
+Loss: next-token cross-entropy, **summed over the answer tokens of the whole batch and divided by their
+number** (a token-level mean over the batch, not a mean of per-sample means). Padded and packed batches
+of the same conversations therefore give the same loss. An empty label mask raises.
+
+Parameter groups for the three training stages: ``vlm.encoder``, ``vlm.projector``, ``vlm.llm``, and
+``set_trainable(vlm, projector=..., llm=..., encoder="frozen"|"adapter"|"full")``.
+``save_vlm_parts`` / ``load_vlm_parts`` store the projector (+ the LLM only when it trains) as
+safetensors; the encoder is saved by ``spatialboost.save_encoder``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
+from spatialboost.data.images import ImageTransform, make_image_transform
+from spatialboost.io import atomic_write_json
+from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.projector import MLPProjector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VLMOutput:
+    loss: torch.Tensor | None  # scalar: mean over the batch's answer tokens
+    logits: torch.Tensor  # (R, L, V)
+    num_label_tokens: int
+
+
+def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, L) conversation ids (0 = padding) -> (R, 1, L, L) additive mask, causal inside each conversation.
+
+    Padding positions see only themselves (a fully masked row would give NaNs); they carry no labels.
+    """
+    L = seq_ids.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seq_ids.device).tril()  # (L, L) key <= query
+    same = seq_ids[:, :, None] == seq_ids[:, None, :]  # (R, L, L)
+    real_key = (seq_ids > 0)[:, None, :]
+    eye = torch.eye(L, dtype=torch.bool, device=seq_ids.device)
+    allowed = (same & causal & real_key) | eye  # (R, L, L)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]  # (R, 1, L, L)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy summed over labelled targets / their count; raises if there are none."""
+    targets = labels[:, 1:]  # (R, L-1): token t+1 is predicted at position t
+    count = int((targets != IGNORE_INDEX).sum())
+    if count == 0:
+        raise EmptyLabelsError(
+            "batch has an empty label mask: nothing to learn from (tokenization mismatch?)"
+        )
+    logits = logits[:, :-1].float()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return total / count, count
+
+
+class SpatialVLM(nn.Module):
+    """``encoder`` (a ``VisionEncoder``) -> ``projector`` -> ``llm`` (an HF causal LM)."""
+
+    def __init__(
+        self, encoder: VisionEncoder, llm: nn.Module, image_token_id: int, projector: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.llm = llm
+        self.projector = projector or MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
+        self.image_token_id = image_token_id
+
+    def num_image_tokens(self, image_size: int | None = None) -> int:
+        """Patch tokens per image at ``image_size`` (default: the encoder's) = ids per ``<image>``."""
+        side = (image_size or self.encoder.spec.image_size) // self.encoder.spec.patch_size
+        return side * side
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, N, D_llm) projected patch tokens."""
+        return self.projector(self.encoder.forward_features(pixel_values).patch)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings (R, L, D_llm) with each image's patch tokens in its block of image ids."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (R, L, D)
+        is_image = input_ids == self.image_token_id  # (R, L)
+        n_slots = int(is_image.sum())
+        if pixel_values is None or len(pixel_values) == 0:
+            if n_slots:
+                raise ValueError(f"input_ids hold {n_slots} image tokens but no pixel_values were given")
+            return embeds
+        image_embeds = self.encode_images(pixel_values)  # (n, N, D)
+        if n_slots != image_embeds.shape[0] * image_embeds.shape[1]:
+            raise ValueError(
+                f"{n_slots} image tokens in input_ids for {image_embeds.shape[0]} images x "
+                f"{image_embeds.shape[1]} patch tokens; tokenize with num_image_tokens={image_embeds.shape[1]}"
+            )
+        return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+        **_: object,
+    ) -> VLMOutput:
+        """Padded batches: ``attention_mask`` (R, L). Packed batches: ``seq_ids`` (R, L) + ``position_ids``."""
+        embeds = self.embed(input_ids, pixel_values)
+        if seq_ids is not None:
+            attention_mask = block_causal_mask(seq_ids, embeds.dtype)
+        out = self.llm(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        if labels is None:
+            return VLMOutput(None, out.logits, 0)
+        loss, count = causal_lm_loss(out.logits, labels)
+        return VLMOutput(loss, out.logits, count)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        eos_token_id: int | list[int] | None = None,
+    ) -> torch.Tensor:
+        """Greedy continuation of one prompt (1, L) -> new token ids (1, T)."""
+        if input_ids.shape[0] != 1:
+            raise ValueError("generate takes one prompt at a time (batch size 1)")
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=self.llm.config.pad_token_id or 0,
+        )
+
+
+def image_transform_for(encoder: VisionEncoder, size: int | None = None) -> ImageTransform:
+    """The encoder's preprocessing (resize + mean/std) as the dataset's image transform."""
+    spec = encoder.spec
+    try:
+        from spatialboost.models.preprocess import preprocess_images
+    except ImportError:  # before the encoder package ships its preprocessing
+        return make_image_transform(size or spec.image_size, spec.mean, spec.std)
+    return lambda images: preprocess_images(images, spec, size=size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training-stage helpers
+
+
+def set_trainable(vlm: SpatialVLM, projector: bool, llm: bool, encoder: str = "frozen") -> dict[str, int]:
+    """Set requires_grad per part; returns trainable parameter counts per part.
+
+    ``encoder``: ``"frozen"`` (nothing), ``"full"`` (everything), ``"adapter"`` (only the dual-channel
+    adapter's parameters, from ``spatialboost.models.dual_channel.trainable_parameters``).
+    """
+    vlm.projector.requires_grad_(projector)
+    vlm.llm.requires_grad_(llm)
+    if encoder == "frozen":
+        vlm.encoder.requires_grad_(False)
+    elif encoder == "full":
+        vlm.encoder.requires_grad_(True)
+    elif encoder == "adapter":
+        from spatialboost.models.dual_channel import trainable_parameters
+
+        adapter = [p[1] if isinstance(p, tuple) else p for p in trainable_parameters(vlm.encoder)]
+        if not adapter:
+            raise ValueError("encoder='adapter' but the encoder has no adapter; call add_dual_channel first")
+        vlm.encoder.requires_grad_(False)
+        for param in adapter:
+            param.requires_grad_(True)
+    else:
+        raise ValueError(f"encoder must be 'frozen', 'adapter' or 'full', got {encoder!r}")
+    counts = {name: _count_trainable(getattr(vlm, name)) for name in ("encoder", "projector", "llm")}
+    log.info("trainable parameters: %s", counts)
+    return counts
+
+
+def _count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def save_vlm_parts(vlm: SpatialVLM, out_dir: str | Path, include_llm: bool | None = None) -> Path:
+    """Write ``projector.safetensors`` (+ ``llm.safetensors``) and ``vlm_parts.json`` into ``out_dir``.
+
+    ``include_llm=None`` saves the LLM only if some of its parameters train, so a frozen LLM is never
+    duplicated in a checkpoint. The encoder is not written here (``spatialboost.save_encoder``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if include_llm is None:
+        include_llm = _count_trainable(vlm.llm) > 0
+    _atomic_save_model(vlm.projector, out_dir / "projector.safetensors")
+    if include_llm:
+        _atomic_save_model(vlm.llm, out_dir / "llm.safetensors")
+    elif (out_dir / "llm.safetensors").exists():
+        (out_dir / "llm.safetensors").unlink()  # stale from an earlier stage; the frozen LLM is the base
+    meta = {
+        "image_token_id": vlm.image_token_id,
+        "projector": {"in_dim": vlm.projector.in_dim, "out_dim": vlm.projector.out_dim},
+        "llm_saved": include_llm,
+        "llm_name_or_path": getattr(vlm.llm.config, "_name_or_path", ""),
+    }
+    atomic_write_json(out_dir / "vlm_parts.json", meta)
+    return out_dir
+
+
+def load_vlm_parts(vlm: SpatialVLM, in_dir: str | Path) -> SpatialVLM:
+    """Load what ``save_vlm_parts`` wrote into an already-built ``vlm`` (strict: every key must match)."""
+    in_dir = Path(in_dir)
+    meta = json.loads((in_dir / "vlm_parts.json").read_text())
+    if meta["image_token_id"] != vlm.image_token_id:
+        raise ValueError(
+            f"{in_dir}: image token id {meta['image_token_id']} != this model's {vlm.image_token_id}"
+        )
+    load_model(vlm.projector, in_dir / "projector.safetensors", strict=True)
+    if meta["llm_saved"]:
+        load_model(vlm.llm, in_dir / "llm.safetensors", strict=True)
+    return vlm
+
+
+def _atomic_save_model(module: nn.Module, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_model(module, tmp)  # handles tied weights (stored once)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

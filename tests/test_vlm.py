@@ -1,0 +1,228 @@
+"""SpatialVLM: image tokens, loss normalisation, packing, the three LLM families, freezing, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spatialboost.data.collate import PackedCollator, PaddedCollator
+from spatialboost.data.conversation import (
+    IGNORE_INDEX,
+    EmptyLabelsError,
+    prompt_ids,
+    record_messages,
+    tokenize_conversation,
+)
+from spatialboost.data.tokenizer import train_tokenizer
+from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
+from spatialboost.models.llm import TINY_LLMS, build_llm
+from spatialboost.models.projector import MLPProjector
+from spatialboost.models.vlm import SpatialVLM, load_vlm_parts, save_vlm_parts, set_trainable
+
+IMAGE_SIZE, PATCH = 8, 4
+N_IMG = (IMAGE_SIZE // PATCH) ** 2
+
+
+class StubEncoder(VisionEncoder):
+    """A one-layer patch embedding that follows the encoder contract (fast, deterministic)."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.spec = EncoderSpec("stub", "stub", dim, PATCH, IMAGE_SIZE, num_layers=1, num_heads=1)
+        self.patch_embed = nn.Conv2d(3, dim, PATCH, PATCH)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward_intermediates(self, pixels, layers=None):
+        x = self.norm(self.patch_embed(pixels).flatten(2).transpose(1, 2))  # (B, N, D)
+        h, w = pixels.shape[-2] // PATCH, pixels.shape[-1] // PATCH
+        return [EncoderOutput(x.mean(1), x, (h, w))]
+
+
+def make_record(i: int, n_images: int) -> dict:
+    conv = []
+    for t in range(2 + i % 3):
+        prefix = "<image>\n" * n_images if t == 0 else ""
+        conv.append({"from": "human", "value": f"{prefix}How far is object {t} from object {i}?"})
+        conv.append({"from": "gpt", "value": f"About {i}.{t}{i * 7} m." + " Yes." * (i % 4)})
+    return {"id": f"s{i}", "image": [f"{i}_{v}.png" for v in range(n_images)], "conversations": conv}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = [t["value"] for i in range(12) for t in make_record(i, 1)["conversations"]]
+    return train_tokenizer(corpus, vocab_size=300)
+
+
+def make_vlm(tokenizer, llm_name: str = "tiny-qwen2", attn: str = "sdpa") -> SpatialVLM:
+    torch.manual_seed(0)
+    llm = build_llm(llm_name, tokenizer, attn_implementation=attn)
+    return SpatialVLM(StubEncoder(), llm, tokenizer.convert_tokens_to_ids("<image>"))
+
+
+def make_samples(tokenizer, n: int = 6) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+    samples = []
+    for i in range(n):
+        n_images = i % 3  # 0, 1 or 2 views
+        t = tokenize_conversation(make_record(i, n_images), tokenizer, N_IMG)
+        pixels = torch.randn(n_images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+        samples.append(
+            {
+                "id": t.id,
+                "input_ids": torch.tensor(t.input_ids),
+                "labels": torch.tensor(t.labels),
+                "pixel_values": pixels,
+            }
+        )
+    return samples
+
+
+def batch_loss(vlm, batch) -> torch.Tensor:
+    return vlm(**batch).loss
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked(tokenizer, attn):
+    vlm = make_vlm(tokenizer, attn=attn)
+    samples = make_samples(tokenizer)
+    padded = PaddedCollator(tokenizer.pad_token_id)(samples)
+    packed = PackedCollator(tokenizer.pad_token_id, max_length=320)(samples)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # really packed
+    assert packed["pixel_values"].shape[0] == padded["pixel_values"].shape[0] > 0
+    with torch.no_grad():
+        loss_padded = batch_loss(vlm, padded)
+        loss_packed = batch_loss(vlm, packed)
+        one_by_one = [vlm(**PaddedCollator(tokenizer.pad_token_id)([s])) for s in samples]
+        # without the block-diagonal mask the conversations would see each other: the loss differs
+        leaky = {k: v for k, v in packed.items() if k != "seq_ids"}
+        loss_leaky = batch_loss(vlm, leaky)
+    assert abs(loss_packed.item() - loss_padded.item()) < 1e-5
+    # normalisation: mean over all answer tokens of the batch (token-weighted, not a mean of sample means)
+    weighted = sum(o.loss * o.num_label_tokens for o in one_by_one) / sum(
+        o.num_label_tokens for o in one_by_one
+    )
+    assert abs(weighted.item() - loss_padded.item()) < 1e-5
+    assert abs(loss_leaky.item() - loss_packed.item()) > 1e-5
+
+
+def test_packed_gradients_equal_unpacked(tokenizer):
+    samples = make_samples(tokenizer)
+    grads = []
+    for collate in (PaddedCollator(tokenizer.pad_token_id), PackedCollator(tokenizer.pad_token_id, 320)):
+        vlm = make_vlm(tokenizer)
+        batch_loss(vlm, collate(samples)).backward()
+        grads.append(vlm.projector.fc1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("llm_name", TINY_LLMS.names())
+def test_every_tiny_llm_trains_and_grads_reach_projector(tokenizer, llm_name):
+    vlm = make_vlm(tokenizer, llm_name)
+    batch = PackedCollator(tokenizer.pad_token_id, 320)(make_samples(tokenizer, 4))
+    out = vlm(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and out.logits.shape[-1] == len(tokenizer)
+    assert torch.isfinite(out.loss) and out.num_label_tokens == int(
+        (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    )
+    out.loss.backward()
+    for name in ("fc1", "fc2"):
+        assert getattr(vlm.projector, name).weight.grad.abs().sum() > 0
+    assert vlm.encoder.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_image_tokens_carry_the_image(tokenizer):
+    vlm = make_vlm(tokenizer)
+    sample = make_samples(tokenizer, 3)[2]  # two views
+    batch = PaddedCollator(tokenizer.pad_token_id)([sample])
+    first = int((batch["input_ids"][0] == vlm.image_token_id).nonzero()[0])
+    with torch.no_grad():
+        a = vlm(**batch).logits
+        batch["pixel_values"] = batch["pixel_values"].flip(0)  # swap the two views
+        b = vlm(**batch).logits
+    assert torch.equal(a[0, :first], b[0, :first])  # causal: nothing before the images changes
+    assert (a[0, first:] - b[0, first:]).abs().max() > 1e-4
+
+
+def test_image_count_mismatch_raises(tokenizer):
+    vlm = make_vlm(tokenizer)
+    batch = PaddedCollator(tokenizer.pad_token_id)(make_samples(tokenizer, 3))
+    with pytest.raises(ValueError, match="image tokens"):
+        vlm(**{**batch, "pixel_values": batch["pixel_values"][:-1]})
+    with pytest.raises(ValueError, match="no pixel_values"):
+        vlm(**{**batch, "pixel_values": None})
+
+
+def test_empty_label_mask_raises_in_forward(tokenizer):
+    vlm = make_vlm(tokenizer)
+    batch = PaddedCollator(tokenizer.pad_token_id)(make_samples(tokenizer, 2))
+    with pytest.raises(EmptyLabelsError):
+        vlm(**{**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)})
+
+
+def test_frozen_llm_is_bit_identical_after_projector_step(tokenizer):
+    vlm = make_vlm(tokenizer)
+    counts = set_trainable(vlm, projector=True, llm=False, encoder="frozen")
+    assert counts["llm"] == 0 and counts["encoder"] == 0 and counts["projector"] > 0
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
+    batch = PackedCollator(tokenizer.pad_token_id, 320)(make_samples(tokenizer))
+    for _ in range(2):
+        batch_loss(vlm, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    after = vlm.state_dict()
+    for key, value in before.items():
+        if key.startswith("projector."):
+            assert not torch.equal(value, after[key]), key
+        else:
+            assert torch.equal(value, after[key]), key
+
+
+def test_set_trainable_llm_and_full_encoder(tokenizer):
+    vlm = make_vlm(tokenizer)
+    counts = set_trainable(vlm, projector=False, llm=True, encoder="full")
+    assert counts["projector"] == 0
+    assert counts["llm"] == sum(p.numel() for p in vlm.llm.parameters())
+    assert counts["encoder"] == sum(p.numel() for p in vlm.encoder.parameters())
+    with pytest.raises(ValueError, match="frozen"):
+        set_trainable(vlm, projector=True, llm=False, encoder="half")
+
+
+def test_save_load_parts(tokenizer, tmp_path):
+    vlm = make_vlm(tokenizer)
+    set_trainable(vlm, projector=True, llm=False)
+    with torch.no_grad():
+        vlm.projector.fc2.bias.add_(1.0)
+    save_vlm_parts(vlm, tmp_path / "stage1")
+    assert (tmp_path / "stage1" / "projector.safetensors").is_file()
+    assert not (tmp_path / "stage1" / "llm.safetensors").exists()  # frozen LLM never duplicated
+
+    fresh = make_vlm(tokenizer)
+    fresh.projector = MLPProjector(16, fresh.llm.config.hidden_size)  # different random init
+    load_vlm_parts(fresh, tmp_path / "stage1")
+    for key, value in vlm.projector.state_dict().items():
+        assert torch.equal(value, fresh.projector.state_dict()[key])
+
+    set_trainable(vlm, projector=True, llm=True)
+    with torch.no_grad():
+        vlm.llm.get_input_embeddings().weight.mul_(2.0)
+    save_vlm_parts(vlm, tmp_path / "stage2")
+    other = make_vlm(tokenizer)
+    load_vlm_parts(other, tmp_path / "stage2")
+    batch = PaddedCollator(tokenizer.pad_token_id)(make_samples(tokenizer, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(vlm(**batch).logits, other(**batch).logits, atol=0, rtol=0)
+
+
+def test_generate_greedy_matches_argmax(tokenizer):
+    vlm = make_vlm(tokenizer)
+    record = make_record(1, 1)
+    ids = torch.tensor([prompt_ids(record_messages(record)[:1], tokenizer, N_IMG)])
+    pixels = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    new = vlm.generate(ids, pixels, max_new_tokens=4)
+    assert new.shape == (1, 4)
+    with torch.no_grad():
+        first = vlm(input_ids=ids, pixel_values=pixels).logits[0, -1].argmax()
+        two = vlm(input_ids=torch.cat([ids, new[:, :1]], 1), pixel_values=pixels).logits[0, -1].argmax()
+    assert new[0, 0] == first and new[0, 1] == two
