@@ -1,0 +1,119 @@
+"""Hierarchical spatial Chain-of-Thought conversations from a scene, and their LLaVA records.
+
+A conversation is a list of ``QA`` turns, generated level by level (pixel -> object -> scene in the paper's
+forward order, or reversed / shuffled for the Table 7 ablation), then an optional template-based caption as
+the last turn. Turns are generated in the order they are shown, so an object-level rationale only cites
+pixel-level answers that came before it. Multi-view scenes swap a share of the object/scene turns for
+cross-view questions. The result depends only on (scene, config, rng): no global state.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from spatialboost.config import ConfigError
+from spatialboost.datagen.relations import SceneGraph
+from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.templates import COORDS, QA, TEMPLATES, Context, Template
+
+SPATIAL_LEVELS = ("pixel", "object", "scene")
+
+
+@dataclass
+class ConversationConfig:
+    levels: list[str] = field(
+        default_factory=lambda: list(SPATIAL_LEVELS)
+    )  # which spatial levels, forward order
+    order: Literal["forward", "reverse", "shuffled"] = "forward"
+    turns: dict[str, int] = field(default_factory=lambda: {"pixel": 3, "object": 4, "scene": 3})
+    caption: bool = True  # a template-based scene caption as the last turn
+    coords: Literal["pixels", "norm1000"] = "pixels"  # how (x, y) points are written in questions
+    multiview_share: float = 0.4  # share of object/scene turns that are cross-view in multi-view samples
+    attempts: int = 8  # templates tried per turn before giving up on it
+
+    def validate(self) -> None:
+        bad = [lv for lv in self.levels if lv not in SPATIAL_LEVELS]
+        if bad or not self.levels:
+            raise ConfigError(f"conversation.levels: {bad or 'empty'}; choose from {list(SPATIAL_LEVELS)}")
+        if any(n < 0 for n in self.turns.values()) or set(self.turns) - set(SPATIAL_LEVELS):
+            raise ConfigError(
+                f"conversation.turns: non-negative counts for {list(SPATIAL_LEVELS)}, got {self.turns}"
+            )
+        if not 0.0 <= self.multiview_share <= 1.0:
+            raise ConfigError(f"conversation.multiview_share must be in [0, 1], got {self.multiview_share}")
+        if self.coords not in COORDS:
+            raise ConfigError(f"conversation.coords must be one of {list(COORDS)}")
+        if self.attempts < 1:
+            raise ConfigError("conversation.attempts must be >= 1")
+
+
+@functools.cache
+def _by_level() -> dict[tuple[str, bool], list[Template]]:
+    """Registered templates grouped by (level, multiview); built once (the registry is filled at import)."""
+    out: dict[tuple[str, bool], list[Template]] = {}
+    for _, t in TEMPLATES.items():
+        out.setdefault((t.level, t.multiview), []).append(t)
+    return out
+
+
+def level_sequence(cfg: ConversationConfig, rng: random.Random) -> list[str]:
+    """The level of each spatial turn, in the order shown (caption excluded)."""
+    levels = list(cfg.levels) if cfg.order != "reverse" else list(reversed(cfg.levels))
+    seq = [lv for lv in levels for _ in range(cfg.turns.get(lv, 0))]
+    if cfg.order == "shuffled":
+        rng.shuffle(seq)
+    return seq
+
+
+def _choose(pool: list[Template], used: dict[str, int], rng: random.Random) -> Template:
+    """Weighted choice that prefers templates used least so far (variety within a conversation)."""
+    least = min(used.get(t.name, 0) for t in pool)
+    fresh = [t for t in pool if used.get(t.name, 0) == least]
+    return rng.choices(fresh, weights=[t.weight for t in fresh])[0]
+
+
+def _one_turn(
+    scene: Scene, ctx: Context, level: str, cfg: ConversationConfig, rng: random.Random, state: dict[str, Any]
+) -> QA | None:
+    pools = state["pools"]
+    multi = ctx.graph.num_views > 1 and level in ("object", "scene") and rng.random() < cfg.multiview_share
+    pool = pools.get((level, multi)) or pools.get((level, False), [])
+    for _ in range(cfg.attempts if pool else 0):
+        qa = _choose(pool, state["used"], rng).fn(scene, ctx, rng)
+        if qa is not None and qa.question not in state["asked"]:
+            state["used"][qa.template] = state["used"].get(qa.template, 0) + 1
+            state["asked"].add(qa.question)
+            return qa
+    return None
+
+
+def build_conversation(scene: Scene | SceneGraph, cfg: ConversationConfig, rng: random.Random) -> list[QA]:
+    """About 8-12 QA turns for one scene (never empty); ``scene`` may be a prebuilt ``SceneGraph``."""
+    graph = scene if isinstance(scene, SceneGraph) else SceneGraph(scene)
+    ctx = Context(graph=graph, view=0, coords=cfg.coords)
+    visible = graph.visible(0)
+    ctx.focus = rng.sample(visible, min(3, len(visible)))
+    state: dict[str, Any] = {"pools": _by_level(), "used": {}, "asked": set()}
+    turns = []
+    for level in level_sequence(cfg, rng):
+        qa = _one_turn(graph.scene, ctx, level, cfg, rng, state)
+        if qa is not None:
+            turns.append(qa)
+    if cfg.caption or not turns:
+        pools = state["pools"]
+        fallback = pools[("caption", False)][0] if cfg.caption else TEMPLATES.get("object_count")
+        turns.append(fallback.fn(graph.scene, ctx, rng))
+    return turns
+
+
+def to_llava(sample_id: str, images: list[str], turns: list[QA]) -> dict[str, Any]:
+    """A LLaVA record: one ``<image>`` placeholder per view in the first human turn."""
+    conv = []
+    for i, qa in enumerate(turns):
+        prefix = "<image>\n" * len(images) if i == 0 else ""
+        conv.append({"from": "human", "value": prefix + qa.question})
+        conv.append({"from": "gpt", "value": qa.answer})
+    return {"id": sample_id, "image": images[0] if len(images) == 1 else list(images), "conversations": conv}

@@ -1,0 +1,172 @@
+"""Truth tables for every relation on hand-built scenes with known geometry (datagen.relations)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from scene_kit import box, camera, four_boxes, make_scene
+from spatialboost.datagen import relations as R
+from spatialboost.datagen.relations import SAME, SceneGraph
+
+
+@pytest.fixture(scope="module")
+def g() -> SceneGraph:
+    # camera at (0, -4, 1.5) looking along +y: viewer frame == world axes shifted to the camera
+    return SceneGraph(four_boxes(num_views=2))
+
+
+A, B, C, D = (
+    1,
+    2,
+    3,
+    4,
+)  # red box left-front, blue cube right-back, green block on the cube, yellow pillar far left
+
+
+@pytest.mark.parametrize(
+    "a, b, label",
+    [
+        (A, B, "left"),
+        (B, A, "right"),
+        (D, B, "left"),
+        (B, C, None),  # same lateral position (stacked): unanswerable
+        (A, D, None),  # A is 0.5 m right of D in 3D but left of it in the image: never contradict the image
+    ],
+)
+def test_left_right(g, a, b, label):
+    assert R.left_right(g, 0, a, b).label == label
+
+
+@pytest.mark.parametrize(
+    "a, b, label", [(A, B, "in front of"), (B, A, "behind"), (D, A, "behind"), (B, C, None)]
+)
+def test_front_behind(g, a, b, label):
+    assert R.front_behind(g, 0, a, b).label == label
+
+
+@pytest.mark.parametrize("a, b, label", [(C, B, "above"), (B, C, "below"), (A, B, None), (A, D, None)])
+def test_above_below(g, a, b, label):
+    assert R.above_below(g, a, b).label == label
+
+
+@pytest.mark.parametrize(
+    "a, b, label", [(A, B, "smaller"), (B, A, "bigger"), (A, D, SAME), (C, B, "smaller")]
+)
+def test_bigger_smaller(g, a, b, label):
+    assert R.bigger_smaller(g, a, b).label == label
+
+
+def test_taller_shorter_and_tie():
+    s = make_scene(
+        [
+            box(1, (-1, 0, 0.4), (0.5, 0.5, 0.8)),
+            box(2, (1, 0, 0.42), (0.5, 0.5, 0.84)),
+            box(3, (0, 1, 0.2), (1, 1, 0.4)),
+        ],
+        [camera((0, -4, 1.5), (0, 0, 0.3))],
+    )
+    h = SceneGraph(s)
+    assert R.taller_shorter(h, 1, 2).label == SAME  # 0.80 vs 0.84 m: inside the 10 % margin
+    assert R.taller_shorter(h, 1, 3).label == "taller"
+    assert R.taller_shorter(h, 3, 2).label == "shorter"
+    assert R.taller_shorter(h, 1, 3).value == pytest.approx(0.4)
+
+
+def test_metric_facts(g):
+    assert R.center_distance(g, B, C).value == pytest.approx(0.5)
+    assert R.center_distance(g, A, B).value == pytest.approx(math.sqrt(4 + 2.25 + 0.01), abs=1e-4)
+    assert R.surface_distance(g, B, C).value == 0.0  # C rests on B
+    assert R.surface_distance(g, A, B).value == pytest.approx(math.hypot(1.3, 0.8), abs=1e-4)
+    assert R.object_height(g, D).value == pytest.approx(1.0)
+    assert R.object_width(g, 0, B).value == pytest.approx(0.8)
+    assert R.object_depth(g, 0, D).value == pytest.approx(0.5)
+    assert R.object_count(g, 0).value == 4
+
+
+def test_closest_and_farthest(g):
+    near = R.closest_object(g, 0)
+    assert near.value[0] == A and near.value[1] == pytest.approx(math.sqrt(1 + 16 + 1.21), abs=1e-3)
+    assert R.farthest_object(g, 0).value[0] == D
+
+
+def test_multiview_facts(g):
+    assert R.camera_motion(g, 0, 1).value == pytest.approx([3.0, 1.0, 0.5], abs=1e-4)  # right, forward, up
+    assert R.camera_motion(g, 1, 0).value[2] == pytest.approx(-0.5, abs=1e-4)
+    assert R.closer_view(g, A, 0, 1).label == "first"  # 4.27 m vs 5.25 m
+    assert R.closer_view(g, A, 1, 0).label == "second"
+
+
+def test_pixel_facts(g):
+    s = g.scene
+    xs, ys = g.object_pixels(0)[A]
+    x, y = int(xs[0]), int(ys[0])
+    assert R.instance_at(g, 0, x, y).value == A
+    d = R.depth_at(g, 0, x, y)
+    assert d.value == pytest.approx(float(s.views[0].depth[y, x]), abs=1e-4)
+    X, Y, Z = R.point_3d(g, 0, x, y).value
+    world = s.views[0].camera.cam_to_world @ np.array([X, Y, Z, 1.0])
+    o = s.object_by_id(A)
+    assert np.all(world[:3] >= o.aabb_min - 1e-3) and np.all(
+        world[:3] <= o.aabb_max + 1e-3
+    )  # lands on A's box
+    xb, yb = g.object_pixels(0)[D]
+    assert R.closer_point(g, 0, x, y, int(xb[0]), int(yb[0])).label == "first"
+
+
+def test_left_right_cannot_flip_silently():
+    """An object at camera +x is "right"; the same camera turned 180 deg about world z sees it "left"."""
+    cam = camera((0, -4, 1.5), (0, 0, 0.3))
+    p_right = (cam.cam_to_world @ np.array([1.0, 0.0, 4.0, 1.0]))[:3]  # camera-frame +x
+    p_left = (cam.cam_to_world @ np.array([-1.0, 0.0, 4.0, 1.0]))[:3]
+    objs = [
+        box(1, (p_right[0], p_right[1], 0.3), (0.5, 0.5, 0.6)),
+        box(2, (p_left[0], p_left[1], 0.3), (0.5, 0.5, 0.6)),
+    ]
+    scene = make_scene(objs, [cam])
+    g = SceneGraph(scene)
+    assert R.left_right(g, 0, 1, 2).label == "right"
+    assert R.left_right(g, 0, 2, 1).label == "left"
+    cols = {k: g.object_pixels(0)[k][0].mean() for k in (1, 2)}
+    assert cols[1] > cols[2]  # "right" object has the larger image columns
+
+    turned = camera((0, -4, 1.5), (0, 0, 0.3))
+    turned.cam_to_world = np.diag([-1.0, -1.0, 1.0, 1.0]) @ turned.cam_to_world  # 180 deg about world z
+    g2 = SceneGraph(
+        make_scene(
+            [box(1, objs[0].obb_center, (0.5, 0.5, 0.6)), box(2, objs[1].obb_center, (0.5, 0.5, 0.6))],
+            [turned],
+        )
+    )
+    # the turned camera looks at -y from (0, 4, 1.5): the same world objects swap sides
+    assert R.left_right(g2, 0, 1, 2).label == "left"
+    cols2 = {k: g2.object_pixels(0)[k][0].mean() for k in (1, 2)}
+    assert cols2[1] < cols2[2]
+
+
+def test_left_agrees_with_image_columns_on_random_scenes():
+    from scene_kit import random_scene
+
+    checked = 0
+    for seed in range(15):
+        g = SceneGraph(random_scene(seed, width=96, height=72))
+        px = g.object_pixels(0)
+        for a in px:
+            for b in px:
+                d = R.left_right(g, 0, a, b)
+                if d.label is None or len(px[a][0]) < 20 or len(px[b][0]) < 20:
+                    continue
+                ca, cb = np.median(px[a][0]), np.median(px[b][0])
+                assert (ca < cb) == (d.label == "left"), (seed, a, b, d)
+                checked += 1
+    assert checked > 10
+
+
+def test_recompute_and_values_match(g):
+    fact = {"fn": "center_distance", "args": {"a": A, "b": B}}
+    assert R.values_match(R.recompute(g, fact).value, 2.502, tol=1e-3)
+    assert not R.values_match([1, 2], [1, 2, 3])
+    with pytest.raises(KeyError, match="known"):
+        R.recompute(g, {"fn": "nope", "args": {}})
