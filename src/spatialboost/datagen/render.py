@@ -319,13 +319,31 @@ class Renderer:
         light: Light,
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> RenderedView:
+        """Draw ``items`` seen by camera (K, cam_to_world) and read the result back."""
+        self.draw(items, K, cam_to_world, width, height, light, background)
+        return self.read()
+
+    def draw(
+        self,
+        items: list[DrawItem],
+        K: np.ndarray,
+        cam_to_world: np.ndarray,
+        width: int,
+        height: int,
+        light: Light,
+        background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> None:
+        """Issue the draw calls into the framebuffer (asynchronous until ``read``)."""
         fbo = self._framebuffer(width, height)
         fbo.use()
         fbo.clear(*background, 0.0, depth=1.0)  # clears the G-buffer to 0: depth 0, ids 0
         self._set_frame_uniforms(K, cam_to_world, width, height, light)
         for item in items:
             self._draw(item)
-        return self._read(fbo, width, height)
+
+    def finish(self) -> None:
+        """Wait for the GPU (here: llvmpipe threads) to finish drawing; for timing only."""
+        self.ctx.finish()
 
     def _set_frame_uniforms(self, K, cam_to_world, width, height, light: Light) -> None:
         p = self.prog
@@ -349,7 +367,9 @@ class Renderer:
         p["u_semantic"].value = float(item.semantic_id)
         self._vao(item.shape).render()
 
-    def _read(self, fbo, width: int, height: int) -> RenderedView:
+    def read(self) -> RenderedView:
+        """The framebuffer as arrays in the image convention (rows top-down)."""
+        fbo, (width, height) = self._fbo, self._size
         rgba = np.frombuffer(fbo.read(components=4, attachment=0), np.uint8).reshape(height, width, 4)
         g = np.frombuffer(fbo.read(components=4, attachment=1, dtype="f4"), np.float32).reshape(
             height, width, 4

@@ -425,25 +425,68 @@ def _light(rng: np.random.Generator, cfg: SyntheticConfig) -> Light:
     return Light((math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)))
 
 
-def generate_scene(seed: int, cfg: SyntheticConfig, scene_id: str | None = None) -> Scene:
-    """One synthetic scene, a pure function of (seed, cfg): objects, V rendered views and exact 3D facts."""
+@dataclass
+class SceneLayout:
+    """Everything sampled for one scene before rendering (a pure function of (seed, cfg))."""
+
+    seed: int
+    solids: list[_Solid]
+    boxes: list[dict[str, np.ndarray]]  # per solid: centroid, aabb_*, obb_* (world, metres)
+    room_items: list[DrawItem]
+    room: dict[str, float]
+    light: Light
+    fov_x: float  # radians
+    K: np.ndarray  # (3, 3), shared by the views
+    poses: list[np.ndarray]  # V x (4, 4) cam_to_world
+
+    def draw_items(self) -> list[DrawItem]:
+        objects = [
+            DrawItem(s.shape, s.model(), COLORS[s.color], i + 1, SEMANTIC_CLASSES.index(s.shape))
+            for i, s in enumerate(self.solids)
+        ]
+        return self.room_items + objects
+
+
+def sample_layout(seed: int, cfg: SyntheticConfig) -> SceneLayout:
+    """Objects, room, light and cameras of scene ``seed``; draws from ``default_rng(seed)`` only."""
     cfg.validate()
     rng = np.random.default_rng(seed)
     solids = _sample_objects(cfg, rng)
     boxes = [_object_boxes(s) for s in solids]
     room_items, room = _room_items(rng, cfg)
     light = _light(rng, cfg)
-
     fov_x = math.radians(rng.uniform(*cfg.fov_deg))
     K = geo.intrinsics_from_fov(cfg.image_size, cfg.image_size, fov_x)
     centres = np.array([b["obb_center"] for b in boxes])
     target = np.array([*centres[:, :2].mean(axis=0), 0.5 * centres[:, 2].mean()])
     poses = _sample_cameras(cfg, centres, target, K, rng)
+    return SceneLayout(int(seed), solids, boxes, room_items, room, light, fov_x, K, poses)
 
-    views, visible = _render_views(solids, room_items, light, K, poses, cfg)
-    viewer = geo.viewer_frame(poses[0])
+
+def render_layout(layout: SceneLayout, cfg: SyntheticConfig) -> list[View]:
+    """Rasterise every view of a layout: RGB, z-depth, instance and semantic maps."""
+    items = layout.draw_items()
+    renderer = get_renderer(cfg.tessellation)
+    size = cfg.image_size
+    views = []
+    for T in layout.poses:
+        out = renderer.render(items, layout.K, T, size, size, layout.light, BACKGROUND)
+        camera = Camera(K=layout.K.copy(), cam_to_world=T, width=size, height=size)
+        views.append(
+            View(rgb=out.rgb, camera=camera, depth=out.depth, instance=out.instance, semantic=out.semantic)
+        )
+    return views
+
+
+def assemble_scene(
+    layout: SceneLayout, views: list[View], cfg: SyntheticConfig, scene_id: str | None = None
+) -> Scene:
+    """The ``Scene`` of a rendered layout: objects with descriptions, boxes and per-view visible pixels."""
+    n = len(layout.solids)
+    visible = [np.bincount(v.instance.ravel(), minlength=n + 1) for v in views]  # index = object id
+    centroids = np.array([b["centroid"] for b in layout.boxes])
     descriptions = describe_objects(
-        solids, geo.transform_points(np.array([b["centroid"] for b in boxes]), viewer)
+        layout.solids, geo.transform_points(centroids, geo.viewer_frame(layout.poses[0]))
     )
     objects = [
         SceneObject(
@@ -457,24 +500,24 @@ def generate_scene(seed: int, cfg: SyntheticConfig, scene_id: str | None = None)
                 "class_id": SEMANTIC_CLASSES.index(s.shape),
                 "yaw": float(s.yaw),
                 "supported_by": int(s.support),  # object id it rests on, 0 = floor
-                "disambiguation": descriptions[i][1],
+                "disambiguation": descriptions[i][1],  # "none" | "size" | "position"
             },
-            **boxes[i],
+            **layout.boxes[i],
         )
-        for i, s in enumerate(solids)
+        for i, s in enumerate(layout.solids)
     ]
     meta = {
-        "seed": int(seed),
+        "seed": layout.seed,
         "config": to_dict(cfg),
         "generator": "spatialboost.synthetic/1",
         "renderer": get_renderer(cfg.tessellation).backend,
-        "fov_x_deg": math.degrees(fov_x),
-        "room": room,
-        "light_direction": [float(v) for v in light.direction],
-        "description_view": 0,
+        "fov_x_deg": math.degrees(layout.fov_x),
+        "room": layout.room,
+        "light_direction": [float(v) for v in layout.light.direction],
+        "description_view": 0,  # position words ("the leftmost ...") are from the first view
     }
     return Scene(
-        scene_id=scene_id if scene_id is not None else f"synthetic-{seed}",
+        scene_id=scene_id if scene_id is not None else f"synthetic-{layout.seed}",
         views=views,
         objects=objects,
         semantic_classes=list(SEMANTIC_CLASSES),
@@ -483,27 +526,7 @@ def generate_scene(seed: int, cfg: SyntheticConfig, scene_id: str | None = None)
     )
 
 
-def _render_views(
-    solids: list[_Solid],
-    room_items: list[DrawItem],
-    light: Light,
-    K: np.ndarray,
-    poses: list[np.ndarray],
-    cfg: SyntheticConfig,
-) -> tuple[list[View], list[np.ndarray]]:
-    """Render every view; also the per-view pixel count of each instance id (index = id)."""
-    items = room_items + [
-        DrawItem(s.shape, s.model(), COLORS[s.color], i + 1, SEMANTIC_CLASSES.index(s.shape))
-        for i, s in enumerate(solids)
-    ]
-    renderer = get_renderer(cfg.tessellation)
-    size = cfg.image_size
-    views, counts = [], []
-    for T in poses:
-        out = renderer.render(items, K, T, size, size, light, BACKGROUND)
-        camera = Camera(K=K.copy(), cam_to_world=T, width=size, height=size)
-        views.append(
-            View(rgb=out.rgb, camera=camera, depth=out.depth, instance=out.instance, semantic=out.semantic)
-        )
-        counts.append(np.bincount(out.instance.ravel(), minlength=len(solids) + 1))
-    return views, counts
+def generate_scene(seed: int, cfg: SyntheticConfig, scene_id: str | None = None) -> Scene:
+    """One synthetic scene, a pure function of (seed, cfg): objects, V rendered views and exact 3D facts."""
+    layout = sample_layout(seed, cfg)
+    return assemble_scene(layout, render_layout(layout, cfg), cfg, scene_id)
