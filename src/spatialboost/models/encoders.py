@@ -168,7 +168,7 @@ def _from_entry(name: str, entry: EncoderEntry, pretrained: bool, overrides: dic
         return enc
     config = {**entry.config, **overrides}
     model = build_from_config(entry.family, config)
-    source = {"kind": "config", "family": entry.family, "registered": name, "config": model.config.to_dict()}
+    source = {"kind": "config", "family": entry.family, "registered": name}  # weights are random
     return wrap_model(model, name=name, source=source, image_size=entry.image_size)
 
 

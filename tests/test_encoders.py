@@ -1,0 +1,160 @@
+"""Encoder registry and contract: every tiny family builds offline and agrees with its HF model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
+from spatialboost.models.preprocess import preprocess_images
+from spatialboost.registry import UnknownNameError
+
+FAMILIES = list_encoders(tiny_only=True)
+
+
+def pixels(encoder, h: int | None = None, w: int | None = None, batch: int = 2) -> torch.Tensor:
+    s = encoder.spec.image_size
+    return torch.randn(batch, 3, h or s, w or s, generator=torch.Generator().manual_seed(0))
+
+
+def test_registry_lists_every_family_and_presets():
+    names = list_encoders()
+    for required in (
+        "tiny-vit",
+        "tiny-dinov2",
+        "tiny-dinov2-reg",
+        "tiny-dinov3",
+        "tiny-siglip2",
+        "tiny-clip",
+    ):
+        assert required in names
+    assert {"vit-s14", "vit-b16", "dinov2-large"} <= set(names)
+    families = {create_encoder(n).spec.family for n in FAMILIES}
+    assert families == {"dinov2", "dinov2-registers", "dinov3", "siglip2", "clip"}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_shapes_grid_and_intermediates(name):
+    enc = create_encoder(name, seed=0)
+    spec = enc.spec
+    assert isinstance(enc, VisionEncoder) and not enc.training
+    x = pixels(enc)
+    with torch.no_grad():
+        out = enc.forward_features(x)
+        g = spec.image_size // spec.patch_size
+        assert out.grid == (g, g)
+        assert out.cls.shape == (2, spec.embed_dim)
+        assert out.patch.shape == (2, g * g, spec.embed_dim)
+        inter = enc.forward_intermediates(x, [0, 1, -1])
+    assert len(inter) == 3
+    torch.testing.assert_close(inter[-1].patch, out.patch, rtol=0, atol=0)
+    torch.testing.assert_close(inter[-1].cls, out.cls, rtol=0, atol=0)
+    assert not torch.allclose(inter[0].patch, inter[1].patch)
+    with pytest.raises(IndexError):
+        enc.forward_intermediates(x, [spec.num_layers])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_matches_the_hf_model(name):
+    """The wrapper's own block loop reproduces the HF forward (last layer, after the final norm)."""
+    enc = create_encoder(name, seed=0)
+    x = pixels(enc)
+    with torch.no_grad():
+        out = enc.forward_features(x)
+        if enc.spec.family == "siglip2":
+            p = enc.spec.patch_size
+            b, c, h, w = x.shape
+            patches = (
+                x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+            )
+            shapes = torch.tensor([[h // p, w // p]] * b)
+            ref = enc.model(patches, torch.ones(b, patches.shape[1], dtype=torch.long), shapes)
+            torch.testing.assert_close(out.patch, ref.last_hidden_state)
+            torch.testing.assert_close(out.cls, ref.pooler_output)
+        elif enc.spec.family == "clip":
+            ref = enc.model(x)
+            torch.testing.assert_close(out.cls, ref.pooler_output)
+        else:
+            ref = enc.model(x)
+            torch.testing.assert_close(out.patch, ref.last_hidden_state[:, enc.spec.num_prefix_tokens :])
+            torch.testing.assert_close(out.cls, ref.pooler_output)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_other_input_sizes(name):
+    enc = create_encoder(name, seed=0)
+    p = enc.spec.patch_size
+    with torch.no_grad():
+        out = enc(pixels(enc, h=6 * p, w=10 * p))
+    assert out.grid == (6, 10) and out.patch.shape[1] == 60
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        enc(pixels(enc, h=6 * p + 1, w=10 * p))
+
+
+def test_seed_and_config_overrides():
+    a, b, c = (create_encoder("tiny-dinov2", seed=s) for s in (0, 0, 1))
+    wa, wb, wc = (e.model.embeddings.patch_embeddings.projection.weight for e in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert create_encoder("tiny-dinov2", num_hidden_layers=3).spec.num_layers == 3
+
+
+def test_create_from_instance_shares_weights():
+    enc = create_encoder("tiny-clip", seed=0)
+    wrapped = create_encoder(enc.model)
+    assert wrapped.spec.family == "clip"
+    assert wrapped.model is enc.model
+    assert create_encoder(enc) is enc
+    with pytest.raises(TypeError, match="supported model classes"):
+        create_encoder(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["tiny-dinov3", "tiny-siglip2"])
+def test_create_from_save_pretrained_dir(tmp_path, name):
+    enc = create_encoder(name, seed=0)
+    enc.model.save_pretrained(tmp_path / "ckpt")
+    loaded = create_encoder(str(tmp_path / "ckpt"))
+    assert loaded.spec.family == enc.spec.family
+    assert loaded.spec.extra["source"]["kind"] == "path"
+    x = pixels(enc)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).patch, enc(x).patch, rtol=0, atol=0)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(UnknownNameError, match="tiny-vit") as info:
+        create_encoder("no-such-encoder")
+    assert "tiny-dinov3" in str(info.value)
+
+
+def test_optional_extras_say_how_to_install():
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        with pytest.raises(ImportError, match=r"pip install spatialboost\[timm\]"):
+            timm_encoder("vit_small_patch14_dinov2")
+    else:
+        pytest.skip("timm imports here")
+
+
+def test_preprocess_shapes_and_normalisation():
+    enc = create_encoder("tiny-vit")
+    spec = enc.spec
+    grey = np.full((50, 90, 3), 128, np.uint8)
+    x = preprocess_images([grey, Image.fromarray(grey)], spec)
+    assert x.shape == (2, 3, spec.image_size, spec.image_size) and x.dtype == torch.float32
+    expected = (128 / 255 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+    torch.testing.assert_close(x[:, :, 10, 10], expected.expand(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x[0], x[1])
+    assert preprocess_images([grey], spec, size=61).shape[-1] == 56  # rounded down to a multiple of 8
+
+
+def test_preprocess_center_crops_the_long_side():
+    spec = create_encoder("tiny-dinov2").spec
+    img = np.zeros((32, 96, 3), np.uint8)
+    img[:, 32:64] = 255  # a white centre third: it is all that survives the crop
+    x = preprocess_images([img], spec)
+    white = (1.0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+    torch.testing.assert_close(x[0, :, 16, 16], white, atol=1e-4, rtol=0)
