@@ -1,0 +1,41 @@
+"""``spatialboost train --config FILE [key.sub=value ...]``: run one stage or the chain of three.
+
+Examples::
+
+    spatialboost train --config configs/demo.yaml
+    spatialboost train --config configs/demo.yaml stages.run=[encoder] stages.encoder.max_steps=50
+    torchrun --nproc-per-node 2 -m spatialboost train --config configs/demo.yaml run_dir=runs/ddp
+
+Re-running the same command resumes the run in ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from spatialboost.config import ConfigError, load_config
+from spatialboost.errors import UserError
+from spatialboost.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML training config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from spatialboost.train.pipeline import run_training
+
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    for r in run_training(cfg):
+        log.info(
+            "stage %s: %d steps, loss %.4f -> %.4f, %.0f tokens/s, %.1f samples/s -> %s",
+            r.stage, r.steps, r.loss_start, r.loss_end, r.tokens_per_s, r.samples_per_s, r.output,
+        )  # fmt: skip
+    return 0

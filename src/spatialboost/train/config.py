@@ -1,0 +1,155 @@
+"""The training config: one typed dataclass tree, loaded YAML -> defaults -> ``key.sub=value`` overrides.
+
+``spatialboost train --config configs/demo.yaml stages.encoder.max_steps=20`` builds a ``TrainConfig``
+with ``spatialboost.config.load_config``; the resolved tree is written to ``<run_dir>/config.yaml``.
+
+The three paper stages (paper notes section 4) are three named sections under ``stages`` so that
+each one can be overridden from the command line; ``stages.run`` picks which of them run, in order:
+
+============  ======================================  ==============================
+stage         trains                                  frozen
+============  ======================================  ==============================
+``align``     projector                               encoder, LLM
+``instruct``  projector + LLM                         encoder
+``encoder``   dual-channel Attn+ and gates            LLM, original encoder weights
+              (+ projector, ``train_projector``)
+============  ======================================  ==============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from spatialboost.config import ConfigError
+
+STAGE_NAMES = ("align", "instruct", "encoder")
+StageName = Literal["align", "instruct", "encoder"]
+
+
+@dataclass
+class DataConfig:
+    """Where the conversations come from and how they become batches."""
+
+    datasets: list[str] = field(default_factory=list)  # dataset dirs (each with shards/*.jsonl)
+    # share of each epoch's samples drawn from the multi-view pool (samples with > 1 image);
+    # None: the datasets' natural proportion
+    multi_view_ratio: float | None = None
+    max_length: int = 512  # tokens per packed row (and the truncation length of one sample)
+    packing: bool = True  # several conversations per row, attention kept within each
+    image_size: int | None = None  # None: the encoder's spec.image_size
+    num_workers: int = 0  # DataLoader worker processes (image decoding)
+
+    def validate(self) -> None:
+        if self.multi_view_ratio is not None and not 0.0 <= self.multi_view_ratio <= 1.0:
+            raise ConfigError(f"data.multi_view_ratio must be in [0, 1], got {self.multi_view_ratio}")
+        if self.max_length < 8:
+            raise ConfigError(f"data.max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class StageConfig:
+    """One stage's schedule and optimiser. Batch sizes are samples; global = batch * accum * world."""
+
+    max_steps: int = 0  # optimiser steps; 0 -> derived from ``epochs``
+    epochs: float = 1.0
+    batch_size: int = 8  # samples per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimiser step (per process)
+    lr: float = 1e-3
+    lr_gates: float | None = None  # dual-channel gates alpha; None -> lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03  # fraction of max_steps spent in linear warmup
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    train_projector: bool = True  # stage ``encoder`` only: also tune g_P (the paper is ambiguous)
+    data: DataConfig | None = None  # replaces the top-level ``data`` section for this stage
+
+    def validate(self) -> None:
+        if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
+            raise ConfigError("a stage needs max_steps > 0 or epochs > 0")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+def _align() -> StageConfig:
+    return StageConfig(lr=1e-3)
+
+
+def _instruct() -> StageConfig:
+    return StageConfig(lr=2e-5)
+
+
+def _encoder() -> StageConfig:
+    return StageConfig(lr=2e-5, lr_gates=1e-3)
+
+
+@dataclass
+class StagesConfig:
+    run: list[StageName] = field(default_factory=lambda: list(STAGE_NAMES))
+    align: StageConfig = field(default_factory=_align)
+    instruct: StageConfig = field(default_factory=_instruct)
+    encoder: StageConfig = field(default_factory=_encoder)
+
+    def validate(self) -> None:
+        if not self.run:
+            raise ConfigError("stages.run is empty; name at least one of " + ", ".join(STAGE_NAMES))
+        order = [STAGE_NAMES.index(s) for s in self.run]
+        if order != sorted(set(order)):
+            raise ConfigError(f"stages.run must list stages once each, in order {list(STAGE_NAMES)}")
+
+    def get(self, name: str) -> StageConfig:
+        return getattr(self, name)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "tiny-vit"  # registered name, hub id or local path (create_encoder)
+    llm: str = "tiny-qwen2"  # tiny config name, hub id or local path (build_llm)
+    tokenizer: str | None = None  # tokenizer dir; None: the LLM's own, or trained on the corpus for tiny LLMs
+    tokenizer_vocab_size: int = 1024  # when training one on the corpus
+    dual_channel: dict[str, Any] = field(default_factory=dict)  # add_dual_channel(...) keyword options
+    llm_options: dict[str, Any] = field(default_factory=dict)  # build_llm(...) config overrides (tiny LLMs)
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # optimiser steps between checkpoints (and always at the end)
+    keep_last: int = 2
+
+    def validate(self) -> None:
+        if self.every < 1 or self.keep_last < 1:
+            raise ConfigError("checkpoint.every and checkpoint.keep_last must be >= 1")
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # optimiser steps between metric lines
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar (rank 0 only)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path = Path("runs/train")
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPU
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy under torchrun (world size > 1)
+    init_from: str | None = None  # a run dir whose finished stages seed the first stage run here
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    # stop with an error if a step's loss is NaN/inf (the last good checkpoint stays)
+    fail_on_nonfinite: bool = True
+    # testing hook: raise SystemExit after this many optimiser steps of the first stage run (0 = off)
+    crash_after_steps: int = 0
+
+    def stage_data(self, name: str) -> DataConfig:
+        return self.stages.get(name).data or self.data

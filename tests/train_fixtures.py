@@ -1,0 +1,68 @@
+"""Tiny LLaVA-format datasets and configs for the training tests (no data engine needed, seconds to make).
+
+Each image is a 32x32 canvas with one coloured square on the left or the right; the answers name the
+colour and the side, so a tiny VLM can overfit them. Multi-view samples hold two images.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def make_dataset(root: Path, n: int = 24, seed: int = 0, multi_every: int = 3) -> Path:
+    """``root/shards/part-0.jsonl`` + ``root/img/*.png``; every ``multi_every``-th sample is multi-view."""
+    rng = random.Random(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        views = 2 if multi_every and i % multi_every == 0 else 1
+        images, facts = [], []
+        for v in range(views):
+            colour, side = rng.choice(sorted(COLOURS)), rng.choice(["left", "right"])
+            canvas = np.full((32, 32, 3), 245, np.uint8)
+            x0 = 2 if side == "left" else 18
+            canvas[10:22, x0 : x0 + 12] = COLOURS[colour]
+            name = f"img/{i:04d}_{v}.png"
+            Image.fromarray(canvas).save(root / name)
+            images.append(name)
+            facts.append((colour, side))
+        placeholders = "\n".join("<image>" for _ in images)
+        turns = [
+            {"from": "human", "value": f"{placeholders}\nWhat colour is the square?"},
+            {"from": "gpt", "value": " and ".join(c for c, _ in facts)},
+            {"from": "human", "value": "Which side is it on?"},
+            {"from": "gpt", "value": " and ".join(f"the {s}" for _, s in facts)},
+        ]
+        lines.append(
+            json.dumps(
+                {"id": f"s{i:04d}", "image": images if views > 1 else images[0], "conversations": turns}
+            )
+        )
+    (root / "shards" / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_overrides(run_dir: Path, data: Path, steps: int = 4, every: int = 2) -> list[str]:
+    """Config overrides for a seconds-long run of the three stages on the tiny models."""
+    return [
+        f"run_dir={run_dir}",
+        f"data.datasets=[{data}]",
+        "data.max_length=256",
+        "model.encoder=tiny-dinov2",
+        "model.tokenizer_vocab_size=300",
+        f"checkpoint.every={every}",
+        "checkpoint.keep_last=2",
+        "log.every=1",
+        "log.tensorboard=false",
+        "log.progress=false",
+        *[f"stages.{s}.max_steps={steps}" for s in ("align", "instruct", "encoder")],
+        *[f"stages.{s}.batch_size=4" for s in ("align", "instruct", "encoder")],
+    ]
