@@ -35,7 +35,8 @@ def time_stages(seed: int, cfg: SyntheticConfig) -> dict[str, float]:
     views = []
     for T in layout.poses:
         a = time.perf_counter()
-        renderer.draw(items, layout.K, T, cfg.image_size, cfg.image_size, layout.light, BACKGROUND)
+        floor = layout.room_items[0] if cfg.shadows else None
+        renderer.draw(items, layout.K, T, cfg.image_size, cfg.image_size, layout.light, BACKGROUND, floor)
         renderer.finish()
         b = time.perf_counter()
         out = renderer.read()

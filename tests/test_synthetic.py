@@ -316,3 +316,15 @@ def test_config_round_trip_and_generate_validates():
         generate_scene(0, SyntheticConfig(views=-1))
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(SyntheticConfig, overrides=["nope=1"])
+
+
+def test_shadows_change_rgb_only():
+    with_shadows = generate_scene(0, SyntheticConfig(image_size=96, views=2))
+    without = generate_scene(0, SyntheticConfig(image_size=96, views=2, shadows=False))
+    for a, b in zip(with_shadows.views, without.views, strict=True):
+        for name in ("depth", "instance", "semantic"):
+            assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+        darker = a.rgb.astype(int).sum(-1) < b.rgb.astype(int).sum(-1)
+        changed = (a.rgb != b.rgb).any(-1)
+        assert darker.sum() > 20 and np.all(a.semantic[changed] == 1)  # shadows fall on the floor only
+        assert darker.sum() > 5 * (changed & ~darker).sum()  # (checker tile edges may round either way)

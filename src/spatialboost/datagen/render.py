@@ -244,6 +244,7 @@ uniform float u_diffuse;
 uniform vec3 u_eye;
 uniform float u_instance;
 uniform float u_semantic;
+uniform int u_shadow;        // 1: a shadow flattened onto the floor, lit by ambient only
 in vec3 v_world;
 in vec3 v_normal;
 in float v_z;
@@ -257,7 +258,8 @@ void main() {
         float parity = mod(floor(v_world.x / u_tile) + floor(v_world.y / u_tile), 2.0);
         albedo = mix(u_albedo, u_albedo2, parity);
     }
-    float shade = u_ambient + u_diffuse * max(dot(n, u_light_dir), 0.0);
+    float lit = (u_shadow == 1) ? 0.0 : max(dot(n, u_light_dir), 0.0);
+    float shade = u_ambient + u_diffuse * lit;
     f_color = vec4(clamp(albedo * shade, 0.0, 1.0), 1.0);
     f_gbuffer = vec4(v_z, u_instance, u_semantic, 1.0);
 }
@@ -318,9 +320,10 @@ class Renderer:
         height: int,
         light: Light,
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        shadow_floor: DrawItem | None = None,
     ) -> RenderedView:
         """Draw ``items`` seen by camera (K, cam_to_world) and read the result back."""
-        self.draw(items, K, cam_to_world, width, height, light, background)
+        self.draw(items, K, cam_to_world, width, height, light, background, shadow_floor)
         return self.read()
 
     def draw(
@@ -332,14 +335,47 @@ class Renderer:
         height: int,
         light: Light,
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        shadow_floor: DrawItem | None = None,
     ) -> None:
-        """Issue the draw calls into the framebuffer (asynchronous until ``read``)."""
+        """Issue the draw calls into the framebuffer (asynchronous until ``read``).
+
+        With ``shadow_floor`` (the floor item, lying in z = 0), every object (instance_id > 0) first casts a
+        hard shadow: its mesh flattened onto z = 0 along the light, drawn with the floor's material and ids
+        but no diffuse light. The shadow pass writes RGB only (no G-buffer, no depth), so ground truth is unchanged.
+        """
         fbo = self._framebuffer(width, height)
         fbo.use()
         fbo.clear(*background, 0.0, depth=1.0)  # clears the G-buffer to 0: depth 0, ids 0
         self._set_frame_uniforms(K, cam_to_world, width, height, light)
+        objects = [it for it in items if it.instance_id > 0]
         for item in items:
+            if item.instance_id == 0:
+                self._draw(item)
+        if shadow_floor is not None:
+            self._draw_shadows(objects, shadow_floor, light)
+        for item in objects:
             self._draw(item)
+
+    def _draw_shadows(self, objects: list[DrawItem], floor: DrawItem, light: Light) -> None:
+        lx, ly, lz = light.direction
+        if lz <= 1e-3:
+            return  # grazing light: no finite shadow
+        flatten = np.eye(4)  # p -> p - (p_z / l_z) l: projection onto z = 0 along the light
+        flatten[0, 2], flatten[1, 2], flatten[2, 2] = -lx / lz, -ly / lz, 0.0
+        fbo = self._fbo
+        self.prog["u_shadow"].value = 1
+        fbo.color_mask = [
+            (True, True, True, True),
+            (False, False, False, False),
+        ]  # RGB only, never the G-buffer
+        fbo.depth_mask = False
+        self.ctx.polygon_offset = (-1.0, -4.0)  # win the depth test against the coplanar floor
+        for item in objects:
+            self._draw(floor, model=flatten @ item.model, shape=item.shape, normal=np.eye(3))
+        self.ctx.polygon_offset = (0.0, 0.0)
+        fbo.color_mask = [(True, True, True, True), (True, True, True, True)]
+        fbo.depth_mask = True
+        self.prog["u_shadow"].value = 0
 
     def finish(self) -> None:
         """Wait for the GPU (here: llvmpipe threads) to finish drawing; for timing only."""
@@ -353,11 +389,14 @@ class Renderer:
         p["u_ambient"].value = float(light.ambient)
         p["u_diffuse"].value = float(light.diffuse)
         p["u_eye"].value = tuple(float(v) for v in cam_to_world[:3, 3])
+        p["u_shadow"].value = 0
 
-    def _draw(self, item: DrawItem) -> None:
+    def _draw(self, item: DrawItem, model=None, shape=None, normal=None) -> None:
+        """Draw ``item`` (or its material and ids on another ``shape``/``model``, for shadows)."""
         p = self.prog
-        p["u_model"].write(_mat4_bytes(item.model))
-        normal = np.linalg.inv(item.model[:3, :3]).T
+        model = item.model if model is None else model
+        p["u_model"].write(_mat4_bytes(model))
+        normal = np.linalg.inv(model[:3, :3]).T if normal is None else normal
         p["u_normal"].write(np.ascontiguousarray(normal.T, dtype=np.float32).tobytes())
         p["u_albedo"].value = item.albedo
         p["u_albedo2"].value = item.albedo2
@@ -365,7 +404,7 @@ class Renderer:
         p["u_tile"].value = float(item.tile)
         p["u_instance"].value = float(item.instance_id)
         p["u_semantic"].value = float(item.semantic_id)
-        self._vao(item.shape).render()
+        self._vao(item.shape if shape is None else shape).render()
 
     def read(self) -> RenderedView:
         """The framebuffer as arrays in the image convention (rows top-down)."""

@@ -81,6 +81,7 @@ class SyntheticConfig:
     wall_height: tuple[float, float] = (2.6, 3.4)
     tile_size: tuple[float, float] = (0.35, 0.7)  # floor checker tile, metres
     light_elevation_deg: tuple[float, float] = (35.0, 70.0)
+    shadows: bool = True  # hard shadows of the objects on the floor (RGB only; ground truth unchanged)
     tessellation: int = 32  # segments around round meshes
     visibility_margin: float = 0.06  # object centres must project this fraction inside the image border
     camera_tries: int = 32  # rejection-sampling budget for a camera that sees every object centre
@@ -122,6 +123,10 @@ class SyntheticConfig:
         for name in ("camera_distance", "camera_height", "room_half_size", "wall_height", "tile_size"):
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (5.0 <= self.light_elevation_deg[0] and self.light_elevation_deg[1] <= 90.0):
+            raise ConfigError(
+                f"light_elevation_deg must lie in [5, 90] degrees, got {self.light_elevation_deg}"
+            )
         if self.placement_radius < 0.5:
             raise ConfigError(f"placement_radius must be >= 0.5 m, got {self.placement_radius}")
         reach = self.camera_distance[1] + self.view_jitter + self.placement_radius + 0.3
@@ -470,7 +475,8 @@ def render_layout(layout: SceneLayout, cfg: SyntheticConfig) -> list[View]:
     size = cfg.image_size
     views = []
     for T in layout.poses:
-        out = renderer.render(items, layout.K, T, size, size, layout.light, BACKGROUND)
+        floor = layout.room_items[0] if cfg.shadows else None
+        out = renderer.render(items, layout.K, T, size, size, layout.light, BACKGROUND, floor)
         camera = Camera(K=layout.K.copy(), cam_to_world=T, width=size, height=size)
         views.append(
             View(rgb=out.rgb, camera=camera, depth=out.depth, instance=out.instance, semantic=out.semantic)
