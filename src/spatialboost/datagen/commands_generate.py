@@ -1,0 +1,120 @@
+"""``spatialboost generate synthetic|images``: write a sharded, resumable spatial CoT dataset.
+
+``generate synthetic --scenes N --views V --seed S --out DIR [--shard i/n] [--workers W] [--config FILE]
+[key=value ...]``; flags override the config file, ``key.sub=value`` overrides (e.g. ``synthetic.image_size=128``,
+``conversation.order=reverse``) override both. ``generate images`` is delegated to
+``spatialboost.datagen.commands_images`` (real photos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from pathlib import Path
+
+from spatialboost.config import ConfigError, load_config
+from spatialboost.errors import UserError
+
+log = logging.getLogger(__name__)
+IMAGES_MODULE = "spatialboost.datagen.commands_images"
+
+
+def _images_module():
+    try:
+        return importlib.import_module(IMAGES_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != IMAGES_MODULE:
+            raise
+        return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", parser_class=type(parser))
+    syn = sub.add_parser("synthetic", help="procedural 3D scenes with exact ground truth (the default)")
+    syn.add_argument("--out", required=True, type=Path, help="dataset directory (created, or resumed)")
+    syn.add_argument("--scenes", type=int, help="number of samples (default 64)")
+    syn.add_argument("--views", type=int, help="views per single-view-share sample (default 1)")
+    syn.add_argument("--seed", type=int, help="base seed (default 0)")
+    syn.add_argument("--multiview-share", type=float, help="share of samples with 2..--max-views views")
+    syn.add_argument("--max-views", type=int, help="most views of a multi-view sample (default 3)")
+    syn.add_argument("--image-size", type=int, help="square image side, pixels (default 224)")
+    syn.add_argument("--shard-size", type=int, help="samples per shard (default 16)")
+    add_run_arguments(syn)
+    syn.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conversation.order=reverse"
+    )
+    images = sub.add_parser("images", help="real photos through the perception models (issue 3)")
+    module = _images_module()
+    if module is not None:
+        module.add_arguments(images)
+    else:
+        images.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every source shares: which shards, how many workers, a config file."""
+    parser.add_argument("--shard", help="write shards i, i+n, i+2n, ... of the dataset (i/n)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (output identical to 1)")
+    parser.add_argument("--config", type=Path, help="YAML config file (GenerateConfig)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_FLAGS = {
+    "scenes": "scenes",
+    "views": "views",
+    "seed": "seed",
+    "multiview_share": "multiview_share",
+    "max_views": "max_views",
+    "image_size": "synthetic.image_size",
+    "shard_size": "shard_size",
+}
+
+
+def synthetic_config(args: argparse.Namespace):
+    """GenerateConfig from --config, then the flags, then key=value overrides."""
+    from spatialboost.datagen.sources import GenerateConfig
+
+    overrides = [
+        f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None
+    ]
+    try:
+        return load_config(GenerateConfig, args.config, overrides + list(args.overrides))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.source == "images":
+        module = _images_module()
+        if module is None:
+            raise UserError("generate images: not available yet (real-photo perception is issue 3)")
+        return int(module.run(args) or 0)
+    if args.source != "synthetic":
+        raise UserError("choose a source: `generate synthetic ...` or `generate images ...`")
+    return run_synthetic(args)
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
+    from spatialboost.datagen.sources import SyntheticSource
+
+    cfg = synthetic_config(args)
+    shard = parse_shard_spec(args.shard)
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    spec = WriteSpec(args.out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    manifest = write_dataset(SyntheticSource(cfg), spec, shard, args.workers, progress=not args.no_progress)
+    c = manifest["counts"]
+    log.info(
+        "%s: %d/%d samples in %d/%d shards, %d views, %d turns %s",
+        args.out,
+        c["samples"],
+        c["samples_planned"],
+        c["shards"],
+        c["shards_planned"],
+        c["views"],
+        c["turns"],
+        c["turns_per_level"],
+    )
+    return 0

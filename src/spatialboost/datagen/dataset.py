@@ -1,0 +1,461 @@
+"""Source-agnostic, resumable, sharded writer and reader of spatial CoT datasets.
+
+Layout of a dataset directory::
+
+    config.json                 the resolved config that made it (a different config is refused)
+    manifest.json               counts, config, seed, a content hash per complete shard, versions, timestamps
+    shards/shard-XXXXX.jsonl    LLaVA records {"id", "image", "conversations"}, one per line
+    images/<id>_v<k>.png        view k of sample <id> (deterministic PNG, no metadata)
+    gt/<id>.npz                 ground truth: depth (V,H,W) f32, instance (V,H,W) i32, semantic (V,H,W) u8,
+                                K (V,3,3), cam_to_world (V,4,4), meta = JSON (objects, classes, facts) as bytes
+    state/shard-XXXXX.json      completion record of a shard: its files' hashes and the shard hash
+
+A shard is complete only when its record exists and every hash in it matches: files are written to a temp
+file and renamed (``spatialboost.io``), the record last. On a rerun, complete shards are kept, anything
+else (missing, truncated, corrupt) is regenerated. Sample ``i`` draws only from ``sample_seed(seed, i)``,
+so the bytes do not depend on ``--shard i/n`` or ``--workers``. ``"image"`` is a list of paths in every
+record of a dataset that may hold multi-view samples and a single path otherwise (one Arrow type per column,
+so ``datasets.load_dataset("json", ...)`` reads it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import platform
+import random
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from spatialboost.config import to_dict
+from spatialboost.datagen.conversations import ConversationConfig, build_conversation, to_llava
+from spatialboost.datagen.relations import SceneGraph
+from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.errors import UserError
+from spatialboost.io import atomic_write_bytes, atomic_write_json, resolve_inside, sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+FORMAT = "spatialboost-cot/1"
+
+
+class SampleSource(Protocol):
+    """Where scenes come from (synthetic engine, real photos, ...). Must be picklable for workers."""
+
+    name: str
+    multiview: bool  # may samples have more than one view
+
+    def config(
+        self,
+    ) -> dict[str, Any]: ...  # what identifies the data (part of the refused-if-different config)
+
+    def make_scene(self, index: int, seed: int, sample_id: str) -> Scene: ...
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    out: Path
+    num_samples: int
+    seed: int
+    shard_size: int
+    conversation: ConversationConfig
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """Per-sample seed: a hash of (base seed, sample index), independent of sharding and workers."""
+    digest = hashlib.sha256(f"spatialboost:{base_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def sample_id(index: int) -> str:
+    return f"{index:08d}"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Deterministic PNG bytes (fixed compression, no metadata or timestamps)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=6, optimize=False)
+    return buf.getvalue()
+
+
+def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` readable by ``np.load(allow_pickle=False)`` with fixed zip timestamps (byte-deterministic)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            body = io.BytesIO()
+            np.lib.format.write_array(body, np.asarray(arr), allow_pickle=False)
+            zf.writestr(info, body.getvalue())
+    return buf.getvalue()
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def _object_json(o: SceneObject) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "name": o.name,
+        "description": o.description,
+        "color": o.color,
+        "centroid": o.centroid,
+        "aabb_min": o.aabb_min,
+        "aabb_max": o.aabb_max,
+        "obb_center": o.obb_center,
+        "obb_extent": o.obb_extent,
+        "obb_rotation": o.obb_rotation,
+        "visible_pixels": o.visible_pixels,
+        "attributes": o.attributes,
+    }
+
+
+def gt_arrays(scene: Scene, facts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The ground-truth sidecar of a sample (maps a source lacks are omitted)."""
+    views = scene.views
+    arrays: dict[str, np.ndarray] = {
+        "K": np.stack([v.camera.K for v in views]).astype(np.float64),
+        "cam_to_world": np.stack([v.camera.cam_to_world for v in views]).astype(np.float64),
+    }
+    for key, dtype in (("depth", np.float32), ("instance", np.int32), ("semantic", np.uint8)):
+        maps = [getattr(v, key) for v in views]
+        if all(x is not None for x in maps):
+            arrays[key] = np.stack(maps).astype(dtype)
+    meta = {
+        "scene_id": scene.scene_id,
+        "source": scene.source,
+        "sizes": [[v.camera.width, v.camera.height] for v in views],
+        "semantic_classes": scene.semantic_classes,
+        "objects": [_object_json(o) for o in scene.objects],
+        "facts": facts,
+        "scene_meta": scene.meta,
+    }
+    text = json.dumps(meta, default=_json_default, sort_keys=True)
+    arrays["meta"] = np.frombuffer(text.encode("utf-8"), np.uint8)
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------------- one shard
+
+
+def make_sample(
+    source: SampleSource, spec: WriteSpec, index: int
+) -> tuple[dict, list[tuple[str, bytes]], dict]:
+    """(LLaVA record, [(relative path, bytes)], turn counts per level) of sample ``index``."""
+    seed = sample_seed(spec.seed, index)
+    sid = sample_id(index)
+    scene = source.make_scene(index, seed, sid)
+    turns = build_conversation(SceneGraph(scene), spec.conversation, random.Random(seed))
+    files = [(f"images/{sid}_v{k}.png", encode_png(v.rgb)) for k, v in enumerate(scene.views)]
+    facts = [{"level": qa.level, "template": qa.template, **qa.fact} for qa in turns]
+    files.append((f"gt/{sid}.npz", encode_npz(gt_arrays(scene, facts))))
+    paths = [p for p, _ in files[:-1]]
+    record = to_llava(sid, paths, turns)
+    if source.multiview:
+        record["image"] = paths
+    counts: dict[str, int] = {}
+    for qa in turns:
+        counts[qa.level] = counts.get(qa.level, 0) + 1
+    return record, files, {"views": len(scene.views), "levels": counts}
+
+
+def shard_hash(files: dict[str, str]) -> str:
+    """Content hash of a shard: over its files' relative paths and sha256s, in path order."""
+    return sha256_bytes("".join(f"{p}\n{h}\n" for p, h in sorted(files.items())).encode())
+
+
+def write_shard(source: SampleSource, spec: WriteSpec, k: int) -> dict[str, Any]:
+    """Write shard ``k`` (files first, its completion record last) and return the record."""
+    start, end = k * spec.shard_size, min((k + 1) * spec.shard_size, spec.num_samples)
+    _remove_temp_files(spec.out, [sample_id(i) for i in range(start, end)], shard_name(k))
+    hashes: dict[str, str] = {}
+    lines, levels, views = [], {}, 0
+    for i in range(start, end):
+        record, files, counts = make_sample(source, spec, i)
+        for rel, data in files:
+            atomic_write_bytes(spec.out / rel, data)
+            hashes[rel] = sha256_bytes(data)
+        lines.append(json.dumps(record, ensure_ascii=False))
+        views += counts["views"]
+        for lv, n in counts["levels"].items():
+            levels[lv] = levels.get(lv, 0) + n
+    jsonl = ("\n".join(lines) + "\n").encode("utf-8")
+    rel = f"shards/{shard_name(k)}.jsonl"
+    atomic_write_bytes(spec.out / rel, jsonl)
+    hashes[rel] = sha256_bytes(jsonl)
+    state = {
+        "shard": k,
+        "file": rel,
+        "samples": [start, end],
+        "views": views,
+        "turns_per_level": dict(sorted(levels.items())),
+        "files": dict(sorted(hashes.items())),
+        "hash": shard_hash(hashes),
+    }
+    atomic_write_json(spec.out / "state" / f"{shard_name(k)}.json", state)
+    return state
+
+
+def _remove_temp_files(out: Path, ids: list[str], shard: str) -> None:
+    """Leftovers of an interrupted atomic write (``.<name>.XXXX.tmp``) of this shard's files."""
+    patterns = [f"images/.{i}_v*.tmp" for i in ids] + [f"gt/.{i}.npz.*.tmp" for i in ids]
+    patterns += [f"shards/.{shard}.jsonl.*.tmp", f"state/.{shard}.json.*.tmp"]
+    for pat in patterns:
+        for p in out.glob(pat):
+            p.unlink(missing_ok=True)
+
+
+def verify_shard(out: Path, k: int) -> dict[str, Any] | None:
+    """The completion record of shard ``k`` if it exists and every file matches its hash, else None."""
+    path = out / "state" / f"{shard_name(k)}.json"
+    try:
+        state = json.loads(path.read_text())
+        files = state["files"]
+        if shard_hash(files) != state["hash"]:
+            return None
+        for rel, h in files.items():
+            if sha256_file(resolve_inside(out, rel)) != h:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- whole dataset
+
+
+def parse_shard_spec(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def dataset_config(source: SampleSource, spec: WriteSpec) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "source": source.name,
+        "source_config": source.config(),
+        "num_samples": spec.num_samples,
+        "seed": spec.seed,
+        "shard_size": spec.shard_size,
+        "conversation": to_dict(spec.conversation),
+    }
+
+
+def _claim_dir(out: Path, config: dict[str, Any]) -> None:
+    """Record the config in a fresh dir, or check it equals the one already there (never mix datasets)."""
+    path = out / "config.json"
+    wanted = json.loads(json.dumps(config, default=_json_default))
+    if path.exists():
+        try:
+            have = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(
+                f"{path} is not valid JSON; remove the directory or choose another --out"
+            ) from None
+        if have != wanted:
+            diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
+            raise UserError(
+                f"{out} holds a dataset made with a different config (differs in {diff}); "
+                "use another --out or the same settings"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty and is not a SpatialBoost dataset; choose another --out")
+    atomic_write_json(path, wanted)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: SampleSource, spec: WriteSpec) -> None:
+    _WORKER["source"], _WORKER["spec"] = source, spec
+
+
+def _worker_shard(k: int) -> dict[str, Any]:
+    return write_shard(_WORKER["source"], _WORKER["spec"], k)
+
+
+def write_dataset(
+    source: SampleSource,
+    spec: WriteSpec,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate (or resume) the shards ``shard[0], shard[0] + shard[1], ...`` of a dataset; returns the manifest."""
+    from tqdm import tqdm
+
+    out = spec.out
+    config = dataset_config(source, spec)
+    _claim_dir(out, config)
+    started = time.time()
+    mine = list(range(shard[0], spec.num_shards, shard[1]))
+    todo = [k for k in mine if verify_shard(out, k) is None]
+    log.info(
+        "%d of %d shard(s) to write in %s (%d already complete)",
+        len(todo),
+        len(mine),
+        out,
+        len(mine) - len(todo),
+    )
+    bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress or not todo)
+    if workers <= 1 or len(todo) <= 1:
+        for k in todo:
+            write_shard(source, spec, k)
+            bar.update()
+    else:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(source, spec)) as pool:
+            for _ in pool.imap_unordered(_worker_shard, todo):
+                bar.update()
+    bar.close()
+    return write_manifest(out, config, started)
+
+
+def write_manifest(out: Path, config: dict[str, Any], started: float | None = None) -> dict[str, Any]:
+    """Aggregate the completion records of all complete shards into ``manifest.json``."""
+    num_shards = -(-config["num_samples"] // config["shard_size"])
+    shards, levels, samples, views = [], {}, 0, 0
+    for k in range(num_shards):
+        path = out / "state" / f"{shard_name(k)}.json"
+        if not path.exists():
+            continue
+        st = json.loads(path.read_text())
+        n = st["samples"][1] - st["samples"][0]
+        shards.append({"shard": k, "file": st["file"], "hash": st["hash"], "samples": n})
+        samples, views = samples + n, views + st["views"]
+        for lv, c in st["turns_per_level"].items():
+            levels[lv] = levels.get(lv, 0) + c
+    manifest = {
+        "format": FORMAT,
+        "complete": len(shards) == num_shards,
+        "counts": {
+            "samples": samples,
+            "samples_planned": config["num_samples"],
+            "shards": len(shards),
+            "shards_planned": num_shards,
+            "views": views,
+            "turns": sum(levels.values()),
+            "turns_per_level": dict(sorted(levels.items())),
+        },
+        "seed": config["seed"],
+        "config": config,
+        "shards": shards,
+        "software": _versions(),
+        "timestamps": {"started": started, "written": time.time()},
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+
+    import spatialboost
+
+    return {
+        "spatialboost": spatialboost.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(
+            f"{dataset_dir}: no manifest.json; is this a dataset made by `spatialboost generate`?"
+        )
+    return json.loads(path.read_text())
+
+
+def iter_records(dataset_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every LLaVA record of the complete shards listed in the manifest, in sample order."""
+    for entry in read_manifest(dataset_dir)["shards"]:
+        with open(resolve_inside(dataset_dir, entry["file"]), encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def record_images(record: dict[str, Any]) -> list[str]:
+    img = record["image"]
+    return [img] if isinstance(img, str) else list(img)
+
+
+def load_gt_arrays(dataset_dir: str | Path, sample: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, meta) of a sample's ground-truth sidecar."""
+    path = resolve_inside(dataset_dir, f"gt/{sample}.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
+    return arrays, meta
+
+
+def load_sample_gt(dataset_dir: str | Path, record: dict[str, Any], load_rgb: bool = True) -> Scene:
+    """The ``Scene`` of a record, rebuilt from its sidecar (+ images); the facts are in ``scene.meta["facts"]``."""
+    arrays, meta = load_gt_arrays(dataset_dir, record["id"])
+    views = []
+    for k, (w, h) in enumerate(meta["sizes"]):
+        rgb = None
+        if load_rgb:
+            with Image.open(resolve_inside(dataset_dir, record_images(record)[k])) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        cam = Camera(K=arrays["K"][k], cam_to_world=arrays["cam_to_world"][k], width=w, height=h)
+        maps = {key: arrays[key][k] if key in arrays else None for key in ("depth", "instance", "semantic")}
+        views.append(View(rgb=rgb, camera=cam, **maps))
+    objects = [
+        SceneObject(
+            **{
+                k: np.asarray(v, np.float64) if isinstance(v, list) and k not in _LIST_KEYS else v
+                for k, v in o.items()
+            }
+        )
+        for o in meta["objects"]
+    ]
+    scene_meta = dict(meta["scene_meta"], facts=meta["facts"])
+    return Scene(meta["scene_id"], views, objects, meta["semantic_classes"], meta["source"], scene_meta)
+
+
+_LIST_KEYS = ("visible_pixels",)
