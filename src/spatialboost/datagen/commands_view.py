@@ -1,0 +1,24 @@
+"""``spatialboost view DIR --out report.html``: a static HTML viewer of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from spatialboost.datagen.viewer import write_report
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, help="dataset directory")
+    parser.add_argument("--out", type=Path, default=None, help="HTML file (default DIR/report.html)")
+    parser.add_argument("--max-samples", type=int, default=16, help="samples shown")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or args.dataset / "report.html"
+    n = write_report(args.dataset, out, args.max_samples)
+    log.info("wrote %s (%d samples)", out, n)
+    return 0
