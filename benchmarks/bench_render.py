@@ -61,8 +61,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--views", type=int, default=1)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--no-shadows", action="store_true", help="skip the shadow pass")
     args = parser.parse_args()
-    cfg = SyntheticConfig(image_size=args.size, views=args.views)
+    cfg = SyntheticConfig(image_size=args.size, views=args.views, shadows=not args.no_shadows)
 
     t = time.perf_counter()
     generate_scene(10_000_000, cfg)  # context creation, shader compile, mesh upload
@@ -79,7 +80,8 @@ def main() -> None:
         end_to_end.append(time.perf_counter() - t)
     stages["generate_scene"] = end_to_end
 
-    print(f"{args.scenes} scenes, {args.views} view(s), {args.size}x{args.size}, one process")
+    shadows = "no shadows" if args.no_shadows else "shadows"
+    print(f"{args.scenes} scenes, {args.views} view(s), {args.size}x{args.size}, {shadows}, one process")
     print(f"{'stage':<16}{'mean ms':>10}{'median ms':>12}{'p95 ms':>10}")
     for name, xs in stages.items():
         xs_ms = sorted(1e3 * x for x in xs)

@@ -248,3 +248,18 @@ def test_render_is_deterministic_and_size_changes_work():
         assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
     assert a.instance.dtype == np.int32 and a.semantic.dtype == np.uint8 and a.depth.dtype == np.float32
     assert set(np.unique(a.instance)) == {0, 1, 2}
+
+
+def test_missing_egl_gives_an_actionable_error(monkeypatch):
+    import moderngl
+
+    from spatialboost.datagen.render import Renderer, RendererUnavailableError
+    from spatialboost.errors import UserError
+
+    def no_egl(**_):
+        raise RuntimeError("eglGetDisplay failed")
+
+    monkeypatch.setattr(moderngl, "create_standalone_context", no_egl)
+    with pytest.raises(RendererUnavailableError, match="libegl1 and libgl1-mesa-dri") as info:
+        Renderer()
+    assert isinstance(info.value, UserError)

@@ -8,7 +8,8 @@ bottom-up rows into the (x = column, y = row, origin top-left) convention.
 
 Unit meshes (every one fits the box [-0.5, 0.5]^3 exactly) are built once per (shape, tessellation) and
 uploaded once per process; a scene only sets a model matrix per draw. One context, program and framebuffer
-are reused per process (created lazily, re-created after a fork or an image-size change).
+are reused per process (created lazily, re-created after a fork or an image-size change). A renderer is not
+thread-safe: use processes, not threads, for parallel generation.
 """
 
 from __future__ import annotations
@@ -274,16 +275,16 @@ class Renderer:
     """Owns one GL context, program, cached unit-mesh buffers and a framebuffer for the current size."""
 
     def __init__(self, segments: int = 32) -> None:
-        import moderngl
-
         try:
+            import moderngl
+
             self.ctx = moderngl.create_standalone_context(backend="egl")
         except Exception as e:  # noqa: BLE001 - any failure here means "no headless GL"
             raise RendererUnavailableError(
                 f"cannot create a headless OpenGL (EGL) context ({e}); on Debian/Ubuntu install the "
                 "packages libegl1 and libgl1-mesa-dri (apt-get install libegl1 libgl1-mesa-dri)"
             ) from None
-        self.ctx.enable(moderngl.DEPTH_TEST)
+        self.ctx.enable(self.ctx.DEPTH_TEST)
         self.prog = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         self.segments = segments
         self._vaos: dict[str, tuple[object, int]] = {}
