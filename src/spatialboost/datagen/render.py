@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SHAPES = ("box", "sphere", "cylinder", "cone", "pyramid", "torus", "quad")
 MATERIAL_PLAIN, MATERIAL_CHECKER = 0, 1
 NEAR, FAR = 0.05, 100.0  # metres, clip planes
+SHADOW_SEGMENTS = 12  # shadows use coarser meshes: fewer thin flattened triangles for the rasteriser
 
 
 class RendererUnavailableError(UserError):
@@ -287,18 +288,17 @@ class Renderer:
         self.ctx.enable(self.ctx.DEPTH_TEST)
         self.prog = self.ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         self.segments = segments
-        self._vaos: dict[str, tuple[object, int]] = {}
+        self._vaos: dict[tuple[str, int], object] = {}
         self._fbo = None
         self._size: tuple[int, int] | None = None
         self.backend = f"moderngl-egl ({self.ctx.info['GL_RENDERER']})"
 
-    def _vao(self, shape: str):
-        if shape not in self._vaos:
-            mesh = unit_mesh(shape, self.segments)
-            vbo = self.ctx.buffer(mesh.tobytes())
-            vao = self.ctx.vertex_array(self.prog, [(vbo, "3f 3f", "in_pos", "in_normal")])
-            self._vaos[shape] = (vao, len(mesh))
-        return self._vaos[shape][0]
+    def _vao(self, shape: str, segments: int):
+        key = (shape, segments)
+        if key not in self._vaos:
+            vbo = self.ctx.buffer(unit_mesh(shape, segments).tobytes())
+            self._vaos[key] = self.ctx.vertex_array(self.prog, [(vbo, "3f 3f", "in_pos", "in_normal")])
+        return self._vaos[key]
 
     def _framebuffer(self, width: int, height: int):
         if self._size != (width, height):
@@ -372,7 +372,8 @@ class Renderer:
         fbo.depth_mask = False
         self.ctx.polygon_offset = (-1.0, -4.0)  # win the depth test against the coplanar floor
         for item in objects:
-            self._draw(floor, model=flatten @ item.model, shape=item.shape, normal=np.eye(3))
+            coarse = min(SHADOW_SEGMENTS, self.segments)
+            self._draw(floor, model=flatten @ item.model, shape=item.shape, normal=np.eye(3), segments=coarse)
         self.ctx.polygon_offset = (0.0, 0.0)
         fbo.color_mask = [(True, True, True, True), (True, True, True, True)]
         fbo.depth_mask = True
@@ -392,7 +393,7 @@ class Renderer:
         p["u_eye"].value = tuple(float(v) for v in cam_to_world[:3, 3])
         p["u_shadow"].value = 0
 
-    def _draw(self, item: DrawItem, model=None, shape=None, normal=None) -> None:
+    def _draw(self, item: DrawItem, model=None, shape=None, normal=None, segments=None) -> None:
         """Draw ``item`` (or its material and ids on another ``shape``/``model``, for shadows)."""
         p = self.prog
         model = item.model if model is None else model
@@ -405,7 +406,7 @@ class Renderer:
         p["u_tile"].value = float(item.tile)
         p["u_instance"].value = float(item.instance_id)
         p["u_semantic"].value = float(item.semantic_id)
-        self._vao(item.shape if shape is None else shape).render()
+        self._vao(item.shape if shape is None else shape, segments or self.segments).render()
 
     def read(self) -> RenderedView:
         """The framebuffer as arrays in the image convention (rows top-down)."""
