@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from spatialboost.data.collate import PackedCollator, PaddedCollator
@@ -15,10 +17,18 @@ from spatialboost.data.conversation import (
     tokenize_conversation,
 )
 from spatialboost.data.tokenizer import train_tokenizer
+from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
+from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import TINY_LLMS, build_llm
 from spatialboost.models.projector import MLPProjector
-from spatialboost.models.vlm import SpatialVLM, load_vlm_parts, save_vlm_parts, set_trainable
+from spatialboost.models.vlm import (
+    SpatialVLM,
+    image_transform_for,
+    load_vlm_parts,
+    save_vlm_parts,
+    set_trainable,
+)
 
 IMAGE_SIZE, PATCH = 8, 4
 N_IMG = (IMAGE_SIZE // PATCH) ** 2
@@ -226,3 +236,49 @@ def test_generate_greedy_matches_argmax(tokenizer):
         first = vlm(input_ids=ids, pixel_values=pixels).logits[0, -1].argmax()
         two = vlm(input_ids=torch.cat([ids, new[:, :1]], 1), pixel_values=pixels).logits[0, -1].argmax()
     assert new[0, 0] == first and new[0, 1] == two
+
+
+def test_stage3_with_boosted_tiny_vit(tokenizer):
+    """The real registry encoder + dual-channel adapter: only Attn+/gates and the projector move."""
+    from spatialboost import add_dual_channel
+
+    encoder = add_dual_channel(create_encoder("tiny-vit", seed=0))
+    torch.manual_seed(0)
+    vlm = SpatialVLM(encoder, build_llm("tiny-qwen2", tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    n_tokens = vlm.num_image_tokens()
+    assert n_tokens == (encoder.spec.image_size // encoder.spec.patch_size) ** 2
+    set_trainable(vlm, projector=True, llm=False, encoder="frozen")  # stage 1 froze everything ...
+    counts = set_trainable(
+        vlm, projector=True, llm=False, encoder="adapter"
+    )  # ... stage 3 re-opens the adapter
+    adapter = set(adapter_state_dict(vlm.encoder))
+    assert counts["llm"] == 0 and 0 < counts["encoder"] < sum(p.numel() for p in vlm.encoder.parameters())
+    assert {n for n, p in vlm.encoder.named_parameters() if p.requires_grad} == adapter
+
+    transform = image_transform_for(encoder)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)) for _ in range(2)]
+    samples = []
+    for i, n_images in enumerate((1, 2)):
+        t = tokenize_conversation(make_record(i, n_images), tokenizer, n_tokens)
+        pixels = transform(images[:n_images])
+        samples.append(
+            {
+                "id": t.id,
+                "input_ids": torch.tensor(t.input_ids),
+                "labels": torch.tensor(t.labels),
+                "pixel_values": pixels,
+            }
+        )
+    assert transform([]).shape[0] == 0
+    batch = PackedCollator(tokenizer.pad_token_id, 1024)(samples)
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        vlm(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = vlm.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    trainable = {f"encoder.{n}" for n in adapter} | {f"projector.{n}" for n in vlm.projector.state_dict()}
+    assert moved <= trainable and any(k.startswith("encoder.") for k in moved)

@@ -33,7 +33,8 @@ from spatialboost.registry import Registry
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
-TINY_LLMS: Registry[Callable[[int], PretrainedConfig]] = Registry("tiny LLM config")
+# (vocab_size, **config field overrides) -> config
+TINY_LLMS: Registry[Callable[..., PretrainedConfig]] = Registry("tiny LLM config")
 
 # One shape for every family: 2 layers, width 64, 4 query heads over 2 KV heads (GQA), tied embeddings.
 _TINY = dict(
@@ -48,18 +49,20 @@ _TINY = dict(
 
 
 @TINY_LLMS.register("tiny-qwen2")
-def tiny_qwen2(vocab_size: int) -> PretrainedConfig:
-    return Qwen2Config(vocab_size=vocab_size, **_TINY)
+def tiny_qwen2(vocab_size: int, **overrides) -> PretrainedConfig:
+    return Qwen2Config(vocab_size=vocab_size, **{**_TINY, **overrides})
 
 
 @TINY_LLMS.register("tiny-qwen3")
-def tiny_qwen3(vocab_size: int) -> PretrainedConfig:
-    return Qwen3Config(vocab_size=vocab_size, head_dim=16, **_TINY)
+def tiny_qwen3(vocab_size: int, **overrides) -> PretrainedConfig:
+    fields = {**_TINY, **overrides}
+    fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
+    return Qwen3Config(vocab_size=vocab_size, **fields)
 
 
 @TINY_LLMS.register("tiny-llama")
-def tiny_llama(vocab_size: int) -> PretrainedConfig:
-    return LlamaConfig(vocab_size=vocab_size, **_TINY)
+def tiny_llama(vocab_size: int, **overrides) -> PretrainedConfig:
+    return LlamaConfig(vocab_size=vocab_size, **{**_TINY, **overrides})
 
 
 def build_llm(
@@ -83,9 +86,7 @@ def build_llm(
             if tokenizer is None:
                 raise ValueError(f"{name}: pass the tokenizer (or vocab_size) to size the embedding table")
             vocab_size = len(tokenizer)
-        config = TINY_LLMS.get(name)(vocab_size)
-        for key, value in config_overrides.items():
-            setattr(config, key, value)
+        config = TINY_LLMS.get(name)(vocab_size, **config_overrides)
         _copy_special_ids(config, tokenizer)
         config._attn_implementation = attn_implementation
         if seed is not None:

@@ -31,9 +31,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
-from spatialboost.data.images import ImageTransform, make_image_transform
+from spatialboost.data.images import ImageTransform
 from spatialboost.io import atomic_write_json
+from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.preprocess import patch_multiple, preprocess_images
 from spatialboost.models.projector import MLPProjector
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class SpatialVLM(nn.Module):
 
     def num_image_tokens(self, image_size: int | None = None) -> int:
         """Patch tokens per image at ``image_size`` (default: the encoder's) = ids per ``<image>``."""
-        side = (image_size or self.encoder.spec.image_size) // self.encoder.spec.patch_size
+        spec = self.encoder.spec
+        side = patch_multiple(image_size or spec.image_size, spec.patch_size) // spec.patch_size
         return side * side
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -158,13 +161,16 @@ class SpatialVLM(nn.Module):
 
 
 def image_transform_for(encoder: VisionEncoder, size: int | None = None) -> ImageTransform:
-    """The encoder's preprocessing (resize + mean/std) as the dataset's image transform."""
+    """The encoder's preprocessing (``models.preprocess``) as the dataset's image transform."""
     spec = encoder.spec
-    try:
-        from spatialboost.models.preprocess import preprocess_images
-    except ImportError:  # before the encoder package ships its preprocessing
-        return make_image_transform(size or spec.image_size, spec.mean, spec.std)
-    return lambda images: preprocess_images(images, spec, size=size)
+    side = patch_multiple(size or spec.image_size, spec.patch_size)
+
+    def transform(images: list) -> torch.Tensor:  # -> (n, 3, side, side)
+        if not images:
+            return torch.empty(0, 3, side, side)
+        return preprocess_images(images, spec, size=side)
+
+    return transform
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -174,8 +180,8 @@ def image_transform_for(encoder: VisionEncoder, size: int | None = None) -> Imag
 def set_trainable(vlm: SpatialVLM, projector: bool, llm: bool, encoder: str = "frozen") -> dict[str, int]:
     """Set requires_grad per part; returns trainable parameter counts per part.
 
-    ``encoder``: ``"frozen"`` (nothing), ``"full"`` (everything), ``"adapter"`` (only the dual-channel
-    adapter's parameters, from ``spatialboost.models.dual_channel.trainable_parameters``).
+    ``encoder``: ``"frozen"`` (nothing), ``"full"`` (everything), ``"adapter"`` (only what the boosted
+    encoder's adapter trains: Attn+ and gates, or LoRA weights; ``dual_channel.adapter_state_dict``).
     """
     vlm.projector.requires_grad_(projector)
     vlm.llm.requires_grad_(llm)
@@ -184,14 +190,10 @@ def set_trainable(vlm: SpatialVLM, projector: bool, llm: bool, encoder: str = "f
     elif encoder == "full":
         vlm.encoder.requires_grad_(True)
     elif encoder == "adapter":
-        from spatialboost.models.dual_channel import trainable_parameters
-
-        adapter = [p[1] if isinstance(p, tuple) else p for p in trainable_parameters(vlm.encoder)]
-        if not adapter:
-            raise ValueError("encoder='adapter' but the encoder has no adapter; call add_dual_channel first")
-        vlm.encoder.requires_grad_(False)
-        for param in adapter:
-            param.requires_grad_(True)
+        # by name, not by current requires_grad: an earlier stage may have frozen the whole encoder
+        names = set(adapter_state_dict(vlm.encoder))  # raises if the encoder is not boosted
+        for name, param in vlm.encoder.named_parameters():
+            param.requires_grad_(name in names)
     else:
         raise ValueError(f"encoder must be 'frozen', 'adapter' or 'full', got {encoder!r}")
     counts = {name: _count_trainable(getattr(vlm, name)) for name in ("encoder", "projector", "llm")}
