@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -66,3 +68,12 @@ def tiny_overrides(run_dir: Path, data: Path, steps: int = 4, every: int = 2) ->
         *[f"stages.{s}.max_steps={steps}" for s in ("align", "instruct", "encoder")],
         *[f"stages.{s}.batch_size=4" for s in ("align", "instruct", "encoder")],
     ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and steadiest on a shared 2-core box) on one thread; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -75,24 +75,28 @@ class StageConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
-def _align() -> StageConfig:
-    return StageConfig(lr=1e-3)
+@dataclass
+class AlignStage(StageConfig):
+    lr: float = 1e-3  # LLaVA-1.5's stage-1 lr (the paper does not state it)
 
 
-def _instruct() -> StageConfig:
-    return StageConfig(lr=2e-5)
+@dataclass
+class InstructStage(StageConfig):
+    lr: float = 2e-5  # LLaVA-1.5's stage-2 lr (not stated in the paper)
 
 
-def _encoder() -> StageConfig:
-    return StageConfig(lr=2e-5, lr_gates=1e-3)
+@dataclass
+class EncoderStage(StageConfig):
+    lr: float = 2e-5  # "small lr" for Attn+/projector (not stated in the paper)
+    lr_gates: float | None = 1e-3  # gates start at 0 with zero gradient; they need a larger lr to move
 
 
 @dataclass
 class StagesConfig:
     run: list[StageName] = field(default_factory=lambda: list(STAGE_NAMES))
-    align: StageConfig = field(default_factory=_align)
-    instruct: StageConfig = field(default_factory=_instruct)
-    encoder: StageConfig = field(default_factory=_encoder)
+    align: AlignStage = field(default_factory=AlignStage)
+    instruct: InstructStage = field(default_factory=InstructStage)
+    encoder: EncoderStage = field(default_factory=EncoderStage)
 
     def validate(self) -> None:
         if not self.run:

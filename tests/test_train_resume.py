@@ -1,0 +1,128 @@
+"""Checkpoints: resume after a crash gives bit-identical weights; NaN stops cleanly; no frozen weights saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spatialboost.cli import main
+from spatialboost.train import checkpoint as ckpt
+from spatialboost.train.stages import STAGES, checkpoints_dir, finished_output
+from train_fixtures import make_dataset, one_thread, tiny_overrides  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("resume") / "data", n=16)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run of the three stages."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    torch.set_num_threads(1)
+    assert main(["train", *tiny_overrides(run, data, steps=4, every=2)]) == 0
+    return run
+
+
+def final_files(run: Path) -> dict[str, bytes]:
+    out = {name: (finished_output(run, name) / ckpt.WEIGHTS).read_bytes() for name in STAGES}
+    out["encoder/adapter"] = (run / "encoder" / "adapter.safetensors").read_bytes()
+    return out
+
+
+def test_resume_after_simulated_crash_is_bitwise_identical(reference, data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save = ckpt.save_checkpoint
+    calls = {"n": 0}
+
+    def crashing_save(root, step, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # stage 2's final checkpoint: die half-way through writing it
+            (Path(root) / f".tmp-step-{step:08d}-dead").mkdir(parents=True)
+            raise KeyboardInterrupt("simulated crash")
+        return real_save(root, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *tiny_overrides(run, data, steps=4, every=2)])
+    assert finished_output(run, "instruct") is None and finished_output(run, "align") is not None
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    assert main(["train", *tiny_overrides(run, data, steps=4, every=2)]) == 0
+    assert final_files(run) == final_files(reference)
+    assert not list(checkpoints_dir(run, "instruct").glob(".tmp-*"))
+
+
+def test_resume_after_kill_9_is_bitwise_identical(reference, data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", *tiny_overrides(run, data, steps=4, every=1)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "spatialboost", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    target = checkpoints_dir(run, "instruct")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and ckpt.latest_checkpoint(target) is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert finished_output(run, "encoder") is None
+    assert main(["train", *tiny_overrides(run, data, steps=4, every=1)]) == 0
+    assert final_files(run) == final_files(reference)
+
+
+def test_checkpoint_holds_only_trainable_weights_without_pickle(reference):
+    for name in STAGES:
+        last = finished_output(reference, name)
+        files = sorted(p.name for p in last.iterdir())
+        assert ckpt.WEIGHTS in files and ckpt.OPTIM in files
+        assert not [f for f in files if f.endswith((".bin", ".pkl", ".pth"))]
+        keys = set(load_file(str(last / ckpt.WEIGHTS)))
+        if name != "instruct":
+            assert not any(k.startswith("llm.") for k in keys), name
+        if name == "encoder":
+            assert all(k.startswith("projector.") or ".plus." in k or k.endswith(".gate") for k in keys)
+        state = torch.load(last / ckpt.OPTIM, weights_only=True)  # plain tensors and containers only
+        assert {"optimizer", "scheduler", "rng"} <= set(state)
+    kept = ckpt.list_checkpoints(checkpoints_dir(reference, "align"))
+    assert [p.name for p in kept] == ["step-00000002", "step-00000004"]
+
+
+def test_rerun_of_a_finished_run_changes_nothing(reference, data):
+    before = final_files(reference)
+    assert main(["train", *tiny_overrides(reference, data, steps=4, every=2)]) == 0
+    assert final_files(reference) == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(run, data, steps=8, every=1) + [
+        "stages.run=[align]",
+        "stages.align.lr=1.0e+30",
+        "stages.align.grad_clip=0",
+        "stages.align.warmup_ratio=0",
+    ]
+    assert main(["train", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "loss is nan" in err or "loss is inf" in err
+    last = ckpt.latest_checkpoint(checkpoints_dir(run, "align"))
+    assert last is not None, "no checkpoint before the divergence; make it diverge later"
+    weights, _, state = ckpt.load_checkpoint(last)
+    assert not state["done"] and all(torch.isfinite(t).all() for t in weights.values())
+    assert str(last) in err
+
+
+def test_changed_config_refuses_to_resume(reference, data, capsys):
+    args = tiny_overrides(reference, data, steps=4, every=2) + ["stages.align.lr=0.5"]
+    assert main(["train", *args]) == 2
+    assert "different config" in capsys.readouterr().err

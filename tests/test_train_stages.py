@@ -1,0 +1,137 @@
+"""Stage trainable sets, frozen weights staying bit-identical, param groups, schedule, tiny overfit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spatialboost.config import load_config
+from spatialboost.data.dataset import read_records
+from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
+from spatialboost.models.llm import ensure_image_token
+from spatialboost.models.vlm import image_transform_for
+from spatialboost.train.config import TrainConfig
+from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
+from spatialboost.train.distributed import DistEnv
+from spatialboost.train.loop import clip_and_step, forward_backward
+from spatialboost.train.stages import (
+    build_vlm,
+    make_optimizer,
+    param_group,
+    set_stage_trainable,
+    trainable_named,
+    warmup_cosine,
+)
+from train_fixtures import make_dataset, one_thread, tiny_overrides  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    data = make_dataset(root / "data", n=12)
+    cfg = load_config(TrainConfig, None, tiny_overrides(root / "run", data))
+    tok = train_tokenizer(corpus_from_records(read_records(data)), vocab_size=300)
+    ensure_image_token(tok)
+    return cfg, tok
+
+
+def _names(vlm):
+    return set(trainable_named(vlm))
+
+
+def test_align_trains_only_the_projector(setup):
+    cfg, tok = setup
+    vlm = build_vlm(cfg, tok, "align")
+    summary = set_stage_trainable(vlm, "align", cfg.stages.align)
+    assert list(summary) == ["projector"]
+    assert _names(vlm) == {n for n, _ in vlm.projector.named_parameters(prefix="projector")}
+
+
+def test_instruct_trains_projector_and_llm(setup):
+    cfg, tok = setup
+    vlm = build_vlm(cfg, tok, "instruct")
+    summary = set_stage_trainable(vlm, "instruct", cfg.stages.instruct)
+    assert list(summary) == ["projector", "llm"]
+    names = _names(vlm)
+    assert not any(n.startswith("encoder.") for n in names)
+    assert {n for n, _ in vlm.llm.named_parameters(prefix="llm")} <= names
+
+
+@pytest.mark.parametrize("train_projector", [True, False])
+def test_encoder_stage_trains_attn_plus_and_gates(setup, train_projector):
+    cfg, tok = setup
+    cfg.stages.encoder.train_projector = train_projector
+    vlm = build_vlm(cfg, tok, "encoder")
+    summary = set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
+    assert set(summary) == {"adapter", "gates"} | ({"projector"} if train_projector else set())
+    for name in _names(vlm):
+        assert name.startswith("projector.") or ".plus." in name or name.endswith(".gate"), name
+    assert not any(n.startswith("llm.") for n in _names(vlm))
+    cfg.stages.encoder.train_projector = True
+
+
+def test_stage3_steps_leave_llm_and_original_encoder_bit_identical(setup):
+    cfg, tok = setup
+    vlm = build_vlm(cfg, tok, "encoder")
+    set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
+    before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
+    params = trainable_named(vlm)
+    opt = make_optimizer(params, cfg.stages.encoder)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    dcfg = cfg.data
+    data = load_train_data(dcfg, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder))
+    plan = BatchPlan(data, None, 0, 4, 1, 1)
+    batches = micro_batch_loader(plan, 0, 3, 0, make_collator(dcfg, tok.pad_token_id))
+    for step in range(3):
+        forward_backward(
+            vlm, [next(batches)], plan.target_tokens(step), DistEnv(), lambda: torch.enable_grad()
+        )
+        clip_and_step(params, opt, sched, cfg.stages.encoder)
+    for name, p in vlm.named_parameters():
+        if name in params:
+            continue
+        assert torch.equal(p, before[name]), f"frozen {name} changed"
+    moved = [n for n in params if not torch.equal(params[n], before[n])]
+    assert any(".plus." in n for n in moved) and any(n.startswith("projector.") for n in moved)
+
+
+def test_param_groups_and_gate_lr(setup):
+    cfg, tok = setup
+    assert param_group("projector.fc1.weight") == "projector"
+    assert param_group("llm.model.layers.0.mlp.up_proj.weight") == "llm"
+    assert param_group("encoder.model.encoder.layer.0.attention.gate") == "gates"
+    assert param_group("encoder.model.encoder.layer.0.attention.plus.q_proj.weight") == "adapter"
+    vlm = build_vlm(cfg, tok, "encoder")
+    set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
+    scfg = cfg.stages.encoder
+    scfg.weight_decay = 0.1
+    opt = make_optimizer(trainable_named(vlm), scfg)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["gates/no_decay"]["lr"] == scfg.lr_gates and by_name["gates/no_decay"]["weight_decay"] == 0
+    assert by_name["adapter"]["weight_decay"] == 0.1 and by_name["adapter/no_decay"]["weight_decay"] == 0
+    scfg.weight_decay = 0.0
+
+
+def test_warmup_cosine_shape():
+    lrs = [warmup_cosine(s, 100, 10, 0.1) for s in range(101)]
+    assert lrs[0] < lrs[5] < lrs[9] <= 1.0
+    assert max(lrs) == pytest.approx(1.0, abs=1e-3)
+    assert lrs[100] == pytest.approx(0.1)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_loss_decreases_on_tiny_overfit(tmp_path):
+    from spatialboost.train.pipeline import run_training
+
+    data = make_dataset(tmp_path / "data", n=4, multi_every=0)
+    overrides = tiny_overrides(tmp_path / "run", data, steps=20, every=20) + [
+        "stages.run=[instruct]",
+        "stages.instruct.lr=0.005",
+        "stages.instruct.batch_size=4",
+    ]
+    cfg = load_config(TrainConfig, None, overrides)
+    (result,) = run_training(cfg)
+    assert math.isfinite(result.loss_end)
+    assert result.loss_end < 0.5 * result.loss_start, (result.loss_start, result.loss_end)
