@@ -24,6 +24,7 @@ from spatialboost.models.llm import TINY_LLMS, build_llm
 from spatialboost.models.projector import MLPProjector
 from spatialboost.models.vlm import (
     SpatialVLM,
+    causal_lm_loss,
     image_transform_for,
     load_vlm_parts,
     save_vlm_parts,
@@ -101,17 +102,20 @@ def test_packed_loss_equals_unpacked(tokenizer, attn):
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # really packed
     assert packed["pixel_values"].shape[0] == padded["pixel_values"].shape[0] > 0
     with torch.no_grad():
-        loss_padded = batch_loss(vlm, padded)
+        out_padded = vlm(**padded)
+        loss_padded = out_padded.loss
         loss_packed = batch_loss(vlm, packed)
-        one_by_one = [vlm(**PaddedCollator(tokenizer.pad_token_id)([s])) for s in samples]
+        rows = [
+            causal_lm_loss(out_padded.logits[r : r + 1], padded["labels"][r : r + 1])
+            for r in range(len(samples))
+        ]
         # without the block-diagonal mask the conversations would see each other: the loss differs
         leaky = {k: v for k, v in packed.items() if k != "seq_ids"}
         loss_leaky = batch_loss(vlm, leaky)
     assert abs(loss_packed.item() - loss_padded.item()) < 1e-5
     # normalisation: mean over all answer tokens of the batch (token-weighted, not a mean of sample means)
-    weighted = sum(o.loss * o.num_label_tokens for o in one_by_one) / sum(
-        o.num_label_tokens for o in one_by_one
-    )
+    weighted = sum(loss * n for loss, n in rows) / sum(n for _, n in rows)
+    assert abs(weighted.item() - torch.stack([loss for loss, _ in rows]).mean().item()) > 1e-4  # they differ
     assert abs(weighted.item() - loss_padded.item()) < 1e-5
     assert abs(loss_leaky.item() - loss_packed.item()) > 1e-5
 
