@@ -37,7 +37,7 @@ from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
 class LiftConfig:
     min_object_points: int = 30  # masks with fewer valid-depth pixels are dropped
     mad_k: float = 3.0  # depth outliers: farther than mad_k * 1.4826 * MAD from the median depth
-    max_points_per_object: int = 20000  # random subsample (seeded) before the box fit
+    max_points_per_object: int = 5000  # random subsample (seeded) before the box fit
     floor_ransac_iters: int = 200
     floor_inlier_m: float = 0.03  # RANSAC inlier distance, metres
     floor_min_fraction: float = 0.15  # of the non-object points, to accept a floor
