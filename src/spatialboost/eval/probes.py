@@ -44,9 +44,12 @@ IGNORE_INDEX = 255
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    lr: float = 3e-3
+    lr: float = 1e-2
     batch_size: int = 8
     weight_decay: float = 1e-4
+    train_upsample: int = (
+        4  # dense heads: loss at this x the patch grid (nearest-sampled targets); 0 = full S
+    )
 
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -55,10 +58,11 @@ class TrainConfig:
 
 @dataclass
 class DepthProbeConfig(TrainConfig):
-    mode: Literal["bins", "log-regression"] = "bins"
+    mode: Literal["bins", "log-regression"] = "log-regression"  # bins: DINOv2's classification-regression
     bins: int = 128
     use_cls: bool = True
     max_depth: float = 0.0  # metres; 0 = 1.05 x the 99.9th percentile of the train depths
+    silog_lambda: float = 0.5  # bins loss: 0 = RMSE of log depth, 1 = fully scale-invariant
     preview: int = 4  # test predictions kept for the depth grid plot
 
 
@@ -146,6 +150,21 @@ def _t(a: np.ndarray, idx: np.ndarray | slice) -> torch.Tensor:
     return torch.from_numpy(np.array(a[idx], dtype=np.float32))
 
 
+def train_side(size: int, grid: tuple[int, int], cfg: TrainConfig) -> int:
+    """Side of the maps the dense losses are computed on (evaluation is always at the full ``size``)."""
+    return size if cfg.train_upsample <= 0 else min(size, cfg.train_upsample * max(grid))
+
+
+def _sample_targets(a: np.ndarray, idx: np.ndarray, side: int, dtype) -> torch.Tensor:
+    """(B, S, S) targets of ``idx`` nearest-sampled at the centres of a side x side grid."""
+    block = np.asarray(a[idx])
+    size = block.shape[-1]
+    if side != size:
+        pick = np.minimum(((np.arange(side) + 0.5) * size / side).astype(int), size - 1)
+        block = block[:, pick][:, :, pick]
+    return torch.from_numpy(np.ascontiguousarray(block).astype(dtype))
+
+
 def _protocol(
     name: str, cfg: Any, train: FeatureSet, seed: int, history: list[float] | None
 ) -> dict[str, Any]:
@@ -186,13 +205,22 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
         cls_stats = feature_stats(train.cls)
         stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
     head = DenseLinearHead(*stats, out_dim=cfg.bins if cfg.mode == "bins" else 1, use_cls=cfg.use_cls)
+    valid = np.asarray(train.depth)[np.asarray(train.depth) > 0]
+    if cfg.mode == "log-regression":  # start at the mean train log-depth, not at 1 m
+        head.head.linear.bias.data.fill_(float(np.log(valid).mean()) if valid.size else 0.0)
+    else:  # start at the train depth histogram over the bins
+        width = float(centers[1] - centers[0]) if len(centers) > 1 else 1.0
+        which = np.clip((valid / width).astype(np.int64), 0, cfg.bins - 1)
+        head.head.linear.bias.data.copy_(_log_prior(which, cfg.bins))
+
+    side = train_side(size, grid, cfg)
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
-        out = head(_t(train.patch, idx), _t(train.cls, idx), grid, size)
-        target = _t(train.depth, idx)
+        out = head(_t(train.patch, idx), _t(train.cls, idx), grid, side)
+        target = _sample_targets(train.depth, idx, side, np.float32)
         valid = target > 0
         if cfg.mode == "bins":
-            return silog_loss(_depth_from_out(out, "bins", centers), target, valid)
+            return silog_loss(_depth_from_out(out, "bins", centers), target, valid, cfg.silog_lambda)
         return F.mse_loss(out[:, 0][valid], target[valid].log()) if valid.any() else out.sum() * 0.0
 
     history = fit(head, len(train), step_loss, cfg, seed)
@@ -211,6 +239,13 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
     proto = _protocol("depth-linear", cfg, train, seed, history)
     proto["max_depth"] = float(centers[-1] + (centers[1] - centers[0]) / 2) if len(centers) > 1 else None
     return ProbeResult(metrics=metrics, protocol=proto, preview=preview, head=head)
+
+
+def _log_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Log class frequencies (ignore index dropped, +1 smoothing): the bias a zero-weight head starts from."""
+    labels = labels[(labels >= 0) & (labels < num_classes)]
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes] + 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
 
 
 # --- segmentation ----------------------------------------------------------------------------------------
@@ -236,10 +271,13 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         cls_stats = feature_stats(train.cls)
         stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
     head = DenseLinearHead(*stats, out_dim=num_classes, use_cls=cfg.use_cls)
+    head.head.linear.bias.data.copy_(_log_prior(np.asarray(train.seg).reshape(-1), num_classes))
+
+    side = train_side(size, grid, cfg)
 
     def step_loss(idx: np.ndarray) -> torch.Tensor:
-        logits = head(_t(train.patch, idx), _t(train.cls, idx), grid, size)
-        target = torch.from_numpy(np.array(train.seg[idx], dtype=np.int64))
+        logits = head(_t(train.patch, idx), _t(train.cls, idx), grid, side)
+        target = _sample_targets(train.seg, idx, side, np.int64)
         if not (target != IGNORE_INDEX).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -282,6 +320,7 @@ def cls_linear_probe(train: FeatureSet, test: FeatureSet, cfg: ClsLinearConfig, 
     x_te, y_te = _labelled(test, _cls_features(test, cfg.use_avgpool))
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     head = LinearHead(*feature_stats(x_tr), out_dim=num_classes)
+    head.linear.bias.data.copy_(_log_prior(y_tr, num_classes))
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
     history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), cfg, seed)
     with torch.inference_mode():

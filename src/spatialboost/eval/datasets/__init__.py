@@ -32,9 +32,11 @@ def _needs_path(name: str, path: str | None) -> Path:
 
 @DATASETS.register("synthetic")
 def _synthetic(
-    path: str | None, split: str, num_scenes: int = 64, scene_fn=None, **_: object
+    path: str | None, split: str, num_scenes: int = 64, scene_fn=None, image_size: int = 224, **_: object
 ) -> ProbeDataset:
-    return SyntheticProbeDataset(split, num_scenes=num_scenes, scene_fn=scene_fn)
+    if path:
+        raise UserError("the synthetic benchmark is built in: use --data synthetic (no path)")
+    return SyntheticProbeDataset(split, num_scenes=num_scenes, scene_fn=scene_fn, image_size=image_size)
 
 
 @DATASETS.register("nyu")

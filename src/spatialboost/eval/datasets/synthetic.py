@@ -36,10 +36,18 @@ def split_seeds(split: str, n: int) -> list[int]:
     return [SEED_OFFSET + k * SPLIT_STRIDE + i for i in range(n)]
 
 
-def default_scene_fn(seed: int) -> Scene:
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+class SyntheticSceneFn:
+    """``seed -> Scene`` with the synthetic engine's default config at ``image_size`` pixels."""
 
-    return generate_scene(seed, SyntheticConfig())
+    def __init__(self, image_size: int = 224, views: int = 1) -> None:
+        self.image_size = image_size
+        self.views = views
+        self.__qualname__ = f"generate_scene@{image_size}px"
+
+    def __call__(self, seed: int) -> Scene:
+        from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+
+        return generate_scene(seed, SyntheticConfig(image_size=self.image_size, views=self.views))
 
 
 def sample_from_scene(scene: Scene, view: int = 0) -> ProbeSample:
@@ -69,10 +77,16 @@ class SyntheticProbeDataset(ProbeDataset):
     name = "synthetic"
     tasks = ("depth", "seg", "cls")
 
-    def __init__(self, split: str = "train", num_scenes: int = 64, scene_fn: SceneFn | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        num_scenes: int = 64,
+        scene_fn: SceneFn | None = None,
+        image_size: int = 224,
+    ) -> None:
         self.split = check_split(split)
         self.seeds = split_seeds(split, num_scenes)
-        self._scene_fn = scene_fn or default_scene_fn
+        self._scene_fn = scene_fn or SyntheticSceneFn(image_size)
         self._sample = lru_cache(maxsize=None)(self._render)
         first = self._scene_fn(self.seeds[0]) if self.seeds else None
         self.seg_classes = list(first.semantic_classes) if first is not None else ["void"]

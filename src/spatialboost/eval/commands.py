@@ -1,0 +1,73 @@
+"""``spatialboost probe``: frozen-feature probes of an encoder (and its base), written as a report.
+
+    spatialboost probe --encoder NAME|PATH [--baseline NAME|PATH] --task depth|seg|cls|all
+        --data synthetic|nyu:PATH|ade20k:PATH|voc:PATH|imagefolder:PATH [--seeds 3] [--out DIR]
+        [--image-size S] [--layers last|last4] [--config probe.yaml] [key.sub=value ...]
+
+Writes results.json, results.md, bars.png, depth_grid.png and the resolved config.yaml into --out.
+A boosted encoder directory given without --baseline brings its base along (re-run with the same seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from spatialboost.config import ConfigError, load_config, save_config, validate_tree
+from spatialboost.errors import UserError
+from spatialboost.eval.report import markdown_table, write_report
+from spatialboost.eval.runner import ProbeConfig, pair_encoders, run_probes
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", help="registered name, saved (boosted) encoder dir, or hub id/path")
+    parser.add_argument("--baseline", help="the base encoder to compare with (same seeds, same job)")
+    parser.add_argument("--task", choices=["depth", "seg", "cls", "all"], help="probe task (default all)")
+    parser.add_argument("--data", help="synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH")
+    parser.add_argument("--seeds", type=int, help="number of probe seeds (default 3)")
+    parser.add_argument("--out", help="output directory (default probe-results)")
+    parser.add_argument("--image-size", type=int, help="probe resolution in pixels (default: the encoder's)")
+    parser.add_argument(
+        "--layers", choices=["last", "last4"], help="features of the last block or the last four"
+    )
+    parser.add_argument("--config", help="YAML file with ProbeConfig fields")
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value config overrides, e.g. probes.depth.epochs=10"
+    )
+
+
+def build_config(args: argparse.Namespace) -> ProbeConfig:
+    try:
+        cfg = load_config(ProbeConfig, args.config, args.overrides)
+        flags = {"encoder": args.encoder, "baseline": args.baseline, "seeds": args.seeds, "out": args.out}
+        for key, value in flags.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        if args.task is not None:
+            cfg.tasks = [args.task]
+        if args.data is not None:
+            cfg.data.spec = args.data
+        if args.image_size is not None:
+            cfg.features.image_size = args.image_size
+        if args.layers is not None:
+            cfg.features.layers = args.layers
+        validate_tree(cfg)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    if not cfg.encoder:
+        raise UserError("--encoder is required (a registered name or a saved encoder directory)")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    results = run_probes(encoders, cfg, pairs)
+    out = Path(cfg.out)
+    write_report(results, out)
+    save_config(cfg, out / "config.yaml")
+    log.info("probe results:\n%s", markdown_table(results.summary, headline_only=True))
+    return 0

@@ -1,0 +1,322 @@
+"""Run a grid of probes for several frozen encoders on one dataset, over n seeds.
+
+``run_probes`` extracts (or reads cached) features once per encoder and split, trains every requested
+probe for every seed and aggregates mean +- std (sample std, ddof=1; 0 for one seed). Every number is
+stored with its protocol (layers, resolution, head, epochs, lr, seed, ...). Every encoder of a job runs
+with the same seeds on the same samples; a boosted encoder's base is always part of the job: pass it as
+a baseline, or give the saved boosted directory and its base is rebuilt from it (``config.json`` of
+``models.export`` names the base; its weights are the boosted encoder's frozen ``Attn`` channel).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from spatialboost.config import ConfigError, to_dict
+from spatialboost.errors import UserError
+from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
+from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
+from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
+from spatialboost.models.encoder_base import VisionEncoder
+
+log = logging.getLogger(__name__)
+
+TASK_PROBES = {"depth": ["depth"], "seg": ["seg"], "cls": ["cls-linear", "cls-knn"]}
+PROBE_TASK = {"depth": "depth", "seg": "seg", "cls-linear": "cls", "cls-knn": "cls"}
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+
+
+@dataclass
+class DataConfig:
+    spec: str = "synthetic"  # synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH
+    num_train: int = 64  # synthetic scenes in the train split
+    num_test: int = 32  # synthetic scenes in the test split
+    max_train: int = 0  # >0: evenly spaced subset of a real dataset's train split
+    max_test: int = 0
+
+    def validate(self) -> None:
+        if self.num_train <= 0 or self.num_test <= 0 or self.max_train < 0 or self.max_test < 0:
+            raise ConfigError("data.num_train/num_test must be > 0 and data.max_train/max_test >= 0")
+
+
+@dataclass
+class FeatureConfig:
+    layers: Literal["last", "last4"] = "last"
+    image_size: int = 0  # pixels; 0 = the first encoder's spec.image_size (rounded to its patch size)
+    batch_size: int = 32
+    cache_dir: str = ""  # "" = OUT/feature-cache
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+@dataclass
+class ProbeConfig:
+    encoder: str = ""
+    baseline: str = ""
+    tasks: list[str] = field(default_factory=lambda: ["all"])  # depth | seg | cls | all
+    seeds: int = 3
+    out: str = "probe-results"
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    probes: ProbeConfigs = field(default_factory=ProbeConfigs)
+
+    def validate(self) -> None:
+        if self.seeds <= 0:
+            raise ConfigError(f"seeds must be > 0, got {self.seeds}")
+        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all")]
+        if bad:
+            raise ConfigError(f"unknown task(s) {bad}; known: depth, seg, cls, all")
+
+
+@dataclass
+class ProbeResults:
+    """``summary`` is JSON-ready (results.json); ``previews`` holds arrays for the depth grid plot."""
+
+    summary: dict[str, Any]
+    previews: dict[str, Any] = field(default_factory=dict)
+
+
+# --- encoders ---------------------------------------------------------------------------------------------
+
+
+def resolve_encoder(x: VisionEncoder | str | Path) -> VisionEncoder:
+    """A frozen encoder in eval mode from an instance, a registered name, or a (saved) directory."""
+    if not isinstance(x, VisionEncoder):
+        from spatialboost.models.encoders import create_encoder
+        from spatialboost.registry import UnknownNameError
+
+        try:
+            x = create_encoder(str(x))
+        except UnknownNameError as e:
+            raise UserError(str(e)) from None
+    x.eval()
+    x.requires_grad_(False)
+    return x
+
+
+def saved_base(path: str | Path) -> VisionEncoder | None:
+    """The base of a saved boosted encoder directory (None when ``path`` is not a boosted save)."""
+    if not Path(path).is_dir():
+        return None
+    from spatialboost.models import export
+
+    if not export.is_saved_encoder(path):
+        return None
+    config = export.read_config(Path(path))
+    if config.get("boost") is None:
+        return None
+    from spatialboost.models.dual_channel import base_state_dict
+    from spatialboost.models.encoders import build_from_config, wrap_model
+
+    boosted = export.load_encoder(path)
+    spec = config["spec"]
+    hf_config = {
+        k: v for k, v in config["hf_config"].items() if k not in ("model_type", "transformers_version")
+    }
+    with torch.random.fork_rng(devices=[]):
+        model = build_from_config(spec["family"], hf_config)
+    model.load_state_dict(base_state_dict(boosted), strict=True)
+    base = wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
+                      mean=spec["mean"], std=spec["std"])  # fmt: skip
+    return resolve_encoder(base)
+
+
+def pair_encoders(
+    encoder: VisionEncoder | str | Path, baseline: VisionEncoder | str | Path | None
+) -> tuple[dict[str, VisionEncoder], dict[str, str]]:
+    """``({"base": ..., "boosted": ...}, {"boosted": "base"})``, the base found from a save if not given."""
+    if baseline is None or baseline == "":
+        base = saved_base(encoder) if isinstance(encoder, str | Path) else None
+        if base is None:
+            return {"encoder": resolve_encoder(encoder)}, {}
+        log.info("%s is a boosted encoder: its base is re-run in the same job", encoder)
+        return {"base": base, "boosted": resolve_encoder(encoder)}, {"boosted": "base"}
+    return {"base": resolve_encoder(baseline), "boosted": resolve_encoder(encoder)}, {"boosted": "base"}
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+
+class _Subset(ProbeDataset):
+    def __init__(self, base: ProbeDataset, n: int) -> None:
+        self.base = base
+        self.indices = np.linspace(0, len(base) - 1, n).round().astype(int).tolist()
+        self.name, self.split, self.tasks = base.name, base.split, base.tasks
+        self.seg_classes, self.cls_classes = base.seg_classes, base.cls_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, index: int):
+        return self.base[self.indices[index]]
+
+    @property
+    def identity(self) -> str:
+        return f"{self.base.identity}/subset{len(self)}"
+
+
+def build_splits(data: DataConfig, image_size: int, scene_fn=None) -> tuple[ProbeDataset, ProbeDataset]:
+    name, _ = parse_data_spec(data.spec)
+    opts: dict[str, Any] = {}
+    if name == "synthetic":
+        opts = {"image_size": image_size, "scene_fn": scene_fn}
+    train = build_dataset(data.spec, "train", num_scenes=data.num_train, **opts)
+    test = build_dataset(data.spec, "test", num_scenes=data.num_test, **opts)
+    if data.max_train and data.max_train < len(train):
+        train = _Subset(train, data.max_train)
+    if data.max_test and data.max_test < len(test):
+        test = _Subset(test, data.max_test)
+    return train, test
+
+
+def probes_for(tasks: list[str], dataset: ProbeDataset) -> list[str]:
+    wanted = list(dataset.tasks) if "all" in tasks else tasks
+    missing = [t for t in wanted if t not in dataset.tasks]
+    if missing:
+        raise UserError(f"dataset {dataset.name} has no {missing} targets (it has {list(dataset.tasks)})")
+    return [p for t in wanted for p in TASK_PROBES[t]]
+
+
+# --- the job ----------------------------------------------------------------------------------------------
+
+
+def run_probes(
+    encoders: dict[str, VisionEncoder | str | Path],
+    cfg: ProbeConfig,
+    pairs: dict[str, str] | None = None,
+    scene_fn=None,
+) -> ProbeResults:
+    """Every probe of ``cfg.tasks`` for every encoder, ``cfg.seeds`` seeds each; ``pairs``: boosted -> base."""
+    encs = {name: resolve_encoder(e) for name, e in encoders.items()}
+    pairs = dict(pairs or {})
+    for boosted, base in pairs.items():
+        if boosted not in encs or base not in encs:
+            raise ValueError(f"pair {boosted} -> {base}: both must be among the encoders {list(encs)}")
+    first = next(iter(encs.values()))
+    size = cfg.features.image_size or first.spec.image_size
+    train_ds, test_ds = build_splits(cfg.data, size, scene_fn)
+    probe_names = probes_for(cfg.tasks, train_ds)
+    cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+    seeds = list(range(cfg.seeds))
+    runs: list[dict[str, Any]] = []
+    previews: dict[str, Any] = {}
+    identities = {}
+    for name, enc in encs.items():
+        side = size - size % enc.spec.patch_size
+        identities[name] = encoder_identity(enc)
+        feats = {
+            split: extract_features(
+                enc,
+                ds,
+                cache_dir,
+                cfg.features.layers,
+                side,
+                cfg.features.batch_size,
+                cfg.features.dtype,
+                identities[name],
+            )  # fmt: skip
+            for split, ds in (("train", train_ds), ("test", test_ds))
+        }
+        for probe in probe_names:
+            for seed in seeds:
+                runs.append(_one_run(name, probe, feats, cfg, seed, previews))
+    previews["test"] = (
+        _preview_targets(test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
+    )
+    summary = {
+        "dataset": {
+            "spec": cfg.data.spec,
+            "train": train_ds.identity,
+            "test": test_ds.identity,
+            "n_train": len(train_ds),
+            "n_test": len(test_ds),
+        },  # fmt: skip
+        "encoders": {n: {"spec": _spec_dict(e), "identity": identities[n]} for n, e in encs.items()},
+        "pairs": pairs,
+        "seeds": seeds,
+        "config": to_dict(cfg),
+        "runs": runs,
+        "rows": aggregate(runs),
+    }
+    return ProbeResults(summary=summary, previews=previews)
+
+
+def _one_run(
+    name: str, probe: str, feats: dict[str, FeatureSet], cfg: ProbeConfig, seed: int, previews
+) -> dict:
+    log.info("probe %s on %s (seed %d)", probe, name, seed)
+    res = run_probe(probe, feats["train"], feats["test"], cfg.probes, seed)
+    protocol = {"layers": cfg.features.layers, **res.protocol}
+    if res.preview is not None and seed == 0:
+        previews[name] = res.preview
+    return {"encoder": name, "probe": probe, "task": PROBE_TASK[probe], "seed": seed, "metrics": res.metrics,
+            "protocol": protocol}  # fmt: skip
+
+
+def _spec_dict(enc: VisionEncoder) -> dict[str, Any]:
+    s = enc.spec
+    return {"name": s.name, "family": s.family, "embed_dim": s.embed_dim, "patch_size": s.patch_size,
+            "image_size": s.image_size, "num_layers": s.num_layers}  # fmt: skip
+
+
+def _preview_targets(test_ds: ProbeDataset, size: int, k: int) -> dict[str, np.ndarray]:
+    samples = [resize_sample(test_ds[i], size) for i in range(min(k, len(test_ds)))]
+    return {"image": np.stack([s.image for s in samples]), "depth": np.stack([s.depth for s in samples])}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (encoder, probe, metric): mean, std (ddof=1) and the per-seed values."""
+    groups: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    protocols: dict[tuple[str, str], dict] = {}
+    for r in runs:
+        protocols.setdefault((r["encoder"], r["probe"]), {k: v for k, v in r["protocol"].items()
+                                                          if k not in ("seed", "final_train_loss")})  # fmt: skip
+        for metric, value in r["metrics"].items():
+            groups.setdefault((r["encoder"], r["probe"], metric), []).append((r["seed"], value))
+    rows = []
+    for (enc, probe, metric), vals in groups.items():
+        values = np.array([v for _, v in vals], dtype=np.float64)
+        rows.append({
+            "encoder": enc, "probe": probe, "metric": metric,
+            "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values), "seeds": [s for s, _ in vals], "values": values.tolist(),
+            "lower_is_better": metric in LOWER_IS_BETTER, "protocol": protocols[(enc, probe)],
+        })  # fmt: skip
+    return rows
+
+
+def known_probes() -> list[str]:
+    return PROBES.names()
+
+
+def probe_before_after(
+    base: VisionEncoder | str | Path,
+    boosted: VisionEncoder | str | Path,
+    cfg: ProbeConfig | None = None,
+    out: str | Path | None = None,
+    scene_fn=None,
+    plots: bool = True,
+) -> tuple[ProbeResults, str]:
+    """Probe ``base`` and ``boosted`` with the same seeds; log and return a compact before/after table.
+
+    ``cfg`` defaults to ``ProbeConfig()`` (synthetic benchmark, all tasks, 3 seeds). With ``out`` the full
+    report (results.json, results.md, plots) is written there too.
+    """
+    from spatialboost.eval.report import markdown_table, write_report
+
+    cfg = cfg or ProbeConfig()
+    if out is not None:
+        cfg.out = str(out)
+    results = run_probes(
+        {"base": base, "boosted": boosted}, cfg, pairs={"boosted": "base"}, scene_fn=scene_fn
+    )
+    table = markdown_table(results.summary, headline_only=True)
+    log.info("frozen-feature probes, before vs after:\n%s", table)
+    if out is not None:
+        write_report(results, out, plots=plots)
+    return results, table

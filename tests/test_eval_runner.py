@@ -1,0 +1,100 @@
+"""End to end: ``spatialboost probe`` on tiny encoders and the synthetic benchmark; base pairing; report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eval_stubs import StubEncoder, fake_scene
+from spatialboost.cli import main
+from spatialboost.eval.report import markdown_table
+from spatialboost.eval.runner import ProbeConfig, aggregate, probe_before_after
+
+FAST = ["probes.depth.epochs=3", "probes.seg.epochs=3", "probes.cls_linear.epochs=5", "data.num_train=12",
+        "data.num_test=4"]  # fmt: skip
+
+
+def _tiny_cfg(tmp_path, **kw) -> ProbeConfig:
+    cfg = ProbeConfig(seeds=2, out=str(tmp_path))
+    cfg.data.num_train, cfg.data.num_test = 12, 4
+    cfg.features.image_size = 32
+    cfg.probes.depth.epochs = cfg.probes.seg.epochs = 3
+    cfg.probes.cls_linear.epochs = 5
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_cli_probe_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    rc = main(["probe", "--encoder", "tiny-vit", "--baseline", "tiny-vit", "--task", "all", "--data", "synthetic",
+               "--seeds", "2", "--out", str(out), "--image-size", "48", *FAST])  # fmt: skip
+    assert rc == 0
+    for name in ("results.json", "results.md", "bars.png", "depth_grid.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert res["pairs"] == {"boosted": "base"} and res["seeds"] == [0, 1]
+    assert {r["probe"] for r in res["runs"]} == {"depth", "seg", "cls-linear", "cls-knn"}
+    # the base ran with exactly the same seeds as the boosted encoder, for every probe
+    for probe in ("depth", "seg", "cls-linear", "cls-knn"):
+        seeds = {e: sorted(r["seed"] for r in res["runs"] if r["probe"] == probe and r["encoder"] == e)
+                 for e in ("base", "boosted")}  # fmt: skip
+        assert seeds["base"] == seeds["boosted"] == [0, 1]
+    depth = next(r for r in res["runs"] if r["probe"] == "depth")
+    assert depth["protocol"]["image_size"] == 48 and depth["protocol"]["layers"] == "last"
+    assert depth["protocol"]["epochs"] == 3 and "lr" in depth["protocol"]
+    assert "Δ boosted vs base" in (out / "results.md").read_text()
+
+
+def test_cli_user_errors(tmp_path, capsys):
+    assert main(["probe", "--encoder", "no-such-encoder", "--out", str(tmp_path)]) == 2
+    assert "unknown encoder" in capsys.readouterr().err
+    assert main(["probe", "--encoder", "tiny-vit", "--data", "voc:/nonexistent", "--out", str(tmp_path)]) == 2
+    assert main(["probe", "--encoder", "tiny-vit", "seeds=0"]) == 2
+
+
+def test_before_after_same_encoder_gives_zero_delta(tmp_path):
+    enc = StubEncoder(seed=3)
+    results, table = probe_before_after(enc, enc, _tiny_cfg(tmp_path), scene_fn=fake_scene, plots=False)
+    rows = results.summary["rows"]
+    for probe in ("depth", "seg", "cls-linear", "cls-knn"):
+        a = {r["metric"]: r["mean"] for r in rows if r["encoder"] == "base" and r["probe"] == probe}
+        b = {r["metric"]: r["mean"] for r in rows if r["encoder"] == "boosted" and r["probe"] == probe}
+        assert a == b and a  # determinism: same features + same seeds -> same numbers
+    assert "| depth | rmse ↓ |" in table and "+0.0000" in table
+
+
+def test_aggregate_mean_std_and_protocol():
+    runs = [{"encoder": "e", "probe": "depth", "task": "depth", "seed": s, "metrics": {"rmse": v},
+             "protocol": {"head": "depth-linear", "seed": s, "epochs": 3}} for s, v in ((0, 1.0), (1, 3.0))]  # fmt: skip
+    (row,) = aggregate(runs)
+    assert row["mean"] == 2.0 and row["std"] == pytest.approx(np.sqrt(2.0)) and row["lower_is_better"]
+    assert row["protocol"] == {"head": "depth-linear", "epochs": 3} and row["seeds"] == [0, 1]
+    summary = {"rows": [row], "encoders": {"e": {}}, "pairs": {}, "seeds": [0, 1],
+               "dataset": {"spec": "synthetic", "n_train": 1, "n_test": 1}}  # fmt: skip
+    assert "2.0000 ± 1.4142" in markdown_table(summary)
+
+
+def test_saved_boosted_encoder_brings_its_base(tmp_path):
+    export = pytest.importorskip("spatialboost.models.export")
+    from spatialboost.eval.runner import pair_encoders
+    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.encoders import create_encoder
+
+    base = create_encoder("tiny-dinov2", seed=0)
+    boosted = add_dual_channel(create_encoder("tiny-dinov2", seed=0))
+    with torch.no_grad():
+        for name, p in boosted.named_parameters():
+            if "plus" in name or "gate" in name:
+                p.add_(0.5)
+    export.save_encoder(boosted, tmp_path / "boosted")
+    encs, pairs = pair_encoders(str(tmp_path / "boosted"), None)
+    assert pairs == {"boosted": "base"}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        ref = base.forward_features(x).patch
+        assert torch.allclose(encs["base"].forward_features(x).patch, ref, atol=1e-5)
+        assert not torch.allclose(encs["boosted"].forward_features(x).patch, ref, atol=1e-3)
