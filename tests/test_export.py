@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -22,7 +23,11 @@ def pixels(encoder) -> torch.Tensor:
 
 
 def boosted(name: str, seed: int = 1, **boost):
-    enc = add_dual_channel(create_encoder(name, seed=0), **boost)
+    return boosted_from(create_encoder(name, seed=0), seed, **boost)
+
+
+def boosted_from(encoder, seed: int = 1, **boost):
+    enc = add_dual_channel(encoder, **boost)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in trainable_parameters(enc).values():
@@ -45,7 +50,9 @@ def test_save_load_base_and_boosted(tmp_path, name):
     base = create_encoder(name, seed=0)
     save_encoder(base, tmp_path / "base")
     loaded = load_encoder(tmp_path / "base")
-    assert loaded.spec == base.spec and getattr(loaded, "boost_config", None) is None
+    assert dataclasses.replace(loaded.spec, extra={}) == dataclasses.replace(base.spec, extra={})
+    assert loaded.spec.extra["source"]["kind"] == "path"  # now a base that boosted saves can reference
+    assert getattr(loaded, "boost_config", None) is None
     assert_same_outputs(base, loaded)
 
     enc = boosted(name)
@@ -74,8 +81,19 @@ def test_reobtainable_base_is_referenced_not_copied(tmp_path):
     enc = add_dual_channel(create_encoder(str(tmp_path / "hf")))
     save_encoder(enc, tmp_path / "adapter-only", include_base=False)
     assert not (tmp_path / "adapter-only" / "base.safetensors").exists()
-    assert_same_outputs(enc, load_encoder(tmp_path / "adapter-only"))
+    loaded = load_encoder(tmp_path / "adapter-only")
+    assert loaded.spec == enc.spec
+    assert_same_outputs(enc, loaded)
     assert_same_outputs(enc, create_encoder(str(tmp_path / "adapter-only")))  # dispatches to load_encoder
+
+
+def test_saved_base_dir_is_referenced_by_boosted_saves(tmp_path):
+    """The demo's flow: pre-train tiny-vit, save it, boost the re-loaded copy, checkpoint the adapter only."""
+    save_encoder(create_encoder("tiny-vit", seed=3), tmp_path / "pretrained")
+    enc = boosted_from(create_encoder(str(tmp_path / "pretrained")))
+    save_encoder(enc, tmp_path / "ckpt", include_base=False)
+    assert not (tmp_path / "ckpt" / "base.safetensors").exists()
+    assert_same_outputs(enc, load_encoder(tmp_path / "ckpt"))
 
 
 def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):

@@ -71,7 +71,7 @@ def save_encoder(encoder: VisionEncoder, path: str | Path, include_base: bool = 
         "version": VERSION,
         "spec": dataclasses.asdict(encoder.spec),
         "source": source,
-        "hf_config": json.loads(encoder.model.config.to_json_string()),
+        "hf_config": json.loads(encoder.model.config.to_json_string(use_diff=False)),
         "boost": boost,
         "files": {"base": write_base, "adapter": boost is not None},
     }
@@ -102,10 +102,20 @@ def load_encoder(path: str | Path) -> VisionEncoder:
     if config["files"].get("base"):
         model = _model_from_hf_config(path, config)
         model.load_state_dict(_load_tensors(path / BASE), strict=True)
+        if config["boost"] is None:  # a plain saved encoder is itself a base others can reference
+            source = {
+                "kind": "path",
+                "ref": str(path.resolve()),
+                "family": spec["family"],
+                "pretrained": True,
+            }
         encoder = wrap_model(model, name=spec["name"], source=source, **spec_kwargs)
     elif _reobtainable(source):
         encoder = create_encoder(source["ref"], pretrained=True)
-        encoder.spec = EncoderSpec(**{**spec, "extra": {**spec.get("extra", {}), "source": source}})
+        extra = {**spec.get("extra", {}), "source": source}
+        encoder.spec = EncoderSpec(
+            **{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"]), "extra": extra}
+        )
     else:
         raise EncoderFormatError(f"{path / BASE}: missing, and the base ({source}) cannot be re-obtained")
     if config["boost"] is not None:
