@@ -142,3 +142,15 @@ def test_middlebury_motorcycle_real_photo():
 
     z = world_to_camera(o.centroid[None], cam)[0, 2]
     assert 2.0 < z < 5.0  # in front of the camera, at the measured range
+
+
+def test_box_support_gives_the_same_oriented_box():
+    from spatialboost.datagen.geometry import obb_from_points_yaw
+    from spatialboost.datagen.lifting import _box_support
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(3000, 3)) * [1.0, 0.3, 0.5]
+    support = _box_support(p)
+    assert len(support) < 100
+    for a, b in zip(obb_from_points_yaw(p), obb_from_points_yaw(support), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)

@@ -169,7 +169,7 @@ def scene_object(obj_id: int, lifted: LiftedObject, description: str) -> SceneOb
     """A SceneObject with world AABB, gravity-aligned OBB and centroid from the object's world points."""
     p = lifted.points_world
     lo, hi = aabb_from_points(p)
-    center, extent, rotation = obb_from_points_yaw(p)
+    center, extent, rotation = obb_from_points_yaw(_box_support(p))
     return SceneObject(
         id=obj_id,
         name=lifted.label,
@@ -183,6 +183,20 @@ def scene_object(obj_id: int, lifted: LiftedObject, description: str) -> SceneOb
         obb_rotation=rotation,
         attributes={"score": round(float(lifted.score), 4), "num_points": len(p), **lifted.extra},
     )
+
+
+def _box_support(p: np.ndarray) -> np.ndarray:
+    """The points that decide a gravity-aligned box: the xy convex-hull vertices and the z extremes.
+
+    ``obb_from_points_yaw`` only depends on these, and its pure-Python hull is slow on thousands of points.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        idx = ConvexHull(p[:, :2]).vertices
+    except (QhullError, ValueError):  # collinear or too few points: keep them all
+        return p
+    return p[np.r_[idx, p[:, 2].argmin(), p[:, 2].argmax()]]
 
 
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
