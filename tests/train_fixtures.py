@@ -52,7 +52,7 @@ def make_dataset(root: Path, n: int = 24, seed: int = 0, multi_every: int = 3) -
     return root
 
 
-def tiny_overrides(run_dir: Path, data: Path, steps: int = 4, every: int = 2) -> list[str]:
+def tiny_overrides(run_dir: Path, data: Path, steps: int = 4, every: int = 2, batch: int = 4) -> list[str]:
     """Config overrides for a seconds-long run of the three stages on the tiny models."""
     return [
         f"run_dir={run_dir}",
@@ -66,7 +66,7 @@ def tiny_overrides(run_dir: Path, data: Path, steps: int = 4, every: int = 2) ->
         "log.tensorboard=false",
         "log.progress=false",
         *[f"stages.{s}.max_steps={steps}" for s in ("align", "instruct", "encoder")],
-        *[f"stages.{s}.batch_size=4" for s in ("align", "instruct", "encoder")],
+        *[f"stages.{s}.batch_size={batch}" for s in ("align", "instruct", "encoder")],
     ]
 
 

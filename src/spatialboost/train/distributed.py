@@ -104,6 +104,9 @@ def shard_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    sharded = sum(hasattr(p, "full_tensor") for p in model.parameters())
+    log.info("FSDP: %d LLM layers + root sharded over %d processes (%d DTensor parameters)",
+             len(layers), env.world_size, sharded)  # fmt: skip
     return model
 
 

@@ -35,6 +35,8 @@ RESUMABLE_CHANGES = ("log.", "device", "init_from", "stages.run", "checkpoint.",
 
 def run_training(cfg: TrainConfig) -> list[StageResult]:
     env = dist_utils.init_distributed(cfg.device)
+    if not env.is_main:  # one process speaks for all
+        logging.getLogger("spatialboost").setLevel(logging.WARNING)
     try:
         check_config(cfg, env)
         tokenizer = prepare_tokenizer(cfg, env)
