@@ -341,7 +341,7 @@ def write_dataset(
             write_shard(source, spec, k)
             bar.update()
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = mp.get_context("spawn")  # never fork: a renderer's GL context does not survive it
         with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(source, spec)) as pool:
             for _ in pool.imap_unordered(_worker_shard, todo):
                 bar.update()

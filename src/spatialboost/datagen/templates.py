@@ -196,7 +196,14 @@ def cite(ctx: Context, rng: random.Random, view: int, obj: int) -> PointNote | N
 
 def _depth_fact(p: PointNote) -> dict:
     args = {"view": p.view, "x": p.x, "y": p.y}
-    return {"fn": "depth_at", "args": args, "value": p.depth, "label": METRIC, "expect": [], "support": []}
+    return {
+        "fn": "depth_at",
+        "args": args,
+        "value": p.depth,
+        "label": METRIC,
+        "expect": [m(p.depth)],
+        "support": [],
+    }
 
 
 def _rationale(ctx: Context, rng: random.Random, view: int, a: int, b: int) -> tuple[str, list, tuple]:
@@ -330,7 +337,7 @@ def t_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
         f"{why}In 3D their centres are {m(abs(d.value))} apart sideways. "
         f"{_yes_no(asked, d.label)}, {statement}."
     )
-    fact = _fact("left_right", {"view": v, "a": a, "b": b}, d, [statement], support)
+    fact = _fact("left_right", {"view": v, "a": a, "b": b}, d, [statement, m(abs(d.value))], support)
     return QA("object", "left_right", _in_view(ctx, v, q), answer, fact)
 
 
@@ -416,7 +423,11 @@ def t_taller_shorter(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     q = rng.choice((f"Is {A} taller than {B}?", f"Which is taller, {A} or {B}?", f"Is {A} shorter than {B}?"))
     statement = f"{A} and {B} are about the same height" if d.label == SAME else f"{A} is {d.label} than {B}"
     answer = f"{cap(A)} is {m(ha)} tall and {B} is {m(hb)} tall, so {statement}."
-    fact = _fact("taller_shorter", {"a": a, "b": b}, d, [statement])
+    heights = [
+        _fact("object_height", {"a": o}, R.object_height(ctx.graph, o), [f"{m(h)} tall"])
+        for o, h in ((a, ha), (b, hb))
+    ]
+    fact = _fact("taller_shorter", {"a": a, "b": b}, d, [statement], heights)
     return QA("object", "taller_shorter", _in_view(ctx, ctx.view, q), answer, fact)
 
 
@@ -520,7 +531,7 @@ def t_closest_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     q = rng.choice((f"Which object is {word} the camera?", f"Name the object {word} the viewer."))
     statement = f"{cap(desc(ctx, obj))} is {word} the camera, {m(dist)} away"
     answer = f"{statement} (the next one is at {m(other)})."
-    fact = _fact(fn, {"view": v}, d, [statement])
+    fact = _fact(fn, {"view": v}, d, [statement, f"next one is at {m(other)}"])
     return QA("scene", "closest_object", _in_view(ctx, v, q), answer, fact)
 
 

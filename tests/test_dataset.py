@@ -1,0 +1,178 @@
+"""Dataset writer/reader: determinism across shards and workers, resume after damage, refusal, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spatialboost.datagen.dataset import (
+    WriteSpec,
+    encode_npz,
+    iter_records,
+    load_sample_gt,
+    read_manifest,
+    write_dataset,
+)
+from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+from spatialboost.datagen.validate import validate_dataset
+from spatialboost.errors import UserError
+
+N, SHARD = 8, 2  # 4 shards
+
+
+def _cfg(seed: int = 3) -> GenerateConfig:
+    cfg = GenerateConfig(scenes=N, seed=seed, multiview_share=0.5, max_views=3, shard_size=SHARD)
+    cfg.synthetic.image_size = 48
+    return cfg
+
+
+def _write(out: Path, shard=(0, 1), workers=1, seed=3) -> dict:
+    cfg = _cfg(seed)
+    spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    return write_dataset(SyntheticSource(cfg), spec, shard, workers, progress=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    _write(out)
+    return out
+
+
+def test_layout_manifest_and_reader(reference):
+    m = read_manifest(reference)
+    assert m["complete"] and m["counts"]["samples"] == N and len(m["shards"]) == N // SHARD
+    assert m["seed"] == 3 and m["config"]["conversation"]["order"] == "forward" and "numpy" in m["software"]
+    records = list(iter_records(reference))
+    assert [r["id"] for r in records] == [f"{i:08d}" for i in range(N)]
+    assert any(len(r["image"]) > 1 for r in records) and all(isinstance(r["image"], list) for r in records)
+    for r in records:
+        scene = load_sample_gt(reference, r)
+        assert (
+            len(scene.views) == len(r["image"]) and len(scene.meta["facts"]) == len(r["conversations"]) // 2
+        )
+        v = scene.views[0]
+        assert v.rgb.shape == (48, 48, 3) and v.depth.dtype == np.float32 and v.instance.dtype == np.int32
+        assert v.semantic.dtype == np.uint8 and scene.objects and scene.objects[0].aabb_min.shape == (3,)
+        ids = set(np.unique(v.instance)) - {0}
+        assert ids <= {o.id for o in scene.objects}
+    assert validate_dataset(reference) == (
+        [],
+        {"samples": N, "turns": sum(len(r["conversations"]) // 2 for r in records)},
+    )
+
+
+def test_npz_is_byte_deterministic():
+    arrays = {"a": np.arange(5, dtype=np.float32), "meta": np.frombuffer(b"{}", np.uint8)}
+    first = encode_npz(arrays)
+    time.sleep(1.1)  # zip timestamps have 2 s resolution: a clock in the file would show up
+    assert encode_npz(arrays) == first
+
+
+def test_shard_union_equals_unsharded(reference, tmp_path):
+    union: dict[str, bytes] = {}
+    for i in range(3):
+        out = tmp_path / f"part{i}"
+        _write(out, shard=(i, 3))
+        union.update(_files(out))
+    assert union == _files(reference)
+
+
+def test_workers_equal_one_worker(reference, tmp_path):
+    _write(tmp_path / "w2", workers=2)
+    assert _files(tmp_path / "w2") == _files(reference)
+
+
+def test_resume_regenerates_damaged_shards_only(reference, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    (out / "shards/shard-00001.jsonl").unlink()  # missing JSONL
+    gt = out / "gt/00000004.npz"  # shard 2: truncated sidecar
+    gt.write_bytes(gt.read_bytes()[:100])
+    state = out / "state/shard-00000.json"  # shard 0: corrupt recorded hash
+    st = json.loads(state.read_text())
+    st["hash"] = "0" * 64
+    state.write_text(json.dumps(st))
+    keep = out / "shards/shard-00003.jsonl"
+    before = keep.stat().st_mtime_ns
+    os.utime(keep, ns=(before - 10**9, before - 10**9))
+    m = _write(out)
+    assert m["complete"]
+    assert keep.stat().st_mtime_ns == before - 10**9  # finished shard not redone
+    assert _files(out) == _files(reference)
+
+
+def test_different_config_is_refused(reference, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    with pytest.raises(UserError, match="different config"):
+        _write(out, seed=4)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a SpatialBoost dataset"):
+        _write(other)
+
+
+def test_validate_catches_tampered_answer(reference, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    path = out / "shards/shard-00000.jsonl"
+    lines = path.read_text().splitlines()
+    rec = json.loads(lines[0])
+    turn = next(t for t in rec["conversations"][1::2] if re.search(r"\d\.\d\d m\b", t["value"]))
+    turn["value"] = re.sub(
+        r"(\d+)\.(\d\d) m", lambda mt: f"{int(mt.group(1)) + 1}.{mt.group(2)} m", turn["value"], count=1
+    )
+    lines[0] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n")
+    errors, _ = validate_dataset(out)
+    assert any("hash mismatch" in e for e in errors)
+    assert any(e.startswith("00000000 turn") and "does not state" in e for e in errors), errors
+
+
+def test_load_with_hf_datasets(reference, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    files = sorted(str(p) for p in (reference / "shards").glob("*.jsonl"))
+    ds = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == N and ds[0]["conversations"][0]["from"] == "human"
+
+
+def test_kill_9_then_resume_is_byte_identical(reference, tmp_path):
+    """A real kill -9 in the middle of a run, then the same command: the same bytes as an uninterrupted run."""
+    out = tmp_path / "killed"
+    here = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\nfrom test_dataset import _write\n_write(Path({str(out)!r}))\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("images/*.png"))) < 3:
+        time.sleep(0.01)  # kill once the first shard's files are being written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = proc.returncode == -signal.SIGKILL
+    if killed:
+        assert (
+            not (out / "manifest.json").exists()
+            or not json.loads((out / "manifest.json").read_text())["complete"]
+        )
+    _write(out)
+    assert _files(out) == _files(reference)
+    assert validate_dataset(out)[0] == []
