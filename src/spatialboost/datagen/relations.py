@@ -68,6 +68,7 @@ class _ViewCache:
     box_hi: dict[int, np.ndarray] = field(default_factory=dict)
     center: dict[int, np.ndarray] = field(default_factory=dict)  # (3,) viewer frame, OBB centre
     column: dict[int, float] = field(default_factory=dict)  # image column of the OBB centre, nan behind
+    distance: dict[int, float] = field(default_factory=dict)  # camera centre -> OBB centre, metres
     pixels: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # id -> (xs, ys) with valid depth
 
 
@@ -93,6 +94,7 @@ class SceneGraph:
             )
             vc.box_lo[o.id], vc.box_hi[o.id] = corners.min(axis=0), corners.max(axis=0)
             vc.center[o.id] = transform_points(o.obb_center, vc.world_to_viewer)
+            vc.distance[o.id] = float(np.linalg.norm(vc.center[o.id]))
             pc = transform_points(o.obb_center, world_to_cam)
             vc.column[o.id] = float(cam.K[0, 0] * pc[0] / pc[2] + cam.K[0, 2]) if pc[2] > 1e-6 else math.nan
         return vc
@@ -325,7 +327,7 @@ def _extreme_object(g: SceneGraph, view: int, nearest: bool) -> Decision:
     if len(ids) < 2:
         return Decision(None, None)
     vc = g.view(view)
-    dist = sorted((float(np.linalg.norm(vc.center[i])), i) for i in ids)
+    dist = sorted((vc.distance[i], i) for i in ids)
     if not nearest:
         dist = dist[::-1]
     (d0, best), (d1, _) = dist[0], dist[1]
@@ -351,7 +353,7 @@ def left_to_right(g: SceneGraph, view: int) -> Decision:
 
 def camera_distance(g: SceneGraph, view: int, a: int) -> float:
     """Distance (metres) from the view's camera centre to A's box centre."""
-    return float(np.linalg.norm(g.view(view).center[a]))
+    return g.view(view).distance[a]
 
 
 @FACTS.register("closer_view")
