@@ -123,6 +123,10 @@ def test_fused_equals_naive_reference(name, gate):
     base_out = create_encoder(name, seed=0)(x).patch.detach()
     assert (fused_out - base_out).abs().max() > 1e-3, "perturbation should change the output"
     torch.testing.assert_close(fused_out, naive_out, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():  # the inference path (one (6D, D) matmul) too
+        for w in wrappers:
+            w.fused = True
+        torch.testing.assert_close(boosted(x).patch, naive_out, atol=2e-5, rtol=1e-4)
     for n, g in fused_grads.items():
         torch.testing.assert_close(g, naive_grads[n], atol=1e-5, rtol=1e-3, msg=n)
 

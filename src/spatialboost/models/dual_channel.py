@@ -117,10 +117,9 @@ class DualChannelAttention(nn.Module):
     def _fused_channels(self, x, attention_mask, position_embeddings):
         b, t, _ = x.shape
         h2, hd = 2 * self.num_heads, self.head_dim
-        q, k, v, o = self.proj_names
-        weight, bias = _stack_linear([getattr(m, name) for name in (q, k, v) for m in (self.base, self.plus)])
-        qkv = F.linear(x, weight, bias)  # (B, T, 6D): q, q+, k, k+, v, v+
-        qkv = qkv.view(b, t, 3, h2, hd).permute(2, 0, 3, 1, 4)  # (3, B, 2H, T, hd); heads H.. are Attn+
+        qkv = (
+            self._qkv(x).view(b, t, 3, h2, hd).permute(2, 0, 3, 1, 4)
+        )  # (3, B, 2H, T, hd); heads H.. are Attn+
         query, key, value = qkv.unbind(0)
         if self.rope is not None and position_embeddings is not None:
             query, key = self.rope(query, key, position_embeddings)
@@ -129,9 +128,24 @@ class DualChannelAttention(nn.Module):
             query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
         )
         y = y.transpose(1, 2).reshape(b, t, 2, self.num_heads * hd)  # (B, T, 2, D)
+        o = self.proj_names[3]
         out = getattr(self.base, o)(y[:, :, 0])
         out_plus = getattr(self.plus, o)(y[:, :, 1])
         return out, out_plus
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, 6D) laid out as q, q+, k, k+, v, v+ (each D = H heads of hd)."""
+        names = self.proj_names[:3]
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.plus.parameters())):
+            # inference: one (6D, D) matmul over the live weights of both channels
+            weight, bias = _stack_linear([getattr(m, n) for n in names for m in (self.base, self.plus)])
+            return F.linear(x, weight, bias)
+        # training: two matmuls, so backward computes weight gradients for Attn+ only
+        b, t, _ = x.shape
+        base = F.linear(x, *_stack_linear([getattr(self.base, n) for n in names]))  # (B, T, 3D)
+        plus = F.linear(x, *_stack_linear([getattr(self.plus, n) for n in names]))
+        both = torch.stack([base.view(b, t, 3, -1), plus.view(b, t, 3, -1)], dim=3)  # (B, T, 3, 2, D)
+        return both.view(b, t, -1)
 
 
 def _stack_linear(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
