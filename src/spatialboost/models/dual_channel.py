@@ -117,10 +117,8 @@ class DualChannelAttention(nn.Module):
     def _fused_channels(self, x, attention_mask, position_embeddings):
         b, t, _ = x.shape
         h2, hd = 2 * self.num_heads, self.head_dim
-        qkv = (
-            self._qkv(x).view(b, t, 3, h2, hd).permute(2, 0, 3, 1, 4)
-        )  # (3, B, 2H, T, hd); heads H.. are Attn+
-        query, key, value = qkv.unbind(0)
+        qkv = self._qkv(x).view(b, t, 3, h2, hd).permute(2, 0, 3, 1, 4)  # (3, B, 2H, T, hd)
+        query, key, value = qkv.unbind(0)  # heads 0..H-1: Attn, heads H..2H-1: Attn+
         if self.rope is not None and position_embeddings is not None:
             query, key = self.rope(query, key, position_embeddings)
         dropout = _dropout_p(self.base) if self.training else 0.0
