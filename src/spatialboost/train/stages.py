@@ -155,6 +155,7 @@ def set_stage_trainable(vlm: nn.Module, stage: str, stage_cfg: StageConfig) -> d
         raise UserError(f"stage {stage}: nothing to train (check model.dual_channel and train_projector)")
     lines = [f"  {g:<9} {s['tensors']:>5} tensors {s['params']:>12,} params" for g, s in summary.items()]
     log.info("stage %d %s: trainable parameters\n%s", spec.index, spec.title, "\n".join(lines))
+    log.debug("trainable tensors: %s", ", ".join(trainable_named(vlm)))
     return summary
 
 

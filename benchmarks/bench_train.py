@@ -1,0 +1,168 @@
+"""Training throughput of the three stages on the demo's tiny models (CPU, fp32).
+
+Reports per stage: samples/s, tokens/s (real, non-padding tokens), peak RSS; packed vs padded batches
+(stage 2, where the LLM trains) on the demo data and on the same records cut to mixed lengths; and the stage-3 step's achieved FLOP/s (counted with
+``torch.utils.flop_counter.FlopCounterMode``) as a fraction of this machine's fp32 matmul peak, measured
+here on a 2048x2048 matmul.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 8] [--batch 8] [--scenes 64] [--out runs/bench-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from spatialboost.config import load_config
+from spatialboost.train.config import TrainConfig
+from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
+from spatialboost.train.distributed import DistEnv
+from spatialboost.train.loop import clip_and_step, forward_backward
+from spatialboost.train.pipeline import prepare_tokenizer
+from spatialboost.train.stages import (
+    build_vlm,
+    make_optimizer,
+    make_scheduler,
+    set_stage_trainable,
+    trainable_named,
+)
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def make_data(out: Path, scenes: int) -> Path:
+    from spatialboost.demo import DemoState, step_generate
+
+    state = DemoState(out=out, scenes=scenes)
+    if not (state.dataset_dir / "manifest.json").is_file():
+        step_generate(state)
+    return state.dataset_dir
+
+
+def make_mixed_lengths(data: Path, out: Path, seed: int = 0) -> Path:
+    """The same records cut to a random number of QA turns (1..all): short VQA mixed with long CoT."""
+    import random
+    import shutil
+
+    from spatialboost.data.dataset import read_records
+
+    rng = random.Random(seed)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    if not (out / "images").exists():
+        shutil.copytree(data / "images", out / "images")  # a symlink would escape the dataset root
+    lines = []
+    for rec in read_records(data):
+        turns = rec["conversations"]
+        keep = 2 * rng.randint(1, len(turns) // 2)
+        lines.append(json.dumps({**rec, "conversations": turns[:keep]}))
+    (out / "shards" / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
+    vlm = build_vlm(cfg, tok, stage)
+    set_stage_trainable(vlm, stage, cfg.stages.get(stage))
+    cfg.data.packing = packing
+    from spatialboost.models.vlm import image_transform_for
+
+    data = load_train_data(cfg.data, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder))
+    scfg = cfg.stages.get(stage)
+    plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
+    params = trainable_named(vlm)
+    opt = make_optimizer(params, scfg)
+    sched = make_scheduler(opt, 1000, scfg)
+    return vlm, plan, params, opt, sched, make_collator(cfg.data, tok.pad_token_id)
+
+
+def time_stage(cfg: TrainConfig, stage: str, tok, steps: int, packing: bool = True) -> dict:
+    vlm, plan, params, opt, sched, collate = setup(cfg, stage, tok, packing)
+    batches = list(micro_batch_loader(plan, 0, steps + 1, 0, collate))  # images decoded outside the timing
+    vlm.train()
+    nullctx = torch.enable_grad
+    forward_backward(vlm, [batches[0]], plan.target_tokens(0), DistEnv(), nullctx)  # warm-up
+    clip_and_step(params, opt, sched, cfg.stages.get(stage))
+    tokens = samples = 0
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        _, n_tok, n_samp = forward_backward(
+            vlm, [batches[step]], plan.target_tokens(step), DistEnv(), nullctx
+        )
+        clip_and_step(params, opt, sched, cfg.stages.get(stage))
+        tokens, samples = tokens + n_tok, samples + n_samp
+    dt = time.perf_counter() - t0
+    rows = sum(int(b["input_ids"].shape[0]) for b in batches[1:])
+    width = sum(int(b["input_ids"].numel()) for b in batches[1:])
+    return {
+        "samples_per_s": samples / dt,
+        "tokens_per_s": tokens / dt,
+        "padding_share": 1 - tokens / width,
+        "rows_per_step": rows / steps,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def stage3_flops(cfg: TrainConfig, tok, steps: int) -> dict:
+    vlm, plan, params, opt, sched, collate = setup(cfg, "encoder", tok, True)
+    batches = list(micro_batch_loader(plan, 0, steps + 1, 0, collate))
+    vlm.train()
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(vlm, [dict(batches[0])], plan.target_tokens(0), DistEnv(), torch.enable_grad)
+    flops = counter.get_total_flops()
+    opt.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        forward_backward(vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad)
+        clip_and_step(params, opt, sched, cfg.stages.encoder)
+    dt = (time.perf_counter() - t0) / steps
+    return {"step_gflop": flops / 1e9, "step_s": dt, "achieved_gflops": flops / dt / 1e9}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--scenes", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("runs/bench-train"))
+    args = p.parse_args()
+    data = make_data(args.out, args.scenes)
+    overrides = [f"run_dir={args.out / 'run'}", f"data.datasets=[{data}]"]
+    overrides += [f"stages.{s}.batch_size={args.batch}" for s in ("align", "instruct", "encoder")]
+    cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", overrides)
+    tok = prepare_tokenizer(cfg, DistEnv())
+    peak = matmul_peak()
+    report: dict = {"threads": torch.get_num_threads(), "fp32_matmul_peak_gflops": peak / 1e9, "stages": {}}
+    for stage in ("align", "instruct", "encoder"):
+        report["stages"][stage] = time_stage(cfg, stage, tok, args.steps)
+    padded = time_stage(cfg, "instruct", tok, args.steps, packing=False)
+    report["instruct_padded"] = padded
+    report["packed_over_padded_tokens_per_s"] = (
+        report["stages"]["instruct"]["tokens_per_s"] / padded["tokens_per_s"]
+    )
+    mixed = make_mixed_lengths(data, args.out / "mixed")
+    cfg.data.datasets = [str(mixed)]
+    packed_mixed = time_stage(cfg, "instruct", tok, args.steps, packing=True)
+    padded_mixed = time_stage(cfg, "instruct", tok, args.steps, packing=False)
+    report["mixed_lengths"] = {"packed": packed_mixed, "padded": padded_mixed,
+                               "packed_over_padded_tokens_per_s": packed_mixed["tokens_per_s"] / padded_mixed["tokens_per_s"]}  # fmt: skip
+    cfg.data.datasets = [str(data)]
+    s3 = stage3_flops(cfg, tok, args.steps)
+    s3["fraction_of_peak"] = s3["achieved_gflops"] * 1e9 / peak
+    report["stage3_flops"] = s3
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
