@@ -72,3 +72,12 @@ def test_cli_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])
     assert e.value.code == 2
+
+
+def test_config_accepts_exponent_without_dot(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("opt:\n  lr: 3e-3\n")
+    assert load_config(_Cfg, p, ["opt.lr=1e-4"]).opt.lr == 1e-4
+    assert load_config(_Cfg, p).opt.lr == 3e-3
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(_Cfg, None, ["opt.lr=fast"])
