@@ -17,7 +17,10 @@ from spatialboost.errors import UserError
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("spatialboost.datagen.commands_generate", "generate a spatial CoT dataset (synthetic or images)"),
+    "generate": (
+        "spatialboost.datagen.commands_generate",
+        "generate a spatial CoT dataset (synthetic or images)",
+    ),
     "validate": ("spatialboost.datagen.commands_validate", "check a dataset's schema, files and answers"),
     "view": ("spatialboost.datagen.commands_view", "write a static HTML viewer of a dataset"),
     "train": ("spatialboost.train.commands", "run SpatialBoost training stages"),

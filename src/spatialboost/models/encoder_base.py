@@ -45,7 +45,9 @@ class VisionEncoder(nn.Module):
 
     spec: EncoderSpec
 
-    def forward_intermediates(self, pixels: torch.Tensor, layers: list[int] | None = None) -> list[EncoderOutput]:
+    def forward_intermediates(
+        self, pixels: torch.Tensor, layers: list[int] | None = None
+    ) -> list[EncoderOutput]:
         """Outputs after the given blocks (0-based; negative counts from the end; None = last only).
 
         The last block's output is taken after the final norm, as ``forward_features`` returns it;
