@@ -198,17 +198,12 @@ class Dinov3Encoder(HFEncoder):
         return x, {"position_embeddings": self.model.rope_embeddings(pixels)}
 
 
-class ClipEncoder(HFEncoder):
-    """CLIP / OpenCLIP (HF format). Tokens after ``post_layernorm`` (applied to every token, not only CLS)."""
+class _ClipLayout(HFEncoder):
+    """The module layout CLIP and SigLIP2 share (SigLIP's vision tower is CLIP's code): ``encoder.layers``
+    blocks, attention at ``self_attn`` with an ``out_proj``, a ``post_layernorm`` on every token."""
 
-    family = "clip"
-    config_class = CLIPVisionConfig
-    model_class = CLIPVisionModel
-    model_types = ("clip_vision_model", "clip")
     attn_attr = "self_attn"
     proj_names = ("q_proj", "k_proj", "v_proj", "out_proj")
-    default_mean = CLIP_MEAN
-    default_std = CLIP_STD
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -218,13 +213,24 @@ class ClipEncoder(HFEncoder):
     def final_norm(self) -> nn.Module:
         return self.model.post_layernorm
 
+
+class ClipEncoder(_ClipLayout):
+    """CLIP / OpenCLIP (HF format). Tokens after ``post_layernorm`` (applied to every token, not only CLS)."""
+
+    family = "clip"
+    config_class = CLIPVisionConfig
+    model_class = CLIPVisionModel
+    model_types = ("clip_vision_model", "clip")
+    default_mean = CLIP_MEAN
+    default_std = CLIP_STD
+
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         other_size = tuple(pixels.shape[-2:]) != (self.model.config.image_size,) * 2
         x = self.model.embeddings(pixels, interpolate_pos_encoding=other_size)
         return self.model.pre_layrnorm(x), {"attention_mask": None}
 
 
-class Siglip2Encoder(HFEncoder):
+class Siglip2Encoder(_ClipLayout):
     """SigLIP2 vision (NaFlex): this wrapper patchifies (B, 3, H, W) itself; no CLS token.
 
     ``cls`` is the attention-pooling head's output when the model has one, else the mean patch token.
@@ -234,8 +240,6 @@ class Siglip2Encoder(HFEncoder):
     config_class = Siglip2VisionConfig
     model_class = Siglip2VisionModel
     model_types = ("siglip2_vision_model", "siglip2")
-    attn_attr = "self_attn"
-    proj_names = ("q_proj", "k_proj", "v_proj", "out_proj")
     default_mean = HALF
     default_std = HALF
 
@@ -246,14 +250,6 @@ class Siglip2Encoder(HFEncoder):
     @staticmethod
     def prefix_tokens(cfg: PretrainedConfig) -> int:
         return 0
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.encoder.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.post_layernorm
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         b, c, height, width = pixels.shape
