@@ -130,3 +130,21 @@ def test_unknown_backend_and_missing_vggt(tmp_path):
     )
     with pytest.raises(UserError, match="vggt"):
         vggt_reconstructor()
+
+
+def test_config_file_and_overrides_shape_the_conversation(rgbd_root, tmp_path):
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text("conversation:\n  turns: {pixel: 2, object: 0, scene: 0}\n  caption: false\n")
+    out = tmp_path / "cfg"
+    args = ["generate", "images", "--input", str(rgbd_root), "--out", str(out), "--depth", "oracle",
+            "--detector", "oracle", "--segmenter", "oracle", "--no-progress", "--config", str(cfg),
+            "conversation.coords=norm1000"]  # fmt: skip
+    assert main(args) == 0
+    for r in iter_records(out):
+        questions = [t["value"] for t in r["conversations"] if t["from"] == "human"]
+        assert len(questions) == 2
+        assert all("1000" in q and "in pixels" not in q for q in questions)
+    bad = [*args[:-1], "conversation.order=sideways"]
+    bad[bad.index(str(out))] = str(tmp_path / "bad")
+    assert main(bad) == 2  # a bad value is a one-line error
+    assert not (tmp_path / "bad").exists()

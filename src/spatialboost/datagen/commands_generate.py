@@ -52,11 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         images.add_argument("rest", nargs=argparse.REMAINDER)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser, config_help: str = "YAML config file (GenerateConfig)"
+) -> None:
     """Options every source shares: which shards, how many workers, a config file."""
     parser.add_argument("--shard", help="write shards i, i+n, i+2n, ... of the dataset (i/n)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (output identical to 1)")
-    parser.add_argument("--config", type=Path, help="YAML config file (GenerateConfig)")
+    parser.add_argument("--config", type=Path, help=config_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from spatialboost.datagen.conversations import ConversationConfig
 from spatialboost.datagen.images import ImageEntry, ImageLimits, ImageRejected, load_rgb, scan_folder
 from spatialboost.datagen.lifting import LiftConfig, lift_view
 from spatialboost.errors import UserError
@@ -61,7 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed (conversations, RANSAC)")
     parser.add_argument("--oracle-depth-noise", type=float, default=0.0, help="oracle depth: relative sigma")
     parser.add_argument("--oracle-erode", type=int, default=0, help="oracle masks: erosion, pixels")
-    add_run_arguments(parser)
+    add_run_arguments(parser, config_help="YAML config file (ImagesFileConfig: conversation, lift)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conversation.order=reverse"
+    )
+
+
+@dataclass
+class ImagesFileConfig:
+    """What ``--config FILE`` and ``key=value`` overrides set for an images run (the flags set the rest)."""
+
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+
+
+def file_config(args: argparse.Namespace) -> ImagesFileConfig:
+    from spatialboost.config import ConfigError, load_config
+
+    try:
+        return load_config(ImagesFileConfig, args.config, list(args.overrides))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
 
 
 @dataclass
@@ -386,7 +407,7 @@ def _rgbd_items(root: Path, multiview: bool, limits: ImageLimits) -> tuple[list[
     return items, skips
 
 
-def images_config(args: argparse.Namespace, vocabulary: list[str]) -> ImagesConfig:
+def images_config(args: argparse.Namespace, vocabulary: list[str], lift: LiftConfig) -> ImagesConfig:
     model_paths = {}
     for spec in args.model_path:
         stage, sep, path = spec.partition("=")
@@ -398,6 +419,7 @@ def images_config(args: argparse.Namespace, vocabulary: list[str]) -> ImagesConf
         input=str(args.input.resolve()), depth=args.depth, detector=args.detector, segmenter=args.segmenter,
         model_paths=model_paths, vocabulary=vocabulary, device=args.device, dtype=args.dtype,
         batch_size=args.batch_size, threshold=args.threshold, multiview=args.multiview, oracle=oracle,
+        lift=lift,
     )  # fmt: skip
 
 
@@ -411,11 +433,11 @@ def _check_names(cfg: ImagesConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spatialboost.datagen.conversations import ConversationConfig
     from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
     from spatialboost.datagen.perception import load_vocabulary
 
-    cfg = images_config(args, load_vocabulary(args.vocab))
+    fcfg = file_config(args)
+    cfg = images_config(args, load_vocabulary(args.vocab), fcfg.lift)
     _check_names(cfg)
     shard = parse_shard_spec(args.shard)
     items, skipped = collect_items(args.input, args.multiview, ImageLimits())
@@ -425,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
             f"--input {args.input}: no usable images ({len(skipped)} skipped; first: {skipped[:3]})"
         )
     source = ImageSource(cfg, items, args.out / "cache", args.shard_size)
-    spec = WriteSpec(args.out, len(items), args.seed, args.shard_size, ConversationConfig())
+    spec = WriteSpec(args.out, len(items), args.seed, args.shard_size, fcfg.conversation)
     manifest = write_dataset(source, spec, shard, args.workers, progress=not args.no_progress)
     manifest["input_skipped"] = skipped
     atomic_write_json(args.out / "manifest.json", json.loads(json.dumps(manifest, default=str)))
