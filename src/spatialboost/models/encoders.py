@@ -89,25 +89,27 @@ for _size in ("small", "base", "large", "giant"):
         f"dinov2-reg-{_size}",
         EncoderEntry("dinov2-registers", hub_id=f"facebook/dinov2-with-registers-{_size}"),
     )
-for _short, _hub in {
-    "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
-    "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
-    "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
-    "dinov3-vit7b16": "facebook/dinov3-vit7b16-pretrain-lvd1689m",
-}.items():
-    ENCODERS.add(_short, EncoderEntry("dinov3", hub_id=_hub))
-for _short, _hub in {
-    "siglip2-base": "google/siglip2-base-patch16-naflex",
-    "siglip2-so400m": "google/siglip2-so400m-patch16-naflex",
-    "siglip2-giant": "google/siglip2-giant-opt-patch16-256",
-}.items():
-    ENCODERS.add(_short, EncoderEntry("siglip2", hub_id=_hub))
-for _short, _hub in {
-    "clip-vit-l14": "openai/clip-vit-large-patch14",
-    "openclip-vit-h14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-    "openclip-vit-bigg14": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
-}.items():
-    ENCODERS.add(_short, EncoderEntry("clip", hub_id=_hub))
+_HUB_IDS = {  # family -> short name -> hub id
+    "dinov3": {
+        "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
+        "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+        "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
+        "dinov3-vit7b16": "facebook/dinov3-vit7b16-pretrain-lvd1689m",
+    },
+    "siglip2": {
+        "siglip2-base": "google/siglip2-base-patch16-naflex",
+        "siglip2-so400m": "google/siglip2-so400m-patch16-naflex",
+        "siglip2-giant": "google/siglip2-giant-opt-patch16-256",
+    },
+    "clip": {
+        "clip-vit-l14": "openai/clip-vit-large-patch14",
+        "openclip-vit-h14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        "openclip-vit-bigg14": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+    },
+}
+for _family, _ids in _HUB_IDS.items():
+    for _short, _hub in _ids.items():
+        ENCODERS.add(_short, EncoderEntry(_family, hub_id=_hub))
 
 
 def list_encoders(tiny_only: bool = False) -> list[str]:
