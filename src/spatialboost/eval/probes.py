@@ -165,6 +165,15 @@ def _sample_targets(a: np.ndarray, idx: np.ndarray, side: int, dtype) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(block).astype(dtype))
 
 
+def _dense_head(train: FeatureSet, out_dim: int, use_cls: bool) -> DenseLinearHead:
+    """A zero-initialised dense head standardised by the train split's patch (+ CLS) channel statistics."""
+    mean, std = feature_stats(train.patch)
+    if use_cls:
+        cls_mean, cls_std = feature_stats(train.cls)
+        mean, std = torch.cat([mean, cls_mean]), torch.cat([std, cls_std])
+    return DenseLinearHead(mean, std, out_dim=out_dim, use_cls=use_cls)
+
+
 def _protocol(
     name: str, cfg: Any, train: FeatureSet, seed: int, history: list[float] | None
 ) -> dict[str, Any]:
@@ -200,11 +209,7 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
         raise ValueError("depth probe needs depth targets in both splits")
     size, grid = train.image_size, train.grid
     centers = _depth_bins(train, cfg)
-    stats = feature_stats(train.patch)
-    if cfg.use_cls:
-        cls_stats = feature_stats(train.cls)
-        stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
-    head = DenseLinearHead(*stats, out_dim=cfg.bins if cfg.mode == "bins" else 1, use_cls=cfg.use_cls)
+    head = _dense_head(train, cfg.bins if cfg.mode == "bins" else 1, cfg.use_cls)
     valid = np.asarray(train.depth)[np.asarray(train.depth) > 0]
     if cfg.mode == "log-regression":  # start at the mean train log-depth, not at 1 m
         head.head.linear.bias.data.fill_(float(np.log(valid).mean()) if valid.size else 0.0)
@@ -266,11 +271,7 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         raise ValueError("seg probe needs segmentation targets in both splits")
     size, grid = train.image_size, train.grid
     num_classes = _num_seg_classes(train, test)
-    stats = feature_stats(train.patch)
-    if cfg.use_cls:
-        cls_stats = feature_stats(train.cls)
-        stats = (torch.cat([stats[0], cls_stats[0]]), torch.cat([stats[1], cls_stats[1]]))
-    head = DenseLinearHead(*stats, out_dim=num_classes, use_cls=cfg.use_cls)
+    head = _dense_head(train, num_classes, cfg.use_cls)
     head.head.linear.bias.data.copy_(_log_prior(np.asarray(train.seg).reshape(-1), num_classes))
 
     side = train_side(size, grid, cfg)
