@@ -23,12 +23,6 @@ from spatialboost.datagen.perception.base import (
 from spatialboost.datagen.perception.hf import load_model
 
 
-def _load_processors(model: str) -> tuple[object, object]:
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    return AutoImageProcessor.from_pretrained(model), AutoTokenizer.from_pretrained(model)
-
-
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     cx, cy, w, h = boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
@@ -38,17 +32,41 @@ def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(boxes, 0, [width, height, width, height])
 
 
+class _PromptedDetector:
+    """What both detectors share: a transformers detection model, its image processor and tokenizer, and
+    one forward pass of a chunk of images against one tokenised prompt."""
+
+    def __init__(self, cfg: BackendConfig, model_class: type, default_model: str) -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        self.cfg = cfg
+        model = cfg.model or default_model
+        self.net = load_model(model_class, model, cfg.device, cfg.dtype)
+        self.image_processor = AutoImageProcessor.from_pretrained(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def _forward(self, chunk: Sequence[np.ndarray], text: dict, pixel_mask: bool = False):
+        """The net on ``chunk`` (uint8 RGB images), the prompt ``text`` (1, L) repeated for each image."""
+        pixels = self.image_processor(images=[Image.fromarray(im) for im in chunk], return_tensors="pt")
+        n = len(chunk)
+        inputs = dict(
+            input_ids=text["input_ids"].repeat(n, 1).to(self.cfg.device),
+            attention_mask=text["attention_mask"].repeat(n, 1).to(self.cfg.device),
+            pixel_values=pixels["pixel_values"].to(self.cfg.device, self.net.dtype),
+        )
+        if pixel_mask:
+            inputs["pixel_mask"] = pixels["pixel_mask"].to(self.cfg.device)
+        return self.net(**inputs)
+
+
 @DETECTORS.register("owlv2")
-class Owlv2Detector:
+class Owlv2Detector(_PromptedDetector):
     """OWLv2: each vocabulary word is a text query; boxes are relative to the image padded to a square."""
 
     def __init__(self, cfg: BackendConfig) -> None:
         from transformers import Owlv2ForObjectDetection
 
-        self.cfg = cfg
-        model = cfg.model or "google/owlv2-base-patch16-ensemble"
-        self.net = load_model(Owlv2ForObjectDetection, model, cfg.device, cfg.dtype)
-        self.image_processor, self.tokenizer = _load_processors(model)
+        super().__init__(cfg, Owlv2ForObjectDetection, "google/owlv2-base-patch16-ensemble")
 
     @torch.no_grad()
     def detect(
@@ -60,13 +78,7 @@ class Owlv2Detector:
         )
         results: list[list[Detection]] = []
         for chunk in batched(list(images), self.cfg.batch_size):
-            pixels = self.image_processor(images=[Image.fromarray(im) for im in chunk], return_tensors="pt")
-            n = len(chunk)
-            out = self.net(
-                input_ids=text["input_ids"].repeat(n, 1).to(self.cfg.device),
-                attention_mask=text["attention_mask"].repeat(n, 1).to(self.cfg.device),
-                pixel_values=pixels["pixel_values"].to(self.cfg.device, self.net.dtype),
-            )
+            out = self._forward(chunk, text)
             scores = torch.sigmoid(out.logits.float()).cpu().numpy()  # (B, P, Q)
             boxes = out.pred_boxes.float().cpu().numpy()  # (B, P, 4) cxcywh in [0, 1] of the padded square
             for i, img in enumerate(chunk):
@@ -86,17 +98,14 @@ class Owlv2Detector:
 
 
 @DETECTORS.register("grounding-dino")
-class GroundingDinoDetector:
+class GroundingDinoDetector(_PromptedDetector):
     """Grounding DINO: the vocabulary is one prompt "a. b. c."; a query's label is the phrase whose tokens score
     highest (max over the phrase's tokens), its score the query's best token score."""
 
     def __init__(self, cfg: BackendConfig) -> None:
         from transformers import GroundingDinoForObjectDetection
 
-        self.cfg = cfg
-        model = cfg.model or "IDEA-Research/grounding-dino-base"
-        self.net = load_model(GroundingDinoForObjectDetection, model, cfg.device, cfg.dtype)
-        self.image_processor, self.tokenizer = _load_processors(model)
+        super().__init__(cfg, GroundingDinoForObjectDetection, "IDEA-Research/grounding-dino-base")
 
     def _prompt(self, vocabulary: Sequence[str]) -> tuple[dict, list[list[int]]]:
         """Token ids of "w1. w2. ..." and, per word, the token positions of its phrase."""
@@ -134,14 +143,7 @@ class GroundingDinoDetector:
         return [non_max_suppression(d, limit=self.cfg.max_detections) for d in results]
 
     def _detect_chunk(self, chunk, text, spans, words) -> list[list[Detection]]:
-        pixels = self.image_processor(images=[Image.fromarray(im) for im in chunk], return_tensors="pt")
-        n = len(chunk)
-        out = self.net(
-            input_ids=text["input_ids"].repeat(n, 1).to(self.cfg.device),
-            attention_mask=text["attention_mask"].repeat(n, 1).to(self.cfg.device),
-            pixel_values=pixels["pixel_values"].to(self.cfg.device, self.net.dtype),
-            pixel_mask=pixels["pixel_mask"].to(self.cfg.device),
-        )
+        out = self._forward(chunk, text, pixel_mask=True)
         token_scores = torch.sigmoid(out.logits.float()).cpu().numpy()  # (B, Q, max_text_len)
         boxes = out.pred_boxes.float().cpu().numpy()  # (B, Q, 4) cxcywh in [0, 1] of the image
         per_word = np.stack([token_scores[..., s].max(-1) for s in spans], axis=-1)  # (B, Q, V)
