@@ -17,6 +17,7 @@ from spatialboost.data.conversation import (
     tokenize_conversation,
 )
 from spatialboost.data.tokenizer import train_tokenizer
+from spatialboost.models.attention import supports_varlen
 from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
 from spatialboost.models.encoders import create_encoder
@@ -66,9 +67,11 @@ def tokenizer():
 
 
 def make_vlm(tokenizer, llm_name: str = "tiny-qwen2", attn: str = "sdpa") -> SpatialVLM:
+    """``attn``: an HF implementation, or ``"sdpa-mask"`` (sdpa with the explicit block-diagonal mask)."""
     torch.manual_seed(0)
-    llm = build_llm(llm_name, tokenizer, attn_implementation=attn)
-    return SpatialVLM(StubEncoder(), llm, tokenizer.convert_tokens_to_ids("<image>"))
+    llm = build_llm(llm_name, tokenizer, attn_implementation=attn.removesuffix("-mask"))
+    varlen = not attn.endswith("-mask")
+    return SpatialVLM(StubEncoder(), llm, tokenizer.convert_tokens_to_ids("<image>"), varlen_attention=varlen)
 
 
 def make_samples(tokenizer, n: int = 6) -> list[dict]:
@@ -93,9 +96,10 @@ def batch_loss(vlm, batch) -> torch.Tensor:
     return vlm(**batch).loss
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa-mask", "eager"])
 def test_packed_loss_equals_unpacked(tokenizer, attn):
     vlm = make_vlm(tokenizer, attn=attn)
+    assert supports_varlen(vlm.llm) == (attn == "sdpa")  # the default is varlen for packed rows
     samples = make_samples(tokenizer)
     padded = PaddedCollator(tokenizer.pad_token_id)(samples)
     packed = PackedCollator(tokenizer.pad_token_id, max_length=320)(samples)
@@ -120,14 +124,17 @@ def test_packed_loss_equals_unpacked(tokenizer, attn):
     assert abs(loss_leaky.item() - loss_packed.item()) > 1e-5
 
 
-def test_packed_gradients_equal_unpacked(tokenizer):
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa-mask"])
+def test_packed_gradients_equal_unpacked(tokenizer, attn):
     samples = make_samples(tokenizer)
     grads = []
     for collate in (PaddedCollator(tokenizer.pad_token_id), PackedCollator(tokenizer.pad_token_id, 320)):
-        vlm = make_vlm(tokenizer)
+        vlm = make_vlm(tokenizer, attn=attn)
         batch_loss(vlm, collate(samples)).backward()
-        grads.append(vlm.projector.fc1.weight.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+        grads.append({n: p.grad.clone() for n, p in vlm.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "projector.fc1.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("llm_name", TINY_LLMS.names())

@@ -33,6 +33,7 @@ from torch import nn
 from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
 from spatialboost.data.images import ImageTransform
 from spatialboost.io import atomic_write_json
+from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
 from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import patch_multiple, preprocess_images
@@ -78,14 +79,25 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 class SpatialVLM(nn.Module):
-    """``encoder`` (a ``VisionEncoder``) -> ``projector`` -> ``llm`` (an HF causal LM)."""
+    """``encoder`` (a ``VisionEncoder``) -> ``projector`` -> ``llm`` (an HF causal LM).
+
+    ``varlen_attention`` (default) switches an ``"sdpa"`` LLM to ``models.attention``'s ``"sdpa_varlen"``,
+    which runs packed rows conversation by conversation; ``False`` keeps the explicit block-diagonal mask.
+    """
 
     def __init__(
-        self, encoder: VisionEncoder, llm: nn.Module, image_token_id: int, projector: nn.Module | None = None
+        self,
+        encoder: VisionEncoder,
+        llm: nn.Module,
+        image_token_id: int,
+        projector: nn.Module | None = None,
+        varlen_attention: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.llm = llm
+        if varlen_attention:
+            use_varlen_attention(llm)
         self.projector = projector or MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
         self.image_token_id = image_token_id
 
@@ -128,15 +140,32 @@ class SpatialVLM(nn.Module):
     ) -> VLMOutput:
         """Padded batches: ``attention_mask`` (R, L). Packed batches: ``seq_ids`` (R, L) + ``position_ids``."""
         embeds = self.embed(input_ids, pixel_values)
-        if seq_ids is not None:
-            attention_mask = block_causal_mask(seq_ids, embeds.dtype)
+        attention_mask, varlen = self.packed_attention(seq_ids, attention_mask, embeds.dtype)
         out = self.llm(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **varlen,
         )
         if labels is None:
             return VLMOutput(None, out.logits, 0)
         loss, count = causal_lm_loss(out.logits, labels)
         return VLMOutput(loss, out.logits, count)
+
+    def packed_attention(
+        self, seq_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, dtype: torch.dtype
+    ) -> tuple[torch.Tensor | None, dict]:
+        """The LLM's mask and extra kwargs for a packed batch (``seq_ids`` (R, L)); as given if unpacked.
+
+        Varlen attention: the boundaries go in ``cu_seq_lens`` kwargs and the 2D mask is all True, so the
+        LLM builds no (L, L) mask at all. Otherwise an explicit (R, 1, L, L) block-diagonal mask.
+        """
+        if seq_ids is None:
+            return attention_mask, {}
+        if supports_varlen(self.llm):
+            return torch.ones_like(seq_ids, dtype=torch.bool), varlen_kwargs(seq_ids)
+        return block_causal_mask(seq_ids, dtype), {}
 
     @torch.no_grad()
     def generate(
