@@ -1,7 +1,7 @@
 """Loading transformers models by hub name or local path, and the image preprocessing torchvision would do.
 
 The Depth Pro, SAM 2 and DINOv3 image processors of transformers need torchvision, which does not import
-beside a CPU torch build. ``resize_normalize`` does what they do (rescale to [0, 1], normalise by mean/std,
+beside a CPU torch build. ``Preprocess`` does what they do (rescale to [0, 1], normalise by mean/std,
 bilinear resize to a fixed size) with torch alone, reading size/mean/std from the checkpoint's
 ``preprocessor_config.json`` when it has one.
 """
