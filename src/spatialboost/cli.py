@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("spatialboost.models.commands_export", "export the boosted encoder of a run"),
     "probe": ("spatialboost.eval.commands", "frozen-feature probes, base vs boosted"),
     "demo": ("spatialboost.demo", "the whole pipeline on the embedded synthetic default"),
+    "replicate": ("spatialboost.replicate", "the paper's ablations at CPU scale"),
 }
 
 

@@ -1,0 +1,130 @@
+"""Cheap diagnostics of why stage 3 moves (or does not move) the encoder.
+
+- ``adapter_stats``: the dual-channel gates after training (sigmoid(a) = weight on the frozen ``Attn``;
+  0.5 at the paper's zero init) and how far ``Attn+`` moved from ``Attn`` (relative Frobenius norm).
+- ``loss_curve``: stage 3's logged losses (``metrics.jsonl``).
+- ``answer_accuracy``: the stage-2 VLM's next-token accuracy on held-out pixel-level answers with the
+  encoder before (Attn+ = Attn) and after stage 3 -- all answer tokens, and only the tokens holding digits.
+- ``spatial_content``: how much spatial supervision a dataset's conversations carry: queried image points
+  per image (every depth/3D value the LLM must predict is tied to one) against the S x S pixels a dense
+  depth head sees, and the share of answer characters that are digits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spatialboost.data.conversation import IGNORE_INDEX
+
+POINT = re.compile(r"\((\d+), (\d+)\)")
+
+
+def adapter_stats(encoder: torch.nn.Module) -> dict[str, Any]:
+    """Gate weight on the frozen channel and Attn+'s relative move, per dual-channel layer (mean too)."""
+    from spatialboost.models.dual_channel import DualChannelAttention
+
+    alphas, moves = [], []
+    for module in encoder.modules():
+        if isinstance(module, DualChannelAttention):
+            alphas.append(float(module.alpha().detach().mean()))
+            base = dict(module.base.named_parameters())
+            num = sum(float((p - base[n]).pow(2).sum()) for n, p in module.plus.named_parameters())
+            den = sum(float(p.pow(2).sum()) for p in base.values())
+            moves.append((num / max(den, 1e-12)) ** 0.5)
+    if not alphas:
+        return {}
+    return {"alpha_frozen_mean": sum(alphas) / len(alphas), "alpha_frozen": alphas,
+            "attn_plus_rel_change_mean": sum(moves) / len(moves), "attn_plus_rel_change": moves}  # fmt: skip
+
+
+def weight_change(encoder: torch.nn.Module, base: torch.nn.Module) -> float:
+    """Relative Frobenius change of every shared weight (full fine-tuning, simple FT)."""
+    ref = dict(base.named_parameters())
+    num = den = 0.0
+    for name, p in encoder.named_parameters():
+        if name in ref and ref[name].shape == p.shape:
+            num += float((p.detach() - ref[name]).pow(2).sum())
+            den += float(ref[name].pow(2).sum())
+    return (num / max(den, 1e-12)) ** 0.5
+
+
+def loss_curve(stage_dir: Path) -> list[list[float]]:
+    path = Path(stage_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[r["step"], r["loss"]] for r in rows]
+
+
+def spatial_content(dataset_dir: str | Path) -> dict[str, float]:
+    """Points queried per image, digits share of the answers, turns and answer characters per sample."""
+    from spatialboost.datagen.dataset import iter_records, record_images
+
+    images = points = turns = chars = digits = samples = 0
+    for record in iter_records(dataset_dir):
+        samples += 1
+        images += len(record_images(record))
+        conv = record["conversations"]
+        text = " ".join(c["value"] for c in conv)
+        points += len(set(POINT.findall(text)))
+        answers = [c["value"] for c in conv if c["from"] == "gpt"]
+        turns += len(answers)
+        chars += sum(len(a) for a in answers)
+        digits += sum(ch.isdigit() for a in answers for ch in a)
+    return {"samples": samples, "images_per_sample": images / max(samples, 1),
+            "points_per_image": points / max(images, 1), "turns_per_sample": turns / max(samples, 1),
+            "answer_chars_per_sample": chars / max(samples, 1), "digit_share": digits / max(chars, 1)}  # fmt: skip
+
+
+def answer_accuracy(
+    cfg, dataset_dir: str | Path, after_stage3: bool, batch_size: int = 8
+) -> dict[str, float]:
+    """Next-token accuracy/loss of the stage-3 VLM (LLM from stage 2) on held-out answers (``cfg``: the run)."""
+    from spatialboost.data.collate import PaddedCollator
+    from spatialboost.data.dataset import ConversationDataset
+    from spatialboost.data.tokenizer import load_tokenizer
+    from spatialboost.models.llm import ensure_image_token
+    from spatialboost.models.vlm import image_transform_for
+    from spatialboost.train.checkpoint import load_weights
+    from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
+
+    tok = load_tokenizer(cfg.model.tokenizer)
+    ensure_image_token(tok)
+    vlm = build_vlm(cfg, tok, "encoder")
+    load_previous_outputs(vlm, cfg, "encoder")
+    if after_stage3:
+        load_trainable(vlm, load_weights(finished_output(cfg.run_dir, "encoder")))
+    vlm.eval()
+    data = ConversationDataset(dataset_dir, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder),
+                               max_length=cfg.data.max_length)  # fmt: skip
+    collate = PaddedCollator(tok.pad_token_id)
+    digit_ids = torch.tensor([any(ch.isdigit() for ch in tok.decode([i])) for i in range(len(tok))])
+    totals = torch.zeros(5, dtype=torch.float64)  # loss sum, tokens, correct, digit tokens, digit correct
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            batch.pop("ids", None)
+            out = vlm(**batch)
+            totals += _token_counts(
+                out.logits, batch["labels"], digit_ids, float(out.loss) * out.num_label_tokens
+            )
+    loss_sum, n, correct, n_digit, digit_correct = totals.tolist()
+    return {"loss": loss_sum / n, "token_acc": correct / n, "digit_acc": digit_correct / max(n_digit, 1),
+            "answer_tokens": n, "digit_tokens": n_digit}  # fmt: skip
+
+
+def _token_counts(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.Tensor, loss_sum: float):
+    targets = labels[:, 1:]
+    pred = logits[:, :-1].argmax(-1)
+    keep = targets != IGNORE_INDEX
+    hit = (pred == targets) & keep
+    is_digit = torch.zeros_like(keep)
+    is_digit[keep] = digit_ids[targets[keep].clamp_max(len(digit_ids) - 1)]
+    return torch.tensor(
+        [loss_sum, keep.sum(), hit.sum(), is_digit.sum(), (hit & is_digit).sum()], dtype=torch.float64
+    )

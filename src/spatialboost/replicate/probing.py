@@ -1,0 +1,62 @@
+"""Frozen-feature probes of one encoder on the synthetic benchmark (``spatialboost.eval``), one seed.
+
+The probe scenes are rendered once per process (``ProbeBench``) and the features are cached by weights
+hash (``eval.features``), so the base is extracted once for the whole study. The probe head's seed is the
+study seed: the base row's std is the probe heads' own noise (kNN is deterministic: std 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset, SyntheticSceneFn
+from spatialboost.eval.features import encoder_identity, extract_features
+from spatialboost.eval.probes import ProbeConfigs, run_probe
+from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.replicate.study import Sizes
+
+log = logging.getLogger(__name__)
+
+PROBES = ("depth", "seg", "cls-linear", "cls-knn")
+# (probe, metric) -> column of the study's tables
+COLUMNS = {
+    ("depth", "rmse"): "depth RMSE (m)",
+    ("depth", "absrel"): "AbsRel",
+    ("depth", "delta1"): "delta1",
+    ("seg", "miou"): "seg mIoU",
+    ("cls-linear", "top1"): "cls linear",
+    ("cls-knn", "top1"): "cls kNN",
+}
+LOWER_IS_BETTER = {"rmse", "absrel"}
+
+
+class ProbeBench:
+    """The probe splits (train + val + test scenes, held-out seeds) and the feature cache."""
+
+    def __init__(self, sizes: Sizes, cache_dir: Path) -> None:
+        scene_fn = SyntheticSceneFn(sizes.image_size)
+        counts = {"train": sizes.probe_train, "val": sizes.probe_val, "test": sizes.probe_test}
+        self.splits = {s: SyntheticProbeDataset(s, n, scene_fn=scene_fn) for s, n in counts.items()}
+        self.image_size = sizes.image_size
+        self.cache_dir = cache_dir
+        self.configs = ProbeConfigs()
+        if sizes.probe_epochs > 0:
+            for probe_cfg in (self.configs.depth, self.configs.seg, self.configs.cls_linear):
+                probe_cfg.epochs = sizes.probe_epochs
+
+    def features(self, encoder: VisionEncoder, split: str):
+        side = self.image_size - self.image_size % encoder.spec.patch_size
+        return extract_features(encoder, self.splits[split], self.cache_dir, "last", side, 32, "float32",
+                                encoder_identity(encoder))  # fmt: skip
+
+    def run(self, encoder: VisionEncoder, split: str, seed: int) -> dict[str, dict[str, float]]:
+        """{probe: metrics} of heads trained on the train split, scored on ``split`` (val or test)."""
+        encoder.eval().requires_grad_(False)
+        train, scored = self.features(encoder, "train"), self.features(encoder, split)
+        out = {}
+        for probe in PROBES:
+            out[probe] = run_probe(probe, train, scored, self.configs, seed).metrics
+        log.info("probes on %s (seed %d): depth RMSE %.4f, seg mIoU %.4f, cls linear %.4f", split, seed,
+                 out["depth"]["rmse"], out["seg"]["miou"], out["cls-linear"]["top1"])  # fmt: skip
+        return out

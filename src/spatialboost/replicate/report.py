@@ -1,0 +1,326 @@
+"""The study's report, generated from the arms' result files (never typed in by hand).
+
+``collect(OUT)`` reads ``OUT/arms/*/*.json`` into one summary (mean +- std over seeds per arm and column,
+the diagnostics, the val search and what is still missing); ``write_report`` writes ``results.json``,
+``results.md`` and the PNG plots. In a ``results.md`` that already exists, everything from the line
+``<!-- discussion -->`` on is kept (the hand-written discussion).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
+from spatialboost.replicate.probing import COLUMNS
+from spatialboost.replicate.study import ARMS, DATA, TABLES
+
+log = logging.getLogger(__name__)
+DISCUSSION = "<!-- discussion -->"
+
+
+# --- collect ------------------------------------------------------------------------------------------------
+
+
+def collect(out: str | Path) -> dict[str, Any]:
+    out = Path(out)
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("arms/*/seed*.json"))]
+    arms: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        key = rec["arm"] if rec["split"] == "test" else f"{rec['arm']}@val"
+        arms.setdefault(key, {"label": rec["label"], "split": rec["split"], "records": []})["records"].append(
+            rec
+        )
+    summary = {"arms": {k: _aggregate(v) for k, v in sorted(arms.items())},
+               "tables": [{"key": t.key, "title": t.title, "paper": t.paper, "arms": list(t.arms)} for t in TABLES],
+               "config": _read(out / "study-config.json"), "tuning": _read(out / "tuning.json"),
+               "data": _data_content(out)}  # fmt: skip
+    summary["missing"] = missing_jobs(summary)
+    summary["complete"] = not summary["missing"]
+    return summary
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return {"mean": float(np.mean(v)), "std": std, "n": len(v), "values": v.tolist()}
+
+
+def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
+    recs = sorted(arm["records"], key=lambda r: r["seed"])
+    cols = {col: _stats([r["metrics"][p][m] for r in recs]) for (p, m), col in COLUMNS.items()}
+    return {"label": arm["label"], "split": arm["split"], "seeds": [r["seed"] for r in recs], "columns": cols,
+            "seconds": [r["seconds"] for r in recs], "recipe": recs[0]["recipe"],
+            "diagnostics": {r["seed"]: r["diagnostics"] for r in recs}, "base": recs[0].get("base", {})}  # fmt: skip
+
+
+def _data_content(out: Path) -> dict[str, Any]:
+    from spatialboost.replicate.diagnostics import spatial_content
+
+    found = {}
+    for name in [*DATA, "diag-pixel"]:
+        if (out / "data" / name / "manifest.json").is_file():
+            found[name] = spatial_content(out / "data" / name)
+    return found
+
+
+def missing_jobs(summary: dict[str, Any]) -> list[str]:
+    cfg = summary.get("config") or {}
+    seeds, names, search = cfg.get("seeds", 0), cfg.get("arms") or ARMS.names(), cfg.get("search", True)
+    missing = []
+    for name in names:
+        arm = ARMS.get(name)
+        if (arm.search or arm.tuned) and not search:
+            continue
+        key = f"{name}@val" if arm.search else name
+        have = set(summary["arms"].get(key, {}).get("seeds", []))
+        want = {0} if arm.search else set(range(seeds))
+        missing += [f"{name} seed {s}" for s in sorted(want - have)]
+    return missing
+
+
+# --- markdown -----------------------------------------------------------------------------------------------
+
+
+def cell(col: dict[str, Any]) -> str:
+    return f"{col['mean']:.4f} ± {col['std']:.4f}" if col["n"] > 1 else f"{col['mean']:.4f}"
+
+
+def rel_change(base: float, value: float) -> str:
+    return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
+
+
+def arm_table(summary: dict[str, Any], names: list[str]) -> str:
+    """Rows = arms, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs base."""
+    arms = summary["arms"]
+    base = arms.get("base", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
+    head = ["arm", "seeds", *COLUMNS.values(), "RMSE vs base"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        a = arms.get(name)
+        if a is None:
+            lines.append(
+                f"| {ARMS.get(name.split('@')[0]).label} | not run | "
+                + " | ".join("" for _ in COLUMNS)
+                + " | |"
+            )
+            continue
+        cells = [cell(a["columns"][c]) for c in COLUMNS.values()]
+        rmse = a["columns"]["depth RMSE (m)"]["mean"]
+        lines.append(f"| {a['label']} | {len(a['seeds'])} | " + " | ".join(cells)
+                     + f" | {rel_change(base, rmse) if base and name != 'base' else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def search_table(summary: dict[str, Any]) -> str:
+    names = [k for k in summary["arms"] if k.endswith("@val")]
+    if not names:
+        return "_The val search did not run._"
+    ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
+    head = ["search arm (val, seed 0)", "lr", "gate init", "steps", "data", "LM width", "depth RMSE", "AbsRel",
+            "seg mIoU", "cls linear", "RMSE vs untuned"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in sorted(names, key=lambda n: summary["arms"][n]["columns"]["depth RMSE (m)"]["mean"]):
+        a, r = summary["arms"][name], summary["arms"][name]["recipe"]
+        c = a["columns"]
+        untuned = ref.get("depth RMSE (m)", {}).get("mean")
+        lines.append(f"| {a['label']} | {r['encoder_lr']:g} | {r['gate_init']:g} | {r['encoder_steps']} | {r['data']} "
+                     f"| {r['llm_width']} | {c['depth RMSE (m)']['mean']:.4f} | {c['AbsRel']['mean']:.4f} "
+                     f"| {c['seg mIoU']['mean']:.4f} | {c['cls linear']['mean']:.4f} "
+                     f"| {rel_change(untuned, c['depth RMSE (m)']['mean']) if untuned else ''} |")  # fmt: skip
+    tuning = summary.get("tuning") or {}
+    if tuning:
+        lines.append(f"\nChosen for the tuned arm (lowest val depth RMSE): **{tuning['chosen']}**.")
+    return "\n".join(lines)
+
+
+def _mean_over_seeds(diags: dict[Any, dict[str, Any]], key: str) -> float | None:
+    vals = [d[key] for d in diags.values() if key in d]
+    return float(np.mean(vals)) if vals else None
+
+
+def diagnostics_table(summary: dict[str, Any]) -> str:
+    head = ["arm", "split", "stage-3 loss first -> last", "gate weight on frozen Attn", "Attn+ rel. change",
+            "weight rel. change"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _name, a in summary["arms"].items():
+        diags = a["diagnostics"]
+        curves = [d["stage3_loss"] for d in diags.values() if d.get("stage3_loss")]
+        joint = [d["joint_loss"] for d in diags.values() if d.get("joint_loss")]
+        loss = ""
+        if curves:
+            loss = f"{np.mean([c[0][1] for c in curves]):.4f} -> {np.mean([c[-1][1] for c in curves]):.4f}"
+        elif joint:
+            loss = (
+                f"{np.mean([j[0] for j in joint]):.4f} -> {np.mean([j[-1] for j in joint]):.4f} (head loss)"
+            )
+        alpha, move = (
+            _mean_over_seeds(diags, "alpha_frozen_mean"),
+            _mean_over_seeds(diags, "attn_plus_rel_change_mean"),
+        )
+        weight = _mean_over_seeds(diags, "weight_rel_change")
+        if not (loss or alpha or weight):
+            continue
+        fmt = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
+        lines.append(f"| {a['label']} | {a['split']} | {loss} | {fmt(alpha)} | {fmt(move)} | {fmt(weight)} |")
+    return "\n".join(lines)
+
+
+def answers_table(summary: dict[str, Any]) -> str:
+    head = ["arm (seed 0)", "answer loss before -> after", "token acc. before -> after",
+            "digit-token acc. before -> after"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _name, a in summary["arms"].items():
+        ans = a["diagnostics"].get(0, a["diagnostics"].get("0", {})).get("answers")
+        if not ans:
+            continue
+        b, f = ans["before"], ans["after"]
+        lines.append(f"| {a['label']} | {b['loss']:.4f} -> {f['loss']:.4f} | {b['token_acc']:.4f} -> "
+                     f"{f['token_acc']:.4f} | {b['digit_acc']:.4f} -> {f['digit_acc']:.4f} |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else "_No answer-token diagnostics were run._"
+
+
+def data_table(summary: dict[str, Any]) -> str:
+    head = ["dataset", "samples", "images/sample", "queried points/image", "answer turns/sample",
+            "answer chars/sample", "digit share of answers"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, d in summary["data"].items():
+        lines.append(
+            f"| {name} | {d['samples']} | {d['images_per_sample']:.2f} | {d['points_per_image']:.2f} | "
+            f"{d['turns_per_sample']:.1f} | {d['answer_chars_per_sample']:.0f} | {d['digit_share']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(
+    summary: dict[str, Any], command: str = "", commit: str = "", plots: list[str] | None = None
+) -> str:
+    cfg = summary.get("config") or {}
+    state = (
+        "complete" if summary["complete"] else f"**PARTIAL**: {len(summary['missing'])} arm-seed jobs missing"
+    )
+    parts = ["# SpatialBoost mini-replication at CPU scale (issue 7)", "",
+             "_Generated by `spatialboost.replicate.report` from the arms' result files; numbers are never typed "
+             "in by hand._", "", f"- command: `{command}`" if command else "", f"- commit: `{commit}`" if commit
+             else "", f"- state: {state}" + (f" ({', '.join(summary['missing'][:12])})" if summary["missing"] else ""),
+             f"- seeds: {cfg.get('seeds')}; sizes: `{json.dumps(cfg.get('sizes', {}))}`",
+             f"- untuned recipe: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), "",
+             "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
+             "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better.",
+             ""]  # fmt: skip
+    for t in summary["tables"]:
+        parts += [
+            f"## Table {t['key']}: {t['title']}",
+            "",
+            f"Paper: {t['paper']}",
+            "",
+            arm_table(summary, t["arms"]),
+            "",
+        ]
+    parts += ["## Hyper-parameter search (val split, seed 0; one factor at a time from the untuned recipe)", "",
+              search_table(summary), "", "## Diagnostics", "", "### Training movement", "", diagnostics_table(summary),
+              "", "### Pixel-level answers of the frozen LLM (held-out pixel-only conversations)", "",
+              answers_table(summary), "", "### Spatial content of the conversations", "", data_table(summary), ""]  # fmt: skip
+    for p in plots or []:
+        parts += [f"![{Path(p).stem}]({p})", ""]
+    return "\n".join(x for x in parts if x is not None) + "\n"
+
+
+def _base_line(summary: dict[str, Any]) -> str:
+    base = summary["arms"].get("base", {}).get("base") or {}
+    if not base:
+        return ""
+    return (f"- base: tiny ViT (d128, 4 layers, patch 8, 64 px) pre-trained 2D-only (class + colour presence): "
+            f"loss {base['loss_start']:.3f} -> {base['loss_end']:.3f}, held-out label accuracy "
+            f"{base['val_accuracy']:.3f} (majority {base['val_baseline']:.3f})")  # fmt: skip
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(rows, cols, figsize=size)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_arms(summary: dict[str, Any], path: Path) -> Path:
+    """Depth RMSE, seg mIoU and cls linear of every test arm, mean with the seed std as error bar."""
+    names = [n for n in summary["arms"] if not n.endswith("@val")]
+    plt, fig, axes = _figure(1, 3, (15, 0.35 * len(names) + 2))
+    for ax, col in zip(axes, ["depth RMSE (m)", "seg mIoU", "cls linear"], strict=True):
+        means = [summary["arms"][n]["columns"][col]["mean"] for n in names]
+        stds = [summary["arms"][n]["columns"][col]["std"] for n in names]
+        ax.barh(
+            range(len(names)), means, xerr=stds, color=["grey" if n == "base" else "tab:blue" for n in names]
+        )
+        ax.set_yticks(range(len(names)), names if ax is axes[0] else [""] * len(names))
+        lo, hi = (
+            min(m - s for m, s in zip(means, stds, strict=True)),
+            max(m + s for m, s in zip(means, stds, strict=True)),
+        )
+        ax.set_xlim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        ax.set_title(col + (" (lower is better)" if "RMSE" in col else ""))
+        ax.invert_yaxis()
+    return _save(plt, fig, path)
+
+
+def plot_losses(summary: dict[str, Any], path: Path) -> Path | None:
+    """Stage-3 loss curves (seed 0) of the arms trained through the LLM."""
+    plt, fig, ax = _figure(1, 1, (8, 5))
+    drawn = 0
+    for name, a in summary["arms"].items():
+        d = a["diagnostics"].get(0, a["diagnostics"].get("0", {}))
+        if d.get("stage3_loss"):
+            steps, losses = zip(*d["stage3_loss"], strict=True)
+            ax.plot(steps, losses, label=name, lw=1)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("stage-3 step")
+    ax.set_ylabel("answer-token loss (frozen LLM)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(plt, fig, path)
+
+
+# --- write --------------------------------------------------------------------------------------------------
+
+
+def write_report(summary: dict[str, Any], out: str | Path, command: str = "", commit: str = "",
+                 plots: bool = True, prefix: str = "", md_name: str = "results.md") -> Path:  # fmt: skip
+    """``<prefix>results.json``, ``md_name`` (discussion kept) and ``<prefix>*.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{prefix}results.json", summary)
+    names = []
+    if plots and summary["arms"]:
+        names.append(plot_arms(summary, out / f"{prefix}arms.png").name)
+        loss = plot_losses(summary, out / f"{prefix}stage3_loss.png")
+        names += [loss.name] if loss else []
+    md_path = out / md_name
+    text = markdown(summary, command, commit, names)
+    if md_path.is_file() and DISCUSSION in md_path.read_text():
+        text += "\n" + md_path.read_text()[md_path.read_text().index(DISCUSSION) :]
+    atomic_write_text(md_path, text)
+    log.info("report -> %s", md_path)
+    return md_path

@@ -1,0 +1,330 @@
+"""Run the study: pre-train the base once, share stages 1+2 per seed, train and probe every arm.
+
+Layout of ``OUT``::
+
+    data/<variant>/                   the data engine's datasets (main + variants + diag-pixel)
+    cache/pretrain/tiny-vit-<hash>/   the 2D pre-trained base (``train.pretrain``'s cache)
+    cache/features/                   probe features (keyed by weights hash)
+    runs/seed<k>/shared-w<width>/     stages 1+2 of seed k (``train.run_training``)
+    runs/seed<k>/<recipe>/            an arm's stage 3 (or dense-head / simple-FT) training + encoder/
+    arms/<arm>/seed<k>-<split>.json   an arm's probe results and diagnostics (written atomically)
+    tuning.json                       the val search's winner (the tuned arm's recipe)
+
+Rerunning the same command skips every arm whose json exists and resumes unfinished training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from spatialboost.config import to_dict
+from spatialboost.io import atomic_write_json
+from spatialboost.replicate.study import ARMS, Arm, StudyConfig, selected_arms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    """What every arm needs: the config, paths, the pre-trained base and the probe bench."""
+
+    cfg: StudyConfig
+    base_path: Path = Path()
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    _bench: Any = None
+    _dense: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.out / "cache"
+
+    @property
+    def bench(self):
+        if self._bench is None:
+            from spatialboost.replicate.probing import ProbeBench
+
+            self._bench = ProbeBench(self.cfg.sizes, self.cache / "features")
+        return self._bench
+
+    def data(self, name: str) -> Path:
+        from spatialboost.replicate.data import ensure_dataset
+
+        return ensure_dataset(self.out / "data", name, self.cfg.sizes)
+
+    def result_path(self, arm: Arm, seed: int) -> Path:
+        return self.out / "arms" / arm.name / f"seed{seed}-{arm.split}.json"
+
+
+# --- the study ----------------------------------------------------------------------------------------------
+
+
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """Every selected arm for every seed (search arms: seed 0 on val); returns the collected summary."""
+    from spatialboost.replicate.report import collect
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    study = Study(cfg)
+    atomic_write_json(study.out / "study-config.json", to_dict(cfg))
+    prepare_base(study)
+    jobs = plan_jobs(cfg)
+    for arm, seed in tqdm(jobs, desc="study arms", unit="arm"):
+        if arm.tuned:
+            arm = resolve_tuned(study, arm)
+            if arm is None:
+                continue
+        run_arm(study, arm, seed)
+    summary = collect(cfg.out)
+    summary["wall_s_this_call"] = time.perf_counter() - t0
+    return summary
+
+
+def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
+    """Search arms (seed 0) first, then seed by seed every other arm, so finished seeds are complete."""
+    arms = selected_arms(cfg)
+    jobs = [(a, 0) for a in arms if a.search]
+    jobs += [(a, s) for s in range(cfg.seeds) for a in arms if not a.search]
+    return jobs
+
+
+def prepare_base(study: Study) -> None:
+    from spatialboost.train.pretrain import PretrainConfig, pretrain_encoder
+
+    s = study.cfg.sizes
+    pcfg = PretrainConfig(encoder="tiny-vit", scenes=s.pretrain_scenes, epochs=s.pretrain_epochs,
+                          cache_dir=study.cache / "pretrain")  # fmt: skip
+    result = pretrain_encoder(pcfg)
+    study.base_path = result.path
+    study.pretrain = {"path": str(result.path), "loss_start": result.loss_start, "loss_end": result.loss_end,
+                      "val_accuracy": result.val_accuracy, "val_baseline": result.val_baseline}  # fmt: skip
+
+
+# --- one arm ------------------------------------------------------------------------------------------------
+
+
+def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
+    path = study.result_path(arm, seed)
+    if path.is_file():
+        log.info("arm %s seed %d: done (%s)", arm.name, seed, path)
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    log.info("arm %s seed %d: %s", arm.name, seed, arm.label)
+    encoder, diag = TRAINERS[arm.trainer](study, arm, seed)
+    metrics = study.bench.run(encoder, arm.split, seed)
+    record = {"arm": arm.name, "label": arm.label, "seed": seed, "split": arm.split, "arm_config": asdict(arm),
+              "recipe": recipe_dict(study, arm), "metrics": metrics, "diagnostics": diag,
+              "seconds": time.perf_counter() - t0, "base": study.pretrain}  # fmt: skip
+    atomic_write_json(path, record)
+    return record
+
+
+def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
+    r, s = study.cfg.recipe, study.cfg.sizes
+    return {"encoder_lr": arm.encoder_lr or r.encoder_lr, "lr_gates": r.lr_gates,
+            "gate_init": r.gate_init if arm.gate_init is None else arm.gate_init,
+            "encoder_steps": stage3_steps(study, arm), "batch_size": s.batch_size, "data": arm.data,
+            "llm_width": arm.llm_width or 64, "mode": arm.mode}  # fmt: skip
+
+
+def stage3_steps(study: Study, arm: Arm) -> int:
+    return max(1, round(study.cfg.sizes.encoder_steps * arm.steps_scale))
+
+
+def recipe_key(study: Study, arm: Arm) -> str:
+    """Arms with the same training recipe share one training run (e.g. the tuned arm and its winner)."""
+    r = recipe_dict(study, arm)
+    key = f"{arm.trainer}-{r['mode']}-{r['data']}-lr{r['encoder_lr']:g}-g{r['gate_init']:g}-s{r['encoder_steps']}"
+    return key + (f"-w{r['llm_width']}" if arm.llm_width else "") + (f"-{arm.target}" if arm.target else "")
+
+
+def run_dir(study: Study, arm: Arm, seed: int) -> Path:
+    return study.out / "runs" / f"seed{seed}" / recipe_key(study, arm)
+
+
+# --- trainers -----------------------------------------------------------------------------------------------
+
+
+def train_none(study: Study, arm: Arm, seed: int):
+    from spatialboost.models.encoders import create_encoder
+
+    return create_encoder(str(study.base_path)), {}
+
+
+def train_llm(study: Study, arm: Arm, seed: int):
+    """Stage 3 through the frozen LLM, on top of this seed's shared stages 1+2."""
+    from spatialboost.models.export import load_encoder
+    from spatialboost.replicate.diagnostics import adapter_stats, loss_curve, weight_change
+    from spatialboost.train.pipeline import run_training
+    from spatialboost.train.stages import stage_dir
+
+    shared = ensure_shared(study, seed, arm.llm_width)
+    cfg = train_config(study, arm, seed, shared)
+    run_training(cfg)
+    encoder = load_encoder(Path(cfg.run_dir) / "encoder")
+    diag: dict[str, Any] = {"stage3_loss": loss_curve(stage_dir(cfg.run_dir, "encoder"))}
+    diag.update(adapter_stats(encoder))
+    if arm.mode == "full":
+        diag["weight_rel_change"] = weight_change(encoder, train_none(study, arm, seed)[0])
+    if seed == 0 and arm.name in ("sb-dual", "sb-tuned", "sb-full"):
+        diag["answers"] = answer_diagnostics(study, cfg)
+    return encoder, diag
+
+
+def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
+    from spatialboost.replicate.data import ensure_diag_dataset
+    from spatialboost.replicate.diagnostics import answer_accuracy
+
+    data = ensure_diag_dataset(study.out / "data", study.cfg.sizes)
+    return {"before": answer_accuracy(cfg, data, after_stage3=False),
+            "after": answer_accuracy(cfg, data, after_stage3=True)}  # fmt: skip
+
+
+def train_dense(study: Study, arm: Arm, seed: int):
+    """A linear depth/seg head + dual-channel Attn+ on ground truth (same images and steps as stage 3)."""
+    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.encoders import create_encoder
+    from spatialboost.replicate.dense import DenseConfig, load_dense_data, train_dense_head
+    from spatialboost.replicate.diagnostics import adapter_stats
+
+    r, s = recipe_dict(study, arm), study.cfg.sizes
+    out = run_dir(study, arm, seed)
+    reused = _reuse(out)
+    if reused is not None:
+        return reused
+    encoder = add_dual_channel(create_encoder(str(study.base_path)), gate="channel", gate_init=r["gate_init"])
+    if "main" not in study._dense:
+        study._dense["main"] = load_dense_data(study.data(arm.data), encoder)
+    dcfg = DenseConfig(target=arm.target, steps=r["encoder_steps"], head_warmup_steps=s.head_warmup_steps,
+                       batch_size=s.batch_size, lr=r["encoder_lr"], lr_gates=r["lr_gates"],
+                       head_lr=study.cfg.recipe.head_lr, seed=seed)  # fmt: skip
+    _, result = train_dense_head(encoder, study._dense["main"], dcfg)
+    diag = {"warmup_loss": _ends(result.warmup_losses), "joint_loss": _ends(result.losses),
+            "joint_loss_curve": result.losses, **adapter_stats(encoder)}  # fmt: skip
+    return _save(out, encoder, diag, include_base=False)
+
+
+def train_simple_ft(study: Study, arm: Arm, seed: int):
+    from spatialboost.models.encoders import create_encoder
+    from spatialboost.replicate.diagnostics import weight_change
+    from spatialboost.replicate.simple_ft import simple_finetune
+
+    out = run_dir(study, arm, seed)
+    reused = _reuse(out)
+    if reused is not None:
+        return reused
+    encoder = create_encoder(str(study.base_path))
+    res = simple_finetune(encoder, study.data(arm.data), stage3_steps(study, arm), study.cfg.recipe.simple_ft_lr,
+                          seed)  # fmt: skip
+    diag = {"loss": [res.loss_start, res.loss_end], "label_accuracy": res.val_accuracy,
+            "weight_rel_change": weight_change(encoder, create_encoder(str(study.base_path)))}  # fmt: skip
+    return _save(out, encoder, diag, include_base=True)
+
+
+TRAINERS = {"none": train_none, "llm": train_llm, "dense": train_dense, "simple-ft": train_simple_ft}
+
+
+def _ends(values: list[float]) -> list[float]:
+    return [values[0], values[-1]] if values else []
+
+
+def _reuse(out: Path):
+    from spatialboost.models.export import load_encoder
+
+    if (out / "encoder" / "config.json").is_file() and (out / "train.json").is_file():
+        log.info("reusing trained encoder %s", out / "encoder")
+        return load_encoder(out / "encoder"), json.loads((out / "train.json").read_text())
+    return None
+
+
+def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
+    from spatialboost.models.export import save_encoder
+
+    save_encoder(encoder, out / "encoder", include_base=include_base)
+    atomic_write_json(out / "train.json", diag)
+    return encoder.eval(), diag
+
+
+# --- training configs ---------------------------------------------------------------------------------------
+
+
+def ensure_shared(study: Study, seed: int, llm_width: int = 0) -> Path:
+    """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed and LM width)."""
+    from spatialboost.train.pipeline import run_training
+
+    cfg = shared_config(study, seed, llm_width)
+    run_training(cfg)  # finished stages are skipped
+    return Path(cfg.run_dir)
+
+
+def _llm_options(width: int) -> dict[str, int]:
+    return {"hidden_size": width, "intermediate_size": 2 * width} if width else {}
+
+
+def shared_config(study: Study, seed: int, llm_width: int = 0):
+    from spatialboost.train.config import AlignStage, InstructStage, StagesConfig
+
+    s, r = study.cfg.sizes, study.cfg.recipe
+    stages = StagesConfig(
+        run=["align", "instruct"],
+        align=AlignStage(max_steps=s.align_steps, batch_size=s.batch_size, lr=r.align_lr, warmup_ratio=0.05),
+        instruct=InstructStage(max_steps=s.instruct_steps, batch_size=s.batch_size, lr=r.instruct_lr,
+                               warmup_ratio=0.05),
+    )  # fmt: skip
+    path = study.out / "runs" / f"seed{seed}" / f"shared-w{llm_width or 64}"
+    return _train_config(study, path, seed, stages, study.data("main"), None, llm_width, {})
+
+
+def train_config(study: Study, arm: Arm, seed: int, shared: Path):
+    from spatialboost.train.config import EncoderStage, StagesConfig
+
+    r = recipe_dict(study, arm)
+    stage = EncoderStage(max_steps=r["encoder_steps"], batch_size=r["batch_size"], lr=r["encoder_lr"],
+                         lr_gates=r["lr_gates"], warmup_ratio=0.05)  # fmt: skip
+    stages = StagesConfig(run=["encoder"], encoder=stage)
+    boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
+    cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), shared / "tokenizer",
+                        arm.llm_width, boost)  # fmt: skip
+    cfg.init_from = str(shared)
+    return cfg
+
+
+def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer, llm_width, boost):
+    from spatialboost.train.config import CheckpointConfig, DataConfig, LogConfig, ModelConfig, TrainConfig
+
+    model = ModelConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None
+                        else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
+    return TrainConfig(run_dir=path, seed=seed, device="cpu", model=model,
+                       data=DataConfig(datasets=[str(data)], max_length=1024), stages=stages,
+                       checkpoint=CheckpointConfig(every=10_000, keep_last=1),
+                       log=LogConfig(every=1, tensorboard=False, progress=not study.cfg.quick))  # fmt: skip
+
+
+# --- the tuned arm ------------------------------------------------------------------------------------------
+
+
+def resolve_tuned(study: Study, arm: Arm) -> Arm | None:
+    """The tuned arm with the recipe of the search arm of lowest val depth RMSE (recorded in tuning.json)."""
+    results = {}
+    for a in ARMS.names():
+        candidate = ARMS.get(a)
+        path = study.result_path(candidate, 0)
+        if candidate.search and path.is_file():
+            results[a] = json.loads(path.read_text())["metrics"]["depth"]["rmse"]
+    if not results:
+        log.warning("no val search results: skipping the tuned arm")
+        return None
+    best = ARMS.get(min(results, key=results.get))
+    atomic_write_json(study.out / "tuning.json", {"metric": "val depth RMSE (seed 0)", "candidates": results,
+                                                  "chosen": best.name, "recipe": recipe_dict(study, best)})  # fmt: skip
+    return replace(best, name=arm.name, label=f"{arm.label}: {best.label}", search=False, tuned=True)

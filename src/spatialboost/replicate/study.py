@@ -1,0 +1,207 @@
+"""The study as data: sizes, the untuned recipe, the data variants, the arms and the tables (issue 7).
+
+Every arm starts from ONE tiny ViT pre-trained 2D-only (``train.pretrain``). Arms trained through the LLM
+share stages 1+2 (align, instruct) per seed and differ only in stage 3 (encoder mode, learning rate, gate
+init) or in stage 3's data. Arms are registered by name in ``ARMS``; a table is a list of arm names.
+
+An arm is probed on the ``test`` split (every seed) or, for the hyper-parameter search, on the ``val``
+split (seed 0 only). The ``tuned`` arm copies the recipe of the best ``search`` arm on val depth RMSE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from spatialboost.config import ConfigError
+from spatialboost.registry import Registry
+
+Trainer = Literal["none", "llm", "dense", "simple-ft"]
+
+
+@dataclass
+class Sizes:
+    """How big everything is. ``FULL`` fits ~60 min on 2 CPU cores; ``QUICK`` is the CI smoke test."""
+
+    scenes: int = 160  # main stage-3 dataset: one epoch of stage 3 (encoder_steps * batch_size)
+    image_size: int = 64  # rendered data = the tiny ViT's input side
+    multiview_share: float = 0.5  # the paper's 50/50 single/multi-view mix
+    pretrain_scenes: int = 2048
+    pretrain_epochs: int = 4
+    batch_size: int = 8
+    align_steps: int = 10
+    instruct_steps: int = 30
+    encoder_steps: int = 20
+    head_warmup_steps: int = 40  # dense-head arms: the head alone first (paper App. E.1, two-step)
+    probe_train: int = 128
+    probe_val: int = 64
+    probe_test: int = 128
+    probe_epochs: int = 0  # 0: the probes' own defaults (30 depth/seg, 100 cls-linear)
+    diag_scenes: int = 32  # pixel-only conversations for the answer-token diagnostic
+
+    def validate(self) -> None:
+        if min(self.scenes, self.batch_size, self.encoder_steps, self.probe_train, self.probe_test) < 1:
+            raise ConfigError("study sizes must be >= 1")
+        if self.scenes // 4 < self.batch_size:
+            raise ConfigError(f"scenes ({self.scenes}) must be >= 4 x batch_size for the data-size arms")
+
+
+FULL = Sizes()
+QUICK = Sizes(scenes=8, pretrain_scenes=32, pretrain_epochs=1, batch_size=2, align_steps=1, instruct_steps=1,
+              encoder_steps=1, head_warmup_steps=1, probe_train=8, probe_val=4, probe_test=4, probe_epochs=2,
+              diag_scenes=2)  # fmt: skip
+
+
+@dataclass
+class Recipe:
+    """The untuned recipe: configs/demo.yaml's learning rates and the paper's zero gate init."""
+
+    align_lr: float = 1e-3
+    instruct_lr: float = 1e-3
+    encoder_lr: float = 1e-3
+    lr_gates: float = 1e-2
+    gate_init: float = 0.0
+    head_lr: float = 1e-2  # dense-head arms: the linear head's own lr
+    simple_ft_lr: float = 1e-3  # the pre-training lr (train.pretrain)
+
+
+@dataclass(frozen=True)
+class DataVariant:
+    """One stage-3 dataset: a fraction of the main scenes and conversation/view settings."""
+
+    fraction: float = 1.0
+    multiview_share: float | None = None  # None: Sizes.multiview_share
+    order: str = "forward"
+    coords: str = "pixels"
+    turns: tuple[tuple[str, int], ...] = (("pixel", 3), ("object", 4), ("scene", 3))
+    seed: int = 0
+
+
+DATA: dict[str, DataVariant] = {
+    "main": DataVariant(),
+    "reverse": DataVariant(order="reverse"),
+    "shuffled": DataVariant(order="shuffled"),
+    "single-view": DataVariant(multiview_share=0.0),
+    "multi-view": DataVariant(multiview_share=1.0),
+    "quarter": DataVariant(fraction=0.25),
+    "half": DataVariant(fraction=0.5),
+    "norm1000": DataVariant(coords="norm1000"),
+    "pixel-heavy": DataVariant(turns=(("pixel", 8), ("object", 2), ("scene", 1))),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    trainer: Trainer
+    mode: str = "dual"  # dual | full | lora (add_dual_channel)
+    data: str = "main"
+    target: str = ""  # dense arms: depth | seg
+    encoder_lr: float | None = None  # None: the recipe's
+    gate_init: float | None = None
+    steps_scale: float = 1.0  # stage-3 length multiplier
+    llm_width: int = 0  # 0: tiny-qwen2's 64; else its own stages 1+2 at this width
+    search: bool = False  # a val-split candidate for the tuned recipe (seed 0 only)
+    tuned: bool = False  # resolved to the best search arm's recipe at run time
+
+    @property
+    def split(self) -> str:
+        return "val" if self.search else "test"
+
+
+ARMS: Registry[Arm] = Registry("study arm")
+
+
+def _add(arm: Arm) -> None:
+    ARMS.add(arm.name, arm)
+
+
+for _arm in (
+    Arm("base", "base (2D pre-trained tiny ViT)", "none"),
+    Arm("sb-dual", "SpatialBoost, dual-channel (untuned)", "llm"),
+    Arm("sb-tuned", "SpatialBoost, dual-channel (tuned on val)", "llm", tuned=True),
+    Arm("sb-full", "full fine-tuning through the LLM", "llm", mode="full"),
+    Arm("sb-lora", "LoRA through the LLM", "llm", mode="lora"),
+    Arm("head-depth", "linear depth head, dual-channel", "dense", target="depth"),
+    Arm("head-seg", "linear seg. head, dual-channel", "dense", target="seg"),
+    Arm("order-reverse", "CoT order reverse (scene->object->pixel)", "llm", data="reverse"),
+    Arm("order-shuffled", "CoT order shuffled", "llm", data="shuffled"),
+    Arm("view-single", "single-view only", "llm", data="single-view"),
+    Arm("view-multi", "multi-view only", "llm", data="multi-view"),
+    Arm("size-quarter", "1/4 of the data", "llm", data="quarter"),
+    Arm("size-half", "1/2 of the data", "llm", data="half"),
+    Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
+):
+    _add(_arm)
+
+SEARCH_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+for _lr in SEARCH_LRS:
+    _add(Arm(f"val-lr{_lr:g}", f"stage-3 lr {_lr:g}", "llm", encoder_lr=_lr, search=True))
+for _arm in (
+    Arm("val-gate-2", "gate init -2 (Attn+ weighted 0.88)", "llm", gate_init=-2.0, search=True),
+    Arm("val-steps3x", "3x stage-3 steps (3 epochs)", "llm", steps_scale=3.0, search=True),
+    Arm("val-pixel-heavy", "8 pixel turns per sample", "llm", data="pixel-heavy", search=True),
+    Arm("val-norm1000", "coords norm1000 instead of pixels", "llm", data="norm1000", search=True),
+    Arm("val-llm128", "LM width 128 (own stages 1+2)", "llm", llm_width=128, search=True),
+):
+    _add(_arm)
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str
+    title: str
+    paper: str  # what the paper reports, in words (paper notes sections 5 and 7)
+    arms: tuple[str, ...]
+
+
+TABLES: tuple[Table, ...] = (
+    Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
+          "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
+          "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
+          ("base", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
+    Table("B", "Supervision signal (paper Table 6)",
+          "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
+          ("base", "sb-dual", "head-depth", "head-seg")),
+    Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
+          ("base", "sb-dual", "order-reverse", "order-shuffled")),
+    Table("C2", "Single- vs multi-view data at a fixed total (paper Table 7 text)",
+          "mixed 50/50 beats single-only and multi-only.", ("base", "view-single", "view-multi", "sb-dual")),
+    Table("D", "Data size at a fixed number of steps (paper Fig. 5)", "monotonic gains with data size.",
+          ("base", "size-quarter", "size-half", "sb-dual")),
+    Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
+          ("base", "simple-ft", "sb-dual")),
+)  # fmt: skip
+
+
+@dataclass
+class StudyConfig:
+    out: str = "runs/replicate"
+    seeds: int = 3
+    quick: bool = False
+    cache_dir: str = ""  # "" = OUT/cache (pre-trained base, probe features)
+    sizes: Sizes = field(default_factory=Sizes)
+    recipe: Recipe = field(default_factory=Recipe)
+    search: bool = True  # run the val-split search and the tuned arm
+    arms: list[str] = field(default_factory=list)  # [] = every registered arm
+
+    def validate(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        for name in self.arms:
+            ARMS.get(name)
+
+
+def make_config(out: str, seeds: int = 3, quick: bool = False, search: bool = True) -> StudyConfig:
+    sizes = replace(QUICK if quick else FULL)
+    return StudyConfig(out=out, seeds=seeds, quick=quick, sizes=sizes, search=search)
+
+
+def selected_arms(cfg: StudyConfig) -> list[Arm]:
+    """The arms this study runs, search arms first (the tuned arm needs their result)."""
+    names = cfg.arms or ARMS.names()
+    arms = [ARMS.get(n) for n in names]
+    if not cfg.search:
+        arms = [a for a in arms if not (a.search or a.tuned)]
+    return sorted(arms, key=lambda a: (not a.search, a.tuned, names.index(a.name)))

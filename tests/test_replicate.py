@@ -1,0 +1,151 @@
+"""The mini-replication study: the quick CLI run (mechanics only, never the numbers) and its pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spatialboost.cli import main
+from spatialboost.registry import UnknownNameError
+from spatialboost.replicate import report
+from spatialboost.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
+from spatialboost.replicate.study import ARMS, TABLES, StudyConfig, make_config
+from train_fixtures import one_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("replicate")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert (
+            main(["replicate", "--quick", "--seeds", "1", "--out", str(out), "--docs", str(out / "docs")])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def test_quick_study_writes_every_arm_and_table(quick_study):
+    summary = json.loads((quick_study / "results.json").read_text())
+    assert summary["complete"] and not summary["missing"]
+    for name in ARMS.names():
+        key = f"{name}@val" if ARMS.get(name).search else name
+        assert key in summary["arms"], name
+        assert set(summary["arms"][key]["columns"]) == set(report.COLUMNS.values())
+    md = (quick_study / "results.md").read_text()
+    for table in TABLES:
+        assert f"Table {table.key}:" in md
+    for name in ARMS.names():
+        assert ARMS.get(name).label in md
+    assert (quick_study / "tuning.json").is_file()
+    assert (quick_study / "docs" / "results.md").is_file()
+    assert (quick_study / "docs" / "replicate_arms.png").is_file()
+
+
+def test_rerun_redoes_no_finished_arm(quick_study, monkeypatch, capsys):
+    from spatialboost.replicate import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished arm was trained again")
+
+    monkeypatch.setattr(runner, "TRAINERS", {k: refuse for k in runner.TRAINERS})
+    stamps = {p: p.stat().st_mtime_ns for p in quick_study.glob("arms/*/*.json")}
+    assert main(["replicate", "--quick", "--seeds", "1", "--out", str(quick_study)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in quick_study.glob("arms/*/*.json")} == stamps
+    assert "SpatialBoost, dual-channel (untuned)" in capsys.readouterr().out
+
+
+def test_report_marks_partial_results_and_keeps_the_discussion(quick_study, tmp_path):
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(quick_study / "arms", out / "arms")
+    shutil.copy(quick_study / "study-config.json", out / "study-config.json")
+    shutil.rmtree(out / "arms" / "sb-lora")
+    summary = report.collect(out)
+    assert not summary["complete"] and summary["missing"] == ["sb-lora seed 0"]
+    md = report.write_report(summary, out, plots=False)
+    md.write_text(md.read_text() + "\n<!-- discussion -->\nhand-written\n")
+    report.write_report(summary, out, plots=False)
+    text = md.read_text()
+    assert "**PARTIAL**" in text and "hand-written" in text and "not run" in text
+
+
+def test_report_cells_are_mean_and_sample_std_of_the_seeds():
+    col = report._stats([1.0, 2.0, 3.0])
+    assert col["mean"] == pytest.approx(2.0) and col["std"] == pytest.approx(1.0) and col["n"] == 3
+    assert report.cell(col) == "2.0000 ± 1.0000"
+    assert report.rel_change(2.0, 1.5) == "-25.0%"
+
+
+def test_study_registry_and_job_order():
+    from spatialboost.replicate.runner import plan_jobs
+
+    for table in TABLES:
+        for name in table.arms:
+            ARMS.get(name)
+    with pytest.raises(UnknownNameError, match="known: base"):
+        ARMS.get("no-such-arm")
+    cfg = make_config("unused", seeds=2, quick=True)
+    jobs = plan_jobs(cfg)
+    first_main = next(i for i, (a, _) in enumerate(jobs) if not a.search)
+    assert all(a.search and s == 0 for a, s in jobs[:first_main])
+    assert all(not a.search for a, _ in jobs[first_main:])
+    tuned = [i for i, (a, _) in enumerate(jobs) if a.tuned]
+    assert tuned and min(tuned) > first_main
+    with pytest.raises(UnknownNameError):
+        StudyConfig(arms=["nope"]).validate()
+
+
+def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:
+    g = torch.Generator().manual_seed(0)
+    m = n_samples + 1  # sample 0 has two views
+    depth = 1.0 + 3.0 * torch.rand(m, side, side, generator=g)
+    seg = torch.randint(1, classes, (m, side, side), generator=g)
+    groups = [[0, 1]] + [[i] for i in range(2, m)]
+    return DenseData(torch.randn(m, 3, side, side, generator=g), depth, seg, groups, classes)
+
+
+@pytest.mark.parametrize("target", ["depth", "seg"])
+def test_dense_head_trainer_trains_only_head_attn_plus_and_gates(target):
+    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.encoders import create_encoder
+
+    enc = add_dual_channel(create_encoder("tiny-dinov2", pretrained=False, seed=0), gate="channel")
+    before = {n: p.detach().clone() for n, p in enc.named_parameters()}
+    cfg = DenseConfig(target=target, steps=3, head_warmup_steps=2, batch_size=2, lr=1e-2, lr_gates=1e-1)
+    head, result = train_dense_head(enc, _dense_data(), cfg)
+    assert len(result.warmup_losses) == 2 and len(result.losses) == 3
+    changed = {n for n, p in enc.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".plus." in n or n.endswith(".gate") for n in changed)
+    assert any(".plus." in n for n in changed)
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert head.linear.weight.abs().sum() > 0
+
+
+def test_dense_head_steps_use_whole_samples_deterministically():
+    data = _dense_data()
+    steps = [step_images(data, s, 2, seed=3) for s in range(4)]
+    assert steps == [step_images(data, s, 2, seed=3) for s in range(4)]
+    epoch = sorted(i for s in steps[:2] for i in s)
+    assert epoch == list(range(len(data.pixels)))  # one epoch covers every view of every sample
+    assert any(0 in s and 1 in s for s in steps[:2])  # the views of a sample travel together
+
+
+def test_spatial_content_counts_queried_points(tmp_path):
+    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+    from spatialboost.datagen.synthetic import SyntheticConfig
+    from spatialboost.replicate.diagnostics import POINT, spatial_content
+
+    assert POINT.findall("The depth at (9, 41) is 1.94 m; (52, 29)") == [("9", "41"), ("52", "29")]
+    cfg = GenerateConfig(scenes=3, synthetic=SyntheticConfig(image_size=32))
+    write_dataset(SyntheticSource(cfg), WriteSpec(tmp_path / "d", 3, 0, 16, cfg.conversation))
+    stats = spatial_content(tmp_path / "d")
+    assert stats["samples"] == 3 and stats["points_per_image"] > 0 and 0 < stats["digit_share"] < 1
