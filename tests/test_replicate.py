@@ -149,3 +149,11 @@ def test_spatial_content_counts_queried_points(tmp_path):
     write_dataset(SyntheticSource(cfg), WriteSpec(tmp_path / "d", 3, 0, 16, cfg.conversation))
     stats = spatial_content(tmp_path / "d")
     assert stats["samples"] == 3 and stats["points_per_image"] > 0 and 0 < stats["digit_share"] < 1
+
+
+def test_report_only_rewrites_the_report_from_finished_arms(quick_study, capsys):
+    (quick_study / "results.md").unlink()
+    assert main(["replicate", "--report-only", "--out", str(quick_study)]) == 0
+    text = (quick_study / "results.md").read_text()
+    assert "replicate --quick" in text  # the study's own command, from command.json
+    assert "LoRA through the LLM" in capsys.readouterr().out

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from spatialboost.errors import UserError
+from spatialboost.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,30 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search)
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     cfg.cache_dir = str(args.cache) if args.cache else ""
-    summary = run_study(cfg)
     command, commit = "spatialboost " + " ".join(sys.argv[1:]), git_commit()
+    if args.report_only:
+        from spatialboost.replicate.report import collect
+
+        summary = collect(args.out)
+        if (args.out / "command.json").is_file():  # the command and commit of the study itself
+            ran = json.loads((args.out / "command.json").read_text())
+            command, commit = ran["command"], ran["commit"]
+    else:
+        atomic_write_json(args.out / "command.json", {"command": command, "commit": commit})
+        summary = run_study(cfg)
     write_report(summary, args.out, command, commit, plots=not args.quick)
     if args.docs is not None:
         write_report(summary, args.docs, command, commit, prefix="replicate_", md_name="results.md")
-    print(arm_table(summary, [n for n in summary["arms"] if not n.endswith("@val")]))
+    print(arm_table(summary, table_order(summary)))
     return 0
+
+
+def table_order(summary: dict) -> list[str]:
+    """Test-split arms in the order the tables list them (then any others)."""
+    from spatialboost.replicate.study import TABLES
+
+    ordered = list(dict.fromkeys(n for t in TABLES for n in t.arms if n in summary["arms"]))
+    return ordered + [n for n in summary["arms"] if n not in ordered and not n.endswith("@val")]
 
 
 def git_commit() -> str:
