@@ -70,8 +70,9 @@ def level_sequence(cfg: ConversationConfig, rng: random.Random) -> list[str]:
 
 def _choose(pool: list[Template], used: dict[str, int], rng: random.Random) -> Template:
     """Weighted choice that prefers templates used least so far (variety within a conversation)."""
-    least = min(used.get(t.name, 0) for t in pool)
-    fresh = [t for t in pool if used.get(t.name, 0) == least]
+    counts = [used.get(t.name, 0) for t in pool]
+    least = min(counts)
+    fresh = [t for t, n in zip(pool, counts, strict=True) if n == least]
     return rng.choices(fresh, weights=[t.weight for t in fresh])[0]
 
 

@@ -70,6 +70,8 @@ class _ViewCache:
     column: dict[int, float] = field(default_factory=dict)  # image column of the OBB centre, nan behind
     distance: dict[int, float] = field(default_factory=dict)  # camera centre -> OBB centre, metres
     pixels: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # id -> (xs, ys) with valid depth
+    visible: list[int] | None = None  # sorted ids of the objects seen in the view (``SceneGraph.visible``)
+    by_distance: list[tuple[float, int]] | None = None  # (distance, id) of the visible objects, ascending
 
 
 class SceneGraph:
@@ -78,6 +80,7 @@ class SceneGraph:
     def __init__(self, scene: Scene) -> None:
         self.scene = scene
         self.objects: dict[int, SceneObject] = {o.id: o for o in scene.objects}
+        self.volume: dict[int, float] = {o.id: object_volume(o) for o in scene.objects}  # cubic metres
         self._views = [self._build_view(k) for k in range(len(scene.views))]
 
     @property
@@ -110,7 +113,16 @@ class SceneGraph:
         return vc.pixels
 
     def visible(self, k: int) -> list[int]:
-        """Ids of objects visible in view ``k`` (instance map if any, else ``visible_pixels``, else all)."""
+        """Ids of objects visible in view ``k`` (instance map if any, else ``visible_pixels``, else all).
+
+        Computed once per view; the list is shared, callers must not modify it.
+        """
+        vc = self._views[k]
+        if vc.visible is None:
+            vc.visible = self._visible(k)
+        return vc.visible
+
+    def _visible(self, k: int) -> list[int]:
         view = self.scene.views[k]
         if view.instance is not None:
             return sorted(self.object_pixels(k))
@@ -119,6 +131,13 @@ class SceneGraph:
             if len(o.visible_pixels) <= k or o.visible_pixels[k] > 0:
                 out.append(o.id)
         return out
+
+    def by_distance(self, k: int) -> list[tuple[float, int]]:
+        """(camera distance, id) of the objects visible in view ``k``, nearest first (shared list)."""
+        vc = self._views[k]
+        if vc.by_distance is None:
+            vc.by_distance = sorted((vc.distance[i], i) for i in self.visible(k))
+        return vc.by_distance
 
 
 def _group_pixels(
@@ -245,7 +264,7 @@ def object_volume(o: SceneObject) -> float:
 @FACTS.register("bigger_smaller")
 def bigger_smaller(g: SceneGraph, a: int, b: int) -> Decision:
     """Is A bigger or smaller than B (box volume)? value = volume(A) / volume(B)."""
-    va, vb = object_volume(g.objects[a]), object_volume(g.objects[b])
+    va, vb = g.volume[a], g.volume[b]
     ratio = va / max(vb, 1e-12)
     if abs(math.log(max(ratio, 1e-12))) <= math.log1p(MARGINS.volume_rel):
         return Decision(_r(ratio), SAME)
@@ -323,14 +342,10 @@ def farthest_object(g: SceneGraph, view: int) -> Decision:
 
 
 def _extreme_object(g: SceneGraph, view: int, nearest: bool) -> Decision:
-    ids = g.visible(view)
-    if len(ids) < 2:
+    dist = g.by_distance(view)
+    if len(dist) < 2:
         return Decision(None, None)
-    vc = g.view(view)
-    dist = sorted((vc.distance[i], i) for i in ids)
-    if not nearest:
-        dist = dist[::-1]
-    (d0, best), (d1, _) = dist[0], dist[1]
+    (d0, best), (d1, _) = (dist[0], dist[1]) if nearest else (dist[-1], dist[-2])
     label = METRIC if abs(d1 - d0) > MARGINS.depth else None
     return Decision([best, _r(d0), _r(d1)], label)
 

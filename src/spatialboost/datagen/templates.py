@@ -150,6 +150,8 @@ def desc(ctx: Context, obj: int) -> str:
 
 def _snap(ctx: Context, view: int, x: int, y: int) -> tuple[int, int]:
     """The pixel a question's coordinates refer to (identity for pixels; exact round trip for W, H <= 1000)."""
+    if ctx.coords == "pixels":
+        return x, y
     return from_coords(ctx, view, *to_coords(ctx, view, x, y))
 
 
@@ -404,7 +406,7 @@ def t_bigger_smaller(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     d = R.bigger_smaller(ctx.graph, a, b)
     A, B = desc(ctx, a), desc(ctx, b)
     q = rng.choice((f"Is {A} bigger than {B}?", f"Which is larger, {A} or {B}?", f"Is {A} smaller than {B}?"))
-    va, vb = R.object_volume(ctx.graph.objects[a]), R.object_volume(ctx.graph.objects[b])
+    va, vb = ctx.graph.volume[a], ctx.graph.volume[b]
     statement = f"{A} and {B} are about the same size" if d.label == SAME else f"{A} is {d.label} than {B}"
     answer = f"The box of {A} holds {va:.3f} m^3 and that of {B} {vb:.3f} m^3, so {statement}."
     fact = _fact("bigger_smaller", {"a": a, "b": b}, d, [statement])
