@@ -155,5 +155,5 @@ def test_report_only_rewrites_the_report_from_finished_arms(quick_study, capsys)
     (quick_study / "results.md").unlink()
     assert main(["replicate", "--report-only", "--out", str(quick_study)]) == 0
     text = (quick_study / "results.md").read_text()
-    assert "replicate --quick" in text  # the study's own command, from command.json
+    assert "--seeds 1 --quick" in text  # the study's own command, from command.json
     assert "LoRA through the LLM" in capsys.readouterr().out

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 from spatialboost.errors import UserError
@@ -25,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
     parser.add_argument(
+        "--report-only", action="store_true", help="only rewrite the report from the finished arms in --out"
+    )
+    parser.add_argument(
         "--cache", type=Path, default=None, help="cache dir (pre-trained base, probe features)"
     )
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search)
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     cfg.cache_dir = str(args.cache) if args.cache else ""
-    command, commit = "spatialboost " + " ".join(sys.argv[1:]), git_commit()
+    command, commit = command_line(args), git_commit()
     if args.report_only:
         from spatialboost.replicate.report import collect
 
@@ -55,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         write_report(summary, args.docs, command, commit, prefix="replicate_", md_name="results.md")
     print(arm_table(summary, table_order(summary)))
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The study's command, rebuilt from the parsed arguments (``main`` may be called with any argv)."""
+    parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
+    parts += ["--quick"] * args.quick + ["--no-search"] * args.no_search
+    parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
+    return " ".join(parts)
 
 
 def table_order(summary: dict) -> list[str]:
