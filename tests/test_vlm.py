@@ -293,3 +293,29 @@ def test_stage3_with_boosted_tiny_vit(tokenizer):
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     trainable = {f"encoder.{n}" for n in adapter} | {f"projector.{n}" for n in vlm.projector.state_dict()}
     assert moved <= trainable and any(k.startswith("encoder.") for k in moved)
+
+
+@pytest.mark.parametrize("llm_name", TINY_LLMS.names())
+def test_labelled_positions_loss_equals_full_logits_loss(tokenizer, llm_name):
+    """return_logits=False (the training loop's call) projects only answer positions: same loss, same grads."""
+    vlm = make_vlm(tokenizer, llm_name)
+    vlm.requires_grad_(True)
+    samples = make_samples(tokenizer)
+    for batch in (
+        PaddedCollator(tokenizer.pad_token_id)(samples),
+        PackedCollator(tokenizer.pad_token_id, 320)(samples),
+    ):
+        results = []
+        for return_logits in (True, False):
+            vlm.zero_grad(set_to_none=True)
+            out = vlm(**batch, return_logits=return_logits)
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in vlm.named_parameters() if p.grad is not None}
+            results.append((out, grads))
+        (full, full_grads), (fast, fast_grads) = results
+        assert fast.logits is None and full.logits is not None
+        assert fast.num_label_tokens == full.num_label_tokens
+        torch.testing.assert_close(fast.loss, full.loss, atol=1e-6, rtol=1e-6)
+        assert fast_grads.keys() == full_grads.keys()
+        for name, g in full_grads.items():
+            torch.testing.assert_close(fast_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class VLMOutput:
     loss: torch.Tensor | None  # scalar: mean over the batch's answer tokens
-    logits: torch.Tensor  # (R, L, V)
+    logits: torch.Tensor | None  # (R, L, V); None when the loss was computed with return_logits=False
     num_label_tokens: int
 
 
@@ -68,14 +68,39 @@ def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy summed over labelled targets / their count; raises if there are none."""
     targets = labels[:, 1:]  # (R, L-1): token t+1 is predicted at position t
+    count = _count_labels(targets)
+    logits = logits[:, :-1].float()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return total / count, count
+
+
+def labelled_lm_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module
+) -> tuple[torch.Tensor, int]:
+    """``causal_lm_loss`` from the last hidden states (R, L, D), projecting only the labelled positions.
+
+    Answers are a small share of a VLM batch (image tokens and questions are not targets), so this skips
+    most of the (R, L, V) logits, their log-softmax and its backward.
+    """
+    targets = labels[:, 1:]  # (R, L-1)
+    keep = targets != IGNORE_INDEX
+    count = _count_labels(targets)
+    logits = lm_head(hidden[:, :-1][keep]).float()  # (T, V), T = count
+    return F.cross_entropy(logits, targets[keep], reduction="sum") / count, count
+
+
+def _count_labels(targets: torch.Tensor) -> int:
     count = int((targets != IGNORE_INDEX).sum())
     if count == 0:
         raise EmptyLabelsError(
             "batch has an empty label mask: nothing to learn from (tokenization mismatch?)"
         )
-    logits = logits[:, :-1].float()
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-    return total / count, count
+    return count
+
+
+# Causal LMs whose forward is exactly ``lm_head(model(...).last_hidden_state)`` (no logit scaling or
+# soft-capping), so ``labelled_lm_loss`` equals the loss over their full logits.
+_PLAIN_LM_HEAD = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 
 
 class SpatialVLM(nn.Module):
@@ -136,18 +161,24 @@ class SpatialVLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         seq_ids: torch.Tensor | None = None,
+        return_logits: bool = True,
         **_: object,
     ) -> VLMOutput:
-        """Padded batches: ``attention_mask`` (R, L). Packed batches: ``seq_ids`` (R, L) + ``position_ids``."""
+        """Padded batches: ``attention_mask`` (R, L). Packed batches: ``seq_ids`` (R, L) + ``position_ids``.
+
+        ``return_logits=False`` (training): with labels, only the labelled positions go through the LM
+        head (``labelled_lm_loss``) and ``logits`` is None; same loss, less work.
+        """
         embeds = self.embed(input_ids, pixel_values)
         attention_mask, varlen = self.packed_attention(seq_ids, attention_mask, embeds.dtype)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            **varlen,
+        llm_inputs = dict(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
+        if labels is not None and not return_logits and type(self.llm).__name__ in _PLAIN_LM_HEAD:
+            hidden = self.llm.get_decoder()(**llm_inputs, **varlen).last_hidden_state  # (R, L, D)
+            loss, count = labelled_lm_loss(hidden, labels, self.llm.get_output_embeddings())
+            return VLMOutput(loss, None, count)
+        out = self.llm(**llm_inputs, **varlen)
         if labels is None:
             return VLMOutput(None, out.logits, 0)
         loss, count = causal_lm_loss(out.logits, labels)

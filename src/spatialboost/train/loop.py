@@ -192,7 +192,7 @@ def forward_backward(
             k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
         }
         with dist_utils.no_sync(model, i < len(micro) - 1), amp():
-            out = model(**batch)
+            out = model(**batch, return_logits=False)  # loss over the labelled positions only
         summed = out.loss * out.num_label_tokens  # the VLM returns the mean over its tokens
         (summed * scale).backward()
         loss_sum += summed.detach().double().cpu()
