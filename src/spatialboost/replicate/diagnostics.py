@@ -29,13 +29,14 @@ def adapter_stats(encoder: torch.nn.Module) -> dict[str, Any]:
     from spatialboost.models.dual_channel import DualChannelAttention
 
     alphas, moves = [], []
-    for module in encoder.modules():
-        if isinstance(module, DualChannelAttention):
-            alphas.append(float(module.alpha().detach().mean()))
-            base = dict(module.base.named_parameters())
-            num = sum(float((p - base[n]).pow(2).sum()) for n, p in module.plus.named_parameters())
-            den = sum(float(p.pow(2).sum()) for p in base.values())
-            moves.append((num / max(den, 1e-12)) ** 0.5)
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, DualChannelAttention):
+                alphas.append(float(module.alpha().mean()))
+                base = dict(module.base.named_parameters())
+                num = sum(float((p - base[n]).pow(2).sum()) for n, p in module.plus.named_parameters())
+                den = sum(float(p.pow(2).sum()) for p in base.values())
+                moves.append((num / max(den, 1e-12)) ** 0.5)
     if not alphas:
         return {}
     return {"alpha_frozen_mean": sum(alphas) / len(alphas), "alpha_frozen": alphas,

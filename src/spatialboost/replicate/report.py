@@ -125,14 +125,16 @@ def search_table(summary: dict[str, Any]) -> str:
     if not names:
         return "_The val search did not run._"
     ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
-    head = ["search arm (val, seed 0)", "lr", "gate init", "steps", "data", "LM width", "depth RMSE", "AbsRel",
+    head = ["search arm (val, seed 0)", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
+            "depth RMSE", "AbsRel",
             "seg mIoU", "cls linear", "RMSE vs untuned"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in sorted(names, key=lambda n: summary["arms"][n]["columns"]["depth RMSE (m)"]["mean"]):
         a, r = summary["arms"][name], summary["arms"][name]["recipe"]
         c = a["columns"]
         untuned = ref.get("depth RMSE (m)", {}).get("mean")
-        lines.append(f"| {a['label']} | {r['encoder_lr']:g} | {r['gate_init']:g} | {r['encoder_steps']} | {r['data']} "
+        lines.append(f"| {a['label']} | {r['encoder_lr']:g} | {r['gate_init']:g} | {r['encoder_steps']} "
+                     f"| {r.get('instruct_steps', '')} | {r['data']} "
                      f"| {r['llm_width']} | {c['depth RMSE (m)']['mean']:.4f} | {c['AbsRel']['mean']:.4f} "
                      f"| {c['seg mIoU']['mean']:.4f} | {c['cls linear']['mean']:.4f} "
                      f"| {rel_change(untuned, c['depth RMSE (m)']['mean']) if untuned else ''} |")  # fmt: skip

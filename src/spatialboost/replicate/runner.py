@@ -134,7 +134,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
     return {"encoder_lr": arm.encoder_lr or r.encoder_lr, "lr_gates": r.lr_gates,
             "gate_init": r.gate_init if arm.gate_init is None else arm.gate_init,
             "encoder_steps": stage3_steps(study, arm), "batch_size": s.batch_size, "data": arm.data,
-            "llm_width": arm.llm_width or 64, "mode": arm.mode}  # fmt: skip
+            "llm_width": arm.llm_width or 64, "mode": arm.mode,
+            "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale))}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -145,7 +146,9 @@ def recipe_key(study: Study, arm: Arm) -> str:
     """Arms with the same training recipe share one training run (e.g. the tuned arm and its winner)."""
     r = recipe_dict(study, arm)
     key = f"{arm.trainer}-{r['mode']}-{r['data']}-lr{r['encoder_lr']:g}-g{r['gate_init']:g}-s{r['encoder_steps']}"
-    return key + (f"-w{r['llm_width']}" if arm.llm_width else "") + (f"-{arm.target}" if arm.target else "")
+    key += f"-w{r['llm_width']}" if arm.llm_width else ""
+    key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
+    return key + (f"-{arm.target}" if arm.target else "")
 
 
 def run_dir(study: Study, arm: Arm, seed: int) -> Path:
@@ -168,7 +171,7 @@ def train_llm(study: Study, arm: Arm, seed: int):
     from spatialboost.train.pipeline import run_training
     from spatialboost.train.stages import stage_dir
 
-    shared = ensure_shared(study, seed, arm.llm_width)
+    shared = ensure_shared(study, seed, arm.llm_width, recipe_dict(study, arm)["instruct_steps"])
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
     encoder = load_encoder(Path(cfg.run_dir) / "encoder")
@@ -176,9 +179,12 @@ def train_llm(study: Study, arm: Arm, seed: int):
     diag.update(adapter_stats(encoder))
     if arm.mode == "full":
         diag["weight_rel_change"] = weight_change(encoder, train_none(study, arm, seed)[0])
-    if seed == 0 and arm.name in ("sb-dual", "sb-tuned", "sb-full"):
+    if seed == 0 and arm.name in ANSWER_ARMS:
         diag["answers"] = answer_diagnostics(study, cfg)
     return encoder, diag
+
+
+ANSWER_ARMS = ("sb-dual", "sb-tuned", "sb-full", "val-stage2-5x")  # seed 0: answer-token accuracy
 
 
 def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
@@ -258,11 +264,11 @@ def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
 # --- training configs ---------------------------------------------------------------------------------------
 
 
-def ensure_shared(study: Study, seed: int, llm_width: int = 0) -> Path:
-    """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed and LM width)."""
+def ensure_shared(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0) -> Path:
+    """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length)."""
     from spatialboost.train.pipeline import run_training
 
-    cfg = shared_config(study, seed, llm_width)
+    cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
     return Path(cfg.run_dir)
 
@@ -271,17 +277,19 @@ def _llm_options(width: int) -> dict[str, int]:
     return {"hidden_size": width, "intermediate_size": 2 * width} if width else {}
 
 
-def shared_config(study: Study, seed: int, llm_width: int = 0):
+def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0):
     from spatialboost.train.config import AlignStage, InstructStage, StagesConfig
 
     s, r = study.cfg.sizes, study.cfg.recipe
     stages = StagesConfig(
         run=["align", "instruct"],
         align=AlignStage(max_steps=s.align_steps, batch_size=s.batch_size, lr=r.align_lr, warmup_ratio=0.05),
-        instruct=InstructStage(max_steps=s.instruct_steps, batch_size=s.batch_size, lr=r.instruct_lr,
+        instruct=InstructStage(max_steps=instruct_steps or s.instruct_steps, batch_size=s.batch_size, lr=r.instruct_lr,
                                warmup_ratio=0.05),
     )  # fmt: skip
     path = study.out / "runs" / f"seed{seed}" / f"shared-w{llm_width or 64}"
+    if instruct_steps and instruct_steps != s.instruct_steps:
+        path = path.with_name(f"{path.name}-i{instruct_steps}")
     return _train_config(study, path, seed, stages, study.data("main"), None, llm_width, {})
 
 
@@ -319,7 +327,7 @@ def resolve_tuned(study: Study, arm: Arm) -> Arm | None:
     for a in ARMS.names():
         candidate = ARMS.get(a)
         path = study.result_path(candidate, 0)
-        if candidate.search and path.is_file():
+        if candidate.search and candidate.candidate and path.is_file():
             results[a] = json.loads(path.read_text())["metrics"]["depth"]["rmse"]
     if not results:
         log.warning("no val search results: skipping the tuned arm")

@@ -102,7 +102,9 @@ class Arm:
     gate_init: float | None = None
     steps_scale: float = 1.0  # stage-3 length multiplier
     llm_width: int = 0  # 0: tiny-qwen2's 64; else its own stages 1+2 at this width
-    search: bool = False  # a val-split candidate for the tuned recipe (seed 0 only)
+    instruct_scale: float = 1.0  # stage-2 length multiplier (!= 1: its own stages 1+2)
+    search: bool = False  # probed on the val split, seed 0 only
+    candidate: bool = True  # a search arm the tuned recipe may be copied from
     tuned: bool = False  # resolved to the best search arm's recipe at run time
 
     @property
@@ -144,6 +146,14 @@ for _arm in (
     Arm("val-pixel-heavy", "8 pixel turns per sample", "llm", data="pixel-heavy", search=True),
     Arm("val-norm1000", "coords norm1000 instead of pixels", "llm", data="norm1000", search=True),
     Arm("val-llm128", "LM width 128 (own stages 1+2)", "llm", llm_width=128, search=True),
+    Arm(
+        "val-stage2-5x",
+        "5x stage-2 steps (diagnostic, not a tuning candidate)",
+        "llm",
+        instruct_scale=5.0,
+        search=True,
+        candidate=False,
+    ),
 ):
     _add(_arm)
 
