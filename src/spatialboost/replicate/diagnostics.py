@@ -45,7 +45,7 @@ def adapter_stats(encoder: torch.nn.Module) -> dict[str, Any]:
 
 def weight_change(encoder: torch.nn.Module, base: torch.nn.Module) -> float:
     """Relative Frobenius change of every shared weight (full fine-tuning, simple FT)."""
-    ref = dict(base.named_parameters())
+    ref = {n: p.detach() for n, p in base.named_parameters()}
     num = den = 0.0
     for name, p in encoder.named_parameters():
         if name in ref and ref[name].shape == p.shape:
