@@ -3,19 +3,25 @@
 Conversation lengths follow a long-tailed (log-normal) distribution like the spatial CoT data: most
 conversations are a few hundred tokens (one image's tokens + a dozen short turns), a few are long
 (multi-view, long captions). Padded batches pad every row to the longest in the batch; packed batches
-put the same conversations into rows of ``--max-length`` tokens with a block-diagonal causal mask.
-Throughput counts real (non-pad) tokens only.
+put the same conversations into rows of ``--max-length`` tokens. Packed rows run two ways: ``packed``
+(the default, varlen attention: each conversation attends only to itself, ``models.attention``) and
+``packed-mask`` (the explicit (R, 1, L, L) block-diagonal mask, which still computes full L x L attention
+per row). Throughput counts real (non-pad) tokens only; each batch is timed for every variant in turn
+(interleaved) and the median of ``--repeats`` is kept, so the ratios come from the same conditions.
 
 Default width 512 x 2 layers: attention is ~25% of the per-token arithmetic at 1024 tokens, between a
-real 7B LLM (~5%) and a 256-wide toy (~40%); packed rows pay full L x L attention across conversation
-boundaries, so the wider the model, the closer the speed-up gets to the fill-ratio gain.
+real 7B LLM (~5%) and a 256-wide toy (~40%). The machine is shared: ``--threads 1`` is steadier when
+another job holds a core.
 
     .venv/bin/python benchmarks/bench_packing.py [--batches 3] [--batch-size 16] [--hidden 512 --layers 2]
+        [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import numpy as np
@@ -53,14 +59,12 @@ def make_batch(rng: np.random.Generator, lengths: list[int]) -> list[dict]:
     return samples
 
 
-def time_step(vlm: SpatialVLM, batch: dict, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vlm(**batch).loss.backward()
-        best = min(best, time.perf_counter() - start)
-        vlm.zero_grad(set_to_none=True)
-    return best
+def time_step(vlm: SpatialVLM, batch: dict) -> float:
+    """Seconds of one training forward + backward (the loop's call: loss over the labelled positions)."""
+    start = time.perf_counter()
+    vlm(**batch, return_logits=False).loss.backward()
+    vlm.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -68,41 +72,60 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    llm = build_llm(
-        "tiny-qwen2",
-        vocab_size=VOCAB,
-        hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64,
-        num_key_value_heads=max(1, args.hidden // 128),
-    )
-    vlm = SpatialVLM(NoEncoder(), llm, IMAGE)
+    def make_vlm(varlen: bool) -> SpatialVLM:
+        torch.manual_seed(0)
+        llm = build_llm(
+            "tiny-qwen2",
+            vocab_size=VOCAB,
+            hidden_size=args.hidden,
+            intermediate_size=4 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64,
+            num_key_value_heads=max(1, args.hidden // 128),
+        )
+        return SpatialVLM(NoEncoder(), llm, IMAGE, varlen_attention=varlen)
+
+    varlen, masked = make_vlm(True), make_vlm(False)  # same weights; padded batches run identically
+    variants = {  # name -> (model, collator)
+        "padded": (masked, PaddedCollator(PAD)),
+        "packed": (varlen, PackedCollator(PAD, args.max_length)),
+        "packed-mask": (masked, PackedCollator(PAD, args.max_length)),
+    }
     rng = np.random.default_rng(0)
-    totals = {"padded": [0, 0.0, 0], "packed": [0, 0.0, 0]}  # tokens, seconds, slots
-    collators = {"padded": PaddedCollator(PAD), "packed": PackedCollator(PAD, args.max_length)}
+    load = os.getloadavg()[0]
+    totals = {name: [0, 0.0, 0] for name in variants}  # tokens, seconds, slots
     for _ in range(args.batches):
         samples = make_batch(rng, sample_lengths(rng, args.batch_size, args.max_length))
         real = sum(len(s["input_ids"]) for s in samples)
-        for name, collate in collators.items():
-            batch = collate(samples)
+        batches = {name: collate(samples) for name, (_, collate) in variants.items()}
+        for name, batch in batches.items():
+            time_step(variants[name][0], batch)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, batch in batches.items():
+                times[name].append(time_step(variants[name][0], batch))
+        for name, batch in batches.items():
             totals[name][0] += real
-            totals[name][1] += time_step(vlm, batch, args.repeats)
+            totals[name][1] += statistics.median(times[name])
             totals[name][2] += batch["input_ids"].numel()
     rates = {}
     for name, (tokens, seconds, slots) in totals.items():
         rates[name] = tokens / seconds
         print(
-            f"{name:7s} {rates[name]:9.0f} tokens/s   fill {tokens / slots:.0%}   ({seconds:.2f} s fwd+bwd)"
+            f"{name:11s} {rates[name]:9.0f} tokens/s   fill {tokens / slots:.0%}   ({seconds:.2f} s fwd+bwd)"
         )
     print(
-        f"packed / padded speed-up: {rates['packed'] / rates['padded']:.2f}x (torch threads {torch.get_num_threads()})"
+        f"packed / padded speed-up: {rates['packed'] / rates['padded']:.2f}x "
+        f"(block mask: {rates['packed-mask'] / rates['padded']:.2f}x; torch threads {torch.get_num_threads()}, "
+        f"load {load:.2f} -> {os.getloadavg()[0]:.2f})"
     )
 
 
