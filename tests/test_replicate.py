@@ -95,8 +95,9 @@ def test_study_registry_and_job_order():
     cfg = make_config("unused", seeds=2, quick=True)
     jobs = plan_jobs(cfg)
     first_main = next(i for i, (a, _) in enumerate(jobs) if not a.search)
-    assert all(a.search and s == 0 for a, s in jobs[:first_main])
-    assert all(not a.search for a, _ in jobs[first_main:])
+    last_main = max(i for i, (a, _) in enumerate(jobs) if not a.search)
+    assert all(a.search and a.candidate and s == 0 for a, s in jobs[:first_main])
+    assert all(a.search and not a.candidate and s == 0 for a, s in jobs[last_main + 1 :])
     tuned = [i for i, (a, _) in enumerate(jobs) if a.tuned]
     assert tuned and min(tuned) > first_main
     with pytest.raises(UnknownNameError):

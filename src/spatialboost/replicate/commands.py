@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm (mean +- std)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the mechanics")
+    parser.add_argument("--size", default="full", help="study size preset: full | small | quick")
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
@@ -38,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search)
+    try:
+        cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     cfg.cache_dir = str(args.cache) if args.cache else ""
     command, commit = command_line(args), git_commit()
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 def command_line(args: argparse.Namespace) -> str:
     """The study's command, rebuilt from the parsed arguments (``main`` may be called with any argv)."""
     parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
-    parts += ["--quick"] * args.quick + ["--no-search"] * args.no_search
+    parts += ["--quick"] * args.quick + [f"--size {args.size}"] * (args.size != "full")
+    parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     return " ".join(parts)
 

@@ -91,11 +91,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
-    """Search arms (seed 0) first, then seed by seed every other arm, so finished seeds are complete."""
+    """Tuning candidates (val, seed 0) first, then seed by seed every other arm (so finished seeds are
+    complete), then the search arms that are diagnostics only."""
     arms = selected_arms(cfg)
-    jobs = [(a, 0) for a in arms if a.search]
+    jobs = [(a, 0) for a in arms if a.search and a.candidate]
     jobs += [(a, s) for s in range(cfg.seeds) for a in arms if not a.search]
-    return jobs
+    return jobs + [(a, 0) for a in arms if a.search and not a.candidate]
 
 
 def prepare_base(study: Study) -> None:

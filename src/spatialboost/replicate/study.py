@@ -21,7 +21,7 @@ Trainer = Literal["none", "llm", "dense", "simple-ft"]
 
 @dataclass
 class Sizes:
-    """How big everything is. ``FULL`` fits ~60 min on 2 CPU cores; ``QUICK`` is the CI smoke test."""
+    """How big everything is; the presets are ``SIZES`` (``full`` ~40-60 min on 2 free CPU cores)."""
 
     scenes: int = 160  # main stage-3 dataset: one epoch of stage 3 (encoder_steps * batch_size)
     image_size: int = 64  # rendered data = the tiny ViT's input side
@@ -46,7 +46,9 @@ class Sizes:
             raise ConfigError(f"scenes ({self.scenes}) must be >= 4 x batch_size for the data-size arms")
 
 
-FULL = Sizes()
+SMALL = Sizes()  # the first full run (20 stage-3 steps; stage 2 far too short for the LM to learn much)
+FULL = Sizes(scenes=800, align_steps=50, instruct_steps=400, encoder_steps=100, head_warmup_steps=200,
+             probe_train=256, probe_val=128, probe_test=256)  # fmt: skip
 QUICK = Sizes(scenes=8, pretrain_scenes=32, pretrain_epochs=1, batch_size=2, align_steps=1, instruct_steps=1,
               encoder_steps=1, head_warmup_steps=1, probe_train=8, probe_val=4, probe_test=4, probe_epochs=2,
               diag_scenes=2)  # fmt: skip
@@ -203,8 +205,16 @@ class StudyConfig:
             ARMS.get(name)
 
 
-def make_config(out: str, seeds: int = 3, quick: bool = False, search: bool = True) -> StudyConfig:
-    sizes = replace(QUICK if quick else FULL)
+SIZES = {"full": FULL, "small": SMALL, "quick": QUICK}
+
+
+def make_config(
+    out: str, seeds: int = 3, quick: bool = False, search: bool = True, size: str = "full"
+) -> StudyConfig:
+    """``quick`` wins over ``size`` (the CI smoke test)."""
+    if size not in SIZES:
+        raise ConfigError(f"unknown study size {size!r}; known: {', '.join(SIZES)}")
+    sizes = replace(SIZES["quick" if quick else size])
     return StudyConfig(out=out, seeds=seeds, quick=quick, sizes=sizes, search=search)
 
 
