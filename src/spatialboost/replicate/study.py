@@ -47,7 +47,7 @@ class Sizes:
 
 
 SMALL = Sizes()  # the first full run (20 stage-3 steps; stage 2 far too short for the LM to learn much)
-FULL = Sizes(scenes=800, align_steps=50, instruct_steps=400, encoder_steps=100, head_warmup_steps=200,
+FULL = Sizes(scenes=640, align_steps=40, instruct_steps=300, encoder_steps=80, head_warmup_steps=160,
              probe_train=256, probe_val=128, probe_test=256)  # fmt: skip
 QUICK = Sizes(scenes=8, pretrain_scenes=32, pretrain_epochs=1, batch_size=2, align_steps=1, instruct_steps=1,
               encoder_steps=1, head_warmup_steps=1, probe_train=8, probe_val=4, probe_test=4, probe_epochs=2,
