@@ -83,9 +83,13 @@ def spatial_content(dataset_dir: str | Path) -> dict[str, float]:
 
 
 def answer_accuracy(
-    cfg, dataset_dir: str | Path, after_stage3: bool, batch_size: int = 8
+    cfg, dataset_dir: str | Path, after_stage3: bool, batch_size: int = 8, shuffle_images: bool = False
 ) -> dict[str, float]:
-    """Next-token accuracy/loss of the stage-3 VLM (LLM from stage 2) on held-out answers (``cfg``: the run)."""
+    """Next-token accuracy/loss of the stage-3 VLM (LLM from stage 2) on held-out answers (``cfg``: the run).
+
+    ``shuffle_images``: each conversation gets the next sample's image (single-view data) -- how much of
+    the answer the LLM reads from the image at all.
+    """
     from spatialboost.data.collate import PaddedCollator
     from spatialboost.data.dataset import ConversationDataset
     from spatialboost.data.tokenizer import load_tokenizer
@@ -110,6 +114,8 @@ def answer_accuracy(
         for start in range(0, len(data), batch_size):
             batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
             batch.pop("ids", None)
+            if shuffle_images:
+                batch["pixel_values"] = torch.roll(batch["pixel_values"], 1, dims=0)
             out = vlm(**batch)
             totals += _token_counts(
                 out.logits, batch["labels"], digit_ids, float(out.loss) * out.num_label_tokens

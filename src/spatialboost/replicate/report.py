@@ -178,15 +178,17 @@ def diagnostics_table(summary: dict[str, Any]) -> str:
 
 def answers_table(summary: dict[str, Any]) -> str:
     head = ["arm (seed 0)", "answer loss before -> after", "token acc. before -> after",
-            "digit-token acc. before -> after"]  # fmt: skip
+            "digit-token acc. before -> after", "loss with other scenes' images before -> after"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _name, a in summary["arms"].items():
         ans = a["diagnostics"].get(0, a["diagnostics"].get("0", {})).get("answers")
         if not ans:
             continue
         b, f = ans["before"], ans["after"]
+        ob, of = ans.get("before_other_images"), ans.get("after_other_images")
+        other = f"{ob['loss']:.4f} -> {of['loss']:.4f}" if ob and of else "not measured"
         lines.append(f"| {a['label']} | {b['loss']:.4f} -> {f['loss']:.4f} | {b['token_acc']:.4f} -> "
-                     f"{f['token_acc']:.4f} | {b['digit_acc']:.4f} -> {f['digit_acc']:.4f} |")  # fmt: skip
+                     f"{f['token_acc']:.4f} | {b['digit_acc']:.4f} -> {f['digit_acc']:.4f} | {other} |")  # fmt: skip
     return "\n".join(lines) if len(lines) > 2 else "_No answer-token diagnostics were run._"
 
 

@@ -194,7 +194,9 @@ def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
 
     data = ensure_diag_dataset(study.out / "data", study.cfg.sizes)
     return {"before": answer_accuracy(cfg, data, after_stage3=False),
-            "after": answer_accuracy(cfg, data, after_stage3=True)}  # fmt: skip
+            "after": answer_accuracy(cfg, data, after_stage3=True),
+            "before_other_images": answer_accuracy(cfg, data, after_stage3=False, shuffle_images=True),
+            "after_other_images": answer_accuracy(cfg, data, after_stage3=True, shuffle_images=True)}  # fmt: skip
 
 
 def train_dense(study: Study, arm: Arm, seed: int):
