@@ -73,6 +73,9 @@ def _choose(pool: list[Template], used: dict[str, int], rng: random.Random) -> T
     counts = [used.get(t.name, 0) for t in pool]
     least = min(counts)
     fresh = [t for t, n in zip(pool, counts, strict=True) if n == least]
+    if len(fresh) == 1:
+        rng.random()  # the draw rng.choices would make: later turns see the same random stream
+        return fresh[0]
     return rng.choices(fresh, weights=[t.weight for t in fresh])[0]
 
 
