@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
     parser.add_argument(
+        "--docs-md", default="results.md", help="file name of the markdown written into --docs"
+    )
+    parser.add_argument(
+        "--docs-prefix", default="replicate_", help="prefix of the plots/json written into --docs"
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="only rewrite the report from the finished arms in --out"
     )
     parser.add_argument(
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_study(cfg)
     write_report(summary, args.out, command, commit, plots=not args.quick)
     if args.docs is not None:
-        write_report(summary, args.docs, command, commit, prefix="replicate_", md_name="results.md")
+        write_report(summary, args.docs, command, commit, prefix=args.docs_prefix, md_name=args.docs_md)
     print(arm_table(summary, table_order(summary)))
     return 0
 
