@@ -39,6 +39,7 @@ def collect(out: str | Path) -> dict[str, Any]:
                "tables": [{"key": t.key, "title": t.title, "paper": t.paper, "arms": list(t.arms)} for t in TABLES],
                "config": _read(out / "study-config.json"), "tuning": _read(out / "tuning.json"),
                "data": _data_content(out)}  # fmt: skip
+    summary["cls_majority"] = majority_accuracy(out, summary["config"])
     summary["missing"] = missing_jobs(summary)
     summary["complete"] = not summary["missing"]
     return summary
@@ -69,6 +70,20 @@ def _data_content(out: Path) -> dict[str, Any]:
     for name in [*DATA, "diag-pixel"]:
         if (out / "data" / name / "manifest.json").is_file():
             found[name] = spatial_content(out / "data" / name)
+    return found
+
+
+def majority_accuracy(out: Path, cfg: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of always answering the most frequent class, per probe split (from the feature cache)."""
+    cache = Path(cfg.get("cache_dir") or out / "cache") / "features"
+    sizes = cfg.get("sizes", {})
+    found = {}
+    for split in ("val", "test"):
+        for path in sorted(cache.glob(f"*-synthetic-{split}-*/label.npy")):
+            labels = np.load(path)
+            if len(labels) == sizes.get(f"probe_{split}"):
+                found[split] = float(np.bincount(labels[labels >= 0]).max() / max(1, (labels >= 0).sum()))
+                break
     return found
 
 
@@ -219,6 +234,7 @@ def markdown(
              f"- untuned recipe: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), "",
              "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
              "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better.",
+             _majority_line(summary),
              ""]  # fmt: skip
     for t in summary["tables"]:
         parts += [
@@ -236,6 +252,16 @@ def markdown(
     for p in plots or []:
         parts += [f"![{Path(p).stem}]({p})", ""]
     return "\n".join(x for x in parts if x is not None) + "\n"
+
+
+def _majority_line(summary: dict[str, Any]) -> str:
+    maj = summary.get("cls_majority") or {}
+    if "test" not in maj:
+        return ""
+    return (
+        f"Classification (dominant object class) chance level: always answering the majority class scores "
+        f"{maj['test']:.4f} on the test split" + (f" and {maj['val']:.4f} on val." if "val" in maj else ".")
+    )
 
 
 def _base_line(summary: dict[str, Any]) -> str:
