@@ -11,8 +11,10 @@ and return::
     pixel_values  (n_total, 3, H, W) or None, in the order the image tokens appear in input_ids (row-major)
     ids           list[str]     sample ids, for error messages
 
-With ``seq_ids`` the VLM builds a block-diagonal causal mask, so a packed row computes exactly what the
-same conversations compute one per row: same attention, same positions, same label tokens. The first
+With ``seq_ids`` the VLM keeps attention inside each conversation -- varlen attention cut at the
+conversation boundaries (``models.attention``, the default), or an explicit block-diagonal causal mask --
+so a packed row computes exactly what the same conversations compute one per row: same attention, same
+positions, same label tokens. The first
 token of each conversation is never a target (as in an unpacked row), so no loss crosses a boundary.
 A batch whose label mask is empty raises ``EmptyLabelsError`` naming its samples.
 """
