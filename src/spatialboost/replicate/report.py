@@ -60,6 +60,7 @@ def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
     cols = {col: _stats([r["metrics"][p][m] for r in recs]) for (p, m), col in COLUMNS.items()}
     return {"label": arm["label"], "split": arm["split"], "seeds": [r["seed"] for r in recs], "columns": cols,
             "seconds": [r["seconds"] for r in recs], "recipe": recs[0]["recipe"],
+            "trainer": recs[0]["arm_config"]["trainer"],
             "diagnostics": {r["seed"]: r["diagnostics"] for r in recs}, "base": recs[0].get("base", {})}  # fmt: skip
 
 
@@ -140,23 +141,36 @@ def search_table(summary: dict[str, Any]) -> str:
     if not names:
         return "_The val search did not run._"
     ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
+    base = summary["arms"].get("val-base@val", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
     head = ["search arm (val, seed 0)", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
             "depth RMSE", "AbsRel",
-            "seg mIoU", "cls linear", "RMSE vs untuned"]  # fmt: skip
+            "seg mIoU", "cls linear", "RMSE vs untuned", "RMSE vs base"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in sorted(names, key=lambda n: summary["arms"][n]["columns"]["depth RMSE (m)"]["mean"]):
-        a, r = summary["arms"][name], summary["arms"][name]["recipe"]
+        a, r = summary["arms"][name], dict(summary["arms"][name]["recipe"])
         c = a["columns"]
+        r.setdefault(
+            "instruct_steps", (summary.get("config") or {}).get("sizes", {}).get("instruct_steps", "")
+        )
+        if a.get("trainer") == "none":
+            r = {k: "-" for k in r}
         untuned = ref.get("depth RMSE (m)", {}).get("mean")
-        lines.append(f"| {a['label']} | {r['encoder_lr']:g} | {r['gate_init']:g} | {r['encoder_steps']} "
+        lines.append(f"| {a['label']} | {r['encoder_lr']} | {r['gate_init']} | {r['encoder_steps']} "
                      f"| {r.get('instruct_steps', '')} | {r['data']} "
                      f"| {r['llm_width']} | {c['depth RMSE (m)']['mean']:.4f} | {c['AbsRel']['mean']:.4f} "
                      f"| {c['seg mIoU']['mean']:.4f} | {c['cls linear']['mean']:.4f} "
-                     f"| {rel_change(untuned, c['depth RMSE (m)']['mean']) if untuned else ''} |")  # fmt: skip
+                     f"| {rel_change(untuned, c['depth RMSE (m)']['mean']) if untuned else ''} "
+                     f"| {rel_change(base, c['depth RMSE (m)']['mean']) if base else ''} |")  # fmt: skip
     tuning = summary.get("tuning") or {}
     if tuning:
         lines.append(f"\nChosen for the tuned arm (lowest val depth RMSE): **{tuning['chosen']}**.")
     return "\n".join(lines)
+
+
+def _ends_mean(curve: list[list[float]]) -> tuple[float, float]:
+    """Mean loss of the first and of the last 10% of logged steps (at least one each)."""
+    k = max(1, len(curve) // 10)
+    return float(np.mean([x[1] for x in curve[:k]])), float(np.mean([x[1] for x in curve[-k:]]))
 
 
 def _mean_over_seeds(diags: dict[Any, dict[str, Any]], key: str) -> float | None:
@@ -165,7 +179,7 @@ def _mean_over_seeds(diags: dict[Any, dict[str, Any]], key: str) -> float | None
 
 
 def diagnostics_table(summary: dict[str, Any]) -> str:
-    head = ["arm", "split", "stage-3 loss first -> last", "gate weight on frozen Attn", "Attn+ rel. change",
+    head = ["arm", "split", "stage-3 loss, first -> last 10% of steps", "gate weight on frozen Attn", "Attn+ rel. change",
             "weight rel. change"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _name, a in summary["arms"].items():
@@ -174,7 +188,8 @@ def diagnostics_table(summary: dict[str, Any]) -> str:
         joint = [d["joint_loss"] for d in diags.values() if d.get("joint_loss")]
         loss = ""
         if curves:
-            loss = f"{np.mean([c[0][1] for c in curves]):.4f} -> {np.mean([c[-1][1] for c in curves]):.4f}"
+            first, last = zip(*(_ends_mean(c) for c in curves), strict=True)
+            loss = f"{np.mean(first):.4f} -> {np.mean(last):.4f}"
         elif joint:
             loss = (
                 f"{np.mean([j[0] for j in joint]):.4f} -> {np.mean([j[-1] for j in joint]):.4f} (head loss)"

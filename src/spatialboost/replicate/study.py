@@ -148,6 +148,7 @@ for _arm in (
     Arm("val-pixel-heavy", "8 pixel turns per sample", "llm", data="pixel-heavy", search=True),
     Arm("val-norm1000", "coords norm1000 instead of pixels", "llm", data="norm1000", search=True),
     Arm("val-llm128", "LM width 128 (own stages 1+2)", "llm", llm_width=128, search=True),
+    Arm("val-base", "base, no stage 3 (reference)", "none", search=True, candidate=False),
     Arm(
         "val-stage2-5x",
         "5x stage-2 steps (diagnostic, not a tuning candidate)",
