@@ -69,3 +69,18 @@ def test_use_varlen_attention_switches_sdpa_only():
         torch.testing.assert_close(
             sdpa(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
         )
+
+
+def test_flash_attention_llms_get_the_boundaries_as_kwargs():
+    """GPU path (not run here): flash-attn LLMs take cu_seq_lens natively, so no (L, L) mask is built."""
+    from spatialboost.models.vlm import SpatialVLM
+
+    llm = build_llm("tiny-qwen2", vocab_size=32, attn_implementation="sdpa")
+    vlm = SpatialVLM(nn.Identity(), llm, image_token_id=5, projector=nn.Identity())
+    llm.config._attn_implementation = "flash_attention_2"  # as if built with flash-attn installed
+    mask, kwargs = vlm.packed_attention(SEQ_IDS, None, torch.float32)
+    assert mask.dtype == torch.bool and mask.all() and mask.shape == SEQ_IDS.shape
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 4, 7, 10, 20] and kwargs["max_length_k"] == 10
+    llm.config._attn_implementation = "eager"
+    mask, kwargs = vlm.packed_attention(SEQ_IDS, None, torch.float32)
+    assert kwargs == {} and mask.shape == (2, 1, 10, 10)  # the explicit block-diagonal mask
