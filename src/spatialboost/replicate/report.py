@@ -246,7 +246,7 @@ def markdown(
              "in by hand._", "", f"- command: `{command}`" if command else "", f"- commit: `{commit}`" if commit
              else "", f"- state: {state}" + (f" ({', '.join(summary['missing'][:12])})" if summary["missing"] else ""),
              f"- seeds: {cfg.get('seeds')}; sizes: `{json.dumps(cfg.get('sizes', {}))}`",
-             f"- untuned recipe: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), "",
+             f"- untuned recipe: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), _time_line(summary), "",
              "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
              "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better.",
              _majority_line(summary),
@@ -267,6 +267,12 @@ def markdown(
     for p in plots or []:
         parts += [f"![{Path(p).stem}]({p})", ""]
     return "\n".join(x for x in parts if x is not None) + "\n"
+
+
+def _time_line(summary: dict[str, Any]) -> str:
+    total = sum(sum(a["seconds"]) for a in summary["arms"].values())
+    jobs = sum(len(a["seconds"]) for a in summary["arms"].values())
+    return f"- compute: {jobs} arm-seed jobs, {total / 60:.1f} min summed over jobs (training + probes; the base's pre-training and data generation not included)"
 
 
 def _majority_line(summary: dict[str, Any]) -> str:
