@@ -343,7 +343,8 @@ def plot_losses(summary: dict[str, Any], path: Path) -> Path | None:
         d = a["diagnostics"].get(0, a["diagnostics"].get("0", {}))
         if d.get("stage3_loss"):
             steps, losses = zip(*d["stage3_loss"], strict=True)
-            ax.plot(steps, losses, label=name, lw=1)
+            style = ("-", "--", ":")[(drawn // 10) % 3]
+            ax.plot(steps, losses, label=name, lw=1, ls=style, color=plt.cm.tab10(drawn % 10))
             drawn += 1
     if not drawn:
         plt.close(fig)
