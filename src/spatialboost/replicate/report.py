@@ -264,6 +264,9 @@ def markdown(
               search_table(summary), "", "## Diagnostics", "", "### Training movement", "", diagnostics_table(summary),
               "", "### Pixel-level answers of the frozen LLM (held-out pixel-only conversations)", "",
               answers_table(summary), "", "### Spatial content of the conversations", "", data_table(summary), ""]  # fmt: skip
+    if plots:
+        parts += ["Plots: bars are means over seeds with the seed std as error bars (x axes zoomed, not from 0); "
+                  "the loss curves are seed 0's stage-3 answer-token losses.", ""]  # fmt: skip
     for p in plots or []:
         parts += [f"![{Path(p).stem}]({p})", ""]
     return "\n".join(x for x in parts if x is not None) + "\n"
