@@ -231,6 +231,21 @@ def pick_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, int] | 
     return a, b
 
 
+def decided_pair(
+    ctx: Context, rng: random.Random, decide: Callable[[int, int], Decision], need_ok: bool = True
+) -> tuple[int, int, Decision, str, str] | None:
+    """Two visible objects of the current view, the relation ``decide(a, b)`` between them, and their
+    descriptions; None when no pair exists or (with ``need_ok``) the relation is a near-tie."""
+    pair = pick_pair(ctx, rng, ctx.view)
+    if pair is None:
+        return None
+    a, b = pair
+    d = decide(a, b)
+    if need_ok and not d.ok:
+        return None
+    return a, b, d, desc(ctx, a), desc(ctx, b)
+
+
 def pick_object(ctx: Context, rng: random.Random, view: int) -> int | None:
     vis = ctx.graph.visible(view)
     return rng.choice(vis) if vis else None
@@ -317,14 +332,10 @@ def _yes_no(asked: str, label: str) -> str:
 @template("left_right", "object", weight=1.5)
 def t_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     v = ctx.view
-    pair = pick_pair(ctx, rng, v)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.left_right(ctx.graph, v, a, b))
+    if got is None:
         return None
-    a, b = pair
-    d = R.left_right(ctx.graph, v, a, b)
-    if not d.ok:
-        return None
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     asked = rng.choice(("left", "right"))
     q = rng.choice(
         (
@@ -346,14 +357,10 @@ def t_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
 @template("front_behind", "object", weight=1.5)
 def t_front_behind(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     v = ctx.view
-    pair = pick_pair(ctx, rng, v)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.front_behind(ctx.graph, v, a, b))
+    if got is None:
         return None
-    a, b = pair
-    d = R.front_behind(ctx.graph, v, a, b)
-    if not d.ok:
-        return None
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     why, support, (pa, pb) = _rationale(ctx, rng, v, a, b)
     if pa is not None and pb is not None and (pa.depth < pb.depth) != (d.label == "in front of"):
         why, support = (
@@ -377,14 +384,10 @@ def t_front_behind(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
 @template("above_below", "object", weight=0.5)
 def t_above_below(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     v = ctx.view
-    pair = pick_pair(ctx, rng, v)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.above_below(ctx.graph, a, b))
+    if got is None:
         return None
-    a, b = pair
-    d = R.above_below(ctx.graph, a, b)
-    if not d.ok:
-        return None
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     oa, ob = ctx.graph.objects[a], ctx.graph.objects[b]
     asked = rng.choice(("above", "below"))
     q = rng.choice((f"Is {A} {asked} {B}?", f"Is {A} located {asked} {B}?"))
@@ -399,12 +402,10 @@ def t_above_below(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
 
 @template("bigger_smaller", "object")
 def t_bigger_smaller(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    pair = pick_pair(ctx, rng, ctx.view)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.bigger_smaller(ctx.graph, a, b), need_ok=False)
+    if got is None:
         return None
-    a, b = pair
-    d = R.bigger_smaller(ctx.graph, a, b)
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     q = rng.choice((f"Is {A} bigger than {B}?", f"Which is larger, {A} or {B}?", f"Is {A} smaller than {B}?"))
     va, vb = ctx.graph.volume[a], ctx.graph.volume[b]
     statement = f"{A} and {B} are about the same size" if d.label == SAME else f"{A} is {d.label} than {B}"
@@ -415,12 +416,10 @@ def t_bigger_smaller(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
 
 @template("taller_shorter", "object")
 def t_taller_shorter(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    pair = pick_pair(ctx, rng, ctx.view)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.taller_shorter(ctx.graph, a, b), need_ok=False)
+    if got is None:
         return None
-    a, b = pair
-    d = R.taller_shorter(ctx.graph, a, b)
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     ha, hb = R.object_height(ctx.graph, a).value, R.object_height(ctx.graph, b).value
     q = rng.choice((f"Is {A} taller than {B}?", f"Which is taller, {A} or {B}?", f"Is {A} shorter than {B}?"))
     statement = f"{A} and {B} are about the same height" if d.label == SAME else f"{A} is {d.label} than {B}"
@@ -438,12 +437,10 @@ def t_taller_shorter(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
 
 @template("center_distance", "scene", weight=1.5)
 def t_center_distance(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    pair = pick_pair(ctx, rng, ctx.view)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.center_distance(ctx.graph, a, b), need_ok=False)
+    if got is None:
         return None
-    a, b = pair
-    d = R.center_distance(ctx.graph, a, b)
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     q = rng.choice(
         (
             f"How far is {A} from {B}?",
@@ -458,12 +455,10 @@ def t_center_distance(scene: Scene, ctx: Context, rng: random.Random) -> QA | No
 
 @template("surface_distance", "scene")
 def t_surface_distance(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    pair = pick_pair(ctx, rng, ctx.view)
-    if pair is None:
+    got = decided_pair(ctx, rng, lambda a, b: R.surface_distance(ctx.graph, a, b), need_ok=False)
+    if got is None:
         return None
-    a, b = pair
-    d = R.surface_distance(ctx.graph, a, b)
-    A, B = desc(ctx, a), desc(ctx, b)
+    a, b, d, A, B = got
     q = rng.choice(
         (f"How large is the gap between {A} and {B}?", f"What is the closest distance between {A} and {B}?")
     )
