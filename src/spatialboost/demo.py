@@ -169,6 +169,10 @@ def training_summary(state: DemoState) -> list[str]:
     if "probe_table" in state.results:
         lines.append("  frozen-feature probes, base -> boosted:")
         lines += ["    " + row for row in state.results["probe_table"].splitlines()]
+        lines.append(
+            "    (one training run: ± is over probe-head seeds only, not training seeds; tiny models on"
+            " tiny data. `spatialboost replicate` measures training-seed variance: docs/results.md)"
+        )
     return lines
 
 
