@@ -18,7 +18,6 @@ written atomically) mean a crash after depth never recomputes depth; perception 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from spatialboost.datagen.conversations import ConversationConfig
 from spatialboost.datagen.images import ImageEntry, ImageLimits, ImageRejected, load_rgb, scan_folder
 from spatialboost.datagen.lifting import LiftConfig, lift_view
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 STAGES = ("depth", "detector", "segmenter")
@@ -448,9 +447,9 @@ def run(args: argparse.Namespace) -> int:
         )
     source = ImageSource(cfg, items, args.out / "cache", args.shard_size)
     spec = WriteSpec(args.out, len(items), args.seed, args.shard_size, fcfg.conversation)
-    manifest = write_dataset(source, spec, shard, args.workers, progress=not args.no_progress)
-    manifest["input_skipped"] = skipped
-    atomic_write_json(args.out / "manifest.json", json.loads(json.dumps(manifest, default=str)))
+    manifest = write_dataset(
+        source, spec, shard, args.workers, progress=not args.no_progress, extra={"input_skipped": skipped}
+    )
     c = manifest["counts"]
     log.info(
         "%s: %d/%d samples, %d skipped input file(s)",

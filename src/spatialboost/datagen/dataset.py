@@ -329,8 +329,11 @@ def write_dataset(
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generate (or resume) the shards ``shard[0], shard[0] + shard[1], ...`` of a dataset; returns the manifest."""
+    """Generate (or resume) the shards ``shard[0], shard[0] + shard[1], ...`` of a dataset; returns the manifest.
+
+    ``extra``: source-specific JSON-ready fields recorded in the manifest (e.g. skipped input files)."""
     from tqdm import tqdm
 
     out = spec.out
@@ -357,10 +360,12 @@ def write_dataset(
             for _ in pool.imap_unordered(_worker_shard, todo):
                 bar.update()
     bar.close()
-    return write_manifest(out, config, started)
+    return write_manifest(out, config, started, extra)
 
 
-def write_manifest(out: Path, config: dict[str, Any], started: float | None = None) -> dict[str, Any]:
+def write_manifest(
+    out: Path, config: dict[str, Any], started: float | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Aggregate the completion records of all complete shards into ``manifest.json``."""
     num_shards = -(-config["num_samples"] // config["shard_size"])
     shards, levels, samples, views = [], {}, 0, 0
@@ -391,6 +396,7 @@ def write_manifest(out: Path, config: dict[str, Any], started: float | None = No
         "shards": shards,
         "software": _versions(),
         "timestamps": {"started": started, "written": time.time()},
+        **(extra or {}),
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
