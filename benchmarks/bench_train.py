@@ -116,9 +116,8 @@ def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
     vlm = build_vlm(cfg, tok, stage)
     set_stage_trainable(vlm, stage, cfg.stages.get(stage))
     cfg.data.packing = packing
-    from spatialboost.models.vlm import image_transform_for
 
-    data = load_train_data(cfg.data, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder))
+    data = load_train_data(cfg.data, tok, vlm)
     scfg = cfg.stages.get(stage)
     plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
     params = trainable_named(vlm)

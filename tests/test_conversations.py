@@ -36,13 +36,17 @@ def _check_fact(g: SceneGraph, fact: dict, answer: str | None) -> None:
 
 @pytest.fixture(scope="module")
 def corpus():
-    """(graph, cfg, turns) over random scenes, 1-3 views, both coordinate conventions and all orders."""
+    """(graph, cfg, turns) over random scenes, 1-3 views, both coordinate conventions and all orders;
+    every other scene adds one turn of each auxiliary template (A/B choices, readouts)."""
+    auxiliary = {name: 1 for name, t in TEMPLATES.items() if t.auxiliary}
     out = []
     for seed in range(40):
         views = 1 + seed % 3
         g = SceneGraph(random_scene(seed, num_views=views))
         cfg = ConversationConfig(
-            coords=("pixels", "norm1000")[seed % 2], order=("forward", "reverse", "shuffled")[seed % 3]
+            coords=("pixels", "norm1000")[seed % 2],
+            order=("forward", "reverse", "shuffled")[seed % 3],
+            extra_turns=auxiliary if seed % 4 < 2 else {},
         )
         out.append((g, cfg, build_conversation(g, cfg, random.Random(seed))))
     return out
@@ -60,11 +64,39 @@ def test_every_template_is_exercised(corpus):
 
 
 def test_turn_counts_and_caption_last(corpus):
-    for g, _, turns in corpus:
+    for g, cfg, turns in corpus:
         assert turns[-1].level == "caption"
+        extra = sum(cfg.extra_turns.values())
         if len(g.visible(0)) >= 3:
-            assert 8 <= len(turns) <= 12, [qa.template for qa in turns]
+            assert 8 <= len(turns) <= 12 + extra, [qa.template for qa in turns]
         assert len({qa.question for qa in turns}) == len(turns)
+
+
+def test_extra_turns_follow_their_level_and_choices_are_balanced():
+    """Auxiliary turns sit after their level's default turns; A/B answers are the decision, 50/50."""
+    cfg = ConversationConfig(extra_turns={"choice_closer_point": 2, "choice_closer_object": 1})
+    letters = []
+    for seed in range(30):
+        turns = build_conversation(SceneGraph(random_scene(seed)), cfg, random.Random(seed))
+        levels = [RANK[qa.level] for qa in turns]
+        assert levels == sorted(levels)
+        for qa in turns:
+            if qa.template.startswith("choice_"):
+                fact = qa.fact
+                assert fact["choices"] == ["A", "B"] and qa.answer.startswith(fact["answer_choice"] + ".")
+                letters.append(fact["answer_choice"])
+    assert len(letters) > 40
+    assert 0.35 < letters.count("A") / len(letters) < 0.65
+
+
+def test_choice_closer_point_asks_about_one_image_row():
+    """The two points lie on (nearly) the same row: their height in the image gives nothing away."""
+    cfg = ConversationConfig(levels=["pixel"], turns={"pixel": 0}, caption=False,
+                             extra_turns={"choice_closer_point": 3})  # fmt: skip
+    for seed in range(10):
+        for qa in build_conversation(SceneGraph(random_scene(seed)), cfg, random.Random(seed)):
+            args = qa.fact["args"]
+            assert abs(args["y1"] - args["y2"]) <= 1
 
 
 def test_orders():

@@ -11,7 +11,6 @@ from spatialboost.config import load_config
 from spatialboost.data.dataset import read_records
 from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
 from spatialboost.models.llm import ensure_image_token
-from spatialboost.models.vlm import image_transform_for
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
@@ -81,7 +80,7 @@ def test_stage3_steps_leave_llm_and_original_encoder_bit_identical(setup):
     opt = make_optimizer(params, cfg.stages.encoder)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     dcfg = cfg.data
-    data = load_train_data(dcfg, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder))
+    data = load_train_data(dcfg, tok, vlm)
     plan = BatchPlan(data, None, 0, 4, 1, 1)
     batches = micro_batch_loader(plan, 0, 3, 0, make_collator(dcfg, tok.pad_token_id))
     for step in range(3):

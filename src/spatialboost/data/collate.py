@@ -9,7 +9,12 @@ and return::
     attention_mask (R, L) bool  True on real tokens
     seq_ids       (R, L) long   packed only: 1, 2, ... per conversation in a row, 0 on padding
     pixel_values  (n_total, 3, H, W) or None, in the order the image tokens appear in input_ids (row-major)
+    image_features (n_total, N, D) instead, when samples carry cached encoder features
     ids           list[str]     sample ids, for error messages
+    turns         (R, L) long   the answer turn of each label token (-1 elsewhere), when samples carry it
+    ref_rows, ref_images, ref_patches, ref_vals   (E,) reference-token weights (``data.refs``), when any:
+                  ref k (in the order its token appears in input_ids, row-major) puts weight v on patch p
+                  of batch image i (an index into pixel_values)
 
 With ``seq_ids`` the VLM keeps attention inside each conversation -- varlen attention cut at the
 conversation boundaries (``models.attention``, the default), or an explicit block-diagonal causal mask --
@@ -77,7 +82,9 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     seq_ids = torch.zeros(shape, dtype=torch.long)
-    pixels = []
+    turns = torch.full(shape, -1, dtype=torch.long)
+    pixels, features, refs = [], [], []
+    n_images = n_refs = 0
     for r, row in enumerate(rows):
         start = 0
         for k, sample in enumerate(row, 1):
@@ -87,8 +94,17 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
             labels[r, start] = IGNORE_INDEX  # a conversation's first token is never a target
             position_ids[r, start : start + n] = torch.arange(n)
             seq_ids[r, start : start + n] = k
+            if "turns" in sample:
+                turns[r, start : start + n] = sample["turns"]
+            if "ref_rows" in sample:
+                refs.append(_offset_refs(sample, n_refs, n_images))
+                n_refs += int(sample["ref_rows"].max()) + 1
             if sample.get("pixel_values") is not None and len(sample["pixel_values"]):
                 pixels.append(sample["pixel_values"])
+                n_images += len(sample["pixel_values"])
+            if sample.get("image_features") is not None and len(sample["image_features"]):
+                features.append(sample["image_features"])
+                n_images += len(sample["image_features"])
             start += n
     ids = [s["id"] for row in rows for s in row]
     if not (labels != IGNORE_INDEX).any():
@@ -103,4 +119,24 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
     }
     if packed:
         batch["seq_ids"] = seq_ids
+    if features:
+        batch["image_features"] = torch.cat(features)
+    if any("turns" in s for row in rows for s in row):
+        batch["turns"] = turns
+    if refs:
+        for key in REF_KEYS:
+            batch[key] = torch.cat([ref[key] for ref in refs])
     return batch
+
+
+REF_KEYS = ("ref_rows", "ref_images", "ref_patches", "ref_vals")
+
+
+def _offset_refs(sample: dict, n_refs: int, n_images: int) -> dict[str, torch.Tensor]:
+    """A sample's reference weights with its refs and images numbered within the batch."""
+    return {
+        "ref_rows": sample["ref_rows"] + n_refs,
+        "ref_images": sample["ref_images"] + n_images,
+        "ref_patches": sample["ref_patches"],
+        "ref_vals": sample["ref_vals"],
+    }

@@ -55,6 +55,7 @@ class TokenizedConversation:
     input_ids: list[int]  # image placeholders expanded to num_image_tokens copies each
     labels: list[int]  # IGNORE_INDEX outside answers
     num_images: int  # images whose tokens are in input_ids (after truncation)
+    turns: list[int] | None = None  # per token: the answer (0-based turn) a label belongs to, -1 elsewhere
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -151,17 +152,22 @@ def tokenize_conversation(
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     ids: list[int] = []
     labels: list[int] = []
+    turns: list[int] = []
+    answer = -1
     for text, is_answer in conversation_segments(messages, tokenizer):
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
         labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
+        answer += is_answer
+        turns += [answer if is_answer else -1] * len(piece)
     n_images = len(record_images(record))
     if ids.count(image_id) != n_images or (n_images and image_id in labels):
         raise ValueError(
             f"sample {sample_id}: <image> is not one token of this tokenizer (use ensure_image_token)"
         )
-    ids, labels = expand_image_tokens(ids, labels, image_id, num_image_tokens)
-    sample = TokenizedConversation(sample_id, ids, labels, n_images)
+    expanded, labels = expand_image_tokens(ids, labels, image_id, num_image_tokens)
+    turns = expand_image_tokens(ids, turns, image_id, num_image_tokens)[1]
+    sample = TokenizedConversation(sample_id, expanded, labels, n_images, turns)
     if max_length is not None and len(ids) > max_length:
         sample = truncate(sample, max_length, image_id, num_image_tokens)
     if all(label == IGNORE_INDEX for label in sample.labels[1:]):
@@ -188,14 +194,15 @@ def truncate(sample: TokenizedConversation, max_length: int, image_id: int, n: i
     while cut > 0 and sample.input_ids[cut - 1] == image_id and sample.input_ids[cut] == image_id:
         cut -= 1  # inside an image block: move the cut to its start
     ids, labels = sample.input_ids[:cut], sample.labels[:cut]
+    turns = sample.turns[:cut] if sample.turns is not None else None
     if all(label == IGNORE_INDEX for label in labels[1:]):
         first = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)
         raise TruncatedError(
             f"sample {sample.id}: max_length={max_length} cuts every answer (the first answer starts at "
             f"token {first} of {len(sample.input_ids)}); raise max_length or shorten the sample"
         )
-    n_images = ids.count(image_id) // n
-    return TokenizedConversation(sample.id, ids, labels, n_images)
+    n_images = ids.count(image_id) // n if n else sample.num_images
+    return TokenizedConversation(sample.id, ids, labels, n_images, turns)
 
 
 def prompt_ids(messages: list[dict[str, str]], tokenizer, num_image_tokens: int = 1) -> list[int]:

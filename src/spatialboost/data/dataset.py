@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -25,6 +26,7 @@ from spatialboost.data.conversation import (
     tokenize_conversation,
 )
 from spatialboost.data.images import ImageTransform, make_image_transform
+from spatialboost.data.refs import REF_TOKENS, Ref, annotate_record, ref_weights
 from spatialboost.errors import UserError
 from spatialboost.io import resolve_inside
 
@@ -48,10 +50,29 @@ def read_records(root: str | Path) -> list[dict]:
     return records
 
 
-class ConversationDataset(Dataset):
-    """Samples ``{"id", "input_ids", "labels", "pixel_values"}`` for the VLM.
+def read_meta(root: str | Path, sample_id: str) -> dict | None:
+    """The ground-truth sidecar's metadata (facts, objects, sizes) of a sample, or None without one."""
+    path = resolve_inside(root, f"gt/{sample_id}.npz")
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["meta"].tobytes().decode("utf-8"))
 
-    ``num_image_tokens``: patch tokens per image (each ``<image>`` expands to that many ids).
+
+def read_instance(root: str | Path, sample_id: str) -> np.ndarray | None:
+    """(V, H, W) instance ids of a sample's views from its sidecar, or None."""
+    path = resolve_inside(root, f"gt/{sample_id}.npz")
+    with np.load(path, allow_pickle=False) as z:
+        return z["instance"] if "instance" in z.files else None
+
+
+class ConversationDataset(Dataset):
+    """Samples ``{"id", "input_ids", "labels", "turns", "pixel_values"}`` (+ reference weights) for the VLM.
+
+    ``num_image_tokens``: patch tokens per image (each ``<image>`` expands to that many ids; 0 drops the
+    image tokens, e.g. when reference tokens carry the image).
+    ``ref_tokens``: which reference tokens to insert (``data.refs``: "point", "region"); ``ref_grid`` =
+    (image side, patch grid side) of the encoder's input. Samples without a ground-truth sidecar get none.
     ``on_overflow``: ``"skip"`` drops (and logs, in ``self.skipped``) samples that cannot train, e.g.
     truncation to ``max_length`` that would cut every answer; ``"error"`` raises on the first one.
     """
@@ -65,16 +86,32 @@ class ConversationDataset(Dataset):
         image_size: int = 224,
         max_length: int | None = None,
         on_overflow: str = "skip",
+        ref_tokens: tuple[str, ...] = (),
+        ref_grid: tuple[int, int] | None = None,
     ) -> None:
         if on_overflow not in ("skip", "error"):
             raise ValueError(f"on_overflow must be 'skip' or 'error', got {on_overflow!r}")
+        if ref_tokens and ref_grid is None:
+            raise ValueError("ref_tokens need ref_grid=(image side, patch grid side)")
         self.root = Path(root)
         self.transform = image_transform or make_image_transform(image_size)
+        self.ref_tokens, self.ref_grid = tuple(ref_tokens), ref_grid
+        self.feature_store = None  # set (train.features) to serve cached "image_features" instead of pixels
         self.records: list[dict] = []
         self.samples: list[TokenizedConversation] = []
+        self.metas: list[dict | None] = []
+        self.refs: list[list[Ref]] = []
         self.skipped: list[tuple[str, str]] = []  # (sample id, reason)
+        ref_ids = {
+            k: tokenizer.convert_tokens_to_ids(t) for k, t in REF_TOKENS.items() if k in self.ref_tokens
+        }
         for record in tqdm(read_records(root), desc="tokenizing", unit="conv", leave=False):
+            meta, refs = None, []
             try:
+                if self.ref_tokens:
+                    meta = read_meta(self.root, str(record.get("id", "")))
+                    if meta is not None:
+                        record, refs = annotate_record(record, meta, self.ref_tokens)
                 sample = tokenize_conversation(record, tokenizer, num_image_tokens, max_length)
             except (EmptyLabelsError, ValueError) as e:
                 if on_overflow == "error":
@@ -83,6 +120,8 @@ class ConversationDataset(Dataset):
                 continue
             self.records.append(record)
             self.samples.append(sample)
+            self.metas.append(meta)
+            self.refs.append(refs[: sum(sample.input_ids.count(i) for i in ref_ids.values())])
         if self.skipped:
             log.warning("%s: skipped %d sample(s), e.g. %s", root, len(self.skipped), self.skipped[0][1])
         if not self.samples:
@@ -98,12 +137,37 @@ class ConversationDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         sample = self.samples[i]
         paths = record_images(self.records[i])[: sample.num_images]  # truncation may drop trailing images
-        images = [_load_rgb(resolve_inside(self.root, p)) for p in paths]
-        return {
+        item = {
             "id": sample.id,
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
             "labels": torch.tensor(sample.labels, dtype=torch.long),
-            "pixel_values": self.transform(images),  # (n_images, 3, H, W)
+        }
+        if self.feature_store is not None:
+            item["image_features"] = self.feature_store.get([resolve_inside(self.root, p) for p in paths])
+        else:
+            images = [_load_rgb(resolve_inside(self.root, p)) for p in paths]
+            item["pixel_values"] = self.transform(images)  # (n_images, 3, H, W)
+        if sample.turns is not None:
+            item["turns"] = torch.tensor(sample.turns, dtype=torch.long)
+        if self.refs[i]:
+            item.update(self.ref_tensors(i))
+        return item
+
+    def ref_tensors(self, i: int) -> dict[str, torch.Tensor]:
+        """(E,) each: ``ref_rows`` (which ref), ``ref_images`` (which of the sample's images), ``ref_patches``
+        (which patch token of it) and ``ref_vals`` (the weight); a ref's weights sum to 1."""
+        refs, meta = self.refs[i], self.metas[i]
+        needs_masks = any(r.kind == "region" for r in refs)
+        instance = read_instance(self.root, self.samples[i].id) if needs_masks else None
+        side, grid = self.ref_grid
+        weights = ref_weights(refs, meta["sizes"], instance, side, grid)
+        rows = [np.full(len(c), k, dtype=np.int64) for k, (c, _) in enumerate(weights)]
+        cols = torch.from_numpy(np.concatenate([c for c, _ in weights]))
+        return {
+            "ref_rows": torch.from_numpy(np.concatenate(rows)),
+            "ref_images": cols // (grid * grid),
+            "ref_patches": cols % (grid * grid),
+            "ref_vals": torch.from_numpy(np.concatenate([v for _, v in weights])),
         }
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from spatialboost.config import ConfigError
+from spatialboost.datagen import choices as _choices  # noqa: F401  (registers the auxiliary templates)
 from spatialboost.datagen.relations import SceneGraph
 from spatialboost.datagen.scene import Scene
 from spatialboost.datagen.templates import COORDS, QA, TEMPLATES, Context, Template
@@ -33,6 +34,9 @@ class ConversationConfig:
     coords: Literal["pixels", "norm1000"] = "pixels"  # how (x, y) points are written in questions
     multiview_share: float = 0.4  # share of object/scene turns that are cross-view in multi-view samples
     attempts: int = 8  # templates tried per turn before giving up on it
+    # extra turns of named auxiliary templates (datagen.choices: balanced A/B questions, multi-point
+    # readouts), each placed after the turns of its level, e.g. {"choice_closer_point": 2}
+    extra_turns: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
         bad = [lv for lv in self.levels if lv not in SPATIAL_LEVELS]
@@ -48,6 +52,12 @@ class ConversationConfig:
             raise ConfigError(f"conversation.coords must be one of {list(COORDS)}")
         if self.attempts < 1:
             raise ConfigError("conversation.attempts must be >= 1")
+        for name, n in self.extra_turns.items():
+            if name not in TEMPLATES or not TEMPLATES.get(name).auxiliary or n < 0:
+                known = [k for k, t in TEMPLATES.items() if t.auxiliary]
+                raise ConfigError(
+                    f"conversation.extra_turns: {name!r}={n}; name one of {known} with a count >= 0"
+                )
 
 
 @functools.cache
@@ -55,14 +65,25 @@ def _by_level() -> dict[tuple[str, bool], list[Template]]:
     """Registered templates grouped by (level, multiview); built once (the registry is filled at import)."""
     out: dict[tuple[str, bool], list[Template]] = {}
     for _, t in TEMPLATES.items():
+        if t.auxiliary:
+            continue
         out.setdefault((t.level, t.multiview), []).append(t)
     return out
 
 
 def level_sequence(cfg: ConversationConfig, rng: random.Random) -> list[str]:
     """The level of each spatial turn, in the order shown (caption excluded)."""
+    return [level for level, _ in turn_plan(cfg, rng)]
+
+
+def turn_plan(cfg: ConversationConfig, rng: random.Random) -> list[tuple[str, str | None]]:
+    """(level, auxiliary template name or None) of each spatial turn, in the order shown."""
     levels = list(cfg.levels) if cfg.order != "reverse" else list(reversed(cfg.levels))
-    seq = [lv for lv in levels for _ in range(cfg.turns.get(lv, 0))]
+    extra = {lv: [n for n, k in sorted(cfg.extra_turns.items()) if TEMPLATES.get(n).level == lv for _ in range(k)]
+             for lv in levels}  # fmt: skip
+    seq = [
+        item for lv in levels for item in [(lv, None)] * cfg.turns.get(lv, 0) + [(lv, n) for n in extra[lv]]
+    ]
     if cfg.order == "shuffled":
         rng.shuffle(seq)
     return seq
@@ -94,6 +115,18 @@ def _one_turn(
     return None
 
 
+def _named_turn(
+    scene: Scene, ctx: Context, t: Template, cfg: ConversationConfig, rng: random.Random, state
+) -> QA | None:
+    """One turn of a named (auxiliary) template, tried ``cfg.attempts`` times."""
+    for _ in range(cfg.attempts):
+        qa = t.fn(scene, ctx, rng)
+        if qa is not None and qa.question not in state["asked"]:
+            state["asked"].add(qa.question)
+            return qa
+    return None
+
+
 def build_conversation(scene: Scene | SceneGraph, cfg: ConversationConfig, rng: random.Random) -> list[QA]:
     """About 8-12 QA turns for one scene (never empty); ``scene`` may be a prebuilt ``SceneGraph``."""
     graph = scene if isinstance(scene, SceneGraph) else SceneGraph(scene)
@@ -102,8 +135,11 @@ def build_conversation(scene: Scene | SceneGraph, cfg: ConversationConfig, rng: 
     ctx.focus = rng.sample(visible, min(3, len(visible)))
     state: dict[str, Any] = {"pools": _by_level(), "used": {}, "asked": set()}
     turns = []
-    for level in level_sequence(cfg, rng):
-        qa = _one_turn(graph.scene, ctx, level, cfg, rng, state)
+    for level, name in turn_plan(cfg, rng):
+        if name is None:
+            qa = _one_turn(graph.scene, ctx, level, cfg, rng, state)
+        else:
+            qa = _named_turn(graph.scene, ctx, TEMPLATES.get(name), cfg, rng, state)
         if qa is not None:
             turns.append(qa)
     if cfg.caption or not turns:

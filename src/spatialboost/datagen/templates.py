@@ -68,14 +68,17 @@ class Template:
     fn: Callable[[Scene, Context, random.Random], QA | None]
     multiview: bool = False
     weight: float = 1.0
+    auxiliary: bool = False  # never drawn by default; asked for by name (ConversationConfig.extra_turns)
 
 
 TEMPLATES: Registry[Template] = Registry("question template")
 
 
-def template(name: str, level: str, multiview: bool = False, weight: float = 1.0) -> Callable:
+def template(
+    name: str, level: str, multiview: bool = False, weight: float = 1.0, auxiliary: bool = False
+) -> Callable:
     def deco(fn: Callable[[Scene, Context, random.Random], QA | None]) -> Callable:
-        TEMPLATES.add(name, Template(name, level, fn, multiview, weight))
+        TEMPLATES.add(name, Template(name, level, fn, multiview, weight, auxiliary))
         return fn
 
     return deco

@@ -6,6 +6,13 @@ projected patch tokens of that image. Images are taken in the order their token 
 ``input_ids`` (row-major), which is how the collators order ``pixel_values``: several images per
 sample (multi-view) just means several blocks.
 
+Reference tokens (``data.refs``): each ``<point>`` / ``<region>`` token's embedding gets the projected
+encoder feature of its place added (the weights come from the collator: ``ref_rows``, ``ref_images``,
+``ref_patches``, ``ref_vals``). Image tokens may be switched off (``num_image_tokens`` 0 in the data) while
+references still read the image. ``image_features`` (cached frozen patch features) may replace
+``pixel_values`` when the encoder is frozen; ``blind=True`` zeroes every image feature (the text-only
+baseline: same model, same steps, nothing from the image).
+
 Loss: next-token cross-entropy, **summed over the answer tokens of the whole batch and divided by their
 number** (a token-level mean over the batch, not a mean of per-sample means). Padded and packed batches
 of the same conversations therefore give the same loss. An empty label mask raises.
@@ -117,6 +124,7 @@ class SpatialVLM(nn.Module):
         image_token_id: int,
         projector: nn.Module | None = None,
         varlen_attention: bool = True,
+        ref_token_ids: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -125,6 +133,8 @@ class SpatialVLM(nn.Module):
             use_varlen_attention(llm)
         self.projector = projector or MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
         self.image_token_id = image_token_id
+        self.ref_token_ids = tuple(ref_token_ids)
+        self.blind = False  # True: every image feature is zeroed (the text-only baseline)
 
     def num_image_tokens(self, image_size: int | None = None) -> int:
         """Patch tokens per image at ``image_size`` (default: the encoder's) = ids per ``<image>``."""
@@ -132,26 +142,69 @@ class SpatialVLM(nn.Module):
         side = patch_multiple(image_size or spec.image_size, spec.patch_size) // spec.patch_size
         return side * side
 
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, N, D_enc) encoder patch tokens (zeros when ``blind``)."""
+        feats = self.encoder.forward_features(pixel_values).patch
+        return torch.zeros_like(feats) if self.blind else feats
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, N, D_llm) projected patch tokens."""
-        return self.projector(self.encoder.forward_features(pixel_values).patch)
+        return self.projector(self.patch_features(pixel_values))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings (R, L, D_llm) with each image's patch tokens in its block of image ids."""
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        refs: dict[str, torch.Tensor] | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings (R, L, D_llm): each image's patch tokens in its block of image ids, and each
+        reference token's place feature added to its own embedding."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (R, L, D)
         is_image = input_ids == self.image_token_id  # (R, L)
         n_slots = int(is_image.sum())
-        if pixel_values is None or len(pixel_values) == 0:
-            if n_slots:
-                raise ValueError(f"input_ids hold {n_slots} image tokens but no pixel_values were given")
+        if image_features is None and pixel_values is not None and len(pixel_values):
+            image_features = self.patch_features(pixel_values)  # (n, N, D_enc)
+        elif image_features is not None and self.blind:
+            image_features = torch.zeros_like(image_features)
+        if image_features is None:
+            if n_slots or (refs and "ref_rows" in refs):
+                raise ValueError(
+                    f"input_ids hold {n_slots} image tokens or references but no pixel_values (or image_features) were given"
+                )
             return embeds
-        image_embeds = self.encode_images(pixel_values)  # (n, N, D)
-        if n_slots != image_embeds.shape[0] * image_embeds.shape[1]:
-            raise ValueError(
-                f"{n_slots} image tokens in input_ids for {image_embeds.shape[0]} images x "
-                f"{image_embeds.shape[1]} patch tokens; tokenize with num_image_tokens={image_embeds.shape[1]}"
-            )
-        return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+        n, N = image_features.shape[:2]
+        if n_slots:
+            if n_slots != n * N:
+                raise ValueError(
+                    f"{n_slots} image tokens in input_ids for {n} images x {N} patch tokens; "
+                    f"tokenize with num_image_tokens={N}"
+                )
+            image_embeds = self.projector(image_features)  # (n, N, D)
+            embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+        if refs and "ref_rows" in refs:
+            embeds = self.add_ref_features(embeds, input_ids, image_features, refs)
+        return embeds
+
+    def add_ref_features(
+        self,
+        embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        feats: torch.Tensor,
+        refs: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Add the projected place feature of every reference token to its embedding (R, L, D)."""
+        is_ref = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in self.ref_token_ids:
+            is_ref |= input_ids == token_id
+        n_refs = int(is_ref.sum())
+        rows = refs["ref_rows"]
+        if n_refs != (int(rows.max()) + 1 if len(rows) else 0):
+            raise ValueError(f"{n_refs} reference tokens in input_ids but weights for {int(rows.max()) + 1}")
+        picked = feats[refs["ref_images"], refs["ref_patches"]] * refs["ref_vals"][:, None].to(feats.dtype)
+        pooled = feats.new_zeros(n_refs, feats.shape[-1]).index_add_(0, rows, picked)  # (T, D_enc)
+        added = embeds[is_ref] + self.projector(pooled).to(embeds.dtype)
+        return embeds.masked_scatter(is_ref[..., None], added)
 
     def forward(
         self,
@@ -162,14 +215,17 @@ class SpatialVLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         seq_ids: torch.Tensor | None = None,
         return_logits: bool = True,
-        **_: object,
+        image_features: torch.Tensor | None = None,
+        **extra: object,
     ) -> VLMOutput:
         """Padded batches: ``attention_mask`` (R, L). Packed batches: ``seq_ids`` (R, L) + ``position_ids``.
 
         ``return_logits=False`` (training): with labels, only the labelled positions go through the LM
-        head (``labelled_lm_loss``) and ``logits`` is None; same loss, less work.
+        head (``labelled_lm_loss``) and ``logits`` is None; same loss, less work. Reference weights come in
+        ``extra`` (the collator's ``ref_*`` keys); other extra keys (``turns``) are ignored.
         """
-        embeds = self.embed(input_ids, pixel_values)
+        refs = {k: v for k, v in extra.items() if k.startswith("ref_")}
+        embeds = self.embed(input_ids, pixel_values, refs, image_features)
         attention_mask, varlen = self.packed_attention(seq_ids, attention_mask, embeds.dtype)
         llm_inputs = dict(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
@@ -205,11 +261,12 @@ class SpatialVLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
+        refs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Greedy continuation of one prompt (1, L) -> new token ids (1, T)."""
         if input_ids.shape[0] != 1:
             raise ValueError("generate takes one prompt at a time (batch size 1)")
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, refs)
         return self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=torch.ones_like(input_ids),

@@ -59,7 +59,7 @@ def loss_curve(stage_dir: Path) -> list[list[float]]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [[r["step"], r["loss"]] for r in rows]
+    return [[r["step"], r["loss"]] for r in rows if "loss" in r]
 
 
 def spatial_content(dataset_dir: str | Path) -> dict[str, float]:

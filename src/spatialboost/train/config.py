@@ -40,12 +40,25 @@ class DataConfig:
     packing: bool = True  # several conversations per row, attention kept within each
     image_size: int | None = None  # None: the encoder's spec.image_size
     num_workers: int = 0  # DataLoader worker processes (image decoding)
+    # reference tokens after every point / object a question names, carrying the encoder's feature of
+    # that place (data.refs): [] (the paper's format), ["point"], ["region"] or ["point", "region"]
+    refs: list[str] = field(default_factory=list)
+    image_tokens: bool = True  # the image's patch tokens in the sequence (False: only references read it)
+    # stages with a frozen encoder (align, instruct) read encoder features computed once and cached on
+    # disk (<run_dir>/features) instead of running the encoder every step
+    cache_features: bool = False
+    feature_cache_dir: str = ""  # where the cached features live; "" = <run_dir>/features
 
     def validate(self) -> None:
         if self.multi_view_ratio is not None and not 0.0 <= self.multi_view_ratio <= 1.0:
             raise ConfigError(f"data.multi_view_ratio must be in [0, 1], got {self.multi_view_ratio}")
         if self.max_length < 8:
             raise ConfigError(f"data.max_length must be >= 8, got {self.max_length}")
+        bad = sorted(set(self.refs) - {"point", "region"})
+        if bad or len(set(self.refs)) != len(self.refs):
+            raise ConfigError(f"data.refs: {self.refs}; choose from ['point', 'region'], each once")
+        if not self.image_tokens and not self.refs:
+            raise ConfigError("data.image_tokens=false needs data.refs: otherwise nothing reads the image")
 
 
 @dataclass
@@ -121,6 +134,27 @@ class ModelConfig:
 
 
 @dataclass
+class ImageGainConfig:
+    """Does the VLM read the image? Measured on held-out data at the end of stages 2 and 3.
+
+    Image gain = answer-token loss with other scenes' images minus loss with the right ones (nats per
+    answer token; per CoT level too), and accuracy on balanced A/B questions with right vs other images.
+    Stage 3 can only pass spatial signal back through the frozen LM if this gain is clearly positive.
+    """
+
+    datasets: list[str] = field(default_factory=list)  # held-out dataset dirs; [] = not measured
+    max_samples: int = 64  # held-out conversations used
+    batch_size: int = 8
+    min_gain: float = 0.05  # nats per answer token; below it stage 3 can only drift the encoder
+    on_low: Literal["warn", "refuse"] = "warn"  # what stage 3 does when stage 2's gain is below min_gain
+    blind: bool = False  # also train stage 2 on the text alone (images zeroed) and report its loss
+
+    def validate(self) -> None:
+        if self.max_samples < 2 or self.batch_size < 1:
+            raise ConfigError("image_gain.max_samples must be >= 2 and batch_size >= 1")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 100  # optimiser steps between checkpoints (and always at the end)
     keep_last: int = 2
@@ -148,8 +182,11 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
+    image_gain: ImageGainConfig = field(default_factory=ImageGainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # every image feature zeroed: the text-only ("blind") baseline of image_gain.blind
+    blind: bool = False
     # stop with an error if a step's loss is NaN/inf (the last good checkpoint stays)
     fail_on_nonfinite: bool = True
     # testing hook: raise SystemExit after this many optimiser steps of the first stage run (0 = off)

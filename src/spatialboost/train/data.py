@@ -41,16 +41,29 @@ class TrainData:
         return len(self.lengths)
 
 
-def load_train_data(cfg: DataConfig, tokenizer, num_image_tokens: int, image_transform) -> TrainData:
+def dataset_options(cfg: DataConfig, vlm) -> dict:
+    """``ConversationDataset`` keyword arguments for ``vlm``'s encoder under data config ``cfg``."""
+    from spatialboost.models.vlm import image_transform_for
+
+    spec = vlm.encoder.spec
+    image_size = cfg.image_size or spec.image_size
+    tokens = vlm.num_image_tokens(image_size)
+    side = image_size - image_size % spec.patch_size
+    return {
+        "num_image_tokens": tokens if cfg.image_tokens else 0,
+        "image_transform": image_transform_for(vlm.encoder, image_size),
+        "max_length": cfg.max_length,
+        "ref_tokens": tuple(cfg.refs),
+        "ref_grid": (side, side // spec.patch_size),
+    }
+
+
+def load_train_data(cfg: DataConfig, tokenizer, vlm) -> TrainData:
     """Tokenize every dataset of ``cfg`` (text up front, images lazily)."""
     if not cfg.datasets:
         raise UserError("data.datasets is empty: list dataset dirs made by `spatialboost generate`")
-    parts = [
-        ConversationDataset(
-            root, tokenizer, num_image_tokens, image_transform=image_transform, max_length=cfg.max_length
-        )
-        for root in cfg.datasets
-    ]
+    options = dataset_options(cfg, vlm)
+    parts = [ConversationDataset(root, tokenizer, **options) for root in cfg.datasets]
     lengths, targets, multi = [], [], []
     for part in parts:
         for sample in part.samples:

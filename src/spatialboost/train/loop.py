@@ -16,6 +16,7 @@ weights, the optimiser and scheduler state, the RNG state, and the data plan (a 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from spatialboost.errors import UserError
+from spatialboost.io import atomic_write_json
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import DataConfig, StageConfig, TrainConfig
@@ -69,10 +71,14 @@ class StageResult:
 def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageResult:
     scfg = cfg.stages.get(stage)
     out_dir = stage_dir(cfg.run_dir, stage)
+    if stage == "encoder":
+        check_stage2_image_gain(cfg)
     vlm = build_vlm(cfg, tokenizer, stage)
     sources = load_previous_outputs(vlm, cfg, stage)
     trainable = set_stage_trainable(vlm, stage, scfg)
     plan, collate = plan_data(cfg.stage_data(stage), scfg, cfg.seed, vlm, tokenizer, env)
+    if cfg.stage_data(stage).cache_features and STAGES[stage].encoder == "frozen":
+        attach_feature_cache(cfg, stage, vlm, plan.data, env)
     total = total_steps(scfg, plan)
     start, resume_state = find_resume(out_dir, vlm, total)
     vlm.to(env.device)
@@ -105,9 +111,76 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
             save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env)
     bar.close()
+    if env.is_main and stage in GAIN_STAGES:
+        record_image_gain(cfg, stage, vlm, tokenizer, metrics, total)
     metrics.close()
     dist_utils.barrier(env)
     return summarize(stage, out_dir, total, trainable, start, sources)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Does the LM read the image?
+
+GAIN_STAGES = ("instruct", "encoder")
+GAIN_FILE = "image_gain.json"
+
+
+def record_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict | None:
+    """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json)."""
+    from spatialboost.train.image_gain import describe, load_eval_dataset, measure_image_gain
+
+    gcfg = cfg.image_gain
+    path = stage_dir(cfg.run_dir, stage) / GAIN_FILE
+    if not gcfg.datasets or path.is_file():
+        return json.loads(path.read_text()) if path.is_file() else None
+    vlm = dist_utils.unwrap(vlm).eval()
+    results = {}
+    for root in gcfg.datasets:
+        data = load_eval_dataset(root, tokenizer, vlm, cfg.stage_data(stage))
+        results[str(root)] = measure_image_gain(vlm, data, tokenizer, gcfg.max_samples, gcfg.batch_size)
+    result = {"stage": stage, "step": step, "blind_model": cfg.blind, **next(iter(results.values()))}
+    if len(results) > 1:
+        result["per_dataset"] = results
+    atomic_write_json(path, result)
+    log.info("stage %s: %s", stage, describe(result))
+    flat = {f"image_gain/{k}": v["gain"] for k, v in result.items() if isinstance(v, dict) and "gain" in v}
+    if "choice" in result:
+        flat["image_gain/choice_acc_right"] = result["choice"]["acc_right"]
+        flat["image_gain/choice_acc_other"] = result["choice"]["acc_other"]
+    metrics.log(step, flat)
+    return result
+
+
+def stage2_image_gain(cfg: TrainConfig) -> dict | None:
+    """Stage 2's recorded image gain (this run, else ``init_from``), or None."""
+    for root in (cfg.run_dir, cfg.init_from):
+        if root and (stage_dir(root, "instruct") / GAIN_FILE).is_file():
+            return json.loads((stage_dir(root, "instruct") / GAIN_FILE).read_text())
+    return None
+
+
+def check_stage2_image_gain(cfg: TrainConfig) -> None:
+    """Stage 3 tunes the encoder through the frozen LM: warn (or refuse) when that LM ignores the image."""
+    gain = stage2_image_gain(cfg)
+    gcfg = cfg.image_gain
+    if gain is None or "all" not in gain:
+        log.warning(
+            "stage 3: stage 2's image gain was not measured (set image_gain.datasets to held-out data); "
+            "if the LM does not read the image, stage 3 can only drift the encoder"
+        )
+        return
+    value = gain["all"]["gain"]
+    if value >= gcfg.min_gain:
+        log.info("stage 3: stage 2's image gain %.3f nats/token >= %.3f", value, gcfg.min_gain)
+        return
+    msg = (
+        f"stage 2's VLM barely reads the image: image gain {value:.3f} ± {gain['all']['stderr']:.3f} "
+        f"nats/answer token < image_gain.min_gain={gcfg.min_gain}; stage 3 can then only drift the encoder. "
+        "Train stage 2 longer, use reference tokens (data.refs=[point,region]) or a pre-trained LM"
+    )
+    if gcfg.on_low == "refuse":
+        raise UserError(msg + " (or set image_gain.on_low=warn to go on)")
+    log.warning("%s", msg)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,14 +188,28 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
 
 
 def plan_data(dcfg: DataConfig, scfg: StageConfig, seed: int, vlm, tokenizer, env: DistEnv):
-    from spatialboost.models.vlm import image_transform_for
-
-    image_size = dcfg.image_size or vlm.encoder.spec.image_size
-    data = load_train_data(
-        dcfg, tokenizer, vlm.num_image_tokens(image_size), image_transform_for(vlm.encoder, image_size)
-    )
+    data = load_train_data(dcfg, tokenizer, vlm)
     plan = BatchPlan(data, dcfg.multi_view_ratio, seed, scfg.batch_size, scfg.grad_accum, env.world_size)
     return plan, make_collator(dcfg, tokenizer.pad_token_id)
+
+
+def attach_feature_cache(cfg: TrainConfig, stage: str, vlm, data, env: DistEnv) -> None:
+    """Frozen encoder: encode every image once (rank 0 writes the cache) and serve cached features."""
+    from spatialboost.train.features import FeatureStore, build_feature_store, cache_key, dataset_images
+
+    dcfg = cfg.stage_data(stage)
+    parts = data.dataset.datasets
+    paths = dataset_images(parts)
+    image_size = dcfg.image_size or vlm.encoder.spec.image_size
+    cache_dir = Path(dcfg.feature_cache_dir or Path(cfg.run_dir) / "features")
+    transform = parts[0].transform
+    if env.is_main:
+        store = build_feature_store(vlm.encoder, transform, image_size, paths, cache_dir)
+    dist_utils.barrier(env)
+    if not env.is_main:
+        store = FeatureStore(cache_dir / cache_key(vlm.encoder, image_size, paths))
+    for part in parts:
+        part.feature_store = store
 
 
 def total_steps(scfg: StageConfig, plan: BatchPlan) -> int:
@@ -268,7 +355,7 @@ def _encoder_writer(vlm):
 
 
 def summarize(stage, out_dir: Path, total: int, trainable, start: int, sources: list[str]) -> StageResult:
-    rows = read_metrics(out_dir)
+    rows = [r for r in read_metrics(out_dir) if "loss" in r]
     result = StageResult(stage, total, ckpt.latest_checkpoint(out_dir / "checkpoints"), trainable,
                          resumed_from=start, sources=sources)  # fmt: skip
     if rows:

@@ -15,6 +15,7 @@ unfinished one continues from its newest checkpoint.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import yaml
 from spatialboost.config import save_config, to_dict
 from spatialboost.errors import UserError
 from spatialboost.train import distributed as dist_utils
-from spatialboost.train.config import TrainConfig
+from spatialboost.train.config import STAGE_NAMES, TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
 from spatialboost.train.stages import STAGES, build_vlm, finished_output, load_trainable
 
@@ -44,12 +45,47 @@ def run_training(cfg: TrainConfig) -> list[StageResult]:
         for stage in cfg.stages.run:
             log.info("== stage %d: %s ==", STAGES[stage].index, STAGES[stage].title)
             results.append(train_stage(cfg, stage, env, tokenizer))
+            if stage == "instruct" and cfg.image_gain.blind and cfg.image_gain.datasets:
+                train_blind_baseline(cfg, env, tokenizer)
         if "encoder" in cfg.stages.run and env.is_main:
             write_final_encoder(cfg, tokenizer)
         dist_utils.barrier(env)
         return results
     finally:
         dist_utils.shutdown(env)
+
+
+def blind_config(cfg: TrainConfig) -> TrainConfig:
+    """The text-only baseline: the same stages 1+2, seeds and data with every image feature zeroed."""
+    blind = copy.deepcopy(cfg)
+    blind.run_dir = Path(cfg.run_dir) / "blind"
+    blind.blind = True
+    blind.init_from = None
+    blind.stages.run = [s for s in cfg.stages.run if s in ("align", "instruct")]
+    blind.image_gain.blind = False
+    return blind
+
+
+def train_blind_baseline(cfg: TrainConfig, env, tokenizer) -> None:
+    """Train the blind baseline (``<run_dir>/blind``) and add its held-out loss to stage 2's image gain."""
+    from spatialboost.io import atomic_write_json
+    from spatialboost.train.loop import GAIN_FILE, stage2_image_gain, train_stage
+    from spatialboost.train.stages import stage_dir
+
+    blind = blind_config(cfg)
+    log.info("== text-only baseline (images zeroed) for the image gain: %s ==", blind.run_dir)
+    check_config(blind, env)
+    for stage in blind.stages.run:
+        train_stage(blind, stage, env, tokenizer)
+    main, text_only = stage2_image_gain(cfg), stage2_image_gain(blind)
+    if env.is_main and main and text_only and "blind" not in main:
+        main["blind"] = {
+            k: v["loss_right"] for k, v in text_only.items() if isinstance(v, dict) and "loss_right" in v
+        }
+        if "choice" in text_only:
+            main["blind"]["choice_acc"] = text_only["choice"]["acc_right"]
+        atomic_write_json(stage_dir(cfg.run_dir, "instruct") / GAIN_FILE, main)
+    dist_utils.barrier(env)
 
 
 def check_config(cfg: TrainConfig, env) -> None:
@@ -82,7 +118,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def prepare_tokenizer(cfg: TrainConfig, env):
     """The configured tokenizer; for a tiny LLM without one, a BPE trained on the corpus (cached)."""
     from spatialboost.data.tokenizer import load_tokenizer
-    from spatialboost.models.llm import TINY_LLMS, ensure_image_token, load_llm_tokenizer
+    from spatialboost.models.llm import TINY_LLMS, ensure_image_token, ensure_ref_tokens, load_llm_tokenizer
 
     if cfg.model.tokenizer:
         tok = load_tokenizer(cfg.model.tokenizer)
@@ -95,6 +131,8 @@ def prepare_tokenizer(cfg: TrainConfig, env):
         dist_utils.barrier(env)
         tok = load_tokenizer(path)
     ensure_image_token(tok)
+    if any(cfg.stage_data(stage).refs for stage in STAGE_NAMES):
+        ensure_ref_tokens(tok)
     return tok
 
 

@@ -80,7 +80,7 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
     from spatialboost.models.dual_channel import add_dual_channel
     from spatialboost.models.encoders import create_encoder
-    from spatialboost.models.llm import build_llm, ensure_image_token
+    from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
     from spatialboost.models.projector import MLPProjector
     from spatialboost.models.vlm import SpatialVLM
 
@@ -100,7 +100,11 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
         projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
-    return SpatialVLM(encoder, llm, image_token_id, projector=projector)
+    vlm = SpatialVLM(
+        encoder, llm, image_token_id, projector=projector, ref_token_ids=ref_token_ids(tokenizer)
+    )
+    vlm.blind = cfg.blind
+    return vlm
 
 
 def load_previous_outputs(vlm: nn.Module, cfg: TrainConfig, stage: str) -> list[str]:

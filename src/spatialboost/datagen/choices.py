@@ -1,0 +1,188 @@
+"""Auxiliary templates: questions the text alone cannot answer, and dense multi-point readouts.
+
+They are registered with ``auxiliary=True``: never drawn by the default conversation mix (its outputs stay
+as they were), added by name with ``ConversationConfig.extra_turns``. Two kinds:
+
+- **balanced A/B choices**, decision first: "Which point is closer to the camera: (A) (12, 40) or (B)
+  (51, 41)? Answer with A or B." -> "A. ...". The correct letter is drawn 50/50 and the question carries no
+  cue to it: the two points of ``choice_closer_point`` lie on the same image row (a point lower in the image
+  is usually closer, which a text-only model would otherwise learn from the coordinates), and gaps are
+  large enough to be visible. Their facts add ``choices`` (["A", "B"]) and ``answer_choice`` so the image
+  gain can score the decision token (``train.image_gain``), chance 50%;
+- **readouts**: ``depth_readout`` asks the depth at several points in one turn (a compact, dense pixel-level
+  answer: many depth values per image for few tokens).
+
+Every fact is one of ``relations.FACTS`` (validated like any other), with its arguments in the A/B order
+of the question, so label "first" / "in front of" / "left" / "bigger" means A.
+"""
+
+from __future__ import annotations
+
+import random
+
+from spatialboost.datagen import relations as R
+from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.templates import (
+    QA,
+    Context,
+    _coord_note,
+    _depth_fact,
+    _fact,
+    _in_view,
+    _size,
+    _snap,
+    desc,
+    m,
+    pick_pair,
+    sample_point,
+    template,
+    xy,
+)
+
+CHOICES = ["A", "B"]
+MIN_POINT_GAP = 0.25  # metres between the two points' depths (and 10% of the nearer one)
+MIN_OBJECT_GAP = 0.30  # metres between two objects' viewer-forward centres
+READOUT_POINTS = 6
+
+
+def _choice_fact(fn: str, args: dict, d: R.Decision, letter: str, support: list | None = None) -> dict:
+    fact = _fact(fn, args, d, [f"{letter}."], support)
+    fact.update(choices=list(CHOICES), answer_choice=letter)
+    return fact
+
+
+def _ab_order(rng: random.Random, first_is_answer: bool) -> bool:
+    """Whether to swap the pair so the correct letter is drawn 50/50 (independently of the pair)."""
+    want_a = rng.random() < 0.5
+    return want_a != first_is_answer
+
+
+def _same_row_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, int, int, int] | None:
+    """Two pixels on (nearly) the same row, far apart in x, with valid depths differing clearly."""
+    depth = ctx.graph.scene.views[view].depth
+    if depth is None:
+        return None
+    w, h = _size(ctx, view)
+    for _ in range(40):
+        y = rng.randrange(h)
+        x1, x2 = rng.randrange(w), rng.randrange(w)
+        y2 = min(h - 1, max(0, y + rng.choice((-1, 0, 1))))
+        (x1, y1), (x2, y2) = _snap(ctx, view, x1, y), _snap(ctx, view, x2, y2)
+        d1, d2 = float(depth[y1, x1]), float(depth[y2, x2])
+        if abs(x1 - x2) < w / 8 or d1 <= 0 or d2 <= 0:
+            continue
+        if abs(d1 - d2) >= max(MIN_POINT_GAP, 0.1 * min(d1, d2)):
+            return x1, y1, x2, y2
+    return None
+
+
+@template("choice_closer_point", "pixel", auxiliary=True)
+def t_choice_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    v = ctx.view
+    pair = _same_row_pair(ctx, rng, v)
+    if pair is None:
+        return None
+    x1, y1, x2, y2 = pair
+    d = R.closer_point(ctx.graph, v, x1, y1, x2, y2)
+    if not d.ok:
+        return None
+    if _ab_order(rng, d.label == "first"):
+        x1, y1, x2, y2 = x2, y2, x1, y1
+        d = R.closer_point(ctx.graph, v, x1, y1, x2, y2)
+    letter = "A" if d.label == "first" else "B"
+    sa, sb = xy(ctx, v, x1, y1), xy(ctx, v, x2, y2)
+    da, db = R.depth_at(ctx.graph, v, x1, y1).value, R.depth_at(ctx.graph, v, x2, y2).value
+    q = f"Which point is closer to the camera: (A) {sa} or (B) {sb}? Answer with A or B. {_coord_note(ctx)}"
+    answer = f"{letter}. {sa} is at {m(da)} and {sb} is at {m(db)}."
+    args = {"view": v, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+    support = [_depth_fact(sample) for sample in _notes(ctx, v, [(x1, y1, da), (x2, y2, db)])]
+    fact = _choice_fact("closer_point", args, d, letter, support)
+    return QA("pixel", "choice_closer_point", _in_view(ctx, v, q), answer, fact)
+
+
+def _notes(ctx: Context, view: int, points: list[tuple[int, int, float]]):
+    from spatialboost.datagen.templates import PointNote
+
+    return [PointNote(view, x, y, d, 0) for x, y, d in points]
+
+
+def _object_choice(ctx: Context, rng: random.Random, decide, first_label: str, min_gap: float = 0.0):
+    """(a, b, decision, letter) for two visible objects, A/B drawn 50/50; None on near-ties."""
+    pair = pick_pair(ctx, rng, ctx.view)
+    if pair is None:
+        return None
+    a, b = pair
+    d = decide(a, b)
+    if not d.ok or d.label == R.SAME or abs(float(d.value)) < min_gap or desc(ctx, a) == desc(ctx, b):
+        return None
+    if _ab_order(rng, d.label == first_label):
+        a, b = b, a
+        d = decide(a, b)
+    return a, b, d, "A" if d.label == first_label else "B"
+
+
+@template("choice_closer_object", "object", auxiliary=True)
+def t_choice_closer_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    v = ctx.view
+    got = _object_choice(
+        ctx, rng, lambda a, b: R.front_behind(ctx.graph, v, a, b), "in front of", MIN_OBJECT_GAP
+    )
+    if got is None:
+        return None
+    a, b, d, letter = got
+    A, B = desc(ctx, a), desc(ctx, b)
+    q = f"Which object is closer to the camera: (A) {A} or (B) {B}? Answer with A or B."
+    win = A if letter == "A" else B
+    answer = f"{letter}. {win[:1].upper()}{win[1:]} is closer."
+    fact = _choice_fact("front_behind", {"view": v, "a": a, "b": b}, d, letter)
+    return QA("object", "choice_closer_object", _in_view(ctx, v, q), answer, fact)
+
+
+@template("choice_left_right", "object", auxiliary=True)
+def t_choice_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    v = ctx.view
+    got = _object_choice(ctx, rng, lambda a, b: R.left_right(ctx.graph, v, a, b), "left")
+    if got is None:
+        return None
+    a, b, d, letter = got
+    A, B = desc(ctx, a), desc(ctx, b)
+    q = f"Seen from the camera, which object is further left: (A) {A} or (B) {B}? Answer with A or B."
+    answer = f"{letter}. Their centres are {m(abs(d.value))} apart sideways."
+    fact = _choice_fact("left_right", {"view": v, "a": a, "b": b}, d, letter)
+    return QA("object", "choice_left_right", _in_view(ctx, v, q), answer, fact)
+
+
+@template("choice_bigger", "object", auxiliary=True)
+def t_choice_bigger(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    got = _object_choice(ctx, rng, lambda a, b: R.bigger_smaller(ctx.graph, a, b), "bigger")
+    if got is None:
+        return None
+    a, b, d, letter = got
+    A, B = desc(ctx, a), desc(ctx, b)
+    q = f"Which object is bigger: (A) {A} or (B) {B}? Answer with A or B."
+    win = A if letter == "A" else B
+    answer = f"{letter}. {win[:1].upper()}{win[1:]} is bigger."
+    fact = _choice_fact("bigger_smaller", {"a": a, "b": b}, d, letter)
+    return QA("object", "choice_bigger", _in_view(ctx, ctx.view, q), answer, fact)
+
+
+@template("depth_readout", "pixel", auxiliary=True)
+def t_depth_readout(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    v = ctx.view
+    points = []
+    for _ in range(READOUT_POINTS * 3):
+        p = sample_point(ctx, rng, v)
+        if p is not None and all((p.x, p.y) != (q.x, q.y) for q in points):
+            points.append(p)
+        if len(points) == READOUT_POINTS:
+            break
+    if len(points) < 2:
+        return None
+    listed = ", ".join(xy(ctx, v, p.x, p.y) for p in points)
+    q = f"What is the depth at each of these points: {listed}? {_coord_note(ctx)}"
+    answer = "; ".join(f"{xy(ctx, v, p.x, p.y)}: {m(p.depth)}" for p in points) + "."
+    first, rest = points[0], points[1:]
+    fact = _fact("depth_at", {"view": v, "x": first.x, "y": first.y}, R.Decision(first.depth, R.METRIC),
+                 [m(first.depth)], [_depth_fact(p) for p in rest])  # fmt: skip
+    ctx.points += points
+    return QA("pixel", "depth_readout", _in_view(ctx, v, q), answer, fact)

@@ -1,0 +1,185 @@
+"""Does the VLM read the image? The image gain, measured on held-out conversations.
+
+SpatialBoost's stage 3 tunes the encoder through a frozen LM: the LM can only pass spatial signal back if
+its answers depend on the image. ``measure_image_gain`` scores held-out conversations twice -- with their
+own images, and with another scene's images (the next held-out sample with as many views; reference
+tokens keep their places, so they read the other scene's features there) -- and reports:
+
+- ``gain``: mean answer-token loss with other images minus loss with the right ones, nats per answer
+  token, over all answers and per CoT level (``pixel``, ``object``, ``scene``, ``caption``; the level of
+  each answer comes from the fact behind it in the sample's ground-truth sidecar);
+- ``choice``: accuracy on balanced A/B questions (facts with ``choices``; chance 50%), right vs other
+  images: the first answer token must prefer the right letter over the other one;
+- ``noise``: the standard error of the gain over conversations, so the gain says whether it is real.
+
+A gain near zero means the LM answers from the text alone: stage 3 can then only drift the encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spatialboost.data.collate import PaddedCollator
+from spatialboost.data.conversation import IGNORE_INDEX
+from spatialboost.data.dataset import ConversationDataset, read_meta
+from spatialboost.train.data import dataset_options
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("pixel", "object", "scene", "caption")
+
+
+def partners(num_images: list[int]) -> list[int]:
+    """For each sample, the next sample (cyclically) with the same number of images (itself if none)."""
+    out = []
+    for i, n in enumerate(num_images):
+        k = len(num_images)
+        j = next((i + d) % k for d in range(1, k + 1) if num_images[(i + d) % k] == n)
+        out.append(j)
+    return out
+
+
+def answer_levels(meta: dict | None) -> list[str]:
+    """The CoT level of each answer turn (from the sidecar's facts), or [] without a sidecar."""
+    return [f.get("level", "?") for f in (meta or {}).get("facts", [])]
+
+
+def choice_tokens(tokenizer, meta: dict | None) -> dict[int, tuple[int, int]]:
+    """{answer turn: (first token of the right answer, first token of the other choice)} for A/B facts."""
+    out = {}
+    for turn, fact in enumerate((meta or {}).get("facts", [])):
+        choices = fact.get("choices")
+        if not choices or fact.get("answer_choice") not in choices:
+            continue
+        right = fact["answer_choice"]
+        other = next(c for c in choices if c != right)
+        ids = [tokenizer(c, add_special_tokens=False)["input_ids"][:1] for c in (right, other)]
+        if ids[0] and ids[1] and ids[0] != ids[1]:
+            out[turn] = (ids[0][0], ids[1][0])
+    return out
+
+
+@torch.no_grad()
+def token_losses(vlm, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, L-1) per-token loss (0 off labels) and (R, L-1, V) logits predicting token t+1 at t."""
+    batch = {k: v for k, v in batch.items() if k != "ids"}
+    out = vlm(**batch)
+    logits = out.logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return loss, logits
+
+
+def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples: int, batch_size: int = 8):
+    """The image gain of ``vlm`` on the first ``max_samples`` conversations of ``dataset`` (see module doc)."""
+    n = min(max_samples, len(dataset))
+    metas = [read_meta(dataset.root, dataset.samples[i].id) for i in range(n)]
+    other = partners([dataset.samples[i].num_images for i in range(n)])
+    collate = PaddedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    per_sample: list[dict[str, Any]] = []
+    was_training = vlm.training
+    vlm.eval()
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        items = [dataset[i] for i in idx]
+        swapped = [{**item, "pixel_values": dataset[other[i]]["pixel_values"]} for i, item in zip(idx, items, strict=True)]
+        right_loss, right_logits = token_losses(vlm, collate(items))
+        other_loss, other_logits = token_losses(vlm, collate(swapped))
+        batch = collate(items)
+        for r, i in enumerate(idx):
+            per_sample.append(
+                _sample_scores(
+                    batch,
+                    r,
+                    right_loss[r],
+                    other_loss[r],
+                    right_logits[r],
+                    other_logits[r],
+                    answer_levels(metas[i]),
+                    choice_tokens(tokenizer, metas[i]),
+                )  # fmt: skip
+            )
+    vlm.train(was_training)
+    return summarize(per_sample)
+
+
+def _sample_scores(batch, r, loss_right, loss_other, logits_right, logits_other, levels, choices) -> dict:
+    """Loss sums per level and choice hits of one conversation (row r of a padded batch)."""
+    targets = batch["labels"][r, 1:]
+    turns = batch["turns"][r, 1:] if "turns" in batch else torch.full_like(targets, -1)
+    keep = targets != IGNORE_INDEX
+    out: dict[str, Any] = {"levels": {}, "choice": []}
+    for level in ("all", *LEVELS):
+        if level == "all":
+            mask = keep
+        else:
+            ids = [t for t, lv in enumerate(levels) if lv == level]
+            mask = keep & torch.isin(turns, torch.tensor(ids, dtype=turns.dtype)) if ids else keep & False
+        if mask.any():
+            out["levels"][level] = (
+                float(loss_right[mask].sum()),
+                float(loss_other[mask].sum()),
+                int(mask.sum()),
+            )
+    for turn, (right_id, other_id) in choices.items():
+        pos = torch.nonzero(keep & (turns == turn))
+        if len(pos):
+            t = int(pos[0])
+            out["choice"].append((bool(logits_right[t, right_id] > logits_right[t, other_id]),
+                                  bool(logits_other[t, right_id] > logits_other[t, other_id])))  # fmt: skip
+    return out
+
+
+def summarize(per_sample: list[dict]) -> dict[str, Any]:
+    """Token-weighted losses per level, the gain with its standard error over conversations, choice accuracy."""
+    result: dict[str, Any] = {"samples": len(per_sample)}
+    for level in ("all", *LEVELS):
+        rows = [s["levels"][level] for s in per_sample if level in s["levels"]]
+        if not rows:
+            continue
+        right, other, tokens = (sum(col) for col in zip(*rows, strict=True))
+        per_conv = [(o - r) / t for r, o, t in rows]  # each conversation's gain per token
+        mean = sum(per_conv) / len(per_conv)
+        var = sum((g - mean) ** 2 for g in per_conv) / max(len(per_conv) - 1, 1)
+        result[level] = {"loss_right": right / tokens, "loss_other": other / tokens,
+                         "gain": (other - right) / tokens, "stderr": math.sqrt(var / len(per_conv)),
+                         "tokens": tokens, "samples": len(rows)}  # fmt: skip
+    hits = [h for s in per_sample for h in s["choice"]]
+    if hits:
+        n = len(hits)
+        acc_right, acc_other = sum(h[0] for h in hits) / n, sum(h[1] for h in hits) / n
+        result["choice"] = {"acc_right": acc_right, "acc_other": acc_other, "questions": n,
+                            "stderr": math.sqrt(0.25 / n)}  # fmt: skip
+    return result
+
+
+def is_beyond_noise(entry: dict[str, float], k: float = 2.0) -> bool:
+    """The rule every report uses: a gain counts when it exceeds ``k`` standard errors."""
+    return entry["gain"] > k * entry["stderr"]
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line for logs and the demo: gain per level (± s.e.) and A/B accuracy."""
+    parts = []
+    for level in ("all", *LEVELS):
+        if level in result:
+            e = result[level]
+            tag = "" if is_beyond_noise(e) else " (within noise)"
+            parts.append(f"{level} {e['gain']:+.3f} ± {e['stderr']:.3f}{tag}")
+    line = "image gain (nats/answer token, other images - right): " + ", ".join(parts)
+    if "choice" in result:
+        c = result["choice"]
+        line += (f"; A/B accuracy {c['acc_right']:.1%} right vs {c['acc_other']:.1%} other images "
+                 f"(n={c['questions']}, chance 50%)")  # fmt: skip
+    return line
+
+
+def load_eval_dataset(root: str | Path, tokenizer, vlm, dcfg) -> ConversationDataset:
+    """A held-out dataset tokenized as the stage's training data is (image tokens, references)."""
+    return ConversationDataset(root, tokenizer, **dataset_options(dcfg, vlm))
