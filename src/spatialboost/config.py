@@ -16,13 +16,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from spatialboost.errors import ConfigError
 from spatialboost.io import atomic_write_text
 
+__all__ = ["ConfigError", "from_dict", "load_config", "save_config", "to_dict", "validate_tree"]
+
 C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error (bad key, bad type, impossible value)."""
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
