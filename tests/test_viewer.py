@@ -15,7 +15,17 @@ from spatialboost.datagen.viewer import depth_colorbar, instance_overlay, legend
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("view") / "ds"
-    argv = ["generate", "synthetic", "--out", str(out), "--scenes", "5", "--image-size", "32", "--no-progress"]
+    argv = [
+        "generate",
+        "synthetic",
+        "--out",
+        str(out),
+        "--scenes",
+        "5",
+        "--image-size",
+        "32",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return out
 

@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--multiview-share", type=float,
         help=f"share of samples with 2..--max-views views (default: {d.multiview_share})",
     )  # fmt: skip
-    syn.add_argument("--max-views", type=int, help=f"most views of a multi-view sample (default: {d.max_views})")
+    syn.add_argument(
+        "--max-views", type=int, help=f"most views of a multi-view sample (default: {d.max_views})"
+    )
     syn.add_argument(
         "--image-size", type=int, help=f"square image side, pixels (default: {d.synthetic.image_size})"
     )

@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = args.out or args.dataset / "report.html"
     if out.is_dir():
-        raise UserError(f"--out {out}: is a directory; give the HTML file to write, e.g. {out / 'report.html'}")
+        raise UserError(
+            f"--out {out}: is a directory; give the HTML file to write, e.g. {out / 'report.html'}"
+        )
     n = write_report(args.dataset, out, args.max_samples, args.start)
     log.info("wrote %s (%d samples)", out, n)
     return 0

@@ -440,7 +440,8 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     ok = isinstance(manifest, dict) and isinstance(manifest.get("counts"), dict)
     shards = manifest.get("shards") if ok else None
     if not isinstance(shards, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("shard"), int) for e in shards
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("shard"), int)
+        for e in shards
     ):
         raise UserError(f"{path}: not a SpatialBoost manifest (no 'counts' or 'shards' list); {rerun}")
     return manifest

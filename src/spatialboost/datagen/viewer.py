@@ -233,7 +233,9 @@ def showing_line(root: Path, start: int, shown: int, total: int, page: int) -> s
     """'showing samples 1-16 of 64; next page: ...' (or 'all N samples')."""
     if shown == total:
         return f"showing all {total} samples"
-    text = f"showing samples {start + 1}-{start + shown} of {total}" if shown else f"no samples from {start + 1}"
+    text = (
+        f"showing samples {start + 1}-{start + shown} of {total}" if shown else f"no samples from {start + 1}"
+    )
     if start + shown < total:
         text += f"; next page: spatialboost view {root} --start {start + shown} --max-samples {page}"
     return text + f"; all at once: --start 0 --max-samples {total}"
