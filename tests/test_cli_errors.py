@@ -127,3 +127,23 @@ def test_one_line_in_a_real_process(world):
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_validate_lists_a_truncated_line_and_checks_the_rest(world, capsys):
+    assert main(["validate", str(world / "truncated")]) == 1
+    err = capsys.readouterr().err
+    assert "shards/shard-00000.jsonl line 2: not a valid JSON record" in err and "Traceback" not in err
+    assert "in 2 sample(s)" in err  # lines 1 and 3 were still checked
+
+
+def test_symlinked_folder_is_recorded_as_skipped(world, tmp_path):
+    """generate images lists a directory symlink that leaves --input among the skipped inputs."""
+    from spatialboost.datagen.commands_images import collect_items
+    from spatialboost.datagen.images import ImageLimits
+
+    photos = tmp_path / "photos"
+    shutil.copytree(world / "photos", photos)
+    (photos / "elsewhere").symlink_to(world / "empty", target_is_directory=True)
+    items, skipped = collect_items(photos, False, ImageLimits())
+    assert [it.rel for it in items] == ["a.png", "b.png"]
+    assert [s["file"] for s in skipped] == ["elsewhere/"] and "outside" in skipped[0]["reason"]

@@ -450,8 +450,8 @@ def check_ground_truth(cfg: ImagesConfig, items: list[Item]) -> None:
 def no_items_message(root: Path, skipped: list[dict[str, str]]) -> str:
     if not skipped:
         return (
-            f"--input {root}: no image files found (looked recursively for "
-            f"{', '.join(IMAGE_SUFFIXES)}; hidden files and folders are ignored)"
+            f"--input {root}: no files found (searched recursively; hidden files and folders are ignored); "
+            f"put images there ({', '.join(IMAGE_SUFFIXES)})"
         )
     first = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
     return f"--input {root}: none of its {len(skipped)} file(s) is a usable image (first: {first})"

@@ -28,23 +28,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spatialboost.config import ConfigError
 from spatialboost.models.encoder_base import VisionEncoder
 
-GATES = ("channel", "head", "scalar")
-MODES = ("dual", "lora", "full")
+Mode = Literal["dual", "lora", "full"]  # "dual" (Eq. 1) | peft LoRA | the whole encoder trains
+Gate = Literal["channel", "head", "scalar"]  # (D,) | (num_heads,) | (1,)
+MODES: tuple[str, ...] = typing.get_args(Mode)
+GATES: tuple[str, ...] = typing.get_args(Gate)
 
 
 @dataclass
 class BoostConfig:
-    mode: str = "dual"  # "dual" (Eq. 1) | "lora" | "full"
-    gate: str = "channel"  # "channel" (D,) | "head" (num_heads,) | "scalar" (1,)
+    """The options of ``add_dual_channel``; also the typed ``model.dual_channel`` section of a training
+    config (``spatialboost.config`` checks the Literal fields when the config loads)."""
+
+    mode: Mode = "dual"
+    gate: Gate = "channel"
     layers: list[int] | None = None  # block indices (negative from the end); None = all
     gate_init: float = 0.0
     lora_rank: int = 8
@@ -54,11 +62,11 @@ class BoostConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+            raise ConfigError(f"gate must be one of {list(GATES)}, got {self.gate!r}")
         if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
 
 class DualChannelAttention(nn.Module):

@@ -20,6 +20,7 @@ tensors of the other groups get no weight decay either (nanoGPT's rule).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -88,13 +89,13 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     if STAGES[stage].boosted:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, **cfg.model.dual_channel)
+            add_dual_channel(encoder, **dataclasses.asdict(cfg.model.dual_channel))
     llm = build_llm(
         cfg.model.llm,
         tokenizer,
         seed=cfg.seed,
         attn_implementation=cfg.model.attn_implementation,
-        **cfg.model.llm_options,
+        **cfg.model.llm_options.overrides(),
     )
     image_token_id = ensure_image_token(tokenizer, llm)
     with torch.random.fork_rng(devices=[]):
