@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
 from spatialboost.models.preprocess import preprocess_images
-from spatialboost.errors import UserError
 from spatialboost.registry import UnknownNameError
 
 FAMILIES = list_encoders(tiny_only=True)
