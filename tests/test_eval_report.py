@@ -49,7 +49,13 @@ def test_issue_example_is_within_noise():
 def test_table_states_the_rule():
     rows = [_row("base", "rmse", [1.0, 1.1, 0.9], True), _row("boosted", "rmse", [1.0, 1.1, 0.9], True)]
     table = markdown_table(_summary(rows))
-    assert "2 × √(std_base² + std_boosted²)" in table
+    assert "2 × √(std_base² + std_boosted²)" in table and "1.0000 ± 0.1000" in table
+
+
+def test_one_seed_shows_no_std():
+    rows = [_row("base", "rmse", [1.0], True), _row("boosted", "rmse", [0.5], True)]
+    table = markdown_table(_summary(rows, seeds=1))
+    assert "± 0.0000" not in table and "1.0000 (1 seed)" in table and "no noise estimate" in table
 
 
 def test_bars_zoom_on_the_differences_and_say_which_way_is_better():

@@ -76,7 +76,7 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
         cells = [probe, f"{metric} {'↓' if _lower_is_better(metric) else '↑'}"]
         for enc in encoders:
             r = rows.get((enc, probe, metric))
-            cells.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
+            cells.append("-" if r is None else _mean_std(r))
         for boosted, base in pairs.items():
             a, b = rows.get((base, probe, metric)), rows.get((boosted, probe, metric))
             cells.append("-" if a is None or b is None else delta_text(a, b))
@@ -93,6 +93,13 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
 
 
 LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    """'mean ± std'; a single seed has no std to show (not '± 0.0000')."""
+    if row.get("n", 2) < 2:
+        return f"{row['mean']:.4f} (1 seed)"
+    return f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
 def _lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
