@@ -205,6 +205,11 @@ def add_dual_channel(
     return encoder
 
 
+def check_layers(encoder: VisionEncoder, layers: list[int] | None) -> None:
+    """ConfigError when ``layers`` names blocks the encoder does not have (what add_dual_channel would raise)."""
+    _selected_slots(encoder, layers)
+
+
 def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tuple[nn.Module, str]]:
     slots = encoder.attention_slots()
     if layers is None:
@@ -212,7 +217,7 @@ def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tu
     n = len(slots)
     bad = [i for i in layers if not -n <= i < n]
     if bad:
-        raise ValueError(f"layers {bad} out of range for an encoder with {n} blocks")
+        raise ConfigError(f"dual-channel layers {bad} out of range for an encoder with {n} blocks")
     return [slots[i] for i in sorted({i % n for i in layers})]
 
 

@@ -79,13 +79,15 @@ def finished_output(run_dir: str | Path, name: str) -> Path | None:
 
 def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
-    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.dual_channel import add_dual_channel, check_layers
     from spatialboost.models.encoders import create_encoder
     from spatialboost.models.llm import build_llm, ensure_image_token
     from spatialboost.models.projector import MLPProjector
     from spatialboost.models.vlm import SpatialVLM
 
     encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
+    if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training
+        check_layers(encoder, cfg.model.dual_channel.layers)
     if STAGES[stage].boosted:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
