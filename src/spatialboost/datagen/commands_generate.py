@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     images = sub.add_parser(
         "images", help="real photos (or RGB-D folders) through depth, detection and segmentation models",
-        description=(commands_images.__doc__ or "").split("\n\n")[0],
+        description=commands_images.DESCRIPTION,
     )  # fmt: skip
     commands_images.add_arguments(images)
 

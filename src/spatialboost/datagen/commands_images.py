@@ -40,13 +40,19 @@ from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 STAGES = ("depth", "detector", "segmenter")
+DESCRIPTION = (
+    "Real photos, or RGB-D folders (color/, depth/, intrinsic.txt, instance/ + labels.json, pose/), through "
+    "depth, detection and segmentation models into the same spatial conversation dataset as `generate "
+    "synthetic`. Files that cannot be used are skipped and listed with their reason in manifest.json "
+    "(input_skipped). `oracle` and `provided` stages read an RGB-D folder's own ground truth."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from spatialboost.datagen.commands_generate import add_run_arguments
 
     parser.add_argument(
-        "--input", required=True, type=Path, help="folder of images, or an RGB-D folder (rgbd.py)"
+        "--input", required=True, type=Path, help="folder of images, or an RGB-D folder (color/, depth/, ...)"
     )
     parser.add_argument("--out", required=True, type=Path, help="dataset directory (created, or resumed)")
     parser.add_argument("--depth", default="depth-pro", help="depth-pro | oracle | provided")
