@@ -79,8 +79,8 @@ def test_aggregate_mean_std_and_protocol():
 
 
 def test_saved_boosted_encoder_brings_its_base(tmp_path):
-    export = pytest.importorskip("spatialboost.models.export")
     from spatialboost.eval.runner import pair_encoders
+    from spatialboost.models import export
     from spatialboost.models.dual_channel import add_dual_channel
     from spatialboost.models.encoders import create_encoder
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from spatialboost.datagen import templates as _templates  # noqa: F401  (registers the "caption" fact)
 from spatialboost.datagen.dataset import (
+    check_dataset_dir,
     iter_records,
     load_sample_gt,
     read_manifest,
@@ -100,30 +101,31 @@ def validate_dataset(
     dataset_dir: str | Path, max_samples: int | None = None
 ) -> tuple[list[str], dict[str, int]]:
     """(failures, counts) for a dataset directory."""
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such dataset directory")
+    if max_samples is not None and max_samples < 1:
+        raise UserError(f"--max-samples must be >= 1, got {max_samples} (leave it out to check every sample)")
+    root = check_dataset_dir(dataset_dir)
     manifest = read_manifest(root)
-    errors = []
+    errors: list[str] = []
     if not manifest.get("complete"):
         c = manifest["counts"]
         errors.append(
-            f"incomplete dataset: {c['shards']} of {c['shards_planned']} shards; rerun the generate command"
+            f"incomplete dataset: {c.get('shards')} of {c.get('shards_planned')} shards; rerun the generate command"
         )
     for entry in manifest["shards"]:
         state = verify_shard(root, entry["shard"])
-        if state is None or state["hash"] != entry["hash"]:
+        if state is None or state["hash"] != entry.get("hash"):
             errors.append(f"{entry['file']}: content hash mismatch (corrupt or modified shard)")
     counts = {"samples": 0, "turns": 0}
     seen: set[str] = set()
-    for record in iter_records(root):
+    for record in iter_records(root, errors):  # a line that is not JSON is listed in errors
         if max_samples is not None and counts["samples"] >= max_samples:
             break
         rid = record.get("id") if isinstance(record, dict) else None
-        if rid in seen:
+        if rid is not None and rid in seen:
             errors.append(f"{rid}: duplicate id")
         seen.add(rid)
         errors += check_record(root, record)
+        conv = record.get("conversations") if isinstance(record, dict) else None
         counts["samples"] += 1
-        counts["turns"] += len(record.get("conversations", [])) // 2
+        counts["turns"] += len(conv) // 2 if isinstance(conv, list) else 0
     return errors, counts

@@ -316,7 +316,7 @@ def probe_before_after(
         {"base": base, "boosted": boosted}, cfg, pairs={"boosted": "base"}, scene_fn=scene_fn
     )
     table = markdown_table(results.summary, headline_only=True)
-    log.info("frozen-feature probes, before vs after:\n%s", table)
+    log.debug("frozen-feature probes, before vs after:\n%s", table)  # the caller prints it once
     if out is not None:
         write_report(results, out, plots=plots)
     return results, table
