@@ -66,6 +66,51 @@ def read_instance(root: str | Path, sample_id: str) -> np.ndarray | None:
         return z["instance"] if "instance" in z.files else None
 
 
+_TOKENIZED: dict[tuple, tuple] = {}  # in-process memo: the stages of one run tokenize the same data once
+
+
+def tokenize_dataset(
+    root: Path,
+    tokenizer,
+    num_image_tokens: int,
+    max_length: int | None,
+    ref_tokens: tuple[str, ...],
+    on_overflow: str,
+) -> tuple[
+    list[dict], list[TokenizedConversation], list[dict | None], list[list[Ref]], list[tuple[str, str]]
+]:
+    """(records, samples, sidecar metas, refs, skipped) of every record; memoised per process on the shards'
+    names, sizes and mtimes, the tokenizer object and its size, and the options."""
+    shards = sorted(Path(root).glob("shards/*.jsonl"))
+    key = (str(Path(root).resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards),
+           id(tokenizer), len(tokenizer), num_image_tokens, max_length, ref_tokens, on_overflow)  # fmt: skip
+    if key in _TOKENIZED:
+        return _TOKENIZED[key]
+    records, samples, metas, refs_all, skipped = [], [], [], [], []
+    ref_ids = [tokenizer.convert_tokens_to_ids(t) for k, t in REF_TOKENS.items() if k in ref_tokens]
+    for record in tqdm(read_records(root), desc="tokenizing", unit="conv", leave=False):
+        meta, refs = None, []
+        try:
+            if ref_tokens:
+                meta = read_meta(root, str(record.get("id", "")))
+                if meta is not None:
+                    record, refs = annotate_record(record, meta, ref_tokens)
+            sample = tokenize_conversation(record, tokenizer, num_image_tokens, max_length)
+        except (EmptyLabelsError, ValueError) as e:
+            if on_overflow == "error":
+                raise
+            skipped.append((str(record.get("id", "?")), str(e)))
+            continue
+        records.append(record)
+        samples.append(sample)
+        metas.append(meta)
+        refs_all.append(refs[: sum(sample.input_ids.count(i) for i in ref_ids)])  # truncation may cut some
+    if len(_TOKENIZED) >= 8:
+        _TOKENIZED.pop(next(iter(_TOKENIZED)))
+    _TOKENIZED[key] = (records, samples, metas, refs_all, skipped)
+    return _TOKENIZED[key]
+
+
 class ConversationDataset(Dataset):
     """Samples ``{"id", "input_ids", "labels", "turns", "pixel_values"}`` (+ reference weights) for the VLM.
 
@@ -97,31 +142,9 @@ class ConversationDataset(Dataset):
         self.transform = image_transform or make_image_transform(image_size)
         self.ref_tokens, self.ref_grid = tuple(ref_tokens), ref_grid
         self.feature_store = None  # set (train.features) to serve cached "image_features" instead of pixels
-        self.records: list[dict] = []
-        self.samples: list[TokenizedConversation] = []
-        self.metas: list[dict | None] = []
-        self.refs: list[list[Ref]] = []
-        self.skipped: list[tuple[str, str]] = []  # (sample id, reason)
-        ref_ids = {
-            k: tokenizer.convert_tokens_to_ids(t) for k, t in REF_TOKENS.items() if k in self.ref_tokens
-        }
-        for record in tqdm(read_records(root), desc="tokenizing", unit="conv", leave=False):
-            meta, refs = None, []
-            try:
-                if self.ref_tokens:
-                    meta = read_meta(self.root, str(record.get("id", "")))
-                    if meta is not None:
-                        record, refs = annotate_record(record, meta, self.ref_tokens)
-                sample = tokenize_conversation(record, tokenizer, num_image_tokens, max_length)
-            except (EmptyLabelsError, ValueError) as e:
-                if on_overflow == "error":
-                    raise
-                self.skipped.append((str(record.get("id", "?")), str(e)))
-                continue
-            self.records.append(record)
-            self.samples.append(sample)
-            self.metas.append(meta)
-            self.refs.append(refs[: sum(sample.input_ids.count(i) for i in ref_ids.values())])
+        self.records, self.samples, self.metas, self.refs, self.skipped = tokenize_dataset(
+            self.root, tokenizer, num_image_tokens, max_length, self.ref_tokens, on_overflow
+        )
         if self.skipped:
             log.warning("%s: skipped %d sample(s), e.g. %s", root, len(self.skipped), self.skipped[0][1])
         if not self.samples:

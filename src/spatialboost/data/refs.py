@@ -57,7 +57,7 @@ def annotate_record(record: dict, meta: dict, kinds: tuple[str, ...]) -> tuple[d
     """``record`` with reference tokens inserted into its human turns, and the refs in text order."""
     facts = meta.get("facts", [])
     sizes = meta.get("sizes", [])
-    objects = [o for o in meta.get("objects", []) if sum(o.get("visible_pixels", [1])) > 0]
+    objects = meta.get("objects", [])
     conv, refs, turn = [], [], 0
     for message in record["conversations"]:
         if message["from"] in ("human", "user"):
@@ -107,7 +107,8 @@ def _point_spans(text: str, fact: dict, sizes: list) -> list[tuple[int, int, Ref
 
 def _region_spans(text: str, objects: list[dict], taken: list[tuple[int, int]]) -> list[tuple[int, int, Ref]]:
     spans: list[tuple[int, int, Ref]] = []
-    for obj in sorted(objects, key=lambda o: -len(o["description"])):
+    visible = [o for o in objects if sum(o.get("visible_pixels", [1])) > 0]  # a hidden object has no place
+    for obj in sorted(visible, key=lambda o: -len(o["description"])):
         needle = obj["description"]
         first = f"[{re.escape(needle[:1].lower())}{re.escape(needle[:1].upper())}]"  # "The ..." too
         for match in re.finditer(rf"(?<!\w){first}{re.escape(needle[1:])}(?!\w)", text):

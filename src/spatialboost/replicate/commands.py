@@ -20,7 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm (mean +- std)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the mechanics")
-    parser.add_argument("--size", default="full", help="study size preset: full | small | quick")
+    parser.add_argument("--size", default="full", help="study size preset: full | full-v1 | small | quick")
+    parser.add_argument(
+        "--recipe",
+        default="reads-image",
+        help="reads-image (reference tokens, A/B and readout turns, cached features) | paper-text "
+        "(the first study's: coordinates in text only)",
+    )
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
-    cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size)
+    cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size,
+                      recipe=args.recipe)  # fmt: skip
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     selected_arms(cfg)  # an unknown arm name fails here, listing the known ones, before any work
     cfg.cache_dir = str(args.cache) if args.cache else ""
@@ -73,6 +80,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The study's command, rebuilt from the parsed arguments (``main`` may be called with any argv)."""
     parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
     parts += ["--quick"] * args.quick + [f"--size {args.size}"] * (args.size != "full")
+    parts += [f"--recipe {args.recipe}"] * (args.recipe != "reads-image")
     parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     return " ".join(parts)

@@ -8,6 +8,8 @@ views is drawn per sample from ``multiview_share``, so "single-view" and "multi-
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -21,28 +23,56 @@ def variant_scenes(variant: DataVariant, sizes: Sizes) -> int:
     return max(sizes.batch_size, round(sizes.scenes * variant.fraction))
 
 
-def conversation_config(variant: DataVariant) -> ConversationConfig:
-    return ConversationConfig(order=variant.order, coords=variant.coords, turns=dict(variant.turns))
+def conversation_config(
+    variant: DataVariant, extra_turns: dict[str, int] | None = None
+) -> ConversationConfig:
+    return ConversationConfig(order=variant.order, coords=variant.coords, turns=dict(variant.turns),
+                              extra_turns=dict(extra_turns or {}))  # fmt: skip
 
 
-def ensure_dataset(root: Path, name: str, sizes: Sizes, scenes: int | None = None) -> Path:
+def turns_tag(extra_turns: dict[str, int]) -> str:
+    """A short folder tag for a recipe's extra turns ("" for none: the first study's data layout)."""
+    if not extra_turns:
+        return ""
+    return "-x" + hashlib.sha256(json.dumps(sorted(extra_turns.items())).encode()).hexdigest()[:6]
+
+
+def ensure_dataset(
+    root: Path, name: str, sizes: Sizes, scenes: int | None = None, extra_turns: dict[str, int] | None = None
+) -> Path:
     """``root/<name>``: the variant's dataset (resumable; an existing complete one is reused)."""
     from spatialboost.datagen.dataset import WriteSpec, write_dataset
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
     from spatialboost.datagen.synthetic import SyntheticConfig
 
     variant = DATA[name]
-    out = root / name
+    out = root / (name + turns_tag(extra_turns or {}))
     if (out / "manifest.json").is_file() and _complete(out):
         return out
     share = sizes.multiview_share if variant.multiview_share is None else variant.multiview_share
     n = scenes or variant_scenes(variant, sizes)
     cfg = GenerateConfig(scenes=n, seed=variant.seed, multiview_share=share, max_views=3, shard_size=16,
                          synthetic=SyntheticConfig(image_size=sizes.image_size),
-                         conversation=conversation_config(variant))  # fmt: skip
+                         conversation=conversation_config(variant, extra_turns))  # fmt: skip
     log.info("data %s: %d scenes (multi-view share %.2f, order %s, coords %s)", name, n, share, variant.order,
              variant.coords)  # fmt: skip
     write_dataset(SyntheticSource(cfg), WriteSpec(out, n, cfg.seed, cfg.shard_size, cfg.conversation))
+    return out
+
+
+def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]) -> Path:
+    """Held-out conversations (seed 2, the main data's format): where the trainer measures the image gain."""
+    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+    from spatialboost.datagen.synthetic import SyntheticConfig
+
+    out = root / ("heldout" + turns_tag(extra_turns))
+    if (out / "manifest.json").is_file() and _complete(out):
+        return out
+    conv = conversation_config(DATA["main"], extra_turns)
+    cfg = GenerateConfig(scenes=sizes.heldout_scenes, seed=2, multiview_share=sizes.multiview_share, max_views=3,
+                         shard_size=16, synthetic=SyntheticConfig(image_size=sizes.image_size), conversation=conv)  # fmt: skip
+    write_dataset(SyntheticSource(cfg), WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, conv))
     return out
 
 

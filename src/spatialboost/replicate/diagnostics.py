@@ -92,21 +92,19 @@ def answer_accuracy(
     """
     from spatialboost.data.collate import PaddedCollator
     from spatialboost.data.dataset import ConversationDataset
-    from spatialboost.data.tokenizer import load_tokenizer
-    from spatialboost.models.llm import ensure_image_token
-    from spatialboost.models.vlm import image_transform_for
     from spatialboost.train.checkpoint import load_weights
+    from spatialboost.train.data import dataset_options
+    from spatialboost.train.distributed import DistEnv
+    from spatialboost.train.pipeline import prepare_tokenizer
     from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
 
-    tok = load_tokenizer(cfg.model.tokenizer)
-    ensure_image_token(tok)
+    tok = prepare_tokenizer(cfg, DistEnv())  # the run's tokenizer, reference tokens included
     vlm = build_vlm(cfg, tok, "encoder")
     load_previous_outputs(vlm, cfg, "encoder")
     if after_stage3:
         load_trainable(vlm, load_weights(finished_output(cfg.run_dir, "encoder")))
     vlm.eval()
-    data = ConversationDataset(dataset_dir, tok, vlm.num_image_tokens(), image_transform_for(vlm.encoder),
-                               max_length=cfg.data.max_length)  # fmt: skip
+    data = ConversationDataset(dataset_dir, tok, **dataset_options(cfg.data, vlm))
     collate = PaddedCollator(tok.pad_token_id)
     digit_ids = torch.tensor([any(ch.isdigit() for ch in tok.decode([i])) for i in range(len(tok))])
     totals = torch.zeros(5, dtype=torch.float64)  # loss sum, tokens, correct, digit tokens, digit correct
@@ -135,3 +133,80 @@ def _token_counts(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.T
     return torch.tensor(
         [loss_sum, keep.sum(), hit.sum(), is_digit.sum(), (hit & is_digit).sum()], dtype=torch.float64
     )
+
+
+# --- rung 1 of the reading ladder: what the frozen features can answer ------------------------------------------
+
+
+def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
+    """Every balanced A/B question of a dataset: the frozen features of its two places (right images and
+    another sample's with as many views), the answer and the template."""
+    from PIL import Image
+
+    from spatialboost.data.dataset import read_instance, read_meta
+    from spatialboost.data.refs import annotate_question, ref_weights
+    from spatialboost.datagen.dataset import iter_records, record_images
+    from spatialboost.models.preprocess import preprocess_images
+    from spatialboost.train.image_gain import partners
+
+    records = list(iter_records(dataset_dir))
+    feats = []
+    with torch.no_grad():
+        for record in records:
+            images = []
+            for rel in record_images(record):
+                with Image.open(Path(dataset_dir) / rel) as im:
+                    images.append(im.convert("RGB"))
+            feats.append(
+                encoder.forward_features(preprocess_images(images, encoder.spec, side)).patch.flatten(0, 1)
+            )
+    other = partners([len(record_images(r)) for r in records])
+    items = []
+    for i, record in enumerate(records):
+        meta = read_meta(dataset_dir, record["id"])
+        questions = [c["value"] for c in record["conversations"] if c["from"] == "human"]
+        for fact, question in zip(meta["facts"], questions, strict=False):
+            if not fact.get("choices"):
+                continue
+            _, refs = annotate_question(question, fact, meta["sizes"], meta["objects"], ("point", "region"))
+            if len(refs) != 2:
+                continue
+            weights = ref_weights(refs, meta["sizes"], read_instance(dataset_dir, record["id"]), side, grid)
+            pooled = [[(torch.from_numpy(v)[:, None] * f[torch.from_numpy(c)]).sum(0) for c, v in weights]
+                      for f in (feats[i], feats[other[i]])]  # fmt: skip
+            items.append({"right": torch.cat(pooled[0]), "other": torch.cat(pooled[1]),
+                          "label": float(fact["answer_choice"] == "A"), "template": fact.get("template", "")})  # fmt: skip
+    return items
+
+
+def choice_probe(
+    encoder, train_dir, eval_dir, side: int, grid: int, steps: int = 2000, seed: int = 0
+) -> dict:
+    """Rung 1: an MLP on the two places' frozen features answers the A/B questions (held-out accuracy with
+    the right images and with another scene's): the upper bound of what the image tokens carry for them."""
+    train, test = choice_items(encoder, train_dir, side, grid), choice_items(encoder, eval_dir, side, grid)
+    if not train or not test:
+        return {}
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.stack([t["right"] for t in train])
+    y = torch.tensor([t["label"] for t in train])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 1))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (64,), generator=gen)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net((x[idx] - mu) / sd)[:, 0], y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out: dict[str, Any] = {"train_questions": len(train), "test_questions": len(test)}
+    with torch.no_grad():
+        for key in ("right", "other"):
+            pred = net((torch.stack([t[key] for t in test]) - mu) / sd)[:, 0] > 0
+            hits = [bool(p) == bool(t["label"]) for p, t in zip(pred.tolist(), test, strict=True)]
+            out[f"acc_{key}"] = sum(hits) / len(hits)
+            for name in sorted({t["template"] for t in test}):
+                sel = [h for h, t in zip(hits, test, strict=True) if t["template"] == name]
+                out.setdefault("per_template", {}).setdefault(name, {})[f"acc_{key}"] = sum(sel) / len(sel)
+    return out

@@ -38,6 +38,7 @@ def collect(out: str | Path) -> dict[str, Any]:
     summary = {"arms": {k: _aggregate(v) for k, v in sorted(arms.items())},
                "tables": [{"key": t.key, "title": t.title, "paper": t.paper, "arms": list(t.arms)} for t in TABLES],
                "config": _read(out / "study-config.json"), "tuning": _read(out / "tuning.json"),
+               "reading_bound": _read(out / "reading-bound.json"),
                "data": _data_content(out)}  # fmt: skip
     summary["cls_majority"] = majority_accuracy(out, summary["config"])
     summary["missing"] = missing_jobs(summary)
@@ -118,7 +119,7 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
     """Rows = arms, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs base."""
     arms = summary["arms"]
     base = arms.get("base", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
-    head = ["arm", "seeds", *COLUMNS.values(), "RMSE vs base"]
+    head = ["arm", "seeds", *COLUMNS.values(), "image gain after stage 3", "RMSE vs base"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         a = arms.get(name)
@@ -126,13 +127,67 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
             lines.append(
                 f"| {ARMS.get(name.split('@')[0]).label} | not run | "
                 + " | ".join("" for _ in COLUMNS)
-                + " | |"
+                + " | | |"
             )
             continue
         cells = [cell(a["columns"][c]) for c in COLUMNS.values()]
         rmse = a["columns"]["depth RMSE (m)"]["mean"]
+        gain = gain_stats(a["diagnostics"], "stage3")
         lines.append(f"| {a['label']} | {len(a['seeds'])} | " + " | ".join(cells)
-                     + f" | {rel_change(base, rmse) if base and name != 'base' else ''} |")  # fmt: skip
+                     + f" | {cell(gain) if gain else ''} | {rel_change(base, rmse) if base and name != 'base' else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def gain_stats(diags: dict[Any, dict[str, Any]], stage: str, level: str = "all", key: str = "gain"):
+    """Mean ± std over seeds of a recorded image-gain number (None when the arm has none)."""
+    values = [d["image_gain"][stage][level][key] for d in diags.values()
+              if d.get("image_gain", {}).get(stage, {}).get(level)]  # fmt: skip
+    return _stats(values) if values else None
+
+
+def reading_table(summary: dict[str, Any]) -> str:
+    """Does the stage-2 VLM read the image? Per CoT level, over the seeds' shared stages 1+2."""
+    arm = next(
+        (a for n, a in summary["arms"].items() if n == "sb-dual" and gain_stats(a["diagnostics"], "stage2")),
+        None,
+    )
+    if arm is None:
+        return "_No image gain was measured (the recipe ran without held-out image-gain data)._"
+    diags = arm["diagnostics"]
+    head = ["answers", "loss, right images", "loss, other scenes' images", "image gain (nats/token)",
+            "loss, text-only model", "beyond noise?"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in ("all", "pixel", "object", "scene", "caption"):
+        gain = gain_stats(diags, "stage2", level)
+        if gain is None:
+            continue
+        right, other = (
+            gain_stats(diags, "stage2", level, "loss_right"),
+            gain_stats(diags, "stage2", level, "loss_other"),
+        )
+        blind = gain_stats(diags, "blind", level, "loss_right")
+        noise = gain_stats(diags, "stage2", level, "stderr")
+        beyond = "yes" if gain["mean"] > 2 * max(gain["std"], noise["mean"]) else "no"
+        lines.append(
+            f"| {level} | {cell(right)} | {cell(other)} | {cell(gain)} | {cell(blind) if blind else ''} | {beyond} |"
+        )
+    acc = [(d["image_gain"]["stage2"]["choice"], d["image_gain"].get("blind", {}).get("choice"))
+           for d in diags.values() if "choice" in d.get("image_gain", {}).get("stage2", {})]  # fmt: skip
+    if acc:
+        right = _stats([a["acc_right"] for a, _ in acc])
+        other = _stats([a["acc_other"] for a, _ in acc])
+        blind = [b["acc_right"] for _, b in acc if b]
+        n = acc[0][0]["questions"]
+        lines += ["", f"Balanced A/B questions ({n} held-out, chance 50%, s.e. about {0.5 / n**0.5:.3f}): accuracy "
+                  f"{cell(right)} with the right images, {cell(other)} with other scenes' images"
+                  + (f", {cell(_stats(blind))} for the text-only model" if blind else "") + "."]  # fmt: skip
+    bound = summary.get("reading_bound") or {}
+    if bound:
+        lines += ["", f"Upper bound (rung 1 of the ladder): an MLP on the frozen base features of the two places "
+                  f"each A/B question names, trained on the training conversations' A/B questions "
+                  f"({bound['train_questions']}), answers {bound['acc_right']:.3f} of the held-out ones with the "
+                  f"right images and {bound['acc_other']:.3f} with other scenes' images ({bound['test_questions']} "
+                  "questions). In stage 2 the encoder is frozen, so this bounds what the VLM can reach."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -246,7 +301,7 @@ def markdown(
              "in by hand._", "", f"- command: `{command}`" if command else "", f"- commit: `{commit}`" if commit
              else "", f"- state: {state}" + (f" ({', '.join(summary['missing'][:12])})" if summary["missing"] else ""),
              f"- seeds: {cfg.get('seeds')}; sizes: `{json.dumps(cfg.get('sizes', {}))}`",
-             f"- untuned recipe: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), _time_line(summary), "",
+             f"- untuned recipe `{cfg.get('recipe_name', 'paper-text')}`: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), _time_line(summary), "",
              "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
              "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better.",
              _majority_line(summary),
@@ -261,7 +316,12 @@ def markdown(
             "",
         ]
     parts += ["## Hyper-parameter search (val split, seed 0; one factor at a time from the untuned recipe)", "",
-              search_table(summary), "", "## Diagnostics", "", "### Training movement", "", diagnostics_table(summary),
+              search_table(summary), "", "## Diagnostics", "",
+              "### Does the stage-2 VLM read the image? (held-out conversations, seeds' shared stages 1+2)", "",
+              "Image gain = answer-token loss with other scenes' images minus loss with the right ones; a text-only "
+              "model is the same LM trained with every image feature zeroed. Beyond noise: the mean gain exceeds "
+              "twice both its seed std and its per-conversation standard error.", "",
+              reading_table(summary), "", "### Training movement", "", diagnostics_table(summary),
               "", "### Pixel-level answers of the frozen LLM (held-out pixel-only conversations)", "",
               answers_table(summary), "", "### Spatial content of the conversations", "", data_table(summary), ""]  # fmt: skip
     if plots:

@@ -60,7 +60,16 @@ class Study:
     def data(self, name: str) -> Path:
         from spatialboost.replicate.data import ensure_dataset
 
-        return ensure_dataset(self.out / "data", name, self.cfg.sizes)
+        return ensure_dataset(
+            self.out / "data", name, self.cfg.sizes, extra_turns=dict(self.cfg.recipe.extra_turns)
+        )
+
+    @property
+    def heldout(self) -> Path:
+        """Held-out conversations in the recipe's format: the trainer's image-gain data."""
+        from spatialboost.replicate.data import ensure_heldout_dataset
+
+        return ensure_heldout_dataset(self.out / "data", self.cfg.sizes, dict(self.cfg.recipe.extra_turns))
 
     def result_path(self, arm: Arm, seed: int) -> Path:
         return self.out / "arms" / arm.name / f"seed{seed}-{arm.split}.json"
@@ -78,6 +87,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     study = Study(cfg)
     atomic_write_json(study.out / "study-config.json", to_dict(cfg))
     prepare_base(study)
+    reading_bound(study)
     jobs = plan_jobs(cfg)
     for arm, seed in tqdm(jobs, desc="study arms", unit="arm"):
         if arm.tuned:
@@ -111,6 +121,25 @@ def prepare_base(study: Study) -> None:
                       "val_accuracy": result.val_accuracy, "val_baseline": result.val_baseline}  # fmt: skip
 
 
+def reading_bound(study: Study) -> dict[str, Any]:
+    """Rung 1 of the reading ladder, once per study: an MLP on the frozen base features of the two places an
+    A/B question names (``diagnostics.choice_probe``); ``OUT/reading-bound.json``."""
+    from spatialboost.models.encoders import create_encoder
+    from spatialboost.replicate.diagnostics import choice_probe
+
+    path = study.out / "reading-bound.json"
+    if path.is_file() or not study.cfg.recipe.extra_turns:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    encoder = create_encoder(str(study.base_path)).eval()
+    side = study.cfg.sizes.image_size - study.cfg.sizes.image_size % encoder.spec.patch_size
+    steps = 50 if study.cfg.quick else 2000
+    result = choice_probe(
+        encoder, study.data("main"), study.heldout, side, side // encoder.spec.patch_size, steps
+    )
+    atomic_write_json(path, result)
+    return result
+
+
 # --- one arm ------------------------------------------------------------------------------------------------
 
 
@@ -135,8 +164,9 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
     return {"encoder_lr": arm.encoder_lr or r.encoder_lr, "lr_gates": r.lr_gates,
             "gate_init": r.gate_init if arm.gate_init is None else arm.gate_init,
             "encoder_steps": stage3_steps(study, arm), "batch_size": s.batch_size, "data": arm.data,
-            "llm_width": arm.llm_width or 64, "mode": arm.mode,
-            "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale))}  # fmt: skip
+            "llm_width": arm.llm_scale * r.llm_width, "mode": arm.mode,
+            "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale)),
+            "recipe": study.cfg.recipe_name, "refs": list(r.refs)}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -147,7 +177,8 @@ def recipe_key(study: Study, arm: Arm) -> str:
     """Arms with the same training recipe share one training run (e.g. the tuned arm and its winner)."""
     r = recipe_dict(study, arm)
     key = f"{arm.trainer}-{r['mode']}-{r['data']}-lr{r['encoder_lr']:g}-g{r['gate_init']:g}-s{r['encoder_steps']}"
-    key += f"-w{r['llm_width']}" if arm.llm_width else ""
+    key += f"-w{r['llm_width']}" if arm.llm_scale != 1 else ""
+    key += _recipe_tag(study)
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     return key + (f"-{arm.target}" if arm.target else "")
 
@@ -172,11 +203,15 @@ def train_llm(study: Study, arm: Arm, seed: int):
     from spatialboost.train.pipeline import run_training
     from spatialboost.train.stages import stage_dir
 
-    shared = ensure_shared(study, seed, arm.llm_width, recipe_dict(study, arm)["instruct_steps"])
+    r = recipe_dict(study, arm)
+    shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"])
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
     encoder = load_encoder(Path(cfg.run_dir) / "encoder")
-    diag: dict[str, Any] = {"stage3_loss": loss_curve(stage_dir(cfg.run_dir, "encoder"))}
+    diag: dict[str, Any] = {"stage3_loss": loss_curve(stage_dir(cfg.run_dir, "encoder")),
+                            "image_gain": {"stage2": _read_gain(shared, "instruct"),
+                                           "stage3": _read_gain(cfg.run_dir, "encoder"),
+                                           "blind": _read_gain(shared / "blind", "instruct")}}  # fmt: skip
     diag.update(adapter_stats(encoder))
     if arm.mode == "full":
         diag["weight_rel_change"] = weight_change(encoder, train_none(study, arm, seed)[0])
@@ -186,6 +221,14 @@ def train_llm(study: Study, arm: Arm, seed: int):
 
 
 ANSWER_ARMS = ("sb-dual", "sb-tuned", "sb-full", "val-stage2-5x")  # seed 0: answer-token accuracy
+
+
+def _read_gain(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    from spatialboost.train.loop import GAIN_FILE
+    from spatialboost.train.stages import stage_dir
+
+    path = stage_dir(run_dir, stage) / GAIN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
@@ -277,7 +320,7 @@ def ensure_shared(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
 
 
 def _llm_options(width: int) -> dict[str, int]:
-    return {"hidden_size": width, "intermediate_size": 2 * width} if width else {}
+    return {"hidden_size": width, "intermediate_size": 2 * width} if width and width != 64 else {}
 
 
 def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0):
@@ -290,10 +333,18 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
         instruct=InstructStage(max_steps=instruct_steps or s.instruct_steps, batch_size=s.batch_size, lr=r.instruct_lr,
                                warmup_ratio=0.05),
     )  # fmt: skip
-    path = study.out / "runs" / f"seed{seed}" / f"shared-w{llm_width or 64}"
+    width = llm_width or r.llm_width
+    path = study.out / "runs" / f"seed{seed}" / f"shared-w{width}{_recipe_tag(study)}"
     if instruct_steps and instruct_steps != s.instruct_steps:
         path = path.with_name(f"{path.name}-i{instruct_steps}")
-    return _train_config(study, path, seed, stages, study.data("main"), None, llm_width, {})
+    cfg = _train_config(study, path, seed, stages, study.data("main"), None, width, {})
+    cfg.image_gain.blind = r.blind and bool(cfg.image_gain.datasets)
+    return cfg
+
+
+def _recipe_tag(study: Study) -> str:
+    """Runs of the default recipe keep the first study's layout names only for ``paper-text``."""
+    return "" if study.cfg.recipe_name == "paper-text" else f"-{study.cfg.recipe_name}"
 
 
 def train_config(study: Study, arm: Arm, seed: int, shared: Path):
@@ -305,20 +356,36 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
     cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), shared / "tokenizer",
-                        arm.llm_width, boost)  # fmt: skip
+                        r["llm_width"], boost)  # fmt: skip
     cfg.init_from = str(shared)
     return cfg
 
 
 def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer, llm_width, boost):
-    from spatialboost.train.config import CheckpointConfig, DataConfig, LogConfig, ModelConfig, TrainConfig
+    from spatialboost.train.config import (
+        CheckpointConfig,
+        DataConfig,
+        ImageGainConfig,
+        LogConfig,
+        ModelConfig,
+        TrainConfig,
+    )
 
+    r = study.cfg.recipe
     model = ModelConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None
                         else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
-    return TrainConfig(run_dir=path, seed=seed, device="cpu", model=model,
-                       data=DataConfig(datasets=[str(data)], max_length=1024), stages=stages,
-                       checkpoint=CheckpointConfig(every=10_000, keep_last=1),
+    data_cfg = DataConfig(datasets=[str(data)], max_length=_max_length(r), refs=list(r.refs),
+                          image_tokens=r.image_tokens, cache_features=r.cache_features,
+                          feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip
+    gain = ImageGainConfig(datasets=[str(study.heldout)], max_samples=study.cfg.sizes.heldout_scenes)
+    return TrainConfig(run_dir=path, seed=seed, device="cpu", model=model, data=data_cfg, stages=stages,
+                       image_gain=gain, checkpoint=CheckpointConfig(every=10_000, keep_last=1),
                        log=LogConfig(every=1, tensorboard=False, progress=not study.cfg.quick))  # fmt: skip
+
+
+def _max_length(recipe) -> int:
+    """The first study's 1024 tokens; conversations with extra turns and references need more room."""
+    return 2048 if recipe.extra_turns or recipe.refs else 1024
 
 
 # --- the tuned arm ------------------------------------------------------------------------------------------

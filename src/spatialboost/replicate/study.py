@@ -38,6 +38,7 @@ class Sizes:
     probe_test: int = 128
     probe_epochs: int = 0  # 0: the probes' own defaults (30 depth/seg, 100 cls-linear)
     diag_scenes: int = 32  # pixel-only conversations for the answer-token diagnostic
+    heldout_scenes: int = 64  # held-out conversations for the image gain (stages 2 and 3)
 
     def validate(self) -> None:
         if min(self.scenes, self.batch_size, self.encoder_steps, self.probe_train, self.probe_test) < 1:
@@ -51,12 +52,17 @@ FULL = Sizes(scenes=640, align_steps=40, instruct_steps=300, encoder_steps=80, h
              probe_train=256, probe_val=128, probe_test=256)  # fmt: skip
 QUICK = Sizes(scenes=8, pretrain_scenes=32, pretrain_epochs=1, batch_size=2, align_steps=1, instruct_steps=1,
               encoder_steps=1, head_warmup_steps=1, probe_train=8, probe_val=4, probe_test=4, probe_epochs=2,
-              diag_scenes=2)  # fmt: skip
+              diag_scenes=2, heldout_scenes=4)  # fmt: skip
 
 
 @dataclass
 class Recipe:
-    """The untuned recipe: configs/demo.yaml's learning rates and the paper's zero gate init."""
+    """The untuned recipe: learning rates, the paper's zero gate init, and how stage 2 learns to read the
+    image (issue 10): reference tokens, balanced A/B and readout turns, the LM's width, cached features.
+
+    ``RECIPES``: ``reads-image`` (the default) and ``paper-text`` (the first study's recipe: coordinates in
+    text only, a width-64 LM; kept so that its negative result stays reproducible).
+    """
 
     align_lr: float = 1e-3
     instruct_lr: float = 1e-3
@@ -65,6 +71,19 @@ class Recipe:
     gate_init: float = 0.0
     head_lr: float = 1e-2  # dense-head arms: the linear head's own lr
     simple_ft_lr: float = 1e-3  # the pre-training lr (train.pretrain)
+    refs: tuple[str, ...] = ("point", "region")  # reference tokens (data.refs)
+    image_tokens: bool = True  # the image's patch tokens in the sequence too
+    extra_turns: tuple[tuple[str, int], ...] = (("choice_closer_point", 2), ("choice_closer_object", 1),
+                                                ("depth_readout", 1))  # fmt: skip
+    llm_width: int = 128  # the tiny LM's width (2 layers)
+    cache_features: bool = True  # stages 1-2 read frozen encoder features computed once
+    blind: bool = True  # train each seed's text-only stage-2 baseline (image gain vs text alone)
+
+
+RECIPES: dict[str, Recipe] = {
+    "reads-image": Recipe(),
+    "paper-text": Recipe(refs=(), extra_turns=(), llm_width=64, cache_features=False, blind=False),
+}
 
 
 @dataclass(frozen=True)
@@ -103,7 +122,7 @@ class Arm:
     encoder_lr: float | None = None  # None: the recipe's
     gate_init: float | None = None
     steps_scale: float = 1.0  # stage-3 length multiplier
-    llm_width: int = 0  # 0: tiny-qwen2's 64; else its own stages 1+2 at this width
+    llm_scale: int = 1  # LM width = the recipe's x this; != 1: its own stages 1+2
     instruct_scale: float = 1.0  # stage-2 length multiplier (!= 1: its own stages 1+2)
     search: bool = False  # probed on the val split, seed 0 only
     candidate: bool = True  # a search arm the tuned recipe may be copied from
@@ -147,7 +166,7 @@ for _arm in (
     Arm("val-steps3x", "3x stage-3 steps (3 epochs)", "llm", steps_scale=3.0, search=True),
     Arm("val-pixel-heavy", "8 pixel turns per sample", "llm", data="pixel-heavy", search=True),
     Arm("val-norm1000", "coords norm1000 instead of pixels", "llm", data="norm1000", search=True),
-    Arm("val-llm128", "LM width 128 (own stages 1+2)", "llm", llm_width=128, search=True),
+    Arm("val-llm2x", "2x wider LM (own stages 1+2)", "llm", llm_scale=2, search=True),
     Arm("val-base", "base, no stage 3 (reference)", "none", search=True, candidate=False),
     Arm(
         "val-stage2-5x",
@@ -195,6 +214,7 @@ class StudyConfig:
     quick: bool = False
     cache_dir: str = ""  # "" = OUT/cache (pre-trained base, probe features)
     sizes: Sizes = field(default_factory=Sizes)
+    recipe_name: str = "reads-image"
     recipe: Recipe = field(default_factory=Recipe)
     search: bool = True  # run the val-split search and the tuned arm
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
@@ -202,21 +222,28 @@ class StudyConfig:
     def validate(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        if self.recipe_name not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe_name!r}; known: {', '.join(RECIPES)}")
         for name in self.arms:
             ARMS.get(name)
 
 
-SIZES = {"full": FULL, "small": SMALL, "quick": QUICK}
+FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text: docs/results-v1.md)
+SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK}
 
 
 def make_config(
-    out: str, seeds: int = 3, quick: bool = False, search: bool = True, size: str = "full"
-) -> StudyConfig:
+    out: str, seeds: int = 3, quick: bool = False, search: bool = True, size: str = "full",
+    recipe: str = "reads-image",
+) -> StudyConfig:  # fmt: skip
     """``quick`` wins over ``size`` (the CI smoke test)."""
     if size not in SIZES:
         raise ConfigError(f"unknown study size {size!r}; known: {', '.join(SIZES)}")
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     sizes = replace(SIZES["quick" if quick else size])
-    return StudyConfig(out=out, seeds=seeds, quick=quick, sizes=sizes, search=search)
+    return StudyConfig(out=out, seeds=seeds, quick=quick, sizes=sizes, search=search, recipe_name=recipe,
+                       recipe=replace(RECIPES[recipe]))  # fmt: skip
 
 
 def selected_arms(cfg: StudyConfig) -> list[Arm]:

@@ -81,6 +81,9 @@ class StageConfig:
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     train_projector: bool = True  # stage ``encoder`` only: also tune g_P (the paper is ambiguous)
+    # align / instruct: whether the LLM trains (None: the paper's table -- frozen in align, trained in instruct).
+    # A randomly initialised tiny LLM cannot be "aligned to": train it in align too (a reading warm-up)
+    train_llm: bool | None = None
     data: DataConfig | None = None  # replaces the top-level ``data`` section for this stage
 
     def validate(self) -> None:
@@ -106,6 +109,11 @@ class InstructStage(StageConfig):
 class EncoderStage(StageConfig):
     lr: float = 2e-5  # "small lr" for Attn+/projector (not stated in the paper)
     lr_gates: float | None = 1e-3  # gates start at 0 with zero gradient; they need a larger lr to move
+
+    def validate(self) -> None:
+        super().validate()
+        if self.train_llm:
+            raise ConfigError("stages.encoder.train_llm: the LLM is frozen in stage 3 (that is the method)")
 
 
 @dataclass
@@ -198,10 +206,13 @@ class ImageGainConfig:
     min_gain: float = 0.05  # nats per answer token; below it stage 3 can only drift the encoder
     on_low: Literal["warn", "refuse"] = "warn"  # what stage 3 does when stage 2's gain is below min_gain
     blind: bool = False  # also train stage 2 on the text alone (images zeroed) and report its loss
+    every: int = (
+        0  # also measure every N steps of stages 2 and 3 (metrics.jsonl / TensorBoard); 0 = at the end
+    )
 
     def validate(self) -> None:
-        if self.max_samples < 2 or self.batch_size < 1:
-            raise ConfigError("image_gain.max_samples must be >= 2 and batch_size >= 1")
+        if self.max_samples < 2 or self.batch_size < 1 or self.every < 0:
+            raise ConfigError("image_gain.max_samples must be >= 2, batch_size >= 1 and every >= 0")
 
 
 @dataclass

@@ -88,7 +88,10 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         items = [dataset[i] for i in idx]
-        swapped = [{**item, "pixel_values": dataset[other[i]]["pixel_values"]} for i, item in zip(idx, items, strict=True)]
+        swapped = [
+            {**item, "pixel_values": dataset[other[i]]["pixel_values"]}
+            for i, item in zip(idx, items, strict=True)
+        ]
         right_loss, right_logits = token_losses(vlm, collate(items))
         other_loss, other_logits = token_losses(vlm, collate(swapped))
         batch = collate(items)

@@ -110,6 +110,8 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
                                        samples_per_s=samples / dt, step_time_s=dt))  # fmt: skip
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
             save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env)
+        if gain_due(cfg, stage, step + 1, total) and env.is_main:
+            log_image_gain(cfg, stage, vlm, tokenizer, metrics, step + 1)
     bar.close()
     if env.is_main and stage in GAIN_STAGES:
         record_image_gain(cfg, stage, vlm, tokenizer, metrics, total)
@@ -121,19 +123,23 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
 # ----------------------------------------------------------------------------------------------------
 # Does the LM read the image?
 
-GAIN_STAGES = ("instruct", "encoder")
+GAIN_STAGES = ("align", "instruct", "encoder")
 GAIN_FILE = "image_gain.json"
 
 
-def record_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict | None:
-    """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json)."""
-    from spatialboost.train.image_gain import describe, load_eval_dataset, measure_image_gain
+def gain_due(cfg: TrainConfig, stage: str, step: int, total: int) -> bool:
+    every = cfg.image_gain.every
+    return bool(
+        cfg.image_gain.datasets and every and stage in GAIN_STAGES and step % every == 0 and step < total
+    )
+
+
+def measure_stage_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, step: int) -> dict:
+    """The image gain of ``vlm`` on every ``image_gain.datasets`` (the first one's at the top level)."""
+    from spatialboost.train.image_gain import load_eval_dataset, measure_image_gain
 
     gcfg = cfg.image_gain
-    path = stage_dir(cfg.run_dir, stage) / GAIN_FILE
-    if not gcfg.datasets or path.is_file():
-        return json.loads(path.read_text()) if path.is_file() else None
-    vlm = dist_utils.unwrap(vlm).eval()
+    vlm = dist_utils.unwrap(vlm)
     results = {}
     for root in gcfg.datasets:
         data = load_eval_dataset(root, tokenizer, vlm, cfg.stage_data(stage))
@@ -141,13 +147,30 @@ def record_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, ste
     result = {"stage": stage, "step": step, "blind_model": cfg.blind, **next(iter(results.values()))}
     if len(results) > 1:
         result["per_dataset"] = results
-    atomic_write_json(path, result)
-    log.info("stage %s: %s", stage, describe(result))
+    return result
+
+
+def log_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict:
+    """Measure now and log the gains (all levels, A/B accuracy) to metrics.jsonl / TensorBoard."""
+    from spatialboost.train.image_gain import describe
+
+    result = measure_stage_gain(cfg, stage, vlm, tokenizer, step)
+    log.info("stage %s step %d: %s", stage, step, describe(result))
     flat = {f"image_gain/{k}": v["gain"] for k, v in result.items() if isinstance(v, dict) and "gain" in v}
     if "choice" in result:
         flat["image_gain/choice_acc_right"] = result["choice"]["acc_right"]
         flat["image_gain/choice_acc_other"] = result["choice"]["acc_other"]
     metrics.log(step, flat)
+    return result
+
+
+def record_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict | None:
+    """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json)."""
+    path = stage_dir(cfg.run_dir, stage) / GAIN_FILE
+    if not cfg.image_gain.datasets or path.is_file():
+        return json.loads(path.read_text()) if path.is_file() else None
+    result = log_image_gain(cfg, stage, vlm, tokenizer, metrics, step)
+    atomic_write_json(path, result)
     return result
 
 

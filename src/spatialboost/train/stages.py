@@ -150,7 +150,7 @@ def set_stage_trainable(vlm: nn.Module, stage: str, stage_cfg: StageConfig) -> d
     spec = STAGES[stage]
     vlm.requires_grad_(False)
     vlm.projector.requires_grad_(stage != "encoder" or stage_cfg.train_projector)
-    vlm.llm.requires_grad_(spec.llm)
+    vlm.llm.requires_grad_(spec.llm if stage_cfg.train_llm is None else stage_cfg.train_llm)
     if spec.encoder == "adapter":
         from spatialboost.models.dual_channel import trainable_parameters
 
