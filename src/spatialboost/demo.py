@@ -176,7 +176,15 @@ def training_summary(state: DemoState) -> list[str]:
     return lines
 
 
-def run_demo(out: Path, scenes: int = 64, workers: int = 1, quick: bool = False) -> DemoState:
+DEMO_KIND = "demo"  # the OutputDir kind of a demo --out directory
+
+
+def run_demo(
+    out: Path, scenes: int = 64, workers: int = 1, quick: bool = False, overwrite: bool = False
+) -> DemoState:
+    from spatialboost.io import OutputDir
+
+    OutputDir.claim(out, DEMO_KIND, overwrite=overwrite, legacy=_legacy_demo).finish(prune=False)
     state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick)
     for name, step in STEPS:
         t0 = time.perf_counter()
@@ -186,8 +194,18 @@ def run_demo(out: Path, scenes: int = 64, workers: int = 1, quick: bool = False)
     return state
 
 
+def _legacy_demo(path: Path) -> list[str] | None:
+    """A demo directory an earlier version wrote (no marker)."""
+    return [] if (path / "data" / "manifest.json").is_file() and (path / "report.html").is_file() else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
+    )
     parser.add_argument("--scenes", type=int, default=64, help="synthetic scenes to generate")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for generation")
     parser.add_argument(
@@ -199,6 +217,6 @@ def run(args: argparse.Namespace) -> int:
     if args.scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
     scenes = min(args.scenes, 16) if args.quick else args.scenes
-    state = run_demo(args.out, scenes, args.workers, quick=args.quick)
+    state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite)
     print(summary(state))
     return 0

@@ -307,16 +307,21 @@ def probe_before_after(
     ``cfg`` defaults to ``ProbeConfig()`` (synthetic benchmark, all tasks, 3 seeds). With ``out`` the full
     report (results.json, results.md, plots) is written there too.
     """
-    from spatialboost.eval.report import markdown_table, write_report
+    from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 
     cfg = cfg or ProbeConfig()
+    report = None
     if out is not None:
         cfg.out = str(out)
+        report = claim_report_dir(out)  # before any work: never into someone's folder
+        if not cfg.features.cache_dir:
+            report.subdir("feature-cache")
     results = run_probes(
         {"base": base, "boosted": boosted}, cfg, pairs={"boosted": "base"}, scene_fn=scene_fn
     )
     table = markdown_table(results.summary, headline_only=True)
     log.info("frozen-feature probes, before vs after:\n%s", table)
-    if out is not None:
-        write_report(results, out, plots=plots)
+    if report is not None:
+        write_report(results, report, plots=plots)
+        report.finish()
     return results, table

@@ -22,6 +22,7 @@ import yaml
 
 from spatialboost.config import save_config, to_dict
 from spatialboost.errors import UserError
+from spatialboost.io import OutputDir
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
@@ -52,9 +53,15 @@ def run_training(cfg: TrainConfig) -> list[StageResult]:
         dist_utils.shutdown(env)
 
 
+RUN_KIND = "training run"  # the OutputDir kind of a run_dir
+
+
 def check_config(cfg: TrainConfig, env) -> None:
-    """Save the resolved config; refuse to resume a run dir trained with a different one."""
-    path = Path(cfg.run_dir) / "config.yaml"
+    """Claim ``run_dir`` (refused if it holds files spatialboost did not write), save the resolved config;
+    refuse to resume a run dir trained with a different one."""
+    run_dir = Path(cfg.run_dir)
+    path = run_dir / "config.yaml"
+    OutputDir.check(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
     if path.is_file():
         old, new = _flatten(yaml.safe_load(path.read_text()) or {}), _flatten(to_dict(cfg))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -66,7 +73,18 @@ def check_config(cfg: TrainConfig, env) -> None:
             )
     dist_utils.barrier(env)
     if env.is_main:
-        save_config(cfg, path)
+        out = OutputDir.claim(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
+        save_config(cfg, out.path("config.yaml"))
+        out.finish(prune=False)  # the stages below own their sub-directories
+
+
+def _legacy_run(path: Path) -> list[str] | None:
+    """A run dir an earlier version wrote (no marker): a config.yaml holding a training config."""
+    try:
+        old = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return ["config.yaml"] if isinstance(old, dict) and {"run_dir", "stages", "model"} <= set(old) else None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
