@@ -213,19 +213,25 @@ def _summary(meta: dict[str, Any]) -> str:
     )
     shape = (f"{spec['num_layers']} blocks, width {spec['embed_dim']}, {spec['num_heads']} heads, patch "
              f"{spec['patch_size']}, input {spec['image_size']}x{spec['image_size']}")  # fmt: skip
-    what = {
-        None: "This encoder is not boosted: the base weights as SpatialBoost saved them.",
-        "dual": (
+    what = _boost_words(meta, spec)
+    return f"{title}\n\nBase: {base}, {family} ({shape}).\n\n{what}\n"
+
+
+def _boost_words(meta: dict[str, Any], spec: dict[str, Any]) -> str:
+    mode = meta.get("mode")
+    if mode == "dual":
+        return (
             f"Dual-channel attention (SpatialBoost, paper Eq. 1) in {len(meta['layers'])} of {spec['num_layers']} "
             f"blocks (blocks {meta['layers']}), one gate per {_GATE_WORDS[meta['gate']]}: each boosted block "
             "computes `sigmoid(a) * Attn(x) + (1 - sigmoid(a)) * Attn+(x)`, where `Attn` is the base's frozen "
-            "attention, `Attn+` a trained copy and `a` the trained gate. Only `Attn+` and the gates were trained; "
-            "every other weight is the base's."
-        ),
+            "attention, `Attn+` a trained copy and `a` the trained gate. Only `Attn+` and the gates were "
+            "trained; every other weight is the base's."
+        )
+    return {
+        None: "This encoder is not boosted: the base weights as SpatialBoost saved them.",
         "lora": "LoRA on the attention projections (the paper's baseline), merged into the base's own weights.",
         "full": "Every weight fine-tuned (the paper's full fine-tuning baseline).",
     }[mode]
-    return f"{title}\n\nBase: {base}, {family} ({shape}).\n\n{what}\n"
 
 
 _GATE_WORDS = {"channel": "output channel", "head": "attention head", "scalar": "block (a scalar)"}

@@ -88,11 +88,11 @@ def save_hf_encoder(
 
     boost = boost_options(encoder)
     mode = boost["mode"] if boost else None
-    base_ref = hf_base_reference(encoder) if adapter_only else None
     if adapter_only and mode != "dual":
         raise UserError(
             f"--adapter-only needs a dual-channel boosted encoder; this one is {mode or 'not boosted'}"
         )
+    base_ref = hf_base_reference(encoder) if adapter_only else None
     config = hf_config(encoder, base_ref)
     out = OutputDir.claim(path, KIND, overwrite=overwrite, legacy=legacy_encoder_files)
     if adapter_only:
