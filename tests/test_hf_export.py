@@ -231,7 +231,7 @@ def test_model_card_parses_and_tells_what_was_boosted(probed_run, tmp_path):
     assert "| synthetic | 64 | 80 | 500 | 0 |" in text  # data from the run's dataset manifest
     assert "| encoder | Attn+ and gates | 60 | 8 x 1 | 0.0001 | 0.01 |" in text  # recipe from config.yaml
     assert "## Probe results" in text and "cls-linear" in text and "2 probe seed(s) [0, 1]" in text
-    assert "within noise" in text or "| yes |" in text
+    assert "| cls-linear | top1 ↑ |" in text and ("within noise" in text or "| yes, " in text)
     assert f"spatialboost train --config {probed_run / 'train' / 'config.yaml'} run_dir=NEW_RUN_DIR" in text
     assert f"spatialboost probe --encoder {out} --task cls --data synthetic --seeds 2" in text
 
@@ -267,3 +267,13 @@ def test_public_api_exports_hf(tmp_path):
     enc = add_dual_channel(create_encoder("tiny-clip", seed=0))
     spatialboost.save_hf_encoder(enc, tmp_path / "e")
     assert (tmp_path / "e" / "modeling_spatialboost.py").is_file()
+
+
+def test_noise_rule_needs_two_seeds_and_says_the_direction():
+    from spatialboost.models.card import beyond_noise
+
+    base, boosted = {"mean": 1.0, "std": 0.01, "metric": "rmse"}, {"mean": 0.9, "std": 0.01, "metric": "rmse"}
+    assert beyond_noise(base, boosted, seeds=3) == "yes, better"  # lower RMSE
+    assert beyond_noise(base, {**boosted, "std": 0.05}, seeds=3) == "no (within noise)"
+    assert beyond_noise(base, boosted, seeds=1) == "unknown (1 seed)"
+    assert beyond_noise({**base, "metric": "miou"}, {**boosted, "metric": "miou"}, seeds=3) == "yes, worse"

@@ -3,7 +3,8 @@
 Steps (each a small function of a ``DemoState``): generate a synthetic dataset (some samples multi-view),
 validate it, write the HTML viewer; pre-train the tiny base ViT on a 2D-only objective (the DINOv2
 stand-in); train the three SpatialBoost stages with the tiny LLM and a tokenizer trained on the corpus;
-export the boosted encoder; probe base vs boosted frozen features. ``--quick`` shrinks every step so the
+probe base vs boosted frozen features; export the boosted encoder as a transformers-native folder whose
+model card carries that probe table. ``--quick`` shrinks every step so the
 whole loop runs in well under a minute (the end-to-end test).
 
 The training config is ``demo_train_overrides`` (the same as ``configs/demo.yaml``).
@@ -107,9 +108,13 @@ def step_train(state: DemoState) -> None:
 
 
 def step_export(state: DemoState) -> None:
+    """The transformers-native folder, its model card carrying the probe table of step ``probe``."""
     from spatialboost.models.export import export_run
 
-    state.results["export"] = export_run(state.out / "train", state.out / "boosted-encoder")
+    probes = state.out / "probes" if "probe_table" in state.results else None
+    state.results["export"] = export_run(
+        state.out / "train", state.out / "boosted-encoder", probe_results=probes
+    )
 
 
 def step_probe(state: DemoState) -> None:
@@ -120,7 +125,7 @@ def step_probe(state: DemoState) -> None:
         return
     data = DataConfig(num_train=8, num_test=4) if state.quick else DataConfig(num_train=64, num_test=32)
     cfg = ProbeConfig(seeds=1 if state.quick else 3, data=data)
-    base, boosted = state.results["pretrain"].path, state.results["export"]
+    base, boosted = state.results["pretrain"].path, state.out / "train" / "encoder"
     _, table = probe_before_after(base, boosted, cfg, out=state.out / "probes", plots=not state.quick)
     state.results["probe_table"] = table
 
@@ -131,8 +136,8 @@ STEPS = [
     ("view", step_view),
     ("pretrain", step_pretrain),
     ("train", step_train),
-    ("export", step_export),
     ("probe", step_probe),
+    ("export", step_export),
 ]
 
 
@@ -165,7 +170,11 @@ def training_summary(state: DemoState) -> list[str]:
             f"{r.tokens_per_s:,.0f} tokens/s, trains {groups}"
         )
     if "export" in state.results:
-        lines.append(f"  boosted encoder: {state.results['export']} (spatialboost.load_encoder)")
+        path = state.results["export"]
+        lines.append(f"  boosted encoder: {path} (model card: {path / 'README.md'})")
+        lines.append(
+            f'    AutoModel.from_pretrained("{path}", trust_remote_code=True), or spatialboost.load_encoder'
+        )
     if "probe_table" in state.results:
         lines.append("  frozen-feature probes, base -> boosted:")
         lines += ["    " + row for row in state.results["probe_table"].splitlines()]

@@ -44,6 +44,19 @@ FAMILY_NAMES = {
     "siglip2": "SigLIP2 vision",
 }
 NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted²)"
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+
+
+def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) -> str:
+    """``NOISE_RULE`` applied to two rows of a probe summary (mean, std over ``seeds`` probe seeds)."""
+    if seeds < 2:
+        return "unknown (1 seed)"
+    diff = boosted["mean"] - base["mean"]
+    noise = 2 * math.sqrt(base["std"] ** 2 + boosted["std"] ** 2)
+    if abs(diff) <= noise:
+        return "no (within noise)"
+    better = diff < 0 if boosted.get("metric") in LOWER_IS_BETTER else diff > 0
+    return "yes, better" if better else "yes, worse"
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -214,7 +227,13 @@ def _summary(meta: dict[str, Any]) -> str:
     shape = (f"{spec['num_layers']} blocks, width {spec['embed_dim']}, {spec['num_heads']} heads, patch "
              f"{spec['patch_size']}, input {spec['image_size']}x{spec['image_size']}")  # fmt: skip
     what = _boost_words(meta, spec)
-    return f"{title}\n\nBase: {base}, {family} ({shape}).\n\n{what}\n"
+    lic = inherited_license(meta).get("license_name") or inherited_license(meta).get("license")
+    lic_line = (
+        f"License: {lic}, inherited from the base."
+        if lic
+        else ("License: not known for this base; the base's own license applies to these weights.")
+    )
+    return f"{title}\n\nBase: {base}, {family} ({shape}).\n\n{what}\n\n{lic_line}\n"
 
 
 def _boost_words(meta: dict[str, Any], spec: dict[str, Any]) -> str:
@@ -335,23 +354,20 @@ def _probes(facts: RunFacts | None) -> str:
     names = [n for n in (base, me) if n]
     rows = {(r["encoder"], r["probe"], r["metric"]): r for r in s["rows"]}
     keys = sorted({(r["probe"], r["metric"]) for r in s["rows"] if r["encoder"] in names})
-    head = ["probe", "metric", *[f"{n}" for n in names]] + (
-        ["Δ", f"beyond noise ({NOISE_RULE})"] if base else []
-    )
+    seeds = s.get("seeds", [])
+    head = ["probe", "metric", *names] + (["Δ", "beyond noise?"] if base else [])
     lines = ["## Probe results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for probe, metric in keys:
-        cells = [probe, metric]
+        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
+        cells = [probe, f"{metric} {arrow}"]
         got = [rows.get((n, probe, metric)) for n in names]
         cells += ["-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}" for r in got]
         if base and all(got):
-            d = got[1]["mean"] - got[0]["mean"]
-            noise = 2 * math.sqrt(got[0]["std"] ** 2 + got[1]["std"] ** 2)
-            cells += [f"{d:+.4f}", "yes" if abs(d) > noise else "no (within noise)"]
+            cells += [f"{got[1]['mean'] - got[0]['mean']:+.4f}", beyond_noise(got[0], got[1], len(seeds))]
         elif base:
             cells += ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     cfg, ds = s.get("config", {}), s.get("dataset", {})
-    seeds = s.get("seeds", [])
     feats = cfg.get("features", {})
     lines += ["", f"From `{facts.probe_path}` (`{me}` there has exactly this folder's weights). Frozen features "
               f"(layers={feats.get('layers')}, image size {feats.get('image_size') or 'the encoder default'}), "
@@ -368,10 +384,14 @@ def _heads(summary: dict[str, Any]) -> str:
     keep = ("head", "epochs", "lr", "batch_size", "k", "bins", "max_depth")
     return (
         "; ".join(
-            f"{probe}: " + ", ".join(f"{k}={p[k]}" for k in keep if k in p) for probe, p in seen.items()
+            f"{probe}: " + ", ".join(f"{k}={_num(p[k])}" for k in keep if k in p) for probe, p in seen.items()
         )
         or "-"
     )
+
+
+def _num(v: Any) -> Any:
+    return f"{v:.4g}" if isinstance(v, float) else v
 
 
 def _reproduce(meta: dict[str, Any], facts: RunFacts | None, out_dir: Path) -> str:
