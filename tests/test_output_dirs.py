@@ -237,3 +237,17 @@ def test_export_and_probe_outputs_are_readable_by_others(tmp_path, umask022):
     probe_before_after("tiny-dinov2", tmp_path / "hf", cfg, out=tmp_path / "probes", plots=False)
     modes = _modes(tmp_path / "probes")
     assert set(modes.values()) <= {0o644, 0o755} and any(k.endswith(".npy") for k in modes), modes
+
+
+def test_view_never_replaces_a_user_file(tmp_path, capsys):
+    data = tmp_path / "ds"
+    tiny = ["--scenes", "2", "--image-size", "32", "--shard-size", "2", "--no-progress"]
+    assert main(["generate", "synthetic", "--out", str(data), *tiny]) == 0
+    page = tmp_path / "notes.html"
+    page.write_text("<html>my notes</html>")
+    assert main(["view", str(data), "--out", str(page)]) == 2
+    assert "not a page `spatialboost view` wrote" in capsys.readouterr().err
+    assert page.read_text() == "<html>my notes</html>"
+    assert main(["view", str(data), "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["view", str(data), "--out", str(tmp_path / "r.html")]) == 0  # its own page: replaced
+    assert main(["view", str(data), "--out", str(page), "--overwrite"]) == 0
