@@ -98,14 +98,6 @@ class SpatialBoostMixin:
             )
             setattr(blocks[i], self.attn_attr, dual)
 
-    def base_key(self, key: str) -> str:
-        """A key of the plain family model -> its key here (boosted blocks hold it under ``.base``)."""
-        for i in self.config.spatialboost["layers"]:
-            prefix = f"{self.blocks_path}.{i}.{self.attn_attr}."
-            if key.startswith(prefix):
-                return f"{prefix}base.{key[len(prefix) :]}"
-        return key
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         config = kwargs.get("config")
@@ -118,17 +110,29 @@ class SpatialBoostMixin:
 
     @classmethod
     def from_base_and_adapter(cls, base_ref: str, adapter_ref: str, config: PretrainedConfig, kwargs: dict):
-        """The base family's weights from ``base_ref`` plus ``plus`` and the gates from ``adapter_ref``."""
+        """The base family's weights from ``base_ref`` plus ``plus`` and the gates from ``adapter_ref``.
+
+        The base is loaded by its own class (every weight and buffer set by transformers), then given this
+        class, which adds nothing but the wrapped attention of the boosted blocks (no second random init)."""
         hub = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
-        base = cls.family_class.from_pretrained(base_ref, **hub)
-        model = cls(config)
-        state = {model.base_key(k): v for k, v in base.state_dict().items()}
-        adapter_file = cached_file(adapter_ref, ADAPTER_WEIGHTS, **hub, revision=kwargs.get("revision"))
-        state.update(load_file(adapter_file))
-        model.load_state_dict(state, strict=True)
         dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
         if isinstance(dtype, torch.dtype):
-            model.to(dtype)
+            hub["dtype"] = dtype
+        model = cls.family_class.from_pretrained(base_ref, **hub)
+        config._attn_implementation = model.config._attn_implementation
+        model.__class__ = cls
+        model.config = config
+        model.boost()  # plus = a copy of the base attention, gate = zeros; both overwritten below
+        adapter_file = cached_file(adapter_ref, ADAPTER_WEIGHTS, revision=kwargs.get("revision"),
+                                   **{k: v for k, v in hub.items() if k != "dtype"})  # fmt: skip
+        adapter = load_file(adapter_file)
+        expected = {k for k in model.state_dict() if ".plus." in k or k.endswith(".gate")}
+        if set(adapter) != expected:
+            missing, unexpected = sorted(expected - set(adapter)), sorted(set(adapter) - expected)
+            raise ValueError(
+                f"{adapter_file}: adapter keys do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        model.load_state_dict(adapter, strict=False)
         return model.eval()
 
     def forward_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
