@@ -49,8 +49,11 @@ def _cases(root: Path) -> dict[str, tuple]:
             _perturbed(add_dual_channel(create_encoder(name, seed=0), gate=GATES[i % 3], layers=layers)),
             True,
         )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # peft draws LoRA's A from the global RNG
+        lora = add_dual_channel(create_encoder("tiny-dinov2", seed=0), mode="lora", lora_rank=2)
     cases["lora"] = (
-        _perturbed(add_dual_channel(create_encoder("tiny-dinov2", seed=0), mode="lora", lora_rank=2)),
+        _perturbed(lora),
         False,
     )
     cases["full"] = (_perturbed(add_dual_channel(create_encoder("tiny-clip", seed=0), mode="full")), False)
@@ -79,7 +82,9 @@ def isolated(tmp_path_factory):
         )
         with torch.no_grad():
             out = enc.forward_features(pixels)
-            hidden = enc.model(pixels).last_hidden_state if not remote else None
+            # plain folders: the reference is what spatialboost loads from the folder (LoRA merged)
+            folder = root / "exports" / name
+            hidden = None if remote else load_encoder(folder).model(pixels).last_hidden_state
         refs[name] = {"cls": out.cls, "patch": out.patch, "hidden": hidden, "pixels": pixels, "encoder": enc}
         jobs.append({"folder": str(root / "elsewhere" / name), "inputs": str(root / f"{name}.in.safetensors"),
                      "out": str(root / f"{name}.out.safetensors"), "remote": remote})  # fmt: skip
@@ -129,6 +134,15 @@ def test_spatialboost_loads_the_hf_folder_too(isolated, name):
         out = loaded.forward_features(refs[name]["pixels"])
     torch.testing.assert_close(out.patch, refs[name]["patch"], rtol=0, atol=0)
     torch.testing.assert_close(out.cls, refs[name]["cls"], rtol=0, atol=0)
+
+
+def test_merged_lora_matches_the_unmerged_encoder(isolated):
+    """Merging changes the arithmetic (x(W + sBA) vs xW + s(xA)B): equal up to float rounding, not bit for bit."""
+    root, cases, refs, _ = isolated
+    enc = cases["lora"][0]
+    with torch.no_grad():
+        unmerged = enc.model(refs["lora"]["pixels"]).last_hidden_state
+    torch.testing.assert_close(refs["lora"]["hidden"], unmerged, rtol=0, atol=1e-5)
 
 
 def test_adapter_only_holds_only_attn_plus_and_gates(isolated):
