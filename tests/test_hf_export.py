@@ -291,3 +291,15 @@ def test_noise_rule_needs_two_seeds_and_says_the_direction():
     assert beyond_noise(base, {**boosted, "std": 0.05}, seeds=3) == "no (within noise)"
     assert beyond_noise(base, boosted, seeds=1) == "unknown (1 seed)"
     assert beyond_noise({**base, "metric": "miou"}, {**boosted, "metric": "miou"}, seeds=3) == "yes, worse"
+
+
+def test_probe_finds_the_base_of_an_hf_folder(isolated):
+    from spatialboost.eval.runner import saved_base
+
+    root, _, refs, _ = isolated
+    base = saved_base(root / "elsewhere" / "tiny-dinov2")
+    x = refs["tiny-dinov2"]["pixels"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            base(x).patch, create_encoder("tiny-dinov2", seed=0)(x).patch, rtol=0, atol=0
+        )
