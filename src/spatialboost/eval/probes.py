@@ -284,7 +284,7 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
     history = fit(head, len(train), step_loss, cfg, seed)
-    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predictions out of range
     with torch.inference_mode():
         for start in range(0, len(test), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)
