@@ -64,7 +64,7 @@ def build_config(args: argparse.Namespace) -> ProbeConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_probes(encoders, cfg, pairs)
     out = Path(cfg.out)
     write_report(results, out)
