@@ -72,6 +72,8 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     lines.append("")
     lines.append(f"mean ± std over {n} seed(s); layers={layers}; data={summary['dataset']['spec']} "
                  f"(train {summary['dataset']['n_train']}, test {summary['dataset']['n_test']}).")  # fmt: skip
+    if summary.get("depth_protocol"):
+        lines.append(f"Depth protocol: {summary['depth_protocol']}.")
     return "\n".join(lines) + "\n"
 
 

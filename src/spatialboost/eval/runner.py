@@ -21,6 +21,7 @@ import torch
 from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
+from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_depth_probe, resolve_protocol
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.models.encoder_base import VisionEncoder
@@ -208,6 +209,8 @@ def run_probes(
     size = cfg.features.image_size or probed.spec.image_size
     train_ds, test_ds = build_splits(cfg.data, size, scene_fn)
     probe_names = probes_for(cfg.tasks, train_ds)
+    scoring = resolve_protocol(cfg.probes.depth.protocol, cfg.data.spec) if "depth" in probe_names else None
+    crops: SlidingCrops | None = None
     cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
     seeds = list(range(cfg.seeds))
     runs: list[dict[str, Any]] = []
@@ -229,11 +232,15 @@ def run_probes(
             )  # fmt: skip
             for split, ds in (("train", train_ds), ("test", test_ds))
         }
+        if scoring == "nyu-eigen":  # the whole test images, by sliding crops (eval.depth_protocol)
+            crops = SlidingCrops(test_ds, side)
+            feats["test-eigen"] = extract_features(enc, crops, cache_dir, cfg.features.layers, side,
+                                                   cfg.features.batch_size, cfg.features.dtype, identities[name])  # fmt: skip
         for probe in probe_names:
             for seed in seeds:
-                runs.append(_one_run(name, probe, feats, cfg, seed, previews))
+                runs.append(_one_run(name, probe, feats, cfg, seed, previews, crops))
     previews["test"] = (
-        _preview_targets(test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
+        _preview_targets(crops or test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
     )
     summary = {
         "dataset": {
@@ -246,6 +253,7 @@ def run_probes(
         "encoders": {n: {"spec": _spec_dict(e), "identity": identities[n]} for n, e in encs.items()},
         "pairs": pairs,
         "seeds": seeds,
+        "depth_protocol": None if scoring is None else DESCRIPTIONS[scoring],
         "config": to_dict(cfg),
         "runs": runs,
         "rows": aggregate(runs),
@@ -254,10 +262,13 @@ def run_probes(
 
 
 def _one_run(
-    name: str, probe: str, feats: dict[str, FeatureSet], cfg: ProbeConfig, seed: int, previews
+    name: str, probe: str, feats: dict[str, FeatureSet], cfg: ProbeConfig, seed: int, previews, crops=None
 ) -> dict:
     log.info("probe %s on %s (seed %d)", probe, name, seed)
-    res = run_probe(probe, feats["train"], feats["test"], cfg.probes, seed)
+    if probe == "depth" and "test-eigen" in feats:
+        res = eigen_depth_probe(feats["train"], feats["test-eigen"], crops, cfg.probes.depth, seed)
+    else:
+        res = run_probe(probe, feats["train"], feats["test"], cfg.probes, seed)
     protocol = {"layers": cfg.features.layers, **res.protocol}
     if res.preview is not None and seed == 0:
         previews[name] = res.preview
