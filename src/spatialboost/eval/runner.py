@@ -49,7 +49,7 @@ class DataConfig:
 @dataclass
 class FeatureConfig:
     layers: Literal["last", "last4"] = "last"
-    image_size: int = 0  # pixels; 0 = the probed encoder's spec.image_size (the boosted one of a pair)
+    image_size: int = 0  # pixels; 0 = the probed (boosted) encoder's size; rounded to each patch size
     batch_size: int = 32
     cache_dir: str = ""  # "" = OUT/feature-cache
     dtype: Literal["float32", "float16"] = "float32"
