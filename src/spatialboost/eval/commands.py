@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UserError(f"--out {cfg.out}: exists and is not a directory; choose a directory path")
-    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_probes(encoders, cfg, pairs)
     out = Path(cfg.out)
     write_report(results, out)

@@ -89,6 +89,8 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
                  f"↓ lower is better, ↑ higher is better.")  # fmt: skip
     if pairs:
         lines.append(NOISE_RULE + ".")
+    if summary.get("depth_protocol"):
+        lines.append(f"Depth protocol: {summary['depth_protocol']}.")
     return "\n".join(lines) + "\n"
 
 
