@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=Path, help="dataset directory")
     parser.add_argument("--out", type=Path, default=None, help="HTML file (default DIR/report.html)")
-    parser.add_argument("--max-samples", type=int, default=16, help="samples shown")
+    parser.add_argument("--max-samples", type=int, default=16, help="samples on the page")
+    parser.add_argument("--start", type=int, default=0, help="first sample shown (0-based; pages through)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out file that is not a viewer page"
     )
@@ -33,9 +34,13 @@ def _is_viewer_page(path: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or args.dataset / "report.html"
+    if out.is_dir():
+        raise UserError(
+            f"--out {out}: is a directory; give the HTML file to write, e.g. {out / 'report.html'}"
+        )
     if out.exists() and not args.overwrite and not _is_viewer_page(out):
         raise UserError(f"{out}: exists and is not a page `spatialboost view` wrote; choose another --out or "
                         "pass --overwrite")  # fmt: skip
-    n = write_report(args.dataset, out, args.max_samples)
+    n = write_report(args.dataset, out, args.max_samples, args.start)
     log.info("wrote %s (%d samples)", out, n)
     return 0

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     out = claim_report_dir(cfg.out, overwrite=args.overwrite)  # before any work: never into someone's folder
     if not cfg.features.cache_dir:
         out.subdir("feature-cache")
-    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_probes(encoders, cfg, pairs)
     write_report(results, out)
     save_config(cfg, out.path("config.yaml"))

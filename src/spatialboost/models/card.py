@@ -362,7 +362,7 @@ def _probes(facts: RunFacts | None) -> str:
         arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
         cells = [probe, f"{metric} {arrow}"]
         got = [rows.get((n, probe, metric)) for n in names]
-        cells += ["-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}" for r in got]
+        cells += ["-" if r is None else _mean_std(r, len(seeds)) for r in got]
         if base and all(got):
             cells += [f"{got[1]['mean'] - got[0]['mean']:+.4f}", beyond_noise(got[0], got[1], len(seeds))]
         elif base:
@@ -376,6 +376,12 @@ def _probes(facts: RunFacts | None) -> str:
               f"{len(seeds)} probe seed(s) {seeds} of one training run (training-seed variance is not included). "
               f"Heads: {_heads(s)}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(row: dict[str, Any], seeds: int) -> str:
+    if row.get("n", seeds) < 2:
+        return f"{row['mean']:.4f} (1 seed)"
+    return f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
 def _heads(summary: dict[str, Any]) -> str:
