@@ -96,12 +96,13 @@ def test_saved_base_dir_is_referenced_by_boosted_saves(tmp_path):
     assert_same_outputs(enc, load_encoder(tmp_path / "ckpt"))
 
 
-def test_overwrite_is_atomic_and_leaves_no_temp_dirs(tmp_path):
+def test_resave_leaves_no_temp_files(tmp_path):
     save_encoder(create_encoder("tiny-dinov2", seed=0), tmp_path / "e")
     enc = boosted("tiny-dinov2")
     save_encoder(enc, tmp_path / "e")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        ".spatialboost-output.json",
         "adapter.safetensors",
         "base.safetensors",
         "config.json",
@@ -114,7 +115,7 @@ def test_export_cli_round_trip(tmp_path):
     old, new = boosted("tiny-vit", seed=1), boosted("tiny-vit", seed=2)
     save_encoder(old, run / "checkpoints" / "step-9" / "encoder", include_base=False)
     save_encoder(new, run / "checkpoints" / "step-10" / "encoder", include_base=False)
-    assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "out"), "--format", "spatialboost"]) == 0
     assert (tmp_path / "out" / "base.safetensors").is_file()
     assert_same_outputs(new, load_encoder(tmp_path / "out"))  # newest step by number, not by name
 

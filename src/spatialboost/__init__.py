@@ -5,6 +5,8 @@ Public API (imported lazily so that ``import spatialboost`` stays light):
 - ``create_encoder(x)``: a registered name, a hub name or local path, or a built transformers vision model.
 - ``add_dual_channel(encoder, **options)``: the boosted encoder (paper Eq. 1).
 - ``save_encoder(encoder, dir)`` / ``load_encoder(dir)``.
+- ``save_hf_encoder(encoder, dir)``: a folder ``transformers.AutoModel.from_pretrained(dir, trust_remote_code=True)``
+  loads without spatialboost (``load_encoder`` reads it too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _LAZY = {
     "add_dual_channel": "spatialboost.models.dual_channel",
     "save_encoder": "spatialboost.models.export",
     "load_encoder": "spatialboost.models.export",
+    "save_hf_encoder": "spatialboost.models.hf_export",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -3,7 +3,8 @@
 Steps (each a small function of a ``DemoState``): generate a synthetic dataset (some samples multi-view),
 validate it, write the HTML viewer; pre-train the tiny base ViT on a 2D-only objective (the DINOv2
 stand-in); train the three SpatialBoost stages with the tiny LLM and a tokenizer trained on the corpus;
-export the boosted encoder; probe base vs boosted frozen features. ``--quick`` shrinks every step so the
+probe base vs boosted frozen features; export the boosted encoder as a transformers-native folder whose
+model card carries that probe table. ``--quick`` shrinks every step so the
 whole loop runs in well under a minute (the end-to-end test).
 
 The training config is the package's ``resources/demo.yaml`` (a copy of ``configs/demo.yaml``, shipped in
@@ -105,9 +106,13 @@ def step_train(state: DemoState) -> None:
 
 
 def step_export(state: DemoState) -> None:
+    """The transformers-native folder, its model card carrying the probe table of step ``probe``."""
     from spatialboost.models.export import export_run
 
-    state.results["export"] = export_run(state.out / "train", state.out / "boosted-encoder")
+    probes = state.out / "probes" if "probe_table" in state.results else None
+    state.results["export"] = export_run(
+        state.out / "train", state.out / "boosted-encoder", probe_results=probes
+    )
 
 
 def step_probe(state: DemoState) -> None:
@@ -115,7 +120,7 @@ def step_probe(state: DemoState) -> None:
 
     data = DataConfig(num_train=8, num_test=4) if state.quick else DataConfig(num_train=64, num_test=32)
     cfg = ProbeConfig(seeds=1 if state.quick else 3, data=data)
-    base, boosted = state.results["pretrain"].path, state.results["export"]
+    base, boosted = state.results["pretrain"].path, state.out / "train" / "encoder"
     _, table = probe_before_after(base, boosted, cfg, out=state.out / "probes", plots=not state.quick)
     state.results["probe_table"] = table
 
@@ -126,8 +131,8 @@ STEPS = [
     ("view", step_view),
     ("pretrain", step_pretrain),
     ("train", step_train),
-    ("export", step_export),
     ("probe", step_probe),
+    ("export", step_export),
 ]
 
 
@@ -160,7 +165,11 @@ def training_summary(state: DemoState) -> list[str]:
             f"{r.tokens_per_s:,.0f} tokens/s, trains {groups}"
         )
     if "export" in state.results:
-        lines.append(f"  boosted encoder: {state.results['export']} (spatialboost.load_encoder)")
+        path = state.results["export"]
+        lines.append(f"  boosted encoder: {path} (model card: {path / 'README.md'})")
+        lines.append(
+            f'    AutoModel.from_pretrained("{path}", trust_remote_code=True), or spatialboost.load_encoder'
+        )
     if "probe_table" in state.results:
         lines.append("  frozen-feature probes, base -> boosted:")
         lines += ["    " + row for row in state.results["probe_table"].splitlines()]
@@ -172,7 +181,15 @@ def training_summary(state: DemoState) -> list[str]:
     return lines
 
 
-def run_demo(out: Path, scenes: int = 64, workers: int = 1, quick: bool = False) -> DemoState:
+DEMO_KIND = "demo"  # the OutputDir kind of a demo --out directory
+
+
+def run_demo(
+    out: Path, scenes: int = 64, workers: int = 1, quick: bool = False, overwrite: bool = False
+) -> DemoState:
+    from spatialboost.io import OutputDir
+
+    OutputDir.claim(out, DEMO_KIND, overwrite=overwrite, legacy=_legacy_demo).finish(prune=False)
     state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick)
     for name, step in STEPS:
         t0 = time.perf_counter()
@@ -182,8 +199,18 @@ def run_demo(out: Path, scenes: int = 64, workers: int = 1, quick: bool = False)
     return state
 
 
+def _legacy_demo(path: Path) -> list[str] | None:
+    """A demo directory an earlier version wrote (no marker)."""
+    return [] if (path / "data" / "manifest.json").is_file() and (path / "report.html").is_file() else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
+    )
     parser.add_argument("--scenes", type=int, default=64, help="synthetic scenes to generate")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for generation")
     parser.add_argument(
@@ -197,6 +224,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     scenes = min(args.scenes, 16) if args.quick else args.scenes
-    state = run_demo(args.out, scenes, args.workers, quick=args.quick)
+    state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite)
     print(summary(state))
     return 0

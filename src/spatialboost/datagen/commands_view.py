@@ -17,6 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="HTML file (default DIR/report.html)")
     parser.add_argument("--max-samples", type=int, default=16, help="samples on the page")
     parser.add_argument("--start", type=int, default=0, help="first sample shown (0-based; pages through)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file that is not a viewer page"
+    )
+
+
+def _is_viewer_page(path: Path) -> bool:
+    """An earlier output of this command (so it may be replaced): an HTML file with the viewer's title."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(400)
+    except OSError:
+        return False
+    return path.is_file() and b"<title>SpatialBoost dataset " in head
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"--out {out}: is a directory; give the HTML file to write, e.g. {out / 'report.html'}"
         )
+    if out.exists() and not args.overwrite and not _is_viewer_page(out):
+        raise UserError(f"{out}: exists and is not a page `spatialboost view` wrote; choose another --out or "
+                        "pass --overwrite")  # fmt: skip
     n = write_report(args.dataset, out, args.max_samples, args.start)
     log.info("wrote %s (%d samples)", out, n)
     return 0

@@ -135,6 +135,7 @@ def _object_json(o: SceneObject) -> dict[str, Any]:
         "obb_center": o.obb_center,
         "obb_extent": o.obb_extent,
         "obb_rotation": o.obb_rotation,
+        "solid": o.solid,
         "visible_pixels": o.visible_pixels,
         "attributes": o.attributes,
     }
@@ -508,10 +509,19 @@ def load_sample_gt(dataset_dir: str | Path, record: dict[str, Any], load_rgb: bo
                 for k, v in o.items()
             }
         )
-        for o in meta["objects"]
+        for o in map(_with_solid(meta["source"]), meta["objects"])
     ]
     scene_meta = dict(meta["scene_meta"], facts=meta["facts"])
     return Scene(meta["scene_id"], views, objects, meta["semantic_classes"], meta["source"], scene_meta)
 
 
 _LIST_KEYS = ("visible_pixels",)
+
+
+def _with_solid(source: str):
+    """Sidecars written before objects recorded their solid: a synthetic object's name is its primitive."""
+
+    def fill(o: dict[str, Any]) -> dict[str, Any]:
+        return o if "solid" in o else {**o, "solid": o["name"] if source == "synthetic" else "box"}
+
+    return fill

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from spatialboost.config import ConfigError, load_config, save_config, validate_tree
 from spatialboost.errors import UserError
-from spatialboost.eval.report import markdown_table, write_report
+from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.runner import ProbeConfig, pair_encoders, run_probes
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH")
     parser.add_argument("--seeds", type=int, help="number of probe seeds (default 3)")
     parser.add_argument("--out", help="output directory (default probe-results)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
+    )
     parser.add_argument("--image-size", type=int, help="probe resolution in pixels (default: the encoder's)")
     parser.add_argument(
         "--layers", choices=["last", "last4"], help="features of the last block or the last four"
@@ -64,12 +68,13 @@ def build_config(args: argparse.Namespace) -> ProbeConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise UserError(f"--out {cfg.out}: exists and is not a directory; choose a directory path")
-    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    out = claim_report_dir(cfg.out, overwrite=args.overwrite)  # before any work: never into someone's folder
+    if not cfg.features.cache_dir:
+        out.subdir("feature-cache")
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_probes(encoders, cfg, pairs)
-    out = Path(cfg.out)
     write_report(results, out)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out.path("config.yaml"))
+    out.finish()
     log.info("probe results:\n%s", markdown_table(results.summary, headline_only=True))
     return 0

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
-from spatialboost.io import atomic_write_json
+from spatialboost.io import atomic_write_json, dir_mode
 from spatialboost.models.encoder_base import VisionEncoder
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,7 @@ def extract_features(
              len(dataset), final)  # fmt: skip
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would survive the rename
     try:
         _write_entry(tmp, encoder, dataset, layer_indices(layers, encoder.spec.num_layers), image_size, batch_size,
                      dtype)  # fmt: skip

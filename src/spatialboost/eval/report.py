@@ -15,13 +15,14 @@ prediction (seed 0), on one colour scale per row with a colour bar in metres.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
+from spatialboost.io import OutputDir, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
                  f"↓ lower is better, ↑ higher is better.")  # fmt: skip
     if pairs:
         lines.append(NOISE_RULE + ".")
+    if summary.get("depth_protocol"):
+        lines.append(f"Depth protocol: {summary['depth_protocol']}.")
     return "\n".join(lines) + "\n"
 
 
@@ -129,20 +132,39 @@ def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:
     return f"{d:+.4f}{rel} {'better' if better else 'worse'}"
 
 
-def write_report(results: Any, out: str | Path, plots: bool = True) -> dict[str, Path]:
-    """results.json, results.md and (optionally) bars.png / depth_grid.png into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "md": out / "results.md"}
-    atomic_write_json(paths["json"], results.summary)
-    atomic_write_text(paths["md"], "# Frozen-feature probes\n\n" + markdown_table(results.summary))
+REPORT_KIND = "probe report"  # the OutputDir kind of a probe --out directory
+REPORT_FILES = ("results.json", "results.md", "bars.png", "depth_grid.png", "config.yaml")
+
+
+def claim_report_dir(out: str | Path, overwrite: bool = False) -> OutputDir:
+    """The probe output directory, refused if it holds files spatialboost did not write (see OutputDir)."""
+    return OutputDir.claim(out, REPORT_KIND, overwrite=overwrite, legacy=_legacy_report_files)
+
+
+def write_report(results: Any, out: OutputDir, plots: bool = True) -> dict[str, Path]:
+    """results.json, results.md and (optionally) bars.png / depth_grid.png into ``out`` (then finished)."""
+    paths = {
+        "json": out.write_json("results.json", results.summary),
+        "md": out.write_text("results.md", "# Frozen-feature probes\n\n" + markdown_table(results.summary)),
+    }
     if plots:
-        paths["bars"] = plot_bars(results.summary, out / "bars.png")
-        grid = plot_depth_grid(results.previews, list(results.summary["encoders"]), out / "depth_grid.png")
-        if grid is not None:
-            paths["depth_grid"] = grid
+        paths["bars"] = plot_bars(results.summary, out.path("bars.png"))
+        encoders = list(results.summary["encoders"])
+        if has_depth_previews(results.previews, encoders):
+            paths["depth_grid"] = plot_depth_grid(results.previews, encoders, out.path("depth_grid.png"))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def _legacy_report_files(path: Path) -> list[str] | None:
+    """A report an earlier version wrote (no marker): results.json with a probe summary in it."""
+    try:
+        summary = json.loads((path / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not {"rows", "encoders", "runs"} <= set(summary):
+        return None
+    return [name for name in REPORT_FILES if (path / name).is_file()]
 
 
 def _figure():
@@ -168,6 +190,10 @@ def plot_bars(summary: dict[str, Any], path: str | Path) -> Path:
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def has_depth_previews(previews: dict[str, Any], encoders: list[str]) -> bool:
+    return previews.get("test") is not None and any(e in previews for e in encoders)
 
 
 def bars_figure(summary: dict[str, Any]):

@@ -11,7 +11,9 @@ A saved encoder directory (``save_encoder``; safetensors only, never pickle)::
                               include_base=True or when the base cannot be re-obtained (random weights)
     DIR/adapter.safetensors   ``dual_channel.adapter_state_dict``: Attn+ and gates / LoRA / all weights
 
-Directories are written atomically: into a temporary sibling, then renamed into place.
+The directory is an ``spatialboost.io.OutputDir``: each file is written atomically, a marker lists the
+files written and is marked complete last, so a half-written directory is never loaded, and a directory
+that holds anything the project did not write is refused unless ``overwrite``.
 
 Training-run layout (what ``export_run`` and ``spatialboost export RUN_DIR`` read)::
 
@@ -27,10 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_json
+from spatialboost.io import OutputDir, is_complete
 from spatialboost.models.dual_channel import (
     adapter_state_dict,
     add_dual_channel,
@@ -48,20 +47,27 @@ from spatialboost.models.dual_channel import (
     load_adapter_state_dict,
 )
 from spatialboost.models.encoder_base import EncoderSpec, VisionEncoder
+from spatialboost.models.hf_export import HF_FORMAT, hf_read_config, is_hf_config, load_hf_encoder
 
 log = logging.getLogger(__name__)
 
 FORMAT = "spatialboost-encoder"
 VERSION = 1
 CONFIG, BASE, ADAPTER = "config.json", "base.safetensors", "adapter.safetensors"
+KIND = "encoder"  # the OutputDir kind of every saved or exported encoder directory
 
 
 class EncoderFormatError(UserError):
     """A directory that is not a readable saved encoder; the message names the file and the reason."""
 
 
-def save_encoder(encoder: VisionEncoder, path: str | Path, include_base: bool = True) -> Path:
-    """Write ``encoder`` (boosted or not) to directory ``path``, replacing it atomically."""
+def save_encoder(
+    encoder: VisionEncoder, path: str | Path, include_base: bool = True, overwrite: bool = False
+) -> Path:
+    """Write ``encoder`` (boosted or not) to directory ``path`` in this project's own format.
+
+    ``path`` may be new, empty or an earlier save of ours; anything else is refused unless ``overwrite``,
+    and even then only the files listed above are written (nothing else in ``path`` is touched)."""
     path = Path(path)
     source = dict(encoder.spec.extra.get("source", {"kind": "instance"}))
     write_base = include_base or not _reobtainable(source)
@@ -75,18 +81,13 @@ def save_encoder(encoder: VisionEncoder, path: str | Path, include_base: bool = 
         "boost": boost,
         "files": {"base": write_base, "adapter": boost is not None},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        if write_base:
-            _save_tensors(base_state_dict(encoder), tmp / BASE)
-        if boost is not None:
-            _save_tensors(adapter_state_dict(encoder), tmp / ADAPTER)
-        atomic_write_json(tmp / CONFIG, config)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = OutputDir.claim(path, KIND, overwrite=overwrite, legacy=legacy_encoder_files)
+    if write_base:
+        save_tensors(base_state_dict(encoder), out, BASE)
+    if boost is not None:
+        save_tensors(adapter_state_dict(encoder), out, ADAPTER)
+    out.write_json(CONFIG, config)
+    out.finish()  # an earlier save's base/adapter file that this one does not write is removed
     return path
 
 
@@ -96,6 +97,8 @@ def load_encoder(path: str | Path) -> VisionEncoder:
 
     path = Path(path)
     config = read_config(path)
+    if config["format"] == HF_FORMAT:
+        return load_hf_encoder(path, config)
     spec = config["spec"]
     source = config["source"]
     spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
@@ -142,10 +145,14 @@ def read_config(path: Path) -> dict[str, Any]:
         raise EncoderFormatError(f"{path}: not a directory (expected a saved encoder directory)")
     if not file.is_file():
         raise EncoderFormatError(f"{file}: missing; {path} is not a saved encoder (see save_encoder)")
+    if not is_complete(path):
+        raise EncoderFormatError(f"{path}: an earlier write into it did not finish; save or export it again")
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EncoderFormatError(f"{file}: not valid JSON ({e})") from None
+    if is_hf_config(config):
+        return hf_read_config(path, config)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise EncoderFormatError(f'{file}: not a SpatialBoost encoder config (no "format": "{FORMAT}")')
     if config.get("version") != VERSION:
@@ -175,11 +182,43 @@ def find_run_encoder(run_dir: str | Path) -> Path:
     return max(steps)[1]
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the run's boosted encoder as a standalone directory (base weights copied in)."""
+FORMATS = ("hf", "spatialboost")
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    format: str = "hf",
+    adapter_only: bool = False,
+    overwrite: bool = False,
+    probe_results: str | Path | None = None,
+) -> Path:
+    """Write the run's boosted encoder as a standalone directory.
+
+    ``format="hf"`` (the default): a transformers-native folder with a model card (``hf_export``), loaded by
+    ``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` and by ``load_encoder``. ``"spatialboost"``:
+    this module's own layout. ``adapter_only``: without the base weights (the base must be re-obtainable)."""
+    if format not in FORMATS:
+        raise UserError(f"unknown export format {format!r}; known: {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    OutputDir.check(
+        out_dir, KIND, overwrite=overwrite, legacy=legacy_encoder_files
+    )  # before loading anything
     src = find_run_encoder(run_dir)
-    log.info("exporting %s -> %s", src, out_dir)
-    return save_encoder(load_encoder(src), out_dir, include_base=True)
+    log.info("exporting %s -> %s (%s)", src, out_dir, format)
+    encoder = load_encoder(src)
+    if format == "spatialboost":
+        if adapter_only and not _reobtainable(encoder.spec.extra.get("source", {})):
+            raise UserError(f"{src}: the base cannot be re-obtained by name, so an adapter-only export could not be "
+                            "loaded; drop --adapter-only")  # fmt: skip
+        return save_encoder(encoder, out_dir, include_base=not adapter_only, overwrite=overwrite)
+    from spatialboost.models.card import model_card, run_facts, weights_sha256
+    from spatialboost.models.hf_export import hf_base_reference, hf_config, save_hf_encoder
+
+    facts = run_facts(run_dir, weights_sha256(encoder), probe_results)
+    config = hf_config(encoder, hf_base_reference(encoder) if adapter_only else None)
+    card = model_card(config, out_dir, facts)
+    return save_hf_encoder(encoder, out_dir, adapter_only=adapter_only, overwrite=overwrite, card=card)
 
 
 def _reobtainable(source: dict[str, Any]) -> bool:
@@ -200,8 +239,26 @@ def _model_from_hf_config(path: Path, config: dict[str, Any]) -> torch.nn.Module
         return build_from_config(family, hf_config)
 
 
-def _save_tensors(state: dict[str, torch.Tensor], file: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(file), metadata={"format": "pt"})
+def save_tensors(state: dict[str, torch.Tensor], out: OutputDir, name: str) -> None:
+    """Safetensors file ``name`` of ``out``, written atomically with the user's normal permissions."""
+    with out.atomic_path(name) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+
+
+def legacy_encoder_files(path: Path) -> list[str] | None:
+    """A directory an earlier version of ``save_encoder`` wrote (no marker): its files, else None."""
+    names = {p.name for p in path.iterdir()}
+    ours = {CONFIG, BASE, ADAPTER}
+    if not names or not names <= ours or not _native_config(path):
+        return None
+    return sorted(names)
+
+
+def _native_config(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -211,14 +268,3 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
         raise EncoderFormatError(f"{file}: not a readable safetensors file ({e})") from None
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first and removed after."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.replace(path, old / path.name)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from torch import nn
 
 from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
 from spatialboost.data.images import ImageTransform
-from spatialboost.io import atomic_write_json
+from spatialboost.io import atomic_path, atomic_write_json
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
 from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import VisionEncoder
@@ -362,11 +360,5 @@ def load_vlm_parts(vlm: SpatialVLM, in_dir: str | Path) -> SpatialVLM:
 
 
 def _atomic_save_model(module: nn.Module, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_model(module, tmp)  # handles tied weights (stored once)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_model(module, str(tmp))  # handles tied weights (stored once)

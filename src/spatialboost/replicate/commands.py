@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_json
+from spatialboost.io import OutputDir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="cache dir (pre-trained base, probe features)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     selected_arms(cfg)  # an unknown arm name fails here, listing the known ones, before any work
     cfg.cache_dir = str(args.cache) if args.cache else ""
     command, commit = command_line(args), git_commit()
+    OutputDir.claim(args.out, STUDY_KIND, overwrite=args.overwrite, legacy=_legacy_study).finish(prune=False)
     if args.report_only:
         from spatialboost.replicate.report import collect
 
@@ -74,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
         write_report(summary, args.docs, command, commit, prefix=args.docs_prefix, md_name=args.docs_md)
     print(arm_table(summary, table_order(summary)))
     return 0
+
+
+STUDY_KIND = "replicate study"  # the OutputDir kind of a replicate --out directory
+
+
+def _legacy_study(path: Path) -> list[str] | None:
+    """A study directory an earlier version wrote (no marker)."""
+    return [] if (path / "study-config.json").is_file() or (path / "command.json").is_file() else None
 
 
 def command_line(args: argparse.Namespace) -> str:

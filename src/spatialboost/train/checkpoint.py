@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from spatialboost.io import file_mode
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = "trainable.safetensors"
@@ -80,6 +82,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes 0600 whatever the umask
     torch.save(optim_state, tmp / OPTIM)
     (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
     if write_extra is not None:

@@ -23,6 +23,7 @@ import yaml
 
 from spatialboost.config import ConfigError, from_dict, save_config, to_dict
 from spatialboost.errors import UserError
+from spatialboost.io import OutputDir
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import STAGE_NAMES, TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
@@ -53,6 +54,9 @@ def run_training(cfg: TrainConfig) -> list[StageResult]:
         return results
     finally:
         dist_utils.shutdown(env)
+
+
+RUN_KIND = "training run"  # the OutputDir kind of a run_dir
 
 
 def blind_config(cfg: TrainConfig) -> TrainConfig:
@@ -89,9 +93,12 @@ def train_blind_baseline(cfg: TrainConfig, env, tokenizer) -> None:
 
 
 def check_config(cfg: TrainConfig, env) -> None:
-    """Check the paths the config names; save it; refuse to resume a run dir trained with a different one."""
+    """Claim ``run_dir`` (refused if it holds files spatialboost did not write), check the paths the config
+    names, save the config; refuse to resume a run dir trained with a different one."""
+    run_dir = Path(cfg.run_dir)
+    OutputDir.check(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
     check_paths(cfg)
-    path = Path(cfg.run_dir) / "config.yaml"
+    path = run_dir / "config.yaml"
     if path.is_file():
         old, new = _flatten(_resolved(yaml.safe_load(path.read_text()) or {})), _flatten(to_dict(cfg))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -103,7 +110,18 @@ def check_config(cfg: TrainConfig, env) -> None:
             )
     dist_utils.barrier(env)
     if env.is_main:
-        save_config(cfg, path)
+        out = OutputDir.claim(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
+        save_config(cfg, out.path("config.yaml"))
+        out.finish(prune=False)  # the stages below own their sub-directories
+
+
+def _legacy_run(path: Path) -> list[str] | None:
+    """A run dir an earlier version wrote (no marker): a config.yaml holding a training config."""
+    try:
+        old = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return ["config.yaml"] if isinstance(old, dict) and {"run_dir", "stages", "model"} <= set(old) else None
 
 
 def check_paths(cfg: TrainConfig) -> None:
