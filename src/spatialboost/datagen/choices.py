@@ -3,14 +3,20 @@
 They are registered with ``auxiliary=True``: never drawn by the default conversation mix (its outputs stay
 as they were), added by name with ``ConversationConfig.extra_turns``. Two kinds:
 
-- **balanced A/B choices**, decision first: "Which point is closer to the camera: (A) (12, 40) or (B)
-  (51, 41)? Answer with A or B." -> "A. ...". The correct letter is drawn 50/50 and the question carries no
-  cue to it: the two points of ``choice_closer_point`` lie on the same image row (a point lower in the image
+- **balanced A/B choices**, answered by the letter alone: "Which point is closer to the camera: (A)
+  (12, 40) or (B) (51, 41)? Answer with A or B." -> "A.". The correct letter is drawn 50/50 and the question
+  carries no cue to it: the two points of ``choice_closer_point`` lie on the same image row (a point lower in the image
   is usually closer, which a text-only model would otherwise learn from the coordinates), and gaps are
   large enough to be visible. Their facts add ``choices`` (["A", "B"]) and ``answer_choice`` so the image
   gain can score the decision token (``train.image_gain``), chance 50%;
-- **readouts**: ``depth_readout`` asks the depth at several points in one turn (a compact, dense pixel-level
-  answer: many depth values per image for few tokens).
+- **readouts**: ``depth_readout`` asks the depth at several points in one turn and answers the depths alone,
+  in the order asked (a compact, dense pixel-level answer: many depth values per image for few tokens).
+
+Why terse answers: with a from-scratch LM, an answer's loss is mostly text it can copy from the question
+(coordinates, object names); the few tokens that need the image are a small share of the gradient and the
+LM learns to read far more slowly. Measured: A/B questions answered "A." were read (85% accuracy with the
+right images, 52% with other scenes', the frozen-feature probe's bound) after 300 steps, while the same
+questions followed by a rationale echoing the coordinates stayed at chance after 500 (docs/results.md).
 
 Every fact is one of ``relations.FACTS`` (validated like any other), with its arguments in the A/B order
 of the question, so label "first" / "in front of" / "left" / "bigger" means A.
@@ -91,19 +97,10 @@ def t_choice_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA 
         d = R.closer_point(ctx.graph, v, x1, y1, x2, y2)
     letter = "A" if d.label == "first" else "B"
     sa, sb = xy(ctx, v, x1, y1), xy(ctx, v, x2, y2)
-    da, db = R.depth_at(ctx.graph, v, x1, y1).value, R.depth_at(ctx.graph, v, x2, y2).value
     q = f"Which point is closer to the camera: (A) {sa} or (B) {sb}? Answer with A or B. {_coord_note(ctx)}"
-    answer = f"{letter}. {sa} is at {m(da)} and {sb} is at {m(db)}."
     args = {"view": v, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
-    support = [_depth_fact(sample) for sample in _notes(ctx, v, [(x1, y1, da), (x2, y2, db)])]
-    fact = _choice_fact("closer_point", args, d, letter, support)
-    return QA("pixel", "choice_closer_point", _in_view(ctx, v, q), answer, fact)
-
-
-def _notes(ctx: Context, view: int, points: list[tuple[int, int, float]]):
-    from spatialboost.datagen.templates import PointNote
-
-    return [PointNote(view, x, y, d, 0) for x, y, d in points]
+    fact = _choice_fact("closer_point", args, d, letter)
+    return QA("pixel", "choice_closer_point", _in_view(ctx, v, q), f"{letter}.", fact)
 
 
 def _object_choice(ctx: Context, rng: random.Random, decide, first_label: str, min_gap: float = 0.0):
@@ -132,8 +129,7 @@ def t_choice_closer_object(scene: Scene, ctx: Context, rng: random.Random) -> QA
     a, b, d, letter = got
     A, B = desc(ctx, a), desc(ctx, b)
     q = f"Which object is closer to the camera: (A) {A} or (B) {B}? Answer with A or B."
-    win = A if letter == "A" else B
-    answer = f"{letter}. {win[:1].upper()}{win[1:]} is closer."
+    answer = f"{letter}."
     fact = _choice_fact("front_behind", {"view": v, "a": a, "b": b}, d, letter)
     return QA("object", "choice_closer_object", _in_view(ctx, v, q), answer, fact)
 
@@ -147,7 +143,7 @@ def t_choice_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | 
     a, b, d, letter = got
     A, B = desc(ctx, a), desc(ctx, b)
     q = f"Seen from the camera, which object is further left: (A) {A} or (B) {B}? Answer with A or B."
-    answer = f"{letter}. Their centres are {m(abs(d.value))} apart sideways."
+    answer = f"{letter}."
     fact = _choice_fact("left_right", {"view": v, "a": a, "b": b}, d, letter)
     return QA("object", "choice_left_right", _in_view(ctx, v, q), answer, fact)
 
@@ -160,8 +156,7 @@ def t_choice_bigger(scene: Scene, ctx: Context, rng: random.Random) -> QA | None
     a, b, d, letter = got
     A, B = desc(ctx, a), desc(ctx, b)
     q = f"Which object is bigger: (A) {A} or (B) {B}? Answer with A or B."
-    win = A if letter == "A" else B
-    answer = f"{letter}. {win[:1].upper()}{win[1:]} is bigger."
+    answer = f"{letter}."
     fact = _choice_fact("bigger_smaller", {"a": a, "b": b}, d, letter)
     return QA("object", "choice_bigger", _in_view(ctx, ctx.view, q), answer, fact)
 
@@ -179,8 +174,8 @@ def t_depth_readout(scene: Scene, ctx: Context, rng: random.Random) -> QA | None
     if len(points) < 2:
         return None
     listed = ", ".join(xy(ctx, v, p.x, p.y) for p in points)
-    q = f"What is the depth at each of these points: {listed}? {_coord_note(ctx)}"
-    answer = "; ".join(f"{xy(ctx, v, p.x, p.y)}: {m(p.depth)}" for p in points) + "."
+    q = f"What is the depth at each of these points, in order: {listed}? {_coord_note(ctx)}"
+    answer = ", ".join(m(p.depth) for p in points) + "."
     first, rest = points[0], points[1:]
     fact = _fact("depth_at", {"view": v, "x": first.x, "y": first.y}, R.Decision(first.depth, R.METRIC),
                  [m(first.depth)], [_depth_fact(p) for p in rest])  # fmt: skip
