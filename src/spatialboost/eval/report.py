@@ -22,7 +22,12 @@ HEADLINE = {
     "seg": ["miou", "pixel_acc"],
     "cls-linear": ["top1"],
     "cls-knn": ["top1"],
+    "corr": ["recall@0.1m", "recall@0.2m", "recall@0.4m"],  # the default thresholds (eval.probes3d)
+    "register": ["rr@0.2m", "rte", "rre"],
+    "sem3d": ["acc", "miou"],
+    "robot": ["success"],
 }
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
 METRIC_ORDER = [
     "rmse",
     "absrel",
@@ -58,7 +63,7 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     for probe, metric in _metric_keys(summary):
         if headline_only and metric not in HEADLINE.get(probe, []):
             continue
-        arrow = "↓" if metric in {"rmse", "absrel", "log10", "log10_rmse"} else "↑"
+        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
         cells = [probe, f"{metric} {arrow}"]
         for enc in encoders:
             r = rows.get((enc, probe, metric))
