@@ -279,3 +279,21 @@ def test_stub_encoder_3d_probe_runs_at_a_non_multiple_size(tmp_path):
     res = run_job({"enc": StubEncoder(patch=8)}, cfg)
     (row,) = [r for r in res.summary["rows"] if r["metric"] == "recall@0.2m"]
     assert row["protocol"]["image_size"] == 32 and row["protocol"]["grid"] == [4, 4]
+
+
+def test_paired_differences_over_units_say_whether_beyond_noise():
+    from spatialboost.eval.report_extra import paired_differences, paired_lines
+
+    def row(enc, values):
+        unit = {"unit": "view pair", "metric": "recall@0.2m", "values": values}
+        return {"encoder": enc, "probe": "corr", "metric": "recall@0.2m", "protocol": {"per_unit": unit}}
+
+    base = [0.1, 0.2, 0.3, 0.4]
+    summary = {"pairs": {"boosted": "base"},
+               "rows": [row("base", base), row("boosted", [v + 0.1 + 0.01 * (-1) ** i for i, v in enumerate(base)])]}  # fmt: skip
+    (d,) = paired_differences(summary)
+    assert d["mean"] == pytest.approx(0.1) and d["n"] == 4 and d["beyond_noise"]
+    assert d["se"] == pytest.approx(np.std([0.11, 0.09, 0.11, 0.09], ddof=1) / 2)
+    summary["rows"][1] = row("boosted", [v + (0.1 if i % 2 else -0.1) for i, v in enumerate(base)])
+    (d,) = paired_differences(summary)
+    assert not d["beyond_noise"] and "within noise" in paired_lines(summary)[0]

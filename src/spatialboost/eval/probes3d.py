@@ -24,6 +24,10 @@ depth and class maps at the probe resolution S) and the views' cameras; frames a
   scored on the held-out test scenes: point accuracy ``acc`` and ``miou`` (classes present in prediction or
   target, as ``eval.metrics``).
 
+Each probe also records, in its protocol, one headline number per unit (view pair or test scene) as
+``per_unit``: the report's paired comparison of two encoders (mean difference +- its standard error over the
+units, the data's noise) is computed from them, since ``corr`` has no seed noise at all.
+
 Thresholds default to our synthetic rooms (cameras 1.8-2.7 m from the objects, 64 px images, 8 px
 patches: a patch spans about 0.3 m at 2.5 m); the paper's 0.05 m registration threshold is for ScanNet at
 full resolution. Every threshold is a config field, recorded with the numbers.
@@ -170,7 +174,8 @@ def correspondence_probe(train, test: SceneFeatures, cfg: Probe3DConfig, seed: i
     proto = _protocol("corr-mnn-cosine", test, seed, thresholds=ths, rotation_bins=list(cfg.rotation_bins),
                       pairs=len(angles), pairs_per_bin=[int(((angles >= lo) & (angles < hi)).sum()) for lo, hi in bins],
                       matches_per_pair=float(np.mean(counts)), overlap=float(np.mean(overlaps)),
-                      overlap_threshold=ths[mid])  # fmt: skip
+                      overlap_threshold=ths[mid],
+                      per_unit={"unit": "view pair", "metric": f"recall@{ths[mid]:g}m", "values": rec[:, mid].tolist()})  # fmt: skip
     return ProbeResult(metrics=metrics, protocol=proto)
 
 
@@ -189,8 +194,10 @@ def registration_probe(train, test: SceneFeatures, cfg: Probe3DConfig, seed: int
     rmse_a = np.array(rmse)
     metrics = {f"rr@{cfg.rr_threshold:g}m": float(np.mean(rmse_a <= cfg.rr_threshold)), "rte": float(np.mean(rte)),
                "rre": float(np.mean(rre)), "rmse_median": float(np.median(rmse_a))}  # fmt: skip
+    unit = {"unit": "view pair", "metric": "rte", "values": rte}
     proto = _protocol("register-ransac-kabsch", test, seed, iterations=cfg.ransac_iterations,
-                      inlier_threshold=cfg.inlier_threshold, rr_threshold=cfg.rr_threshold, pairs=len(rmse))  # fmt: skip
+                      inlier_threshold=cfg.inlier_threshold, rr_threshold=cfg.rr_threshold, pairs=len(rmse),
+                      per_unit=unit)  # fmt: skip
     return ProbeResult(metrics=metrics, protocol=proto)
 
 
@@ -236,29 +243,34 @@ def fuse_features(
     return (total / np.maximum(count, 1)[:, None]).astype(np.float32), count > 0
 
 
-def point_set(sf: SceneFeatures, cfg: Sem3DConfig, scene_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fused point features (P, C) and labels (P,) of every scene of a split (memoised on ``sf``)."""
+def point_set(
+    sf: SceneFeatures, cfg: Sem3DConfig, scene_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fused point features (P, C), labels (P,) and scene index (P,) of every scene of a split (memoised)."""
     key = ("sem3d", cfg.voxel, cfg.max_points, cfg.visibility, scene_offset)
     if key not in sf.memo:
         sf.memo[key] = _point_set(sf, cfg, scene_offset)
     return sf.memo[key]
 
 
-def _point_set(sf: SceneFeatures, cfg: Sem3DConfig, scene_offset: int) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
+def _point_set(
+    sf: SceneFeatures, cfg: Sem3DConfig, scene_offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs, ys, ks = [], [], []
     for k, views in enumerate(sf.scenes):
         points, labels = scene_cloud(sf, views, cfg, scene_offset + k)
         feats, seen = fuse_features(sf, views, points, cfg)
         xs.append(feats[seen])
         ys.append(labels[seen])
-    return np.concatenate(xs), np.concatenate(ys)
+        ks.append(np.full(int(seen.sum()), k))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ks)
 
 
 @PROBES_3D.register("sem3d")
 def sem3d_probe(train: SceneFeatures, test: SceneFeatures, cfg: Probe3DConfig, seed: int) -> ProbeResult:
     scfg = cfg.sem3d
-    x_tr, y_tr = point_set(train, scfg)
-    x_te, y_te = point_set(test, scfg, scene_offset=len(train.scenes))
+    x_tr, y_tr, _ = point_set(train, scfg)
+    x_te, y_te, scene = point_set(test, scfg, scene_offset=len(train.scenes))
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     head = LinearHead(*feature_stats(x_tr), out_dim=num_classes)
     head.linear.bias.data.copy_(_log_prior(y_tr, num_classes))
@@ -268,8 +280,10 @@ def sem3d_probe(train: SceneFeatures, test: SceneFeatures, cfg: Probe3DConfig, s
         pred = head(torch.from_numpy(x_te)).argmax(1).numpy()
     seg = segmentation_metrics_from_confusion(confusion_matrix(pred, y_te, num_classes, IGNORE_INDEX))
     metrics = {"acc": seg["pixel_acc"], "miou": seg["miou"]}
+    per_scene = [float(np.mean(pred[scene == k] == y_te[scene == k])) for k in range(len(test.scenes))]
     proto = _protocol("sem3d-linear-points", test, seed, num_classes=num_classes, train_points=len(y_tr),
                       test_points=len(y_te), final_train_loss=history[-1],
+                      per_unit={"unit": "test scene", "metric": "acc", "values": per_scene},
                       **{k: v for k, v in vars(scfg).items()})  # fmt: skip
     return ProbeResult(metrics=metrics, protocol=proto, head=head)
 
