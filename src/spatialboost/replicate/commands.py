@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="cache dir (pre-trained base, probe features)"
     )
+    parser.add_argument(
+        "--probes", default="", help="extra probes on table A's arms: all3d,robot (eval.benches)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     try:
         cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size)
+        cfg.extra_probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+        cfg.validate()
     except ValueError as e:
         raise UserError(str(e)) from None
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -75,6 +80,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--quick"] * args.quick + [f"--size {args.size}"] * (args.size != "full")
     parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
+    parts += [f"--probes {args.probes}"] * bool(getattr(args, "probes", ""))
     return " ".join(parts)
 
 
