@@ -17,6 +17,7 @@ from spatialboost.errors import UserError
 from spatialboost.eval.datasets.multiview import RGBDMultiView, SyntheticMultiView, build_multiview
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.geometry3d import (
+    _kabsch_batch,
     alignment_rmse,
     kabsch,
     mutual_nearest_neighbours,
@@ -47,6 +48,11 @@ def test_kabsch_recovers_a_rigid_transform_and_never_reflects():
     np.testing.assert_allclose(T[:3, 3], t, atol=1e-9)
     mirrored = p * np.array([1, 1, -1])  # the best fit without reflection is still a rotation
     assert np.linalg.det(kabsch(p, mirrored)[:3, :3]) == pytest.approx(1.0)
+    Rb, tb = _kabsch_batch(np.stack([p[:4], p[4:8]]),
+                           np.stack([p[:4] @ R.T + t, mirrored[4:8]]))  # fmt: skip
+    np.testing.assert_allclose(Rb[0], R, atol=1e-9)
+    np.testing.assert_allclose(tb[0], t, atol=1e-9)
+    np.testing.assert_allclose(Rb[1], kabsch(p[4:8], mirrored[4:8])[:3, :3], atol=1e-9)
 
 
 def test_ransac_kabsch_ignores_outliers_and_is_seeded():

@@ -89,14 +89,14 @@ def kabsch(p: np.ndarray, q: np.ndarray, weights: np.ndarray | None = None) -> n
 def _kabsch_batch(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotations (B, 3, 3) and translations (B, 3) of B minimal samples p, q (B, k, 3)."""
     pc, qc = p.mean(1, keepdims=True), q.mean(1, keepdims=True)
-    H = np.einsum("bki,bkj->bij", p - pc, q - qc)
+    H = (p - pc).transpose(0, 2, 1) @ (q - qc)  # (B, 3, 3)
     U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(np.einsum("bji,bkj->bik", Vt, U)))
+    V, Ut = Vt.transpose(0, 2, 1), U.transpose(0, 2, 1)
+    d = np.sign(np.linalg.det(V @ Ut))
     d[d == 0] = 1.0
-    D = np.broadcast_to(np.eye(3), H.shape).copy()
-    D[:, 2, 2] = d
-    R = np.einsum("bji,bjk,blk->bil", Vt, D, U)  # V D U^T
-    t = qc[:, 0] - np.einsum("bij,bj->bi", R, pc[:, 0])
+    V[:, :, 2] *= d[:, None]  # V diag(1, 1, d): no reflection
+    R = V @ Ut
+    t = qc[:, 0] - (R @ pc[:, 0, :, None])[:, :, 0]
     return R, t
 
 
@@ -113,7 +113,7 @@ def ransac_kabsch(
         return np.eye(4), np.zeros(n, bool)
     idx = np.argsort(rng.random((iterations, n)), axis=1)[:, :3]  # (B, 3) distinct indices per sample
     R, t = _kabsch_batch(p[idx], q[idx])
-    resid = np.linalg.norm(np.einsum("bij,nj->bni", R, p) + t[:, None] - q[None], axis=2)  # (B, N)
+    resid = np.linalg.norm(p @ R.transpose(0, 2, 1) + t[:, None] - q[None], axis=2)  # (B, N)
     counts = (resid < inlier_threshold).sum(1)
     best = int(np.argmax(counts))
     inliers = resid[best] < inlier_threshold
