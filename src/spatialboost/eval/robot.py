@@ -141,6 +141,8 @@ class MetaWorldTask:
         self.env, self.expert = env, experts[task]()
         model = env.model
         model.vis.quality.offsamples = 0
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)  # the offscreen buffer fits S x S
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
         if task in GOAL_MARKER:
             radius, rgba = GOAL_MARKER[task]
             model.site("goal").size[0] = radius
