@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -83,9 +84,14 @@ SMOKE = ["robot.tasks=[reach-v3]", "robot.demos=1", "robot.horizon=6", "robot.re
          "robot.epochs=2", "robot.evals=1", "robot.image_size=32"]  # fmt: skip
 
 
+# find_spec, not importorskip: importing metaworld imports mujoco, which picks its GL back-end (EGL, set by
+# eval.robot) at import time
+needs_metaworld = pytest.mark.skipif(find_spec("metaworld") is None, reason="metaworld is not installed")
+
+
 @pytest.mark.slow
+@needs_metaworld
 def test_robot_probe_smoke_with_meta_world(tmp_path):
-    pytest.importorskip("metaworld")
     out = tmp_path / "out"
     args = ["probe", "--encoder", "tiny-vit", "--task", "robot", "--seeds", "1", "--rollouts", "1", "--out", str(out),
             "features.cache_dir=" + str(tmp_path / "cache"), *SMOKE]  # fmt: skip
@@ -106,3 +112,20 @@ def test_robot_probe_smoke_with_meta_world(tmp_path):
             "reach-v3", cfg, 32, tmp_path / "cache"
         )  # a cache hit: no Meta-World
         assert again.seconds == 0.0 and np.array_equal(again.frames, z["frames"])
+
+
+@pytest.mark.slow
+@needs_metaworld
+def test_meta_world_rendering_leaves_the_scene_renderer_working():
+    """MuJoCo makes its own EGL context current; the synthetic engine's renderer must still draw afterwards."""
+    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+
+    before = generate_scene(3, SyntheticConfig(image_size=40)).views[0].rgb
+    env = robot.MetaWorldTask("reach-v3", "corner", 32)
+    env.reset(0)
+    assert env.render().std() > 5
+    after = generate_scene(3, SyntheticConfig(image_size=40)).views[0].rgb
+    np.testing.assert_array_equal(after, before)
+    assert generate_scene(3, SyntheticConfig(image_size=44)).views[0].rgb.std() > 5  # a new framebuffer
+    assert env.render().std() > 5  # and MuJoCo still renders too
+    env.close()
