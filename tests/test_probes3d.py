@@ -291,7 +291,7 @@ def test_paired_differences_over_units_say_whether_beyond_noise():
     from spatialboost.eval.report_extra import paired_differences, paired_lines
 
     def row(enc, values):
-        unit = {"unit": "view pair", "metric": "recall@0.2m", "values": values}
+        unit = {"unit": "view pair", "values": {"recall@0.2m": values}}
         return {"encoder": enc, "probe": "corr", "metric": "recall@0.2m", "protocol": {"per_unit": unit}}
 
     base = [0.1, 0.2, 0.3, 0.4]
@@ -302,4 +302,4 @@ def test_paired_differences_over_units_say_whether_beyond_noise():
     assert d["se"] == pytest.approx(np.std([0.11, 0.09, 0.11, 0.09], ddof=1) / 2)
     summary["rows"][1] = row("boosted", [v + (0.1 if i % 2 else -0.1) for i, v in enumerate(base)])
     (d,) = paired_differences(summary)
-    assert not d["beyond_noise"] and "within noise" in paired_lines(summary)[0]
+    assert not d["beyond_noise"] and "within noise" in "\n".join(paired_lines(summary))

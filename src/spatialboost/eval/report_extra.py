@@ -43,28 +43,38 @@ def section_3d(summary: dict[str, Any]) -> str:
                      f"of patches with a partner within {p['overlap_threshold']} m in the other view, set by the data "
                      "and the patch grid) and mutual-NN matches per pair: "
                      + "; ".join(f"{e} {q['overlap']:.3f}, {q['matches_per_pair']:.1f}" for e, q in corr.items()) + ".")  # fmt: skip
-    lines += paired_lines(summary)
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in info["seconds"].items())
-    lines += [f"- time (all encoders and seeds): {secs}.", ""]
+    lines += [f"- time (all encoders and seeds): {secs}.", *paired_lines(summary), ""]
     return "\n".join(lines)
 
 
+def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str, Any] | None:
+    """Mean per-unit difference (boosted - base) of one metric row pair and its standard error, from the
+    ``per_unit`` values the 3D probes record (seed 0); None when the rows have none for this metric."""
+    metric = base.get("metric", "")
+    units_a = base.get("protocol", {}).get("per_unit", {})
+    units_b = boosted.get("protocol", {}).get("per_unit", {})
+    a, b = units_a.get("values", {}).get(metric), units_b.get("values", {}).get(metric)
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+        return None
+    d = np.asarray(b, float) - np.asarray(a, float)
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+    return {"metric": metric, "unit": units_a.get("unit", "unit"), "n": len(d), "mean": float(d.mean()), "se": se,
+            "beyond_noise": bool(abs(d.mean()) > 2 * se)}  # fmt: skip
+
+
 def paired_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per encoder pair and 3D probe: the mean per-unit difference (boosted - base) and its standard error."""
+    """Per encoder pair: the paired difference of every 3D metric row that has per-unit values."""
+    rows = {(r["encoder"], r["probe"], r["metric"]): r for r in summary["rows"]}
     out = []
-    protos = {
-        (r["encoder"], r["probe"]): r["protocol"] for r in summary["rows"] if "per_unit" in r["protocol"]
-    }
     for boosted, base in summary.get("pairs", {}).items():
-        for probe in ("corr", "register", "sem3d"):
-            a, b = protos.get((base, probe)), protos.get((boosted, probe))
-            if a is None or b is None or len(a["per_unit"]["values"]) != len(b["per_unit"]["values"]):
+        for (enc, probe, metric), row in rows.items():
+            other = rows.get((boosted, probe, metric))
+            if enc != base or other is None:
                 continue
-            d = np.asarray(b["per_unit"]["values"], float) - np.asarray(a["per_unit"]["values"], float)
-            se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-            out.append({"pair": f"{boosted} vs {base}", "probe": probe, "metric": a["per_unit"]["metric"],
-                        "unit": a["per_unit"]["unit"], "n": len(d), "mean": float(d.mean()), "se": se,
-                        "beyond_noise": bool(abs(d.mean()) > 2 * se)})  # fmt: skip
+            diff = paired_difference(row, other)
+            if diff is not None:
+                out.append({"pair": f"{boosted} vs {base}", "probe": probe, **diff})
     return out
 
 
@@ -72,12 +82,14 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
     diffs = paired_differences(summary)
     if not diffs:
         return []
-    several = len({d["pair"] for d in diffs}) > 1
-    cells = [f"{d['pair'] + ': ' if several else ''}{d['probe']} {d['metric']} {d['mean']:+.4f} ± {d['se']:.4f} over "
-             f"{d['n']} {d['unit']}s ({'beyond' if d['beyond_noise'] else 'within'} noise)" for d in diffs]  # fmt: skip
-    head = "" if several else f" {diffs[0]['pair']}"
-    return [f"- paired difference{head} (seed 0, mean ± standard error over the units; beyond noise = more than "
-            "2 SE): " + "; ".join(cells) + "."]  # fmt: skip
+    lines = ["", "Paired differences (seed 0; mean ± standard error over the same view pairs / test scenes; "
+             "beyond noise = more than 2 SE):", "", "| pair | probe | metric | Δ | SE | units | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for d in diffs:
+        verdict = "beyond noise" if d["beyond_noise"] else "within noise"
+        lines.append(f"| {d['pair']} | {d['probe']} | {d['metric']} | {d['mean']:+.4f} | {d['se']:.4f} | "
+                     f"{d['n']} {d['unit']}s | {verdict} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def section_robot(summary: dict[str, Any]) -> str:
