@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from spatialboost.config import load_config
-from spatialboost.train.config import TrainConfig
+from spatialboost.train.config import LLMOptions, TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
 from spatialboost.train.loop import clip_and_step, forward_backward
@@ -176,7 +176,7 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float) -> dict:
     dt = statistics.median(times)
     return {
         "encoder": cfg.model.encoder,
-        "llm_options": cfg.model.llm_options,
+        "llm_options": cfg.model.llm_options.overrides(),
         "batch": {k: list(v.shape) for k, v in batches[0].items() if torch.is_tensor(v)},
         "step_gflop": flops / 1e9,
         "attention_share_of_flops": attention / flops,
@@ -223,7 +223,7 @@ def main() -> None:
     cfg.data.datasets = [str(data)]
     report["stage3_flops"] = stage3_flops(cfg, tok, args.steps, peak)
     if not args.skip_wide:
-        cfg.model.encoder, cfg.model.llm_options = "vit-s14", WIDE_LLM
+        cfg.model.encoder, cfg.model.llm_options = "vit-s14", LLMOptions(**WIDE_LLM)
         cfg.stages.encoder.batch_size = args.wide_batch
         report["stage3_flops_wide"] = stage3_flops(cfg, tok, max(2, args.steps // 2), peak)
     report["load_avg_before_after"] = [load_before[0], os.getloadavg()[0]]

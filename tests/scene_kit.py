@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatialboost.datagen.geometry import intrinsics_from_fov, look_at
+from spatialboost.datagen.geometry import intrinsics_from_fov, look_at, yaw_rotation
 from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
 
 
@@ -23,6 +23,65 @@ def box(obj_id: int, center, size, name: str = "box", color: str | None = "red")
         obb_extent=s.copy(),
         obb_rotation=np.eye(3),
     )
+
+
+ROUND = ("sphere", "cylinder", "cone", "torus")
+
+
+def solid(obj_id: int, kind: str, center, extent, yaw: float = 0.0, color: str = "red") -> SceneObject:
+    """An object that is a primitive solid (box, sphere, cylinder, cone, pyramid, torus) turned by ``yaw``.
+
+    Its world AABB is derived by hand: a round footprint is a disc of diameter extent[0] whatever the yaw;
+    a box or pyramid footprint is the turned rectangle.
+    """
+    c, s = np.asarray(center, float), np.asarray(extent, float)
+    R = yaw_rotation(yaw)
+    half = np.array([s[0] / 2, s[0] / 2, s[2] / 2]) if kind in ROUND else 0.5 * np.abs(R) @ s
+    o = SceneObject(
+        id=obj_id,
+        name=kind,
+        description=f"the {color} {kind}",
+        color=color,
+        centroid=c.copy(),
+        aabb_min=c - half,
+        aabb_max=c + half,
+        obb_center=c.copy(),
+        obb_extent=s.copy(),
+        obb_rotation=R,
+    )
+    o.solid = kind  # set after construction: the same helper builds the scenes of every version under test
+    return o
+
+
+def turned(scene: Scene, yaw: float, shift=(0.0, 0.0, 0.0)) -> Scene:
+    """The whole scene (objects and cameras) turned by ``yaw`` about world z, then moved by ``shift``.
+
+    The images, depth and instance maps are those of the original: the camera sees the same thing.
+    """
+    R, t = yaw_rotation(yaw), np.asarray(shift, float)
+    objects = []
+    for o in scene.objects:
+        r = solid(o.id, o.solid, R @ o.obb_center + t, o.obb_extent, 0.0, o.color or "red")
+        r.obb_rotation = R @ o.obb_rotation
+        if o.solid not in ROUND:
+            half = 0.5 * np.abs(r.obb_rotation) @ o.obb_extent
+            r.aabb_min, r.aabb_max = r.obb_center - half, r.obb_center + half
+        r.name, r.description, r.centroid = o.name, o.description, R @ o.centroid + t
+        r.visible_pixels, r.attributes = list(o.visible_pixels), dict(o.attributes)
+        objects.append(r)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    views = [
+        View(
+            v.rgb,
+            Camera(v.camera.K, T @ v.camera.cam_to_world, v.camera.width, v.camera.height),
+            v.depth,
+            v.instance,
+            v.semantic,
+        )  # fmt: skip
+        for v in scene.views
+    ]
+    return Scene(scene.scene_id, views, objects, scene.semantic_classes, scene.source, dict(scene.meta))
 
 
 def camera(eye, target, width: int = 64, height: int = 48, fov_deg: float = 70.0) -> Camera:

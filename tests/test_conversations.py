@@ -220,4 +220,4 @@ def test_outputs_for_fixed_seeds_are_pinned():
     Pinned on this environment (numpy renderer + CPython's ``random``); if a dependency upgrade moves it,
     check the diff of a few conversations before re-pinning.
     """
-    assert _conversations_digest() == "c7a9093ac3938ec6f7fdd38e842342f03c40678442aff7dc93bc59d45ebd4130"
+    assert _conversations_digest() == "dfeca400eb24c44fa2b5c97e5d827a6bc39260f96fe46af1f958b5f135bdfc10"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
 from spatialboost.models.preprocess import preprocess_images
@@ -121,6 +122,33 @@ def test_create_from_save_pretrained_dir(tmp_path, name):
     x = pixels(enc)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).patch, enc(x).patch, rtol=0, atol=0)
+
+
+def test_preprocessor_config_is_read_or_refused_never_silently_replaced(tmp_path):
+    """A checkpoint's own mean/std are used; a broken preprocessor_config.json is an error naming the file,
+    not a silent fall-back to the family's defaults; a missing one means the family's defaults."""
+    enc = create_encoder("tiny-dinov2", seed=0)
+    enc.model.save_pretrained(tmp_path / "ckpt")
+    default = create_encoder(str(tmp_path / "ckpt")).spec
+    pre = tmp_path / "ckpt" / "preprocessor_config.json"
+    pre.write_text(
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.5, 0.5, 0.5], "crop_size": {"height": 40}}'
+    )
+    spec = create_encoder(str(tmp_path / "ckpt")).spec
+    assert (
+        list(spec.mean) == [0.1, 0.2, 0.3] and spec.image_size == 40 and list(default.mean) != [0.1, 0.2, 0.3]
+    )
+    pre.write_text('{"image_mean": [0.1, ')
+    with pytest.raises(UserError, match="preprocessor_config.json"):
+        create_encoder(str(tmp_path / "ckpt"))
+
+
+def test_a_folder_that_is_no_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="config.json"):
+        create_encoder(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="config"):
+        create_encoder(str(tmp_path))
 
 
 def test_unknown_name_lists_known_names():

@@ -79,8 +79,8 @@ def test_aggregate_mean_std_and_protocol():
 
 
 def test_saved_boosted_encoder_brings_its_base(tmp_path):
-    export = pytest.importorskip("spatialboost.models.export")
     from spatialboost.eval.runner import pair_encoders
+    from spatialboost.models import export
     from spatialboost.models.dual_channel import add_dual_channel
     from spatialboost.models.encoders import create_encoder
 
@@ -98,3 +98,31 @@ def test_saved_boosted_encoder_brings_its_base(tmp_path):
         ref = base.forward_features(x).patch
         assert torch.allclose(encs["base"].forward_features(x).patch, ref, atol=1e-5)
         assert not torch.allclose(encs["boosted"].forward_features(x).patch, ref, atol=1e-3)
+
+
+def test_probe_command_seeds_what_it_builds(tmp_path):
+    """Two runs of one command give identical numbers; ``--encoder X --baseline X`` builds the same network twice."""
+    results = []
+    for k in range(2):
+        out = tmp_path / f"out{k}"
+        rc = main(["probe", "--encoder", "tiny-vit", "--baseline", "tiny-vit", "--task", "depth", "--data",
+                   "synthetic", "--seeds", "1", "--out", str(out), "--image-size", "32", *FAST])  # fmt: skip
+        assert rc == 0
+        results.append(json.loads((out / "results.json").read_text()))
+    first, second = results
+    assert [r["metrics"] for r in first["runs"]] == [r["metrics"] for r in second["runs"]]
+    ids = {n: e["identity"]["weights_sha256"] for n, e in first["encoders"].items()}
+    assert ids["base"] == ids["boosted"] == second["encoders"]["base"]["identity"]["weights_sha256"]
+    by_encoder = {r["encoder"]: r["metrics"] for r in first["runs"]}
+    assert by_encoder["base"] == by_encoder["boosted"]
+    assert first["config"]["encoder_seed"] == 0
+
+
+def test_default_image_size_is_the_probed_encoders(tmp_path):
+    """``--image-size`` defaults to the encoder's own size (tiny-dinov2: 32), not the baseline's (tiny-vit: 64)."""
+    out = tmp_path / "out"
+    rc = main(["probe", "--encoder", "tiny-dinov2", "--baseline", "tiny-vit", "--task", "cls", "--data",
+               "synthetic", "--seeds", "1", "--out", str(out), *FAST])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["protocol"]["image_size"] for r in res["runs"]} == {32}

@@ -104,6 +104,20 @@ def test_junk_folder_sorted_skips_with_reasons(junk):
     assert c16.max() > 200 and (c16[..., 0] == c16[..., 1]).all()  # 16-bit scaled into 8 bits, not clipped
 
 
+def test_directory_symlinks_are_listed_as_skipped(junk, tmp_path):
+    """A linked folder is never followed; it is listed with its reason, not silently ignored."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "p.png").write_bytes((junk / "a_rgb.jpg").read_bytes())
+    (junk / "p_out_dir").symlink_to(outside, target_is_directory=True)
+    (junk / "q_in_dir").symlink_to(junk / "sub", target_is_directory=True)
+    good, skipped = scan_folder(junk)
+    reasons = {s.rel: s.reason for s in skipped}
+    assert "outside" in reasons["p_out_dir/"] and "not followed" in reasons["p_out_dir/"]
+    assert "inside" in reasons["q_in_dir/"]
+    assert not any(g.rel.startswith(("p_out_dir", "q_in_dir")) for g in good)
+
+
 def test_huge_header_rejected_without_decoding(tmp_path):
     import tracemalloc
 

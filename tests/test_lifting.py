@@ -154,3 +154,30 @@ def test_box_support_gives_the_same_oriented_box():
     assert len(support) < 100
     for a, b in zip(obb_from_points_yaw(p), obb_from_points_yaw(support), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_repeated_objects_are_ranked_by_box_centre_like_left_right():
+    """Descriptions and "left of" answers use one centre (the box's): a lopsided cloud cannot contradict them."""
+    from scene_kit import camera
+    from spatialboost.datagen import relations as R
+    from spatialboost.datagen.lifting import LiftedObject, describe, scene_object
+    from spatialboost.datagen.relations import SceneGraph
+    from spatialboost.datagen.scene import Scene, View
+
+    rng = np.random.default_rng(0)
+    dense = np.c_[rng.uniform(-0.05, 0.05, 500), rng.uniform(1.95, 2.05, 500), rng.uniform(0, 0.5, 500)]
+    tail = np.c_[np.linspace(0.05, 1.2, 20), np.full(20, 2.0), np.full(20, 0.25)]
+    lopsided = np.concatenate([dense, tail])  # centroid x ~0.06, box centre x ~0.58
+    even = np.c_[
+        rng.uniform(0.25, 0.45, 300), rng.uniform(1.9, 2.1, 300), rng.uniform(0, 0.5, 300)
+    ]  # both ~0.35
+    lifted = [LiftedObject("chair", lopsided, "red"), LiftedObject("chair", even, "red")]
+    cam = camera((0.4, -3.0, 1.0), (0.4, 2.0, 0.3), 320, 240)
+    descriptions = describe(lifted, cam.cam_to_world)
+    assert descriptions == ["the red chair on the right", "the red chair on the left"]
+    objects = [scene_object(i + 1, o, d) for i, (o, d) in enumerate(zip(lifted, descriptions, strict=True))]
+    g = SceneGraph(
+        Scene("lopsided", [View(np.zeros((240, 320, 3), np.uint8), cam)], objects, source="images")
+    )
+    assert R.left_right(g, 0, 1, 2).label == "right"
+    assert objects[0].solid == "box"

@@ -303,3 +303,18 @@ def test_paired_differences_over_units_say_whether_beyond_noise():
     summary["rows"][1] = row("boosted", [v + (0.1 if i % 2 else -0.1) for i, v in enumerate(base)])
     (d,) = paired_differences(summary)
     assert not d["beyond_noise"] and "within noise" in "\n".join(paired_lines(summary))
+
+
+def test_report_noise_rule_uses_the_paired_units_when_seeds_have_no_spread():
+    from spatialboost.eval.report import beyond_noise, delta_text
+
+    def row(values, mean):
+        unit = {"unit": "view pair", "values": {"recall@0.2m": values}}
+        return {"metric": "recall@0.2m", "mean": mean, "std": 0.0, "n": 3, "protocol": {"per_unit": unit}}
+
+    base = row([0.1, 0.2, 0.3, 0.4], 0.25)
+    noisy = row([0.3, 0.0, 0.5, 0.2], 0.25 + 0.0)  # differences +0.2, -0.2, +0.2, -0.2: mean 0
+    noisy["mean"] = 0.26
+    assert beyond_noise(base, noisy) is False and "within noise" in delta_text(base, noisy)
+    clear = row([0.21, 0.29, 0.41, 0.49], 0.35)
+    assert beyond_noise(base, clear) is True and delta_text(base, clear).endswith("better")

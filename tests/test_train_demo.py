@@ -23,7 +23,19 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
         assert f"stage {stage}" in out
     assert (tmp_path / "train" / "encoder" / "config.json").is_file()
     assert (tmp_path / "boosted-encoder" / "config.json").is_file()
-    assert "probes" in out or "skipping" in out
+    assert "frozen-feature probes, base -> boosted" in out and "| depth | rmse ↓ |" in out
+    assert out.count("| depth | rmse ↓ |") == 1  # the table is printed once
+
+
+def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):
+    """A broken install (here: the probe package) stops the demo with the ImportError, never a silent skip."""
+    import sys
+
+    from spatialboost import demo
+
+    monkeypatch.setitem(sys.modules, "spatialboost.eval.runner", None)  # `import` of it now raises
+    with pytest.raises(ImportError):
+        demo.step_probe(demo.DemoState(out=tmp_path, scenes=1))
 
 
 def test_pretrained_encoder_is_cached_and_reloads(tmp_path):

@@ -1,9 +1,10 @@
-"""The ``spatialboost`` command line. Thin: parse, load config, call exactly one library function.
+"""The ``spatialboost`` command line: parse, load config, call one library function.
 
 Each subcommand lives in the package that owns its work and exposes two functions:
 ``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``.
 Modules are imported lazily, so ``spatialboost --help`` stays fast. Usage errors exit with code 2
-(argparse's convention); a ``UserError`` raised by a command prints one line and exits 2 too.
+(argparse's convention); the ``UserError`` family (``spatialboost.errors``: config and unknown-name errors
+included) is caught here, in one place, and prints one line and exits 2 too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from spatialboost.errors import UserError
 
+DESCRIPTION = """\
+SpatialBoost makes a pre-trained vision encoder aware of 3D space by teaching it through language:
+generate spatial question-answer data from synthetic scenes or photos, train the encoder's dual-channel
+adapter through a small language model, export the boosted encoder and measure it with frozen-feature
+probes. `spatialboost demo` runs the whole loop on CPU; `spatialboost COMMAND --help` explains a command."""
+
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": (
@@ -37,24 +44,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, off switches, empty lists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that prints a one-line error (plus usage hint) and exits 2."""
+    """argparse that prints a one-line error (plus usage hint), exits 2, and shows defaults in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+
+
+def _verbose_after_command(parser: argparse.ArgumentParser) -> None:
+    """``-v`` on a command's parser and on its own sub-commands (``generate synthetic -v``); SUPPRESS keeps a
+    ``-v`` given before the command."""
+    _add_verbose(parser, argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _verbose_after_command(child)
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
-    parser = _Parser(prog="spatialboost", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _Parser(prog="spatialboost", description=DESCRIPTION)
+    _add_verbose(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
     for name, (mod_name, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
         if name == chosen:
             module = importlib.import_module(mod_name)
             module.add_arguments(p)
+        _verbose_after_command(p)
     return parser, module
 
 

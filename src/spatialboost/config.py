@@ -3,7 +3,10 @@
 Every config is a (possibly nested) dataclass. ``load_config(Cls, path, overrides)`` builds it; values are
 parsed with ``yaml.safe_load`` (never ``eval``), and types are checked against the dataclass field types.
 A config class may define ``validate(self) -> None`` that raises ``ConfigError`` for impossible values.
-``save_config`` writes the resolved config next to an output (atomically).
+``save_config`` writes the resolved config next to an output (atomically). ``packaged_config(name)`` is a
+config shipped inside the package (``spatialboost/resources/<name>.yaml``: what commands read at run time,
+present in a plain ``pip install``); ``config_path("demo")`` resolves such a name where no file of that name
+exists.
 """
 
 from __future__ import annotations
@@ -16,13 +19,22 @@ from typing import Any, TypeVar
 
 import yaml
 
+from spatialboost.errors import ConfigError
 from spatialboost.io import atomic_write_text
 
+__all__ = [
+    "ConfigError",
+    "config_path",
+    "from_dict",
+    "load_config",
+    "packaged_config",
+    "save_config",
+    "to_dict",
+    "validate_tree",
+]
+PACKAGED_CONFIGS = ("demo",)  # spatialboost/resources/<name>.yaml
+
 C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error (bad key, bad type, impossible value)."""
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
@@ -47,6 +59,27 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     cfg = from_dict(cls, data)
     validate_tree(cfg)
     return cfg
+
+
+def packaged_config(name: str) -> Path:
+    """The file of a config shipped inside the package; a missing one means a broken install (raises)."""
+    from importlib.resources import files
+
+    resource = files("spatialboost").joinpath("resources", f"{name}.yaml")
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"spatialboost/resources/{name}.yaml is missing from the installed package: reinstall spatialboost"
+        )
+    return Path(str(resource))
+
+
+def config_path(arg: str | Path | None) -> Path | None:
+    """A ``--config`` argument as a path: a file, or the name of a packaged config (``demo``)."""
+    if arg is None:
+        return None
+    if not Path(arg).exists() and str(arg) in PACKAGED_CONFIGS:
+        return packaged_config(str(arg))
+    return Path(arg)
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:

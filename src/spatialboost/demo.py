@@ -6,7 +6,9 @@ stand-in); train the three SpatialBoost stages with the tiny LLM and a tokenizer
 export the boosted encoder; probe base vs boosted frozen features. ``--quick`` shrinks every step so the
 whole loop runs in well under a minute (the end-to-end test).
 
-The training config is ``demo_train_overrides`` (the same as ``configs/demo.yaml``).
+The training config is the package's ``resources/demo.yaml`` (a copy of ``configs/demo.yaml``, shipped in
+the installed package) plus ``demo_train_overrides`` (paths and step counts). Nothing is optional: a step
+that cannot import fails the demo loudly.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def step_pretrain(state: DemoState) -> None:
 
 
 def demo_train_overrides(state: DemoState) -> list[str]:
-    """configs/demo.yaml's settings plus this demo's paths (and the quick sizes)."""
+    """This demo's paths (and the quick sizes) on top of the packaged demo.yaml."""
     stage_sizes = (
         dict(align=(3, 4), instruct=(3, 4), encoder=(3, 4))
         if state.quick
@@ -89,15 +91,11 @@ def demo_train_overrides(state: DemoState) -> list[str]:
     return overrides
 
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-
-
 def demo_train_config(state: DemoState):
-    from spatialboost.config import load_config
+    from spatialboost.config import load_config, packaged_config
     from spatialboost.train.config import TrainConfig
 
-    base = DEMO_CONFIG if DEMO_CONFIG.is_file() else None  # an installed package has no configs/
-    return load_config(TrainConfig, base, demo_train_overrides(state))
+    return load_config(TrainConfig, packaged_config("demo"), demo_train_overrides(state))
 
 
 def step_train(state: DemoState) -> None:
@@ -113,11 +111,8 @@ def step_export(state: DemoState) -> None:
 
 
 def step_probe(state: DemoState) -> None:
-    try:
-        from spatialboost.eval.runner import DataConfig, ProbeConfig, probe_before_after
-    except ImportError:  # the probe package is optional for the demo
-        log.warning("spatialboost.eval is not available; skipping the before/after probes")
-        return
+    from spatialboost.eval.runner import DataConfig, ProbeConfig, probe_before_after
+
     data = DataConfig(num_train=8, num_test=4) if state.quick else DataConfig(num_train=64, num_test=32)
     cfg = ProbeConfig(seeds=1 if state.quick else 3, data=data)
     base, boosted = state.results["pretrain"].path, state.results["export"]
@@ -170,8 +165,9 @@ def training_summary(state: DemoState) -> list[str]:
         lines.append("  frozen-feature probes, base -> boosted:")
         lines += ["    " + row for row in state.results["probe_table"].splitlines()]
         lines.append(
-            "    (one training run: ± is over probe-head seeds only, not training seeds; tiny models on"
-            " tiny data. `spatialboost replicate` measures training-seed variance: docs/results.md)"
+            "    (one training run: ± is over probe-head seeds only, not training seeds; tiny models on tiny"
+            " data. `spatialboost replicate` measures training-seed variance; the reference study is"
+            " docs/results.md in the source repository)"
         )
     return lines
 
@@ -198,6 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     scenes = min(args.scenes, 16) if args.quick else args.scenes
     state = run_demo(args.out, scenes, args.workers, quick=args.quick)
     print(summary(state))

@@ -8,14 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from spatialboost.errors import UnknownNameError
+
+__all__ = ["Registry", "UnknownNameError"]
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

@@ -9,47 +9,55 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from pathlib import Path
 
-from spatialboost.config import ConfigError, load_config
+from spatialboost.config import load_config
+from spatialboost.datagen import commands_images
 from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
-IMAGES_MODULE = "spatialboost.datagen.commands_images"
-
-
-def _images_module():
-    try:
-        return importlib.import_module(IMAGES_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != IMAGES_MODULE:
-            raise
-        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from spatialboost.datagen.sources import GenerateConfig
+
+    d = GenerateConfig()
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", parser_class=type(parser))
-    syn = sub.add_parser("synthetic", help="procedural 3D scenes with exact ground truth (the default)")
+    syn = sub.add_parser(
+        "synthetic", help="procedural 3D scenes with exact ground truth (the default)",
+        description="Procedural 3D scenes with exact ground truth -> a spatial conversation dataset.",
+    )  # fmt: skip
     syn.add_argument("--out", required=True, type=Path, help="dataset directory (created, or resumed)")
-    syn.add_argument("--scenes", type=int, help="number of samples (default 64)")
-    syn.add_argument("--views", type=int, help="views per single-view-share sample (default 1)")
-    syn.add_argument("--seed", type=int, help="base seed (default 0)")
-    syn.add_argument("--multiview-share", type=float, help="share of samples with 2..--max-views views")
-    syn.add_argument("--max-views", type=int, help="most views of a multi-view sample (default 3)")
-    syn.add_argument("--image-size", type=int, help="square image side, pixels (default 224)")
-    syn.add_argument("--shard-size", type=int, help="samples per shard (default 16)")
+    syn.add_argument("--scenes", type=int, help=f"number of samples (default: {d.scenes})")
+    syn.add_argument("--views", type=int, help=f"views per single-view-share sample (default: {d.views})")
+    syn.add_argument("--seed", type=int, help=f"base seed (default: {d.seed})")
+    syn.add_argument(
+        "--multiview-share", type=float,
+        help=f"share of samples with 2..--max-views views (default: {d.multiview_share})",
+    )  # fmt: skip
+    syn.add_argument(
+        "--max-views", type=int, help=f"most views of a multi-view sample (default: {d.max_views})"
+    )
+    syn.add_argument(
+        "--image-size", type=int, help=f"square image side, pixels (default: {d.synthetic.image_size})"
+    )
+    syn.add_argument("--shard-size", type=int, help=f"samples per shard (default: {d.shard_size})")
     add_run_arguments(syn)
     syn.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conversation.order=reverse"
     )
-    images = sub.add_parser("images", help="real photos through the perception models (issue 3)")
-    module = _images_module()
-    if module is not None:
-        module.add_arguments(images)
-    else:
-        images.add_argument("rest", nargs=argparse.REMAINDER)
+    images = sub.add_parser(
+        "images", help="real photos (or RGB-D folders) through depth, detection and segmentation models",
+        description=commands_images.DESCRIPTION,
+    )  # fmt: skip
+    commands_images.add_arguments(images)
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> None:
+    """Refuse an output path that exists and is not a directory (one line, before any work)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a directory; choose a directory path")
 
 
 def add_run_arguments(
@@ -80,18 +88,12 @@ def synthetic_config(args: argparse.Namespace):
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None
     ]
-    try:
-        return load_config(GenerateConfig, args.config, overrides + list(args.overrides))
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    return load_config(GenerateConfig, args.config, overrides + list(args.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.source == "images":
-        module = _images_module()
-        if module is None:
-            raise UserError("generate images: not available yet (real-photo perception is issue 3)")
-        return int(module.run(args) or 0)
+        return int(commands_images.run(args) or 0)
     if args.source != "synthetic":
         raise UserError("choose a source: `generate synthetic ...` or `generate images ...`")
     return run_synthetic(args)
@@ -101,6 +103,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
     from spatialboost.datagen.sources import SyntheticSource
 
+    check_out_dir(args.out)
     cfg = synthetic_config(args)
     shard = parse_shard_spec(args.shard)
     if args.workers < 1:

@@ -26,20 +26,33 @@ from typing import Any
 import numpy as np
 
 from spatialboost.datagen.conversations import ConversationConfig
-from spatialboost.datagen.images import ImageEntry, ImageLimits, ImageRejected, load_rgb, scan_folder
+from spatialboost.datagen.images import (
+    IMAGE_SUFFIXES,
+    ImageEntry,
+    ImageLimits,
+    ImageRejected,
+    load_rgb,
+    scan_folder,
+)
 from spatialboost.datagen.lifting import LiftConfig, lift_view
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 STAGES = ("depth", "detector", "segmenter")
+DESCRIPTION = (
+    "Real photos, or RGB-D folders (color/, depth/, intrinsic.txt, instance/ + labels.json, pose/), through "
+    "depth, detection and segmentation models into the same spatial conversation dataset as `generate "
+    "synthetic`. Files that cannot be used are skipped and listed with their reason in manifest.json "
+    "(input_skipped). `oracle` and `provided` stages read an RGB-D folder's own ground truth."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from spatialboost.datagen.commands_generate import add_run_arguments
 
     parser.add_argument(
-        "--input", required=True, type=Path, help="folder of images, or an RGB-D folder (rgbd.py)"
+        "--input", required=True, type=Path, help="folder of images, or an RGB-D folder (color/, depth/, ...)"
     )
     parser.add_argument("--out", required=True, type=Path, help="dataset directory (created, or resumed)")
     parser.add_argument("--depth", default="depth-pro", help="depth-pro | oracle | provided")
@@ -76,12 +89,9 @@ class ImagesFileConfig:
 
 
 def file_config(args: argparse.Namespace) -> ImagesFileConfig:
-    from spatialboost.config import ConfigError, load_config
+    from spatialboost.config import load_config
 
-    try:
-        return load_config(ImagesFileConfig, args.config, list(args.overrides))
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    return load_config(ImagesFileConfig, args.config, list(args.overrides))
 
 
 @dataclass
@@ -370,7 +380,8 @@ def collect_items(
     from spatialboost.datagen import rgbd
 
     if not root.is_dir():
-        raise UserError(f"--input {root}: not a directory")
+        what = "exists and is not a directory" if root.exists() else "no such directory"
+        raise UserError(f"--input {root}: {what}")
     if rgbd.is_sequence(root) or any(rgbd.is_sequence(p) for p in root.iterdir() if p.is_dir()):
         return _rgbd_items(root, multiview, limits)
     good, skipped = scan_folder(root, limits)
@@ -431,10 +442,33 @@ def _check_names(cfg: ImagesConfig) -> None:
             raise UserError(f"--{stage} {name!r}: choose one of {[*reg.names(), 'provided']}")
 
 
+def check_ground_truth(cfg: ImagesConfig, items: list[Item]) -> None:
+    """``oracle`` and ``provided`` stages read ground truth that only an RGB-D folder has: refuse a photo folder."""
+    needs = [f"--{s} {cfg.stage_name(s)}" for s in STAGES if cfg.stage_name(s) in ("oracle", "provided")]
+    if needs and not any(it.frames for it in items):
+        raise UserError(
+            f"{', '.join(needs)} read(s) ground truth from an RGB-D folder (color/, depth/, intrinsic.txt, "
+            f"instance/; see spatialboost.datagen.rgbd), but --input {cfg.input} is a folder of plain photos; "
+            "use the models (--depth depth-pro --detector owlv2 --segmenter sam2) for photos"
+        )
+
+
+def no_items_message(root: Path, skipped: list[dict[str, str]]) -> str:
+    if not skipped:
+        return (
+            f"--input {root}: no files found (searched recursively; hidden files and folders are ignored); "
+            f"put images there ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    first = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
+    return f"--input {root}: none of its {len(skipped)} file(s) is a usable image (first: {first})"
+
+
 def run(args: argparse.Namespace) -> int:
+    from spatialboost.datagen.commands_generate import check_out_dir
     from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
     from spatialboost.datagen.perception import load_vocabulary
 
+    check_out_dir(args.out)
     fcfg = file_config(args)
     cfg = images_config(args, load_vocabulary(args.vocab), fcfg.lift)
     _check_names(cfg)
@@ -442,9 +476,8 @@ def run(args: argparse.Namespace) -> int:
     items, skipped = collect_items(args.input, args.multiview, ImageLimits())
     log.info("%d usable input(s), %d skipped", len(items), len(skipped))
     if not items:
-        raise UserError(
-            f"--input {args.input}: no usable images ({len(skipped)} skipped; first: {skipped[:3]})"
-        )
+        raise UserError(no_items_message(args.input, skipped))
+    check_ground_truth(cfg, items)
     source = ImageSource(cfg, items, args.out / "cache", args.shard_size)
     spec = WriteSpec(args.out, len(items), args.seed, args.shard_size, fcfg.conversation)
     manifest = write_dataset(

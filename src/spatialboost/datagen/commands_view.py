@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from spatialboost.datagen.viewer import write_report
+from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -14,11 +15,16 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=Path, help="dataset directory")
     parser.add_argument("--out", type=Path, default=None, help="HTML file (default DIR/report.html)")
-    parser.add_argument("--max-samples", type=int, default=16, help="samples shown")
+    parser.add_argument("--max-samples", type=int, default=16, help="samples on the page")
+    parser.add_argument("--start", type=int, default=0, help="first sample shown (0-based; pages through)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or args.dataset / "report.html"
-    n = write_report(args.dataset, out, args.max_samples)
+    if out.is_dir():
+        raise UserError(
+            f"--out {out}: is a directory; give the HTML file to write, e.g. {out / 'report.html'}"
+        )
+    n = write_report(args.dataset, out, args.max_samples, args.start)
     log.info("wrote %s (%d samples)", out, n)
     return 0

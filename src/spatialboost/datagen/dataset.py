@@ -135,6 +135,7 @@ def _object_json(o: SceneObject) -> dict[str, Any]:
         "obb_center": o.obb_center,
         "obb_extent": o.obb_extent,
         "obb_rotation": o.obb_rotation,
+        "solid": o.solid,
         "visible_pixels": o.visible_pixels,
         "attributes": o.attributes,
     }
@@ -418,22 +419,61 @@ def _versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def check_dataset_dir(dataset_dir: str | Path) -> Path:
+    """``dataset_dir`` as a Path; UserError (one line) when it is missing or not a directory."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        what = "exists and is not a directory" if root.exists() else "no such dataset directory"
+        raise UserError(f"{root}: {what} (a dataset is the folder `spatialboost generate --out` writes)")
+    return root
+
+
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    path = Path(dataset_dir) / "manifest.json"
+    """The manifest; UserError naming the file when it is missing, not JSON, or lacks its shard list."""
+    path = check_dataset_dir(dataset_dir) / "manifest.json"
+    rerun = "rerun the same `spatialboost generate` command to rewrite it from the completed shards"
     if not path.is_file():
-        raise UserError(
-            f"{dataset_dir}: no manifest.json; is this a dataset made by `spatialboost generate`?"
-        )
-    return json.loads(path.read_text())
+        raise UserError(f"{path}: missing; is this a dataset made by `spatialboost generate`? If so, {rerun}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {rerun}") from None
+    ok = isinstance(manifest, dict) and isinstance(manifest.get("counts"), dict)
+    shards = manifest.get("shards") if ok else None
+    if not isinstance(shards, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("shard"), int)
+        for e in shards
+    ):
+        raise UserError(f"{path}: not a SpatialBoost manifest (no 'counts' or 'shards' list); {rerun}")
+    return manifest
 
 
-def iter_records(dataset_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """Every LLaVA record of the complete shards listed in the manifest, in sample order."""
+def iter_records(dataset_dir: str | Path, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every LLaVA record of the complete shards listed in the manifest, in sample order.
+
+    A line that is not valid JSON raises UserError naming the shard file and the line; with ``errors`` given,
+    the message is appended there instead and reading goes on (``validate`` lists it as a failure)."""
     for entry in read_manifest(dataset_dir)["shards"]:
-        with open(resolve_inside(dataset_dir, entry["file"]), encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
+        path = resolve_inside(dataset_dir, entry["file"])
+        try:
+            f = open(path, "rb")  # bytes: a line of bad UTF-8 is one bad line, not a crash mid-file
+        except OSError as e:
+            _bad_line(f"{entry['file']}: unreadable shard ({e.strerror or e})", errors)
+            continue
+        with f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
                     yield json.loads(line)
+                except ValueError as e:
+                    _bad_line(f"{entry['file']} line {number}: not a valid JSON record ({e})", errors)
+
+
+def _bad_line(message: str, errors: list[str] | None) -> None:
+    if errors is None:
+        raise UserError(message + "; run `spatialboost validate` on the dataset, or regenerate the shard")
+    errors.append(message)
 
 
 def record_images(record: dict[str, Any]) -> list[str]:
@@ -469,10 +509,19 @@ def load_sample_gt(dataset_dir: str | Path, record: dict[str, Any], load_rgb: bo
                 for k, v in o.items()
             }
         )
-        for o in meta["objects"]
+        for o in map(_with_solid(meta["source"]), meta["objects"])
     ]
     scene_meta = dict(meta["scene_meta"], facts=meta["facts"])
     return Scene(meta["scene_id"], views, objects, meta["semantic_classes"], meta["source"], scene_meta)
 
 
 _LIST_KEYS = ("visible_pixels",)
+
+
+def _with_solid(source: str):
+    """Sidecars written before objects recorded their solid: a synthetic object's name is its primitive."""
+
+    def fill(o: dict[str, Any]) -> dict[str, Any]:
+        return o if "solid" in o else {**o, "solid": o["name"] if source == "synthetic" else "box"}
+
+    return fill

@@ -37,6 +37,24 @@ Viewer frame
     origin at the camera centre, **+x right, +y forward (horizontal), +z up** (world up). ``viewer_frame`` returns
     the (4, 4) world -> viewer transform. "Left" means smaller viewer x, "farther" larger viewer y, "above"
     larger z. It is independent of the camera's pitch and roll, so it never flips with them.
+
+Objects: what every answer measures
+    An object is a *solid* (``datagen.solids``): the primitive ``SceneObject.solid`` (box, sphere, cylinder,
+    cone, pyramid, torus) filling its oriented box. Synthetic objects are their exact primitive; objects lifted
+    from images are their oriented box (``solid == "box"``). The world AABB is kept for reference; no answer
+    uses it, so no answer changes when the whole room is turned.
+
+    - **centre**: the oriented box centre ``obb_center`` (the midpoint of the solid's extents along its own
+      axes), for left/right, front/behind, centre distances, camera distances and position words in
+      descriptions. Not the centroid (``SceneObject.centroid``, centre of mass or mean of the points, which sits
+      lower in a cone and toward the seen side of a partly seen object).
+    - **width** / **depth** (seen from a view): the solid's extent along the viewer's +x / horizontal +y; a round
+      solid is as wide as its diameter from every side. **height**: its extent along world +z. **bottom** /
+      **top** (above/below): its lowest / highest z.
+    - **volume**, and so **bigger** / **smaller**: the solid's own volume (a ball of diameter d holds
+      ``pi d^3 / 6``, not its box's ``d^3``).
+    - **gap** ("closest surfaces"): the distance between the closest points of the two solids (the torus by its
+      convex hull, which nothing in our scenes reaches into), 0 when they touch or overlap.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``scan_folder(root)`` walks ``root`` in a deterministic order (sorted relative POSIX paths) and sorts every
 file into good images and skipped files, each skip with its reason (recorded in the manifest): empty files,
 non-images, corrupt or truncated data, too small or too large (checked from the header, before any pixel is
-decoded), symlinks that leave the folder. ``load_rgb`` decodes a good file to (H, W, 3) uint8 RGB with its
+decoded), symlinks that leave the folder, and directory symlinks (never followed; listed as ``name/``). ``load_rgb`` decodes a good file to (H, W, 3) uint8 RGB with its
 EXIF orientation applied; CMYK, 16-bit, RGBA/LA (composited on white), palette and grayscale are converted.
 """
 
@@ -55,25 +55,37 @@ def scan_folder(
     """Good images and skipped files under ``root`` (recursively), both in sorted relative-path order."""
     root = Path(root).resolve()
     good: list[ImageEntry] = []
-    skipped: list[Skipped] = []
-    for rel in _walk(root):
+    files, linked_dirs = _walk(root)
+    skipped = [Skipped(rel + "/", _dir_link_reason(root, rel)) for rel in linked_dirs]
+    for rel in files:
         try:
             good.append(probe(root, rel, limits))
         except ImageRejected as e:
             skipped.append(Skipped(rel, str(e)))
             log.debug("skip %s: %s", rel, e)
-    return good, skipped
+    return good, sorted(skipped, key=lambda s: s.rel)
 
 
-def _walk(root: Path) -> list[str]:
-    """Relative POSIX paths of all non-hidden files and symlinks under root, sorted; never follows dir links."""
-    out = []
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """Relative POSIX paths of all non-hidden files and file symlinks under root, and of the directory
+    symlinks found (never followed), both sorted."""
+    out, linked_dirs = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        links = [d for d in dirnames if not d.startswith(".") and os.path.islink(os.path.join(dirpath, d))]
+        linked_dirs += [Path(dirpath, d).relative_to(root).as_posix() for d in links]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in links)
         for name in filenames:
             if not name.startswith("."):
                 out.append(Path(dirpath, name).relative_to(root).as_posix())
-    return sorted(out)
+    return sorted(out), sorted(linked_dirs)
+
+
+def _dir_link_reason(root: Path, rel: str) -> str:
+    try:
+        resolve_inside(root, rel)
+    except ValueError:
+        return "directory symlink pointing outside the input folder (not followed)"
+    return "directory symlink (not followed; its target is inside the input folder and is read there)"
 
 
 def probe(root: Path, rel: str, limits: ImageLimits) -> ImageEntry:

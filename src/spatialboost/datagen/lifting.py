@@ -9,9 +9,12 @@ Steps (``lift_view``):
    projected on the floor. Not found: the camera frame re-labelled z-up (x right, y forward, z = -y_cam),
    origin at the camera, and ``Scene.meta["frame"]`` records the level-camera assumption.
 3. Per mask: points with valid depth, depth outliers removed (median +- ``mad_k`` MADs), then the world
-   AABB, the gravity-aligned OBB (``obb_from_points_yaw``) and the centroid.
+   AABB, the gravity-aligned OBB (``obb_from_points_yaw``) and the centroid. The object's solid is that
+   oriented box (``SceneObject.solid == "box"``): its centre, width, depth, height, volume and gaps are the
+   box's, as ``datagen.geometry`` defines them for every source.
 4. Descriptions: "the <colour> <label>" (colour named from the mask's pixels), disambiguated by position
-   ("the leftmost red chair", ...) when repeated. An image with no detections yields a Scene with no objects.
+   ("the leftmost red chair", ...) when repeated, ranked by box centre like every "left of" answer. An
+   image with no detections yields a Scene with no objects.
 """
 
 from __future__ import annotations
@@ -203,10 +206,15 @@ _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", 
 
 
 def describe(objects: Sequence[LiftedObject], cam_to_world: np.ndarray) -> list[str]:
-    """Unique referring expressions: "the red chair", repeated ones ranked left to right in the viewer frame."""
+    """Unique referring expressions: "the red chair", repeated ones ranked left to right in the viewer frame.
+
+    Ranked by the oriented box centre, the "centre" every relation uses (not the points' centroid, which a
+    partly seen object drags toward its visible side), so "the chair on the left" is left of the other.
+    """
     base = [f"the {o.color} {o.label}" if o.color else f"the {o.label}" for o in objects]
     to_viewer = viewer_frame(cam_to_world)
-    xs = [float((to_viewer[:3, :3] @ o.points_world.mean(0) + to_viewer[:3, 3])[0]) for o in objects]
+    centres = [obb_from_points_yaw(_box_support(o.points_world))[0] for o in objects]
+    xs = [float((to_viewer[:3, :3] @ c + to_viewer[:3, 3])[0]) for c in centres]
     out = list(base)
     for name in set(base):
         group = [i for i, b in enumerate(base) if b == name]

@@ -6,8 +6,11 @@ ground truth. Conventions are those of ``datagen.geometry`` (metres; world +z up
 pixels ``(x, y)`` = (column, row), origin top-left).
 
 Viewer-relative relations ("left of", "in front of", "above") are decided in the gravity-aligned
-**viewer frame** of a view (+x right, +y forward horizontal, +z up; ``geometry.viewer_frame``), from each
-object's oriented 3D box expressed in that frame. Every comparison has an explicit margin: inside it the
+**viewer frame** of a view (+x right, +y forward horizontal, +z up; ``geometry.viewer_frame``). What is
+measured follows the definitions in ``datagen.geometry`` ("Objects"): positions and distances from the
+oriented box centre; width, depth, height, bottom/top, volume and gaps from the object's solid
+(``datagen.solids``), so a round object is as wide as its diameter from every side and a gap does not
+depend on how the room is turned. Every comparison has an explicit margin: inside it the
 decision is ``"about the same"`` (sizes) or ``None`` (directions: unanswerable, the template skips it),
 never a guess. "Left" additionally requires the objects' image columns to agree, so that a 3D decision
 never contradicts what the image shows.
@@ -26,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from spatialboost.datagen.geometry import obb_corners, transform_points, viewer_frame
-from spatialboost.datagen.scene import Scene, SceneObject
+from spatialboost.datagen import solids
+from spatialboost.datagen.geometry import transform_points, viewer_frame
+from spatialboost.datagen.scene import Scene
 from spatialboost.registry import Registry
 
 METRIC = "metric"  # label of a plain measurement
@@ -64,8 +68,8 @@ class Decision:
 @dataclass
 class _ViewCache:
     world_to_viewer: np.ndarray  # (4, 4)
-    box_lo: dict[int, np.ndarray] = field(default_factory=dict)  # (3,) viewer frame
-    box_hi: dict[int, np.ndarray] = field(default_factory=dict)
+    width: dict[int, float] = field(default_factory=dict)  # extent of the solid along viewer x, metres
+    depth: dict[int, float] = field(default_factory=dict)  # along viewer forward y, metres
     center: dict[int, np.ndarray] = field(default_factory=dict)  # (3,) viewer frame, OBB centre
     column: dict[int, float] = field(default_factory=dict)  # image column of the OBB centre, nan behind
     distance: dict[int, float] = field(default_factory=dict)  # camera centre -> OBB centre, metres
@@ -79,8 +83,11 @@ class SceneGraph:
 
     def __init__(self, scene: Scene) -> None:
         self.scene = scene
-        self.objects: dict[int, SceneObject] = {o.id: o for o in scene.objects}
-        self.volume: dict[int, float] = {o.id: object_volume(o) for o in scene.objects}  # cubic metres
+        self.objects = {o.id: o for o in scene.objects}
+        self.solids = {o.id: solids.Solid.of(o) for o in scene.objects}
+        self.volume = {i: solids.volume(s) for i, s in self.solids.items()}  # cubic metres
+        self.span = {i: solids.span(s, _UP) for i, s in self.solids.items()}  # (bottom, top) heights, metres
+        self._gaps: dict[tuple[int, int], float] = {}
         self._views = [self._build_view(k) for k in range(len(scene.views))]
 
     @property
@@ -91,16 +98,22 @@ class SceneGraph:
         cam = self.scene.views[k].camera
         vc = _ViewCache(world_to_viewer=viewer_frame(cam.cam_to_world))
         world_to_cam = np.linalg.inv(cam.cam_to_world)
+        right, forward = vc.world_to_viewer[0, :3], vc.world_to_viewer[1, :3]  # viewer axes in world
         for o in self.scene.objects:
-            corners = transform_points(
-                obb_corners(o.obb_center, o.obb_extent, o.obb_rotation), vc.world_to_viewer
-            )
-            vc.box_lo[o.id], vc.box_hi[o.id] = corners.min(axis=0), corners.max(axis=0)
+            vc.width[o.id] = solids.extent_along(self.solids[o.id], right)
+            vc.depth[o.id] = solids.extent_along(self.solids[o.id], forward)
             vc.center[o.id] = transform_points(o.obb_center, vc.world_to_viewer)
             vc.distance[o.id] = float(np.linalg.norm(vc.center[o.id]))
             pc = transform_points(o.obb_center, world_to_cam)
             vc.column[o.id] = float(cam.K[0, 0] * pc[0] / pc[2] + cam.K[0, 2]) if pc[2] > 1e-6 else math.nan
         return vc
+
+    def gap(self, a: int, b: int) -> float:
+        """Distance between the closest points of A's and B's solids (metres), computed once per pair."""
+        key = (min(a, b), max(a, b))
+        if key not in self._gaps:
+            self._gaps[key] = solids.gap(self.solids[key[0]], self.solids[key[1]])
+        return self._gaps[key]
 
     def view(self, k: int) -> _ViewCache:
         return self._views[k]
@@ -160,6 +173,7 @@ def _group_pixels(
 
 
 FACTS: Registry[Callable[..., Decision]] = Registry("fact function")
+_UP = np.array([0.0, 0.0, 1.0])
 
 
 def _r(x: float) -> float:
@@ -243,27 +257,35 @@ def front_behind(g: SceneGraph, view: int, a: int, b: int) -> Decision:
 
 @FACTS.register("above_below")
 def above_below(g: SceneGraph, a: int, b: int) -> Decision:
-    """Is A above or below B? Only decided when the boxes are separated vertically (overlap <= margin).
+    """Is A above or below B? Only decided when the solids are separated vertically (overlap <= margin).
 
-    value = z-centre(A) - z-centre(B) (metres).
+    value = mid-height(A) - mid-height(B) (metres), from the solids' bottom and top heights.
     """
-    oa, ob = g.objects[a], g.objects[b]
-    dz = 0.5 * float(oa.aabb_min[2] + oa.aabb_max[2] - ob.aabb_min[2] - ob.aabb_max[2])
-    if oa.aabb_min[2] >= ob.aabb_max[2] - MARGINS.vertical:
+    (a_lo, a_hi), (b_lo, b_hi) = g.span[a], g.span[b]
+    dz = 0.5 * (a_lo + a_hi - b_lo - b_hi)
+    if a_lo >= b_hi - MARGINS.vertical:
         return Decision(_r(dz), "above")
-    if oa.aabb_max[2] <= ob.aabb_min[2] + MARGINS.vertical:
+    if a_hi <= b_lo + MARGINS.vertical:
         return Decision(_r(dz), "below")
     return Decision(_r(dz), None)
 
 
-def object_volume(o: SceneObject) -> float:
-    """Volume of the oriented box (cubic metres)."""
-    return float(np.prod(o.obb_extent))
+@FACTS.register("vertical_span")
+def vertical_span(g: SceneGraph, a: int) -> Decision:
+    """[bottom, top] heights of A's solid (metres, world z)."""
+    lo, hi = g.span[a]
+    return Decision([_r(lo), _r(hi)], METRIC)
+
+
+@FACTS.register("object_volume")
+def object_volume(g: SceneGraph, a: int) -> Decision:
+    """Volume of A's solid (cubic metres)."""
+    return Decision(_r(g.volume[a]), METRIC)
 
 
 @FACTS.register("bigger_smaller")
 def bigger_smaller(g: SceneGraph, a: int, b: int) -> Decision:
-    """Is A bigger or smaller than B (box volume)? value = volume(A) / volume(B)."""
+    """Is A bigger or smaller than B (volume of the solids)? value = volume(A) / volume(B)."""
     va, vb = g.volume[a], g.volume[b]
     ratio = va / max(vb, 1e-12)
     if abs(math.log(max(ratio, 1e-12))) <= math.log1p(MARGINS.volume_rel):
@@ -293,31 +315,27 @@ def center_distance(g: SceneGraph, a: int, b: int) -> Decision:
 
 @FACTS.register("surface_distance")
 def surface_distance(g: SceneGraph, a: int, b: int) -> Decision:
-    """Distance between the closest surfaces of A's and B's axis-aligned world boxes (metres, 0 if touching)."""
-    oa, ob = g.objects[a], g.objects[b]
-    gap = np.maximum(0.0, np.maximum(oa.aabb_min - ob.aabb_max, ob.aabb_min - oa.aabb_max))
-    return Decision(_r(np.linalg.norm(gap)), METRIC)
+    """Distance between the closest points of A's and B's solids (metres, 0 if they touch)."""
+    return Decision(_r(g.gap(a, b)), METRIC)
 
 
 @FACTS.register("object_width")
 def object_width(g: SceneGraph, view: int, a: int) -> Decision:
-    """Width of A as seen from the view: extent of its box along viewer x (metres)."""
-    vc = g.view(view)
-    return Decision(_r(vc.box_hi[a][0] - vc.box_lo[a][0]), METRIC)
+    """Width of A as seen from the view: extent of its solid along viewer x (metres)."""
+    return Decision(_r(g.view(view).width[a]), METRIC)
 
 
 @FACTS.register("object_depth")
 def object_depth(g: SceneGraph, view: int, a: int) -> Decision:
-    """Depth of A as seen from the view: extent of its box along viewer forward y (metres)."""
-    vc = g.view(view)
-    return Decision(_r(vc.box_hi[a][1] - vc.box_lo[a][1]), METRIC)
+    """Depth of A as seen from the view: extent of its solid along viewer forward y (metres)."""
+    return Decision(_r(g.view(view).depth[a]), METRIC)
 
 
 @FACTS.register("object_height")
 def object_height(g: SceneGraph, a: int) -> Decision:
-    """Height of A: vertical extent of its world box (metres)."""
-    o = g.objects[a]
-    return Decision(_r(o.aabb_max[2] - o.aabb_min[2]), METRIC)
+    """Height of A: vertical extent of its solid (metres)."""
+    lo, hi = g.span[a]
+    return Decision(_r(hi - lo), METRIC)
 
 
 @FACTS.register("object_count")

@@ -48,7 +48,11 @@ class View:
 
 @dataclass
 class SceneObject:
-    """One object with its 3D extent in the world frame."""
+    """One object with its 3D extent in the world frame.
+
+    What every answer measures (centre, width, depth, height, volume, gap) is defined in ``datagen.geometry``:
+    the oriented box's centre and the solid ``datagen.solids.Solid.of(obj)``, never the world AABB.
+    """
 
     id: int  # >= 1, the value of its pixels in View.instance
     name: str  # class / label, e.g. "cylinder", "chair"
@@ -60,6 +64,7 @@ class SceneObject:
     obb_center: np.ndarray  # (3,) oriented box, world
     obb_extent: np.ndarray  # (3,) full side lengths along the box axes, metres
     obb_rotation: np.ndarray  # (3, 3) columns = box axes in the world frame
+    solid: str = "box"  # the primitive filling the oriented box (datagen.solids); lifted objects are boxes
     visible_pixels: list[int] = field(default_factory=list)  # per view
     attributes: dict[str, Any] = field(default_factory=dict)  # e.g. {"size": "small", "class_id": 3}
 

@@ -362,12 +362,13 @@ def _positional(noun: str, rank: int, n: int, axis: int) -> str:
     return f"the {_ORDINALS[rank]} {noun} {suffix}"
 
 
-def describe_objects(solids: list[_Solid], centroids_viewer: np.ndarray) -> list[tuple[str, str]]:
+def describe_objects(solids: list[_Solid], centres_viewer: np.ndarray) -> list[tuple[str, str]]:
     """Unique referring expressions (description, how it was disambiguated) from the first view.
 
     "the red cylinder"; when colour + class repeat, the size word is added ("the small red cylinder"); when
     that still repeats, a position along the viewer axis that separates the group best ("the leftmost ...",
-    "the nearer ...", "the upper ..."). ``centroids_viewer`` is (N, 3) in the first view's viewer frame.
+    "the nearer ...", "the upper ..."), ranked by box centre. ``centres_viewer`` is (N, 3) in the first view's
+    viewer frame.
     """
     out: list[tuple[str, str]] = [("", "")] * len(solids)
     by_key: dict[tuple[str, ...], list[int]] = {}
@@ -385,7 +386,7 @@ def describe_objects(solids: list[_Solid], centroids_viewer: np.ndarray) -> list
             if len(group) == 1:
                 out[group[0]] = (f"the {noun}", "size")
                 continue
-            coords = centroids_viewer[group]  # (G, 3)
+            coords = centres_viewer[group]  # (G, 3)
             gaps = [np.diff(np.sort(coords[:, a])).min() for a in range(3)]
             axis = int(np.argmax(gaps))
             for rank, j in enumerate(np.argsort(coords[:, axis], kind="stable")):
@@ -490,14 +491,15 @@ def assemble_scene(
     """The ``Scene`` of a rendered layout: objects with descriptions, boxes and per-view visible pixels."""
     n = len(layout.solids)
     visible = [np.bincount(v.instance.ravel(), minlength=n + 1) for v in views]  # index = object id
-    centroids = np.array([b["centroid"] for b in layout.boxes])
+    centres = np.array([b["obb_center"] for b in layout.boxes])  # "centre" = the oriented box centre
     descriptions = describe_objects(
-        layout.solids, geo.transform_points(centroids, geo.viewer_frame(layout.poses[0]))
+        layout.solids, geo.transform_points(centres, geo.viewer_frame(layout.poses[0]))
     )
     objects = [
         SceneObject(
             id=i + 1,
             name=s.shape,
+            solid=s.shape,
             description=descriptions[i][0],
             color=s.color,
             visible_pixels=[int(c[i + 1]) for c in visible],
@@ -515,7 +517,7 @@ def assemble_scene(
     meta = {
         "seed": layout.seed,
         "config": to_dict(cfg),
-        "generator": "spatialboost.synthetic/1",
+        "generator": "spatialboost.synthetic/2",  # 2: objects record their solid; sizes and gaps from it
         "renderer": get_renderer(cfg.tessellation).backend,
         "fov_x_deg": math.degrees(layout.fov_x),
         "room": layout.room,

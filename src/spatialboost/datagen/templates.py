@@ -388,15 +388,14 @@ def t_above_below(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     if got is None:
         return None
     a, b, d, A, B = got
-    oa, ob = ctx.graph.objects[a], ctx.graph.objects[b]
+    spans = [R.vertical_span(ctx.graph, o) for o in (a, b)]
+    (sa, sb) = (f"{s.value[0]:.2f}-{s.value[1]:.2f} m" for s in spans)
     asked = rng.choice(("above", "below"))
     q = rng.choice((f"Is {A} {asked} {B}?", f"Is {A} located {asked} {B}?"))
     statement = f"{A} is {d.label} {B}"
-    answer = (
-        f"{cap(A)} spans heights {oa.aabb_min[2]:.2f}-{oa.aabb_max[2]:.2f} m and {B} "
-        f"{ob.aabb_min[2]:.2f}-{ob.aabb_max[2]:.2f} m. {_yes_no(asked, d.label)}, {statement}."
-    )
-    fact = _fact("above_below", {"a": a, "b": b}, d, [statement])
+    answer = f"{cap(A)} spans heights {sa} and {B} {sb}. {_yes_no(asked, d.label)}, {statement}."
+    support = [_fact("vertical_span", {"a": o}, s, [t]) for o, s, t in ((a, spans[0], sa), (b, spans[1], sb))]
+    fact = _fact("above_below", {"a": a, "b": b}, d, [statement], support)
     return QA("object", "above_below", _in_view(ctx, v, q), answer, fact)
 
 
@@ -407,10 +406,12 @@ def t_bigger_smaller(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
         return None
     a, b, d, A, B = got
     q = rng.choice((f"Is {A} bigger than {B}?", f"Which is larger, {A} or {B}?", f"Is {A} smaller than {B}?"))
-    va, vb = ctx.graph.volume[a], ctx.graph.volume[b]
+    vols = [R.object_volume(ctx.graph, o) for o in (a, b)]
+    va, vb = (f"{v.value:.3f} m^3" for v in vols)
     statement = f"{A} and {B} are about the same size" if d.label == SAME else f"{A} is {d.label} than {B}"
-    answer = f"The box of {A} holds {va:.3f} m^3 and that of {B} {vb:.3f} m^3, so {statement}."
-    fact = _fact("bigger_smaller", {"a": a, "b": b}, d, [statement])
+    answer = f"{cap(A)} has a volume of {va} and {B} {vb}, so {statement}."
+    support = [_fact("object_volume", {"a": o}, v, [t]) for o, v, t in ((a, vols[0], va), (b, vols[1], vb))]
+    fact = _fact("bigger_smaller", {"a": a, "b": b}, d, [statement], support)
     return QA("object", "bigger_smaller", _in_view(ctx, ctx.view, q), answer, fact)
 
 

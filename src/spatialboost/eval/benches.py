@@ -149,7 +149,7 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
     """Every task of ``cfg.tasks`` (a ``runner.ProbeConfig``) for every encoder, the same seeds for all."""
     from spatialboost.eval.runner import ProbeResults, aggregate, resolve_encoder, run_probes
 
-    encs = {name: resolve_encoder(e) for name, e in encoders.items()}
+    encs = {name: resolve_encoder(e, cfg.encoder_seed) for name, e in encoders.items()}
     pairs = dict(pairs or {})
     tasks_2d = [t for t in cfg.tasks if not is_extra(t)]
     extra = [t for t in cfg.tasks if is_extra(t)]
@@ -157,7 +157,10 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
     if not extra:
         return results
     seeds = results.summary["seeds"] if results else list(range(cfg.seeds))
-    size = cfg.features.image_size or next(iter(encs.values())).spec.image_size
+    probed = (
+        encs[next(iter(pairs))] if pairs else next(iter(encs.values()))
+    )  # not the baseline (runner's rule)
+    size = cfg.features.image_size or probed.spec.image_size
     cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
     benches = build_benches(
         extra, cfg.data.spec, cfg.probes3d, cfg.robot, size, cache_dir, cfg.features.layers

@@ -77,7 +77,9 @@ def build_config(args: argparse.Namespace) -> ProbeConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out}: exists and is not a directory; choose a directory path")
+    encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_job(encoders, cfg, pairs)
     out = Path(cfg.out)
     write_report(results, out)

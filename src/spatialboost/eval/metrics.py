@@ -6,7 +6,9 @@ Conventions:
   is not scored. Predictions are clamped to ``min_depth`` before logs are taken. ``log10`` is the mean
   absolute log10 error (the NYUv2 table's "log10"); ``log10_rmse`` is its root-mean-square version.
 - Segmentation is class ids; pixels whose target equals ``ignore_index`` are not scored. mIoU averages
-  over the classes present in the prediction or the target (a class absent from both has no IoU).
+  over the classes present in the prediction or the target (a class absent from both has no IoU). A
+  prediction outside ``[0, C)`` is a miss for its pixel's class and counts for no class, as in
+  mmsegmentation's ``intersect_and_union`` (never clipped into class 0 or C - 1).
 - Classification is top-1 accuracy over integer labels.
 """
 
@@ -46,24 +48,28 @@ def depth_metrics(
 def confusion_matrix(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = 255
 ) -> np.ndarray:
-    """(C, C) int64 counts, rows = target class, columns = predicted class; ignored pixels dropped."""
+    """(C, C + 1) int64 counts, rows = target class, columns = predicted class; ignored pixels dropped.
+
+    Column C counts predictions outside ``[0, C)`` (any value, ``ignore_index`` included): misses of
+    their row's class that belong to no predicted class.
+    """
     pred = np.asarray(pred).reshape(-1).astype(np.int64)
     target = np.asarray(target).reshape(-1).astype(np.int64)
     keep = target != ignore_index
     pred, target = pred[keep], target[keep]
     if target.size and (target.min() < 0 or target.max() >= num_classes):
         raise ValueError(f"target class ids must be in [0, {num_classes}) or {ignore_index}")
-    pred = np.clip(pred, 0, num_classes - 1)
-    return np.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    pred = np.where((pred >= 0) & (pred < num_classes), pred, num_classes)
+    cols = num_classes + 1
+    return np.bincount(target * cols + pred, minlength=num_classes * cols).reshape(num_classes, cols)
 
 
 def segmentation_metrics_from_confusion(conf: np.ndarray) -> dict[str, float]:
-    """mIoU over classes present in pred or target, and pixel accuracy, from a confusion matrix."""
+    """mIoU over classes present in pred or target, and pixel accuracy, from a (C, C + 1) confusion matrix."""
     conf = conf.astype(np.float64)
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
+    num_classes = conf.shape[0]
+    tp = np.diag(conf[:, :num_classes])
+    union = conf[:, :num_classes].sum(0) + conf.sum(1) - tp
     present = union > 0
     total = conf.sum()
     return {

@@ -64,6 +64,7 @@ class DepthProbeConfig(TrainConfig):
     max_depth: float = 0.0  # metres; 0 = 1.05 x the 99.9th percentile of the train depths
     silog_lambda: float = 0.5  # bins loss: 0 = RMSE of log depth, 1 = fully scale-invariant
     preview: int = 4  # test predictions kept for the depth grid plot
+    protocol: Literal["auto", "probe", "nyu-eigen"] = "auto"  # scoring (eval.depth_protocol); auto: by data
 
 
 @dataclass
@@ -205,8 +206,41 @@ def _depth_from_out(out: torch.Tensor, mode: str, centers: torch.Tensor) -> torc
 
 @PROBES.register("depth")
 def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed: int) -> ProbeResult:
+    """Scored at the probe resolution against the cached S x S targets (the ``probe`` protocol)."""
     if train.depth is None or test.depth is None:
         raise ValueError("depth probe needs depth targets in both splits")
+    head, centers, history = fit_depth_head(train, cfg, seed)
+    per_image: list[dict[str, float]] = []
+    previews = []
+    for start, pred in predict_depth(head, test, cfg, centers):
+        target = np.asarray(test.depth[start : start + len(pred)])
+        per_image += [depth_metrics(p, t) for p, t in zip(pred, target, strict=True)]
+        if sum(len(p) for p in previews) < cfg.preview:
+            previews.append(pred[: cfg.preview])
+    metrics = {k: float(np.nanmean([m[k] for m in per_image])) for k in per_image[0]}
+    preview = np.concatenate(previews)[: cfg.preview] if previews else None
+    return ProbeResult(metrics=metrics, protocol=depth_protocol_fields(cfg, train, seed, history, centers, "probe"),
+                       preview=preview, head=head)  # fmt: skip
+
+
+def depth_protocol_fields(
+    cfg: DepthProbeConfig,
+    train: FeatureSet,
+    seed: int,
+    history: list[float],
+    centers: torch.Tensor,
+    scoring: str,
+) -> dict[str, Any]:
+    proto = _protocol("depth-linear", cfg, train, seed, history)
+    proto["max_depth"] = float(centers[-1] + (centers[1] - centers[0]) / 2) if len(centers) > 1 else None
+    proto["protocol"] = scoring  # the resolved one (cfg.protocol may say "auto")
+    return proto
+
+
+def fit_depth_head(
+    train: FeatureSet, cfg: DepthProbeConfig, seed: int
+) -> tuple[nn.Module, torch.Tensor, list[float]]:
+    """The trained dense depth head, its bin centres (metres) and the per-epoch train losses."""
     size, grid = train.image_size, train.grid
     centers = _depth_bins(train, cfg)
     head = _dense_head(train, cfg.bins if cfg.mode == "bins" else 1, cfg.use_cls)
@@ -229,21 +263,18 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
         return F.mse_loss(out[:, 0][valid], target[valid].log()) if valid.any() else out.sum() * 0.0
 
     history = fit(head, len(train), step_loss, cfg, seed)
-    per_image: list[dict[str, float]] = []
-    previews = []
+    return head, centers, history
+
+
+def predict_depth(
+    head: nn.Module, test: FeatureSet, cfg: DepthProbeConfig, centers: torch.Tensor
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start index, (B, S, S) depth in metres) over the test features, batch by batch."""
     with torch.inference_mode():
         for start in range(0, len(test), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)
-            pred = _depth_from_out(head(_t(test.patch, sl), _t(test.cls, sl), grid, size), cfg.mode, centers)
-            target = np.asarray(test.depth[sl])
-            per_image += [depth_metrics(p, t) for p, t in zip(pred.numpy(), target, strict=True)]
-            if sum(len(p) for p in previews) < cfg.preview:
-                previews.append(pred.numpy()[: cfg.preview])
-    metrics = {k: float(np.nanmean([m[k] for m in per_image])) for k in per_image[0]}
-    preview = np.concatenate(previews)[: cfg.preview] if previews else None
-    proto = _protocol("depth-linear", cfg, train, seed, history)
-    proto["max_depth"] = float(centers[-1] + (centers[1] - centers[0]) / 2) if len(centers) > 1 else None
-    return ProbeResult(metrics=metrics, protocol=proto, preview=preview, head=head)
+            out = head(_t(test.patch, sl), _t(test.cls, sl), test.grid, test.image_size)
+            yield start, _depth_from_out(out, cfg.mode, centers).numpy()
 
 
 def _log_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -284,7 +315,7 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
     history = fit(head, len(train), step_loss, cfg, seed)
-    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predictions out of range
     with torch.inference_mode():
         for start in range(0, len(test), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)

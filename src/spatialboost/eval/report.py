@@ -1,8 +1,16 @@
 """Probe reports: results.json, a Markdown table (mean +- std, delta vs base) and matplotlib plots.
 
-Plots (Agg backend, PNG): ``bars.png`` -- one panel per headline metric, a bar per encoder with the
-seed std as error bar; ``depth_grid.png`` -- rows of test images with columns image, ground truth and each
-encoder's depth prediction (seed 0), on one colour scale per row.
+The noise rule (``delta_text``): a delta is called "better" or "worse" only when
+``|delta| > NOISE_K * sqrt(std_base**2 + std_boosted**2)`` with ``NOISE_K = 2`` and ``std`` the sample std
+(ddof=1) over the probe seeds of each encoder; otherwise it is "within noise". With one seed there is no
+noise estimate, and the delta gets no verdict. The rule uses the seed spread of single runs, not the
+standard error of the means, so it is conservative (at 3 seeds it is stricter than a two-sided Welch t-test
+at 5%) and a reader can check it from the table's own ``mean ± std`` cells.
+
+Plots (Agg backend, PNG): ``bars.png`` -- one panel per headline metric, a bar per encoder with the seed std
+as error bar, the y axis zoomed on the bars (not from 0) and the title saying which direction is better;
+``depth_grid.png`` -- rows of test images with columns image, ground truth and each encoder's depth
+prediction (seed 0), on one colour scale per row with a colour bar in metres.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ HEADLINE = {
     "sem3d": ["acc", "miou"],
     "robot": ["success"],
 }
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
 METRIC_ORDER = [
     "rmse",
     "absrel",
@@ -53,6 +60,17 @@ def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
                                        METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
 
 
+NOISE_K = 2.0
+NOISE_RULE = (
+    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1), "
+    "else within noise; one seed gives no noise estimate"
+)
+PAIRED_RULE = (
+    "3D probes (corr has no seed noise): a Δ must also exceed 2 standard errors of the paired per-unit "
+    "difference (seed 0, the same view pairs / test scenes; the table in the 3D section)"
+)
+
+
 def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     """Rows = probe/metric; columns = encoders (mean +- std over seeds) and, per pair, delta vs base."""
     rows = _rows_by_key(summary)
@@ -63,29 +81,68 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     for probe, metric in _metric_keys(summary):
         if headline_only and metric not in HEADLINE.get(probe, []):
             continue
-        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        cells = [probe, f"{metric} {arrow}"]
+        cells = [probe, f"{metric} {'↓' if _lower_is_better(metric) else '↑'}"]
         for enc in encoders:
             r = rows.get((enc, probe, metric))
-            cells.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
+            cells.append("-" if r is None else _mean_std(r))
         for boosted, base in pairs.items():
             a, b = rows.get((base, probe, metric)), rows.get((boosted, probe, metric))
-            cells.append("-" if a is None or b is None else _delta(a["mean"], b["mean"], arrow == "↓"))
+            cells.append("-" if a is None or b is None else delta_text(a, b))
         lines.append("| " + " | ".join(cells) + " |")
     n = len(summary.get("seeds", []))
     layers = summary.get("config", {}).get("features", {}).get("layers", "?")
     lines.append("")
     lines.append(f"mean ± std over {n} seed(s); layers={layers}; data={summary['dataset']['spec']} "
-                 f"(train {summary['dataset']['n_train']}, test {summary['dataset']['n_test']}).")  # fmt: skip
+                 f"(train {summary['dataset']['n_train']}, test {summary['dataset']['n_test']}). "
+                 f"↓ lower is better, ↑ higher is better.")  # fmt: skip
+    if pairs:
+        lines.append(NOISE_RULE + ".")
+        if any("per_unit" in r.get("protocol", {}) for r in summary["rows"]):
+            lines.append(PAIRED_RULE + ".")
+    if summary.get("depth_protocol"):
+        lines.append(f"Depth protocol: {summary['depth_protocol']}.")
     return "\n".join(lines) + "\n"
 
 
-def _delta(base: float, boosted: float, lower_better: bool) -> str:
-    d = boosted - base
-    rel = f" ({100 * d / abs(base):+.1f}%)" if base else ""
-    better = (d < 0) if lower_better else (d > 0)
-    mark = "" if d == 0 else (" better" if better else " worse")
-    return f"{d:+.4f}{rel}{mark}"
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    """'mean ± std'; a single seed has no std to show (not '± 0.0000')."""
+    if row.get("n", 2) < 2:
+        return f"{row['mean']:.4f} (1 seed)"
+    return f"{row['mean']:.4f} ± {row['std']:.4f}"
+
+
+def _lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
+    if row is not None and "lower_is_better" in row:
+        return bool(row["lower_is_better"])
+    return metric in LOWER_IS_BETTER
+
+
+def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
+    """The module's noise rule on two rows (mean, std, n); None when either has a single seed."""
+    if min(base.get("n", 0), boosted.get("n", 0)) < 2:
+        return None
+    noise = (base["std"] ** 2 + boosted["std"] ** 2) ** 0.5
+    seeds_say = abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
+    from spatialboost.eval.report_extra import paired_difference  # 3D probes: the data's noise too
+
+    paired = paired_difference(base, boosted)
+    return seeds_say if paired is None else seeds_say and paired["beyond_noise"]
+
+
+def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:
+    """'+0.0200 (+2.5%) worse' / '... within noise' / '... (1 seed: no noise estimate)'."""
+    d = boosted["mean"] - base["mean"]
+    rel = f" ({100 * d / abs(base['mean']):+.1f}%)" if base["mean"] else ""
+    verdict = beyond_noise(base, boosted)
+    if verdict is None:
+        return f"{d:+.4f}{rel} (1 seed: no noise estimate)"
+    if not verdict:
+        return f"{d:+.4f}{rel} within noise"
+    better = (d < 0) if _lower_is_better(base.get("metric", ""), base) else (d > 0)
+    return f"{d:+.4f}{rel} {'better' if better else 'worse'}"
 
 
 def write_report(results: Any, out: str | Path, plots: bool = True) -> dict[str, Path]:
@@ -120,29 +177,69 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_bars(summary: dict[str, Any], path: str | Path) -> Path:
-    """Before/after bars with seed-std error bars, one panel per headline metric."""
+    """Before/after bars with seed-std error bars, one panel per headline metric (``bars_figure``)."""
     plt = _figure()
-    rows = _rows_by_key(summary)
-    encoders = list(summary["encoders"])
-    keys = [k for k in _metric_keys(summary) if k[1] in HEADLINE.get(k[0], [])]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.6 * max(1, len(keys)), 3.0), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (probe, metric) in zip(axes[0], keys, strict=False):
-        vals = [rows.get((e, probe, metric)) for e in encoders]
-        means = [v["mean"] if v else np.nan for v in vals]
-        stds = [v["std"] if v else 0.0 for v in vals]
-        ax.bar(range(len(encoders)), means, yerr=stds, capsize=4, color=colors[: len(encoders)])
-        ax.set_xticks(range(len(encoders)), encoders, rotation=20)
-        ax.set_title(f"{probe}: {metric}", fontsize=9)
-    fig.tight_layout()
+    fig = bars_figure(summary)
     try:
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
 
 
+def bars_figure(summary: dict[str, Any]):
+    """One panel per headline metric: a bar per encoder, seed std as error bar, the y axis zoomed on the
+    bars and their error bars (an axis from 0 hides a few-percent difference), the better direction in the
+    title."""
+    plt = _figure()
+    rows = _rows_by_key(summary)
+    encoders = list(summary["encoders"])
+    keys = [k for k in _metric_keys(summary) if k[1] in HEADLINE.get(k[0], [])]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.8 * max(1, len(keys)), 3.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    n = len(summary.get("seeds", []))
+    for ax, (probe, metric) in zip(axes[0], keys, strict=False):
+        vals = [rows.get((e, probe, metric)) for e in encoders]
+        means = np.array([v["mean"] if v else np.nan for v in vals])
+        stds = np.array([v["std"] if v else 0.0 for v in vals])
+        ax.bar(range(len(encoders)), means, yerr=stds, capsize=4, color=colors[: len(encoders)])
+        ax.set_ylim(*_zoomed_limits(means, stds))
+        ax.set_xticks(range(len(encoders)), encoders, rotation=20)
+        row = next((v for v in vals if v), None)
+        direction = "lower is better" if _lower_is_better(metric, row) else "higher is better"
+        ax.set_title(f"{probe}: {metric}\n({direction})", fontsize=9)
+    fig.suptitle(f"mean ± std over {n} seed(s); y axis not from 0", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _zoomed_limits(means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
+    """y limits around mean ± std of every bar with a margin; not below 0 for non-negative metrics."""
+    ok = np.isfinite(means)
+    if not ok.any():
+        return 0.0, 1.0
+    lo, hi = float((means - stds)[ok].min()), float((means + stds)[ok].max())
+    span = max(hi - lo, 1e-3 * max(abs(hi), 1e-9), 1e-9)
+    lo, hi = lo - 0.6 * span, hi + 0.3 * span
+    if (means[ok] >= 0).all():
+        lo = max(lo, 0.0)
+    return lo, hi
+
+
 def plot_depth_grid(previews: dict[str, Any], encoders: list[str], path: str | Path) -> Path | None:
     """Rows of (image, ground truth, each encoder's prediction); None when no depth probe ran."""
+    fig = depth_grid_figure(previews, encoders)
+    if fig is None:
+        return None
+    plt = _figure()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def depth_grid_figure(previews: dict[str, Any], encoders: list[str]):
+    """The depth grid: per row one colour scale (0 .. the ground truth's 99th percentile) and a colour bar
+    labelled in metres; None when no depth probe ran."""
     test = previews.get("test")
     preds = [e for e in encoders if e in previews]
     if test is None or not preds:
@@ -150,7 +247,7 @@ def plot_depth_grid(previews: dict[str, Any], encoders: list[str], path: str | P
     plt = _figure()
     k = len(test["image"])
     cols = 2 + len(preds)
-    fig, axes = plt.subplots(k, cols, figsize=(2.2 * cols, 2.2 * k), squeeze=False)
+    fig, axes = plt.subplots(k, cols, figsize=(2.2 * cols + 0.8, 2.2 * k), squeeze=False)
     for i in range(k):
         gt = test["depth"][i]
         vmax = float(np.percentile(gt[gt > 0], 99)) if (gt > 0).any() else 1.0
@@ -159,13 +256,14 @@ def plot_depth_grid(previews: dict[str, Any], encoders: list[str], path: str | P
             ("ground truth", np.where(gt > 0, gt, np.nan), "magma_r"),
         ]
         panels += [(e, previews[e][i], "magma_r") for e in preds]
+        shown = None
         for ax, (title, img, cmap) in zip(axes[i], panels, strict=True):
-            ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=vmax if cmap else None)
+            im = ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=vmax if cmap else None)
+            shown = im if cmap else shown
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+        bar = fig.colorbar(shown, ax=list(axes[i]), fraction=0.025, pad=0.01)
+        bar.set_label("depth (m)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return fig

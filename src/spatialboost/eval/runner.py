@@ -22,6 +22,7 @@ from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
 from spatialboost.eval.benches import TASKS as EXTRA_TASKS
 from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
+from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_depth_probe, resolve_protocol
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import Probe3DConfig
@@ -51,7 +52,7 @@ class DataConfig:
 @dataclass
 class FeatureConfig:
     layers: Literal["last", "last4"] = "last"
-    image_size: int = 0  # pixels; 0 = the first encoder's spec.image_size (rounded to its patch size)
+    image_size: int = 0  # pixels; 0 = the probed (boosted) encoder's size; rounded to each patch size
     batch_size: int = 32
     cache_dir: str = ""  # "" = OUT/feature-cache
     dtype: Literal["float32", "float16"] = "float32"
@@ -63,6 +64,7 @@ class ProbeConfig:
     baseline: str = ""
     tasks: list[str] = field(default_factory=lambda: ["all"])  # depth | seg | cls | all | benches.TASKS
     seeds: int = 3
+    encoder_seed: int = 0  # initialises every encoder the job builds with random weights (tiny-*), alike
     out: str = "probe-results"
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -91,14 +93,18 @@ class ProbeResults:
 # --- encoders ---------------------------------------------------------------------------------------------
 
 
-def resolve_encoder(x: VisionEncoder | str | Path) -> VisionEncoder:
-    """A frozen encoder in eval mode from an instance, a registered name, or a (saved) directory."""
+def resolve_encoder(x: VisionEncoder | str | Path, seed: int = 0) -> VisionEncoder:
+    """A frozen encoder in eval mode from an instance, a registered name, or a (saved) directory.
+
+    Random initialisations (tiny test encoders, missing weights) draw from ``seed``, not the global RNG,
+    so the same name gives the same network in every run and in both arms of a comparison.
+    """
     if not isinstance(x, VisionEncoder):
         from spatialboost.models.encoders import create_encoder
         from spatialboost.registry import UnknownNameError
 
         try:
-            x = create_encoder(str(x))
+            x = create_encoder(str(x), seed=seed)
         except UnknownNameError as e:
             raise UserError(str(e)) from None
     x.eval()
@@ -134,16 +140,18 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
 
 
 def pair_encoders(
-    encoder: VisionEncoder | str | Path, baseline: VisionEncoder | str | Path | None
+    encoder: VisionEncoder | str | Path, baseline: VisionEncoder | str | Path | None, seed: int = 0
 ) -> tuple[dict[str, VisionEncoder], dict[str, str]]:
     """``({"base": ..., "boosted": ...}, {"boosted": "base"})``, the base found from a save if not given."""
     if baseline is None or baseline == "":
         base = saved_base(encoder) if isinstance(encoder, str | Path) else None
         if base is None:
-            return {"encoder": resolve_encoder(encoder)}, {}
+            return {"encoder": resolve_encoder(encoder, seed)}, {}
         log.info("%s is a boosted encoder: its base is re-run in the same job", encoder)
-        return {"base": base, "boosted": resolve_encoder(encoder)}, {"boosted": "base"}
-    return {"base": resolve_encoder(baseline), "boosted": resolve_encoder(encoder)}, {"boosted": "base"}
+        return {"base": base, "boosted": resolve_encoder(encoder, seed)}, {"boosted": "base"}
+    return {"base": resolve_encoder(baseline, seed), "boosted": resolve_encoder(encoder, seed)}, {
+        "boosted": "base"
+    }
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
@@ -199,15 +207,17 @@ def run_probes(
     scene_fn=None,
 ) -> ProbeResults:
     """Every probe of ``cfg.tasks`` for every encoder, ``cfg.seeds`` seeds each; ``pairs``: boosted -> base."""
-    encs = {name: resolve_encoder(e) for name, e in encoders.items()}
+    encs = {name: resolve_encoder(e, cfg.encoder_seed) for name, e in encoders.items()}
     pairs = dict(pairs or {})
     for boosted, base in pairs.items():
         if boosted not in encs or base not in encs:
             raise ValueError(f"pair {boosted} -> {base}: both must be among the encoders {list(encs)}")
-    first = next(iter(encs.values()))
-    size = cfg.features.image_size or first.spec.image_size
+    probed = encs[next(iter(pairs))] if pairs else next(iter(encs.values()))  # not the baseline
+    size = cfg.features.image_size or probed.spec.image_size
     train_ds, test_ds = build_splits(cfg.data, size, scene_fn)
     probe_names = probes_for(cfg.tasks, train_ds)
+    scoring = resolve_protocol(cfg.probes.depth.protocol, cfg.data.spec) if "depth" in probe_names else None
+    crops: SlidingCrops | None = None
     cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
     seeds = list(range(cfg.seeds))
     runs: list[dict[str, Any]] = []
@@ -229,11 +239,15 @@ def run_probes(
             )  # fmt: skip
             for split, ds in (("train", train_ds), ("test", test_ds))
         }
+        if scoring == "nyu-eigen":  # the whole test images, by sliding crops (eval.depth_protocol)
+            crops = SlidingCrops(test_ds, side)
+            feats["test-eigen"] = extract_features(enc, crops, cache_dir, cfg.features.layers, side,
+                                                   cfg.features.batch_size, cfg.features.dtype, identities[name])  # fmt: skip
         for probe in probe_names:
             for seed in seeds:
-                runs.append(_one_run(name, probe, feats, cfg, seed, previews))
+                runs.append(_one_run(name, probe, feats, cfg, seed, previews, crops))
     previews["test"] = (
-        _preview_targets(test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
+        _preview_targets(crops or test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
     )
     summary = {
         "dataset": {
@@ -246,6 +260,7 @@ def run_probes(
         "encoders": {n: {"spec": _spec_dict(e), "identity": identities[n]} for n, e in encs.items()},
         "pairs": pairs,
         "seeds": seeds,
+        "depth_protocol": None if scoring is None else DESCRIPTIONS[scoring],
         "config": to_dict(cfg),
         "runs": runs,
         "rows": aggregate(runs),
@@ -254,10 +269,13 @@ def run_probes(
 
 
 def _one_run(
-    name: str, probe: str, feats: dict[str, FeatureSet], cfg: ProbeConfig, seed: int, previews
+    name: str, probe: str, feats: dict[str, FeatureSet], cfg: ProbeConfig, seed: int, previews, crops=None
 ) -> dict:
     log.info("probe %s on %s (seed %d)", probe, name, seed)
-    res = run_probe(probe, feats["train"], feats["test"], cfg.probes, seed)
+    if probe == "depth" and "test-eigen" in feats:
+        res = eigen_depth_probe(feats["train"], feats["test-eigen"], crops, cfg.probes.depth, seed)
+    else:
+        res = run_probe(probe, feats["train"], feats["test"], cfg.probes, seed)
     protocol = {"layers": cfg.features.layers, **res.protocol}
     if res.preview is not None and seed == 0:
         previews[name] = res.preview
@@ -323,7 +341,7 @@ def probe_before_after(
         {"base": base, "boosted": boosted}, cfg, pairs={"boosted": "base"}, scene_fn=scene_fn
     )
     table = markdown_table(results.summary, headline_only=True)
-    log.info("frozen-feature probes, before vs after:\n%s", table)
+    log.debug("frozen-feature probes, before vs after:\n%s", table)  # the caller prints it once
     if out is not None:
         write_report(results, out, plots=plots)
     return results, table

@@ -28,23 +28,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spatialboost.config import ConfigError
 from spatialboost.models.encoder_base import VisionEncoder
 
-GATES = ("channel", "head", "scalar")
-MODES = ("dual", "lora", "full")
+Mode = Literal["dual", "lora", "full"]  # "dual" (Eq. 1) | peft LoRA | the whole encoder trains
+Gate = Literal["channel", "head", "scalar"]  # (D,) | (num_heads,) | (1,)
+MODES: tuple[str, ...] = typing.get_args(Mode)
+GATES: tuple[str, ...] = typing.get_args(Gate)
 
 
 @dataclass
 class BoostConfig:
-    mode: str = "dual"  # "dual" (Eq. 1) | "lora" | "full"
-    gate: str = "channel"  # "channel" (D,) | "head" (num_heads,) | "scalar" (1,)
+    """The options of ``add_dual_channel``; also the typed ``model.dual_channel`` section of a training
+    config (``spatialboost.config`` checks the Literal fields when the config loads)."""
+
+    mode: Mode = "dual"
+    gate: Gate = "channel"
     layers: list[int] | None = None  # block indices (negative from the end); None = all
     gate_init: float = 0.0
     lora_rank: int = 8
@@ -54,11 +62,11 @@ class BoostConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+            raise ConfigError(f"gate must be one of {list(GATES)}, got {self.gate!r}")
         if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
 
 class DualChannelAttention(nn.Module):
@@ -197,6 +205,11 @@ def add_dual_channel(
     return encoder
 
 
+def check_layers(encoder: VisionEncoder, layers: list[int] | None) -> None:
+    """ConfigError when ``layers`` names blocks the encoder does not have (what add_dual_channel would raise)."""
+    _selected_slots(encoder, layers)
+
+
 def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tuple[nn.Module, str]]:
     slots = encoder.attention_slots()
     if layers is None:
@@ -204,7 +217,7 @@ def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tu
     n = len(slots)
     bad = [i for i in layers if not -n <= i < n]
     if bad:
-        raise ValueError(f"layers {bad} out of range for an encoder with {n} blocks")
+        raise ConfigError(f"dual-channel layers {bad} out of range for an encoder with {n} blocks")
     return [slots[i] for i in sorted({i % n for i in layers})]
 
 

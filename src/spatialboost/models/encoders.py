@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.hf_encoders import FAMILIES, HFEncoder, family_for_model, family_for_model_type
 from spatialboost.registry import Registry, UnknownNameError
@@ -179,6 +180,11 @@ def _from_dir(path: Path, pretrained: bool, overrides: dict[str, Any]) -> Vision
 
     if is_saved_encoder(path):
         return load_encoder(path)
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"{path}: not an encoder folder (no config.json); give a registered name, a folder written by "
+            "`spatialboost export` / save_pretrained, or a hub id (org/name)"
+        )
     return _from_hub(str(path), pretrained, overrides, local=True)
 
 
@@ -188,7 +194,11 @@ def _from_hub(
     """Dispatch on the checkpoint's ``model_type``; ``from_pretrained`` when ``pretrained``."""
     from transformers import AutoConfig
 
-    auto_cfg = AutoConfig.from_pretrained(name_or_path)
+    try:
+        auto_cfg = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:  # not cached offline, no such repo, or a config without model_type
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{name_or_path}: cannot read a transformers config ({reason})") from None
     family = family_for_model_type(auto_cfg.model_type)
     if family is None:
         known = sorted(t for f in FAMILIES.values() for t in f.model_types)
@@ -208,20 +218,32 @@ def _from_hub(
 
 
 def _processor_conventions(name_or_path: str, local: bool) -> tuple[Any, Any, int | None]:
-    """mean/std/crop size from a checkpoint's ``preprocessor_config.json`` when there is one."""
-    try:
-        if local:
-            file = Path(name_or_path) / "preprocessor_config.json"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            file = Path(hf_hub_download(name_or_path, "preprocessor_config.json"))
-        pre = json.loads(file.read_text())
-    except Exception:  # no processor config: the family defaults apply
+    """mean/std/crop size from a checkpoint's ``preprocessor_config.json``; the family's defaults only when the
+    checkpoint has none (said in the log). A file that exists but cannot be read is a UserError."""
+    file = _preprocessor_file(name_or_path, local)
+    if file is None:
+        log.info("%s has no preprocessor_config.json: the family's mean/std/size apply", name_or_path)
         return None, None, None
-    size = pre.get("crop_size") or pre.get("size") or {}
-    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-    return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None
+    try:
+        pre = json.loads(file.read_text(encoding="utf-8"))
+        size = pre.get("crop_size") or pre.get("size") or {}
+        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+        return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None
+    except (ValueError, AttributeError, TypeError) as e:
+        raise UserError(f"{file}: unreadable preprocessor config ({e}); fix or remove the file") from None
+
+
+def _preprocessor_file(name_or_path: str, local: bool) -> Path | None:
+    if local:
+        file = Path(name_or_path) / "preprocessor_config.json"
+        return file if file.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name_or_path, "preprocessor_config.json"))
+    except EntryNotFoundError:  # the repo has no such file (or, offline, it was never cached)
+        return None
 
 
 class _seeded:

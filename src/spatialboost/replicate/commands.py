@@ -44,17 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from spatialboost.replicate.report import arm_table, write_report
     from spatialboost.replicate.runner import run_study
-    from spatialboost.replicate.study import make_config
+    from spatialboost.replicate.study import make_config, selected_arms
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    try:
-        cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size)
-        cfg.extra_probes = [p.strip() for p in args.probes.split(",") if p.strip()]
-        cfg.validate()
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
+    cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size)
+    cfg.extra_probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    cfg.validate()  # an unknown extra probe fails here (ConfigError is a UserError)
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    selected_arms(cfg)  # an unknown arm name fails here, listing the known ones, before any work
     cfg.cache_dir = str(args.cache) if args.cache else ""
     command, commit = command_line(args), git_commit()
     if args.report_only:

@@ -2,6 +2,7 @@
 
 Examples::
 
+    spatialboost train --config demo data.datasets=[runs/demo/data]   # the demo config shipped with the package
     spatialboost train --config configs/demo.yaml
     spatialboost train --config configs/demo.yaml stages.run=[encoder] stages.encoder.max_steps=50
     torchrun --nproc-per-node 2 -m spatialboost train --config configs/demo.yaml run_dir=runs/ddp
@@ -14,25 +15,25 @@ from __future__ import annotations
 import argparse
 import logging
 
-from spatialboost.config import ConfigError, load_config
-from spatialboost.errors import UserError
+from spatialboost.config import config_path, load_config
 from spatialboost.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML training config (see configs/)")
+    parser.add_argument(
+        "--config",
+        help="YAML training config: a file (a source checkout has examples in configs/), or `demo` for the "
+        "tiny demo config shipped with the package",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
 def run(args: argparse.Namespace) -> int:
     from spatialboost.train.pipeline import run_training
 
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    cfg = load_config(TrainConfig, config_path(args.config), args.overrides)  # ConfigError: one line, exit 2
     for r in run_training(cfg):
         log.info(
             "stage %s: %d steps, loss %.4f -> %.4f, %.0f tokens/s, %.1f samples/s -> %s",

@@ -2,6 +2,9 @@
 
 ``spatialboost train --config configs/demo.yaml stages.encoder.max_steps=20`` builds a ``TrainConfig``
 with ``spatialboost.config.load_config``; the resolved tree is written to ``<run_dir>/config.yaml``.
+Every section is typed, ``model.dual_channel`` (``models.dual_channel.BoostConfig``) and
+``model.llm_options`` (``LLMOptions``) included, so a bad key or value fails when the config loads, naming
+the key and the allowed values, before any stage trains.
 
 The three paper stages (paper notes section 4) are three named sections under ``stages`` so that
 each one can be overridden from the command line; ``stages.run`` picks which of them run, in order:
@@ -18,11 +21,12 @@ stage         trains                                  frozen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from spatialboost.config import ConfigError
+from spatialboost.config import ConfigError, from_dict
+from spatialboost.models.dual_channel import BoostConfig
 
 STAGE_NAMES = ("align", "instruct", "encoder")
 StageName = Literal["align", "instruct", "encoder"]
@@ -110,14 +114,57 @@ class StagesConfig:
 
 
 @dataclass
+class LLMOptions:
+    """Shape overrides of a tiny random LLM (``models.llm.TINY_LLMS``); None keeps the tiny default.
+
+    Only for ``tiny-*`` LLMs: a pre-trained LLM's shape comes with its weights."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int | None = None
+    tie_word_embeddings: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The set fields, as ``build_llm(**overrides)`` keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def validate(self) -> None:
+        for key, value in self.overrides().items():
+            if not isinstance(value, bool) and value < 1:
+                raise ConfigError(f"model.llm_options.{key} must be >= 1, got {value}")
+        width, heads = self.hidden_size, self.num_attention_heads
+        if width and heads and self.head_dim is None and width % heads:
+            raise ConfigError(
+                f"model.llm_options.hidden_size {width} is not a multiple of num_attention_heads {heads}"
+            )
+
+
+@dataclass
 class ModelConfig:
     encoder: str = "tiny-vit"  # registered name, hub id or local path (create_encoder)
     llm: str = "tiny-qwen2"  # tiny config name, hub id or local path (build_llm)
     tokenizer: str | None = None  # tokenizer dir; None: the LLM's own, or trained on the corpus for tiny LLMs
     tokenizer_vocab_size: int = 1024  # when training one on the corpus
-    dual_channel: dict[str, Any] = field(default_factory=dict)  # add_dual_channel(...) keyword options
-    llm_options: dict[str, Any] = field(default_factory=dict)  # build_llm(...) config overrides (tiny LLMs)
-    attn_implementation: str = "sdpa"
+    dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's add_dual_channel(...) options
+    llm_options: LLMOptions = field(default_factory=LLMOptions)  # tiny LLMs' shape (build_llm overrides)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        # code that builds a config may pass plain dicts; they are checked like YAML
+        if isinstance(self.dual_channel, dict):
+            self.dual_channel = from_dict(BoostConfig, self.dual_channel, "model.dual_channel.")
+        if isinstance(self.llm_options, dict):
+            self.llm_options = from_dict(LLMOptions, self.llm_options, "model.llm_options.")
+
+    def validate(self) -> None:
+        if self.llm_options.overrides() and not self.llm.startswith("tiny-"):
+            raise ConfigError(
+                f"model.llm_options only shape tiny-* LLMs; {self.llm!r} brings its own shape (remove them)"
+            )
 
 
 @dataclass
@@ -150,10 +197,6 @@ class TrainConfig:
     stages: StagesConfig = field(default_factory=StagesConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    # stop with an error if a step's loss is NaN/inf (the last good checkpoint stays)
-    fail_on_nonfinite: bool = True
-    # testing hook: raise SystemExit after this many optimiser steps of the first stage run (0 = off)
-    crash_after_steps: int = 0
 
     def stage_data(self, name: str) -> DataConfig:
         return self.stages.get(name).data or self.data

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from spatialboost.config import save_config, to_dict
+from spatialboost.config import ConfigError, from_dict, save_config, to_dict
 from spatialboost.errors import UserError
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import TrainConfig
@@ -53,10 +53,11 @@ def run_training(cfg: TrainConfig) -> list[StageResult]:
 
 
 def check_config(cfg: TrainConfig, env) -> None:
-    """Save the resolved config; refuse to resume a run dir trained with a different one."""
+    """Check the paths the config names; save it; refuse to resume a run dir trained with a different one."""
+    check_paths(cfg)
     path = Path(cfg.run_dir) / "config.yaml"
     if path.is_file():
-        old, new = _flatten(yaml.safe_load(path.read_text()) or {}), _flatten(to_dict(cfg))
+        old, new = _flatten(_resolved(yaml.safe_load(path.read_text()) or {})), _flatten(to_dict(cfg))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
         if changed:
@@ -67,6 +68,38 @@ def check_config(cfg: TrainConfig, env) -> None:
     dist_utils.barrier(env)
     if env.is_main:
         save_config(cfg, path)
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Before any work: run_dir can be a directory, every dataset a stage reads exists, init_from exists."""
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir {run_dir}: exists and is not a directory")
+    if cfg.init_from and not Path(cfg.init_from).is_dir():
+        raise UserError(f"init_from {cfg.init_from}: no such run directory")
+    for stage in cfg.stages.run:
+        roots = cfg.stage_data(stage).datasets
+        if not roots:
+            raise UserError(
+                f"data.datasets is empty (stage {stage}): list dataset dirs made by `spatialboost generate`"
+            )
+        for root in roots:
+            if not any(Path(root).glob("shards/*.jsonl")):
+                what = "no shards/*.jsonl" if Path(root).is_dir() else "no such directory"
+                raise UserError(f"data.datasets: {root}: {what} (make one with `spatialboost generate`)")
+
+
+# keys a saved config may still hold from older versions; they no longer exist and change nothing
+RETIRED_KEYS = ("crash_after_steps", "fail_on_nonfinite")
+
+
+def _resolved(saved: dict) -> dict:
+    """A saved config read through today's ``TrainConfig`` (defaults filled in, retired keys dropped), so a
+    run saved by an older version compares by what it computes."""
+    try:
+        return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
+    except ConfigError:
+        return saved
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

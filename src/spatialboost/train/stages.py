@@ -20,6 +20,7 @@ tensors of the other groups get no weight decay either (nanoGPT's rule).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -78,23 +79,25 @@ def finished_output(run_dir: str | Path, name: str) -> Path | None:
 
 def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
-    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.dual_channel import add_dual_channel, check_layers
     from spatialboost.models.encoders import create_encoder
     from spatialboost.models.llm import build_llm, ensure_image_token
     from spatialboost.models.projector import MLPProjector
     from spatialboost.models.vlm import SpatialVLM
 
     encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
+    if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training
+        check_layers(encoder, cfg.model.dual_channel.layers)
     if STAGES[stage].boosted:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, **cfg.model.dual_channel)
+            add_dual_channel(encoder, **dataclasses.asdict(cfg.model.dual_channel))
     llm = build_llm(
         cfg.model.llm,
         tokenizer,
         seed=cfg.seed,
         attn_implementation=cfg.model.attn_implementation,
-        **cfg.model.llm_options,
+        **cfg.model.llm_options.overrides(),
     )
     image_token_id = ensure_image_token(tokenizer, llm)
     with torch.random.fork_rng(devices=[]):

@@ -23,6 +23,7 @@ from spatialboost.datagen.perception.base import (
     Detection,
     box_iou,
 )
+from spatialboost.errors import UserError
 
 
 @dataclass
@@ -44,9 +45,7 @@ def _rng(cfg: BackendConfig, key: str) -> np.random.Generator:
 
 def _require(truth: TruthLookup | None, kind: str) -> TruthLookup:
     if truth is None:
-        raise ValueError(
-            f"the oracle {kind} needs ground truth (a truth lookup); use it with provided RGB-D data"
-        )
+        raise UserError(f"the oracle {kind} needs ground truth (a truth lookup); use it with RGB-D data")
     return truth
 
 
@@ -70,7 +69,9 @@ class OracleDepth:
         for key in keys:
             gt = self.truth(key)
             if gt.depth is None or gt.K is None:
-                raise ValueError(f"{key}: the oracle has no ground-truth depth / intrinsics")
+                raise UserError(
+                    f"{key}: --depth oracle needs this frame's ground-truth depth/ and intrinsics (RGB-D input)"
+                )
             depth = gt.depth.astype(np.float32) * float(self.cfg.options.get("depth_scale", 1.0))
             sigma = float(self.cfg.options.get("depth_noise", 0.0))
             if sigma > 0:

@@ -1,0 +1,90 @@
+"""The training config is typed all the way down and checked whole before any stage trains."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from spatialboost.config import ConfigError, load_config, save_config, to_dict
+from spatialboost.models.dual_channel import BoostConfig
+from spatialboost.train.config import LLMOptions, ModelConfig, TrainConfig
+from spatialboost.train.distributed import DistEnv
+from spatialboost.train.pipeline import check_config
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "model.dual_channel.gate=chanel",
+            r"model\.dual_channel\.gate: 'chanel' is not one of \['channel', 'head', 'scalar'\]",
+        ),
+        ("model.dual_channel.mode=duel", r"model\.dual_channel\.mode: .*'dual', 'lora', 'full'"),
+        ("model.dual_channel.nope=1", r"unknown config key.*model\.dual_channel\.nope"),
+        ("model.dual_channel.lora_rank=0", "lora_rank"),
+        ("model.llm_options.width=3", r"unknown config key.*model\.llm_options\.width"),
+        ("model.llm_options.hidden_size=-4", r"model\.llm_options\.hidden_size must be >= 1"),
+        ("model.attn_implementation=flash", "attn_implementation"),
+        ("crash_after_steps=1", "unknown config key"),
+        ("fail_on_nonfinite=false", "unknown config key"),
+    ],
+)
+def test_bad_values_fail_when_the_config_loads(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, overrides=[override])
+
+
+def test_llm_options_only_for_tiny_llms():
+    cfg = load_config(TrainConfig, overrides=["model.llm_options.hidden_size=96"])
+    assert cfg.model.llm_options.overrides() == {"hidden_size": 96}
+    with pytest.raises(ConfigError, match="tiny-"):
+        load_config(
+            TrainConfig, overrides=["model.llm=Qwen/Qwen2.5-0.5B", "model.llm_options.hidden_size=96"]
+        )
+
+
+def test_code_may_pass_plain_dicts_and_they_are_checked():
+    m = ModelConfig(dual_channel={"gate": "head", "gate_init": 1.0}, llm_options={"hidden_size": 32})
+    assert m.dual_channel == BoostConfig(gate="head", gate_init=1.0)
+    assert m.llm_options == LLMOptions(hidden_size=32)
+    with pytest.raises(ConfigError, match="model.dual_channel.gate"):
+        ModelConfig(dual_channel={"gate": "chanel"})
+
+
+def test_saved_config_has_no_test_hooks(tmp_path):
+    save_config(TrainConfig(), tmp_path / "c.yaml")
+    text = (tmp_path / "c.yaml").read_text()
+    assert "crash_after_steps" not in text and "fail_on_nonfinite" not in text
+    assert yaml.safe_load(text)["model"]["dual_channel"]["gate"] == "channel"
+
+
+def test_a_run_saved_before_typing_still_resumes(tmp_path):
+    """A config.yaml written by the untyped version (dict sections, test hooks) compares by what it computes."""
+    data = tmp_path / "ds"
+    (data / "shards").mkdir(parents=True)
+    (data / "shards" / "s.jsonl").write_text("{}\n")
+    cfg = load_config(TrainConfig, overrides=[f"run_dir={tmp_path / 'run'}", f"data.datasets=[{data}]",
+                                              "model.dual_channel={gate: channel, gate_init: 0.0}"])  # fmt: skip
+    old = to_dict(cfg)
+    old["model"]["dual_channel"] = {"gate": "channel", "gate_init": 0.0}
+    old["model"]["llm_options"] = {}
+    old.update(crash_after_steps=0, fail_on_nonfinite=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    env = DistEnv()
+    check_config(cfg, env)  # no "different config" refusal
+    old["model"]["dual_channel"]["gate"] = "head"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(Exception, match="model.dual_channel.gate"):
+        check_config(cfg, env)
+
+
+def test_bad_dual_channel_layers_stop_before_stage_one_trains(tmp_path, capsys):
+    from spatialboost.cli import main
+    from train_fixtures import make_dataset, tiny_overrides
+
+    data = make_dataset(tmp_path / "data", n=8)
+    argv = ["train", *tiny_overrides(tmp_path / "run", data, steps=2), "model.dual_channel.layers=[7]"]
+    assert main(argv) == 2
+    assert "layers [7] out of range" in capsys.readouterr().err
+    assert not list((tmp_path / "run").glob("stage1-align/checkpoints/*"))
