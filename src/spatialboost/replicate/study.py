@@ -198,12 +198,21 @@ class StudyConfig:
     recipe: Recipe = field(default_factory=Recipe)
     search: bool = True  # run the val-split search and the tuned arm
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
+    extra_probes: list[str] = field(
+        default_factory=list
+    )  # eval.benches.TASKS on table A's arms (replicate.extra)
 
     def validate(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
         for name in self.arms:
             ARMS.get(name)
+        if self.extra_probes:
+            from spatialboost.eval.benches import TASKS
+
+            bad = [n for n in self.extra_probes if n not in TASKS]
+            if bad:
+                raise ConfigError(f"unknown extra probe(s) {bad}; known: {', '.join(TASKS.names())}")
 
 
 SIZES = {"full": FULL, "small": SMALL, "quick": QUICK}
