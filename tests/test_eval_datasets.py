@@ -25,7 +25,7 @@ def _png(path, arr, mode=None):
 
 
 def test_registry_names_and_unknown():
-    assert DATASETS.names() == ["ade20k", "imagefolder", "nyu", "synthetic", "voc"]
+    assert DATASETS.names() == ["ade20k", "imagefolder", "nyu", "rgbd", "synthetic", "voc"]
     with pytest.raises(UserError, match="known: ade20k"):
         build_dataset("kitti:/x", "train")
     with pytest.raises(UserError, match="needs a path"):

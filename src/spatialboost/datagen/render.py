@@ -323,9 +323,15 @@ class Renderer:
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
         shadow_floor: DrawItem | None = None,
     ) -> RenderedView:
-        """Draw ``items`` seen by camera (K, cam_to_world) and read the result back."""
-        self.draw(items, K, cam_to_world, width, height, light, background, shadow_floor)
-        return self.read()
+        """Draw ``items`` seen by camera (K, cam_to_world) and read the result back.
+
+        The context is made current for the call (and the previous one restored): another GL user in the
+        process (MuJoCo's renderer in ``eval.robot``) leaves its own context current. Callers of ``draw`` /
+        ``read`` directly bind it themselves (``with renderer.ctx:``).
+        """
+        with self.ctx:
+            self.draw(items, K, cam_to_world, width, height, light, background, shadow_floor)
+            return self.read()
 
     def draw(
         self,

@@ -1,10 +1,14 @@
 """``spatialboost probe``: frozen-feature probes of an encoder (and its base), written as a report.
 
-    spatialboost probe --encoder NAME|PATH [--baseline NAME|PATH] --task depth|seg|cls|all
-        --data synthetic|nyu:PATH|ade20k:PATH|voc:PATH|imagefolder:PATH [--seeds 3] [--out DIR]
-        [--image-size S] [--layers last|last4] [--config probe.yaml] [key.sub=value ...]
+    spatialboost probe --encoder NAME|PATH [--baseline NAME|PATH]
+        --task depth|seg|cls|all|corr|register|sem3d|all3d|robot
+        --data synthetic|nyu:PATH|ade20k:PATH|voc:PATH|imagefolder:PATH|rgbd:PATH [--seeds 3] [--out DIR]
+        [--image-size S] [--layers last|last4] [--rollouts N] [--config probe.yaml] [key.sub=value ...]
 
-Writes results.json, results.md, bars.png, depth_grid.png and the resolved config.yaml into --out.
+``all`` is the 2D set (depth, seg, cls); ``all3d`` the 3D set (corr, register, sem3d: multi-view synthetic
+scenes or ``rgbd:PATH``); ``robot`` (Meta-World behaviour cloning, ``pip install 'spatialboost[robot]'``) is
+opt-in: it renders every rollout step. Several tasks: ``tasks=[all,all3d]``.
+Writes results.json, results.md, bars.png, depth_grid.png (and corr_rotation.png) and the resolved config.yaml.
 A boosted encoder directory given without --baseline brings its base along (re-run with the same seeds).
 """
 
@@ -15,8 +19,10 @@ import logging
 
 from spatialboost.config import ConfigError, load_config, save_config, validate_tree
 from spatialboost.errors import UserError
+from spatialboost.eval.benches import TASKS, run_job
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
-from spatialboost.eval.runner import ProbeConfig, pair_encoders, run_probes
+from spatialboost.eval.report_extra import write_extra
+from spatialboost.eval.runner import TASK_PROBES, ProbeConfig, pair_encoders
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +30,12 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", help="registered name, saved (boosted) encoder dir, or hub id/path")
     parser.add_argument("--baseline", help="the base encoder to compare with (same seeds, same job)")
-    parser.add_argument("--task", choices=["depth", "seg", "cls", "all"], help="probe task (default all)")
-    parser.add_argument("--data", help="synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH")
+    parser.add_argument(
+        "--task", choices=[*TASK_PROBES, "all", *TASKS.names()], help="probe task (default all: 2D)"
+    )
+    parser.add_argument(
+        "--data", help="synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH | rgbd:PATH"
+    )
     parser.add_argument("--seeds", type=int, help="number of probe seeds (default 3)")
     parser.add_argument("--out", help="output directory (default probe-results)")
     parser.add_argument(
@@ -37,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layers", choices=["last", "last4"], help="features of the last block or the last four"
     )
+    parser.add_argument("--rollouts", type=int, help="robot: evaluation episodes per evaluation (default 10)")
     parser.add_argument("--config", help="YAML file with ProbeConfig fields")
     parser.add_argument(
         "overrides", nargs="*", help="key.sub=value config overrides, e.g. probes.depth.epochs=10"
@@ -58,6 +69,8 @@ def build_config(args: argparse.Namespace) -> ProbeConfig:
             cfg.features.image_size = args.image_size
         if args.layers is not None:
             cfg.features.layers = args.layers
+        if getattr(args, "rollouts", None) is not None:
+            cfg.robot.rollouts = args.rollouts
         validate_tree(cfg)
     except ConfigError as e:
         raise UserError(str(e)) from None
@@ -72,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.features.cache_dir:
         out.subdir("feature-cache")
     encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
-    results = run_probes(encoders, cfg, pairs)
+    results = run_job(encoders, cfg, pairs)
     write_report(results, out)
+    write_extra(results, out)
     save_config(cfg, out.path("config.yaml"))
     out.finish()
     log.info("probe results:\n%s", markdown_table(results.summary, headline_only=True))

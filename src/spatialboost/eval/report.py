@@ -31,6 +31,10 @@ HEADLINE = {
     "seg": ["miou", "pixel_acc"],
     "cls-linear": ["top1"],
     "cls-knn": ["top1"],
+    "corr": ["recall@0.1m", "recall@0.2m", "recall@0.4m"],  # the default thresholds (eval.probes3d)
+    "register": ["rr@0.2m", "rte", "rre"],
+    "sem3d": ["acc", "miou"],
+    "robot": ["success"],
 }
 METRIC_ORDER = [
     "rmse",
@@ -62,6 +66,10 @@ NOISE_RULE = (
     "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1), "
     "else within noise; one seed gives no noise estimate"
 )
+PAIRED_RULE = (
+    "3D probes (corr has no seed noise): a Δ must also exceed 2 standard errors of the paired per-unit "
+    "difference (seed 0, the same view pairs / test scenes; the table in the 3D section)"
+)
 
 
 def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
@@ -90,12 +98,14 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
                  f"↓ lower is better, ↑ higher is better.")  # fmt: skip
     if pairs:
         lines.append(NOISE_RULE + ".")
+        if any("per_unit" in r.get("protocol", {}) for r in summary["rows"]):
+            lines.append(PAIRED_RULE + ".")
     if summary.get("depth_protocol"):
         lines.append(f"Depth protocol: {summary['depth_protocol']}.")
     return "\n".join(lines) + "\n"
 
 
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
 
 
 def _mean_std(row: dict[str, Any]) -> str:
@@ -116,7 +126,11 @@ def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
     if min(base.get("n", 0), boosted.get("n", 0)) < 2:
         return None
     noise = (base["std"] ** 2 + boosted["std"] ** 2) ** 0.5
-    return abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
+    seeds_say = abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
+    from spatialboost.eval.report_extra import paired_difference  # 3D probes: the data's noise too
+
+    paired = paired_difference(base, boosted)
+    return seeds_say if paired is None else seeds_say and paired["beyond_noise"]
 
 
 def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:

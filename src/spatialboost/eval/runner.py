@@ -20,17 +20,20 @@ import torch
 
 from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
+from spatialboost.eval.benches import TASKS as EXTRA_TASKS
 from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
 from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_depth_probe, resolve_protocol
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
+from spatialboost.eval.probes3d import Probe3DConfig
+from spatialboost.eval.robot import RobotConfig
 from spatialboost.models.encoder_base import VisionEncoder
 
 log = logging.getLogger(__name__)
 
 TASK_PROBES = {"depth": ["depth"], "seg": ["seg"], "cls": ["cls-linear", "cls-knn"]}
 PROBE_TASK = {"depth": "depth", "seg": "seg", "cls-linear": "cls", "cls-knn": "cls"}
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
 
 
 @dataclass
@@ -59,20 +62,24 @@ class FeatureConfig:
 class ProbeConfig:
     encoder: str = ""
     baseline: str = ""
-    tasks: list[str] = field(default_factory=lambda: ["all"])  # depth | seg | cls | all
+    tasks: list[str] = field(default_factory=lambda: ["all"])  # depth | seg | cls | all | benches.TASKS
     seeds: int = 3
     encoder_seed: int = 0  # initialises every encoder the job builds with random weights (tiny-*), alike
     out: str = "probe-results"
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     probes: ProbeConfigs = field(default_factory=ProbeConfigs)
+    probes3d: Probe3DConfig = field(default_factory=Probe3DConfig)
+    robot: RobotConfig = field(default_factory=RobotConfig)
 
     def validate(self) -> None:
         if self.seeds <= 0:
             raise ConfigError(f"seeds must be > 0, got {self.seeds}")
-        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all")]
+        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all", *EXTRA_TASKS)]
         if bad:
-            raise ConfigError(f"unknown task(s) {bad}; known: depth, seg, cls, all")
+            raise ConfigError(
+                f"unknown task(s) {bad}; known: depth, seg, cls, all, {', '.join(EXTRA_TASKS.names())}"
+            )
 
 
 @dataclass

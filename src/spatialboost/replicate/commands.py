@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
     )
+    parser.add_argument(
+        "--probes", default="", help="extra probes on table A's arms: all3d,robot (eval.benches)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size,
                       recipe=args.recipe)  # fmt: skip
+    cfg.extra_probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    cfg.validate()  # an unknown extra probe fails here (ConfigError is a UserError)
     cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     selected_arms(cfg)  # an unknown arm name fails here, listing the known ones, before any work
     cfg.cache_dir = str(args.cache) if args.cache else ""
@@ -97,6 +102,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += [f"--recipe {args.recipe}"] * (args.recipe != "reads-image")
     parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
+    parts += [f"--probes {args.probes}"] * bool(getattr(args, "probes", ""))
     return " ".join(parts)
 
 

@@ -39,6 +39,7 @@ class Study:
     base_path: Path = Path()
     pretrain: dict[str, Any] = field(default_factory=dict)
     _bench: Any = None
+    _extras: Any = None
     _dense: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,6 +57,14 @@ class Study:
 
             self._bench = ProbeBench(self.cfg.sizes, self.cache / "features")
         return self._bench
+
+    @property
+    def extras(self):
+        if self._extras is None:
+            from spatialboost.replicate.extra import ExtraProbes
+
+            self._extras = ExtraProbes(self.cfg.extra_probes, self.cfg.sizes, self.cache / "features")
+        return self._extras
 
     def data(self, name: str) -> Path:
         from spatialboost.replicate.data import ensure_dataset
@@ -152,11 +161,21 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     log.info("arm %s seed %d: %s", arm.name, seed, arm.label)
     encoder, diag = TRAINERS[arm.trainer](study, arm, seed)
     metrics = study.bench.run(encoder, arm.split, seed)
+    metrics.update(run_extra_probes(study, arm, encoder, seed))
     record = {"arm": arm.name, "label": arm.label, "seed": seed, "split": arm.split, "arm_config": asdict(arm),
               "recipe": recipe_dict(study, arm), "metrics": metrics, "diagnostics": diag,
               "seconds": time.perf_counter() - t0, "base": study.pretrain}  # fmt: skip
     atomic_write_json(path, record)
     return record
+
+
+def run_extra_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
+    """The 3D / robot probes of ``cfg.extra_probes`` on table A's arms (test split); {} otherwise."""
+    from spatialboost.replicate.extra import extra_arms
+
+    if not study.cfg.extra_probes or arm.split != "test" or arm.name not in extra_arms():
+        return {}
+    return study.extras.run(encoder, seed)
 
 
 def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:

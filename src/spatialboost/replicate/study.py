@@ -218,6 +218,9 @@ class StudyConfig:
     recipe: Recipe = field(default_factory=Recipe)
     search: bool = True  # run the val-split search and the tuned arm
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
+    extra_probes: list[str] = field(
+        default_factory=list
+    )  # eval.benches.TASKS on table A's arms (replicate.extra)
 
     def validate(self) -> None:
         if self.seeds < 1:
@@ -226,6 +229,12 @@ class StudyConfig:
             raise ConfigError(f"unknown recipe {self.recipe_name!r}; known: {', '.join(RECIPES)}")
         for name in self.arms:
             ARMS.get(name)
+        if self.extra_probes:
+            from spatialboost.eval.benches import TASKS
+
+            bad = [n for n in self.extra_probes if n not in TASKS]
+            if bad:
+                raise ConfigError(f"unknown extra probe(s) {bad}; known: {', '.join(TASKS.names())}")
 
 
 FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text: docs/results-v1.md)

@@ -1,7 +1,8 @@
 """Probe datasets chosen by name: ``build_dataset("nyu:/data/nyu", "train")``.
 
-``synthetic`` is built in (held-out synthetic scenes); ``nyu``, ``ade20k``, ``voc`` and ``imagefolder``
-read the usual on-disk layouts (see each module). A spec is ``NAME`` or ``NAME:PATH``.
+``synthetic`` is built in (held-out synthetic scenes); ``nyu``, ``ade20k``, ``voc``, ``imagefolder`` and ``rgbd``
+(ScanNet-style RGB-D sequences, every frame: depth + class maps; see ``multiview``) read the usual on-disk
+layouts (see each module). A spec is ``NAME`` or ``NAME:PATH``. The 3D probes read ``multiview.build_multiview``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def _ade(path: str | None, split: str, **_: object) -> ProbeDataset:
 @DATASETS.register("voc")
 def _voc(path: str | None, split: str, **_: object) -> ProbeDataset:
     return VOCSegDataset(_needs_path("voc", path), split)
+
+
+@DATASETS.register("rgbd")
+def _rgbd(path: str | None, split: str, **_: object) -> ProbeDataset:
+    from spatialboost.eval.datasets.multiview import RGBDMultiView
+
+    return RGBDMultiView(_needs_path("rgbd", path), split)
 
 
 @DATASETS.register("imagefolder")
