@@ -60,6 +60,23 @@ def ensure_dataset(
     return out
 
 
+def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, int]) -> Path:
+    """The reading warm-up's conversations (the main scenes, single-view): terse auxiliary turns only."""
+    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+    from spatialboost.datagen.synthetic import SyntheticConfig
+
+    out = root / ("reading" + turns_tag(reading_turns))
+    if (out / "manifest.json").is_file() and _complete(out):
+        return out
+    conv = ConversationConfig(levels=["pixel", "object"], turns={"pixel": 0, "object": 0}, caption=False,
+                              extra_turns=dict(reading_turns))  # fmt: skip
+    cfg = GenerateConfig(scenes=sizes.scenes, seed=DATA["main"].seed, multiview_share=0.0, shard_size=16,
+                         synthetic=SyntheticConfig(image_size=sizes.image_size), conversation=conv)  # fmt: skip
+    write_dataset(SyntheticSource(cfg), WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, conv))
+    return out
+
+
 def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]) -> Path:
     """Held-out conversations (seed 2, the main data's format): where the trainer measures the image gain."""
     from spatialboost.datagen.dataset import WriteSpec, write_dataset

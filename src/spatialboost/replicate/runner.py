@@ -358,6 +358,12 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
         path = path.with_name(f"{path.name}-i{instruct_steps}")
     cfg = _train_config(study, path, seed, stages, study.data("main"), None, width, {})
     cfg.image_gain.blind = r.blind and bool(cfg.image_gain.datasets)
+    if r.reading_turns:  # stage 1 = the reading warm-up: LM + projector on terse reference-token questions
+        from spatialboost.replicate.data import ensure_reading_dataset
+
+        reading = ensure_reading_dataset(study.out / "data", s, dict(r.reading_turns))
+        cfg.stages.align.train_llm = True
+        cfg.stages.align.data = replace(cfg.data, datasets=[str(reading)])
     return cfg
 
 

@@ -75,6 +75,10 @@ class Recipe:
     image_tokens: bool = True  # the image's patch tokens in the sequence too
     extra_turns: tuple[tuple[str, int], ...] = (("choice_closer_point", 2), ("choice_closer_object", 1),
                                                 ("depth_readout", 1))  # fmt: skip
+    # stage 1 as a reading warm-up: the LM (random at start) and projector learn to read reference tokens on
+    # short conversations of terse A/B questions before the full conversations (empty: the paper's stage 1,
+    # projector only, on the main data)
+    reading_turns: tuple[tuple[str, int], ...] = (("choice_closer_point", 4),)
     llm_width: int = 128  # the tiny LM's width (2 layers)
     cache_features: bool = True  # stages 1-2 read frozen encoder features computed once
     blind: bool = True  # train each seed's text-only stage-2 baseline (image gain vs text alone)
@@ -82,7 +86,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "reads-image": Recipe(),
-    "paper-text": Recipe(refs=(), extra_turns=(), llm_width=64, cache_features=False, blind=False),
+    "paper-text": Recipe(refs=(), extra_turns=(), reading_turns=(), llm_width=64, cache_features=False, blind=False),
 }
 
 
