@@ -357,7 +357,7 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
     if instruct_steps and instruct_steps != s.instruct_steps:
         path = path.with_name(f"{path.name}-i{instruct_steps}")
     cfg = _train_config(study, path, seed, stages, study.data("main"), None, width, {})
-    cfg.image_gain.blind = r.blind and bool(cfg.image_gain.datasets)
+    cfg.image_gain.blind = r.blind and seed == 0 and bool(cfg.image_gain.datasets)
     if r.reading_turns:  # stage 1 = the reading warm-up: LM + projector on terse reference-token questions
         from spatialboost.replicate.data import ensure_reading_dataset
 

@@ -203,7 +203,8 @@ class ImageGainConfig:
     datasets: list[str] = field(default_factory=list)  # held-out dataset dirs; [] = not measured
     max_samples: int = 64  # held-out conversations used
     batch_size: int = 8
-    min_gain: float = 0.05  # nats per answer token; below it stage 3 can only drift the encoder
+    min_gain: float = 0.05  # nats per answer token (all answers); or
+    min_choice_gap: float = 0.10  # A/B accuracy with the right minus with other images (beyond 2 s.e. too)
     on_low: Literal["warn", "refuse"] = "warn"  # what stage 3 does when stage 2's gain is below min_gain
     blind: bool = False  # also train stage 2 on the text alone (images zeroed) and report its loss
     every: int = (

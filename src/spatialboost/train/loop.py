@@ -193,13 +193,22 @@ def check_stage2_image_gain(cfg: TrainConfig) -> None:
         )
         return
     value = gain["all"]["gain"]
-    if value >= gcfg.min_gain:
-        log.info("stage 3: stage 2's image gain %.3f nats/token >= %.3f", value, gcfg.min_gain)
+    choice = gain.get("choice")
+    gap = choice["acc_right"] - choice["acc_other"] if choice else 0.0
+    if value >= gcfg.min_gain or (choice and gap >= gcfg.min_choice_gap and gap > 2 * choice["stderr"]):
+        log.info("stage 3: stage 2 reads the image: gain %.3f nats/token, A/B accuracy %+.1f points with the right "
+                 "images", value, 100 * gap)  # fmt: skip
         return
     msg = (
         f"stage 2's VLM barely reads the image: image gain {value:.3f} ± {gain['all']['stderr']:.3f} "
-        f"nats/answer token < image_gain.min_gain={gcfg.min_gain}; stage 3 can then only drift the encoder. "
-        "Train stage 2 longer, use reference tokens (data.refs=[point,region]) or a pre-trained LM"
+        f"nats/answer token < image_gain.min_gain={gcfg.min_gain}"
+        + (
+            f" and A/B accuracy only {100 * gap:+.1f} points above other images' (< min_choice_gap)"
+            if choice
+            else ""
+        )
+        + "; stage 3 can then only drift the encoder. Train stage 2 longer, use reference tokens "
+        "(data.refs=[point,region]) with a reading warm-up (stages.align.train_llm) or a pre-trained LM"
     )
     if gcfg.on_low == "refuse":
         raise UserError(msg + " (or set image_gain.on_low=warn to go on)")
