@@ -15,6 +15,7 @@ that cannot import fails the demo loudly.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,14 +40,46 @@ class DemoState:
     def dataset_dir(self) -> Path:
         return self.out / "data"
 
+    @property
+    def reading_dir(self) -> Path:
+        return self.out / "reading"
+
+    @property
+    def heldout_dir(self) -> Path:
+        return self.out / "heldout"
+
+
+MAIN_EXTRA = {"choice_closer_point": 2, "choice_closer_object": 1}  # balanced A/B turns in every conversation
+READING_EXTRA = {"choice_closer_point": 4}  # the reading warm-up's conversations: terse A/B point questions
+
 
 def step_generate(state: DemoState) -> None:
+    """The main conversations, the reading warm-up's (64 px, single view) and held-out ones (image gain)."""
+    from spatialboost.datagen.conversations import ConversationConfig
+    from spatialboost.datagen.synthetic import SyntheticConfig
+
+    main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
+    reading = ConversationConfig(
+        levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
+    )
+    small = SyntheticConfig(image_size=64)
+    n_reading, n_heldout = (32, 8) if state.quick else (384, 32)
+    state.results["manifest"] = _generate(state, state.dataset_dir, state.scenes, 0, 0.25, main)
+    _generate(state, state.reading_dir, n_reading, 1, 0.0, reading, small)
+    _generate(state, state.heldout_dir, n_heldout, 2, 0.25, main, small)
+
+
+def _generate(
+    state: DemoState, out: Path, scenes: int, seed: int, multiview: float, conv, synthetic=None
+) -> dict:
     from spatialboost.datagen.dataset import WriteSpec, write_dataset
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+    from spatialboost.datagen.synthetic import SyntheticConfig
 
-    cfg = GenerateConfig(scenes=state.scenes, seed=0, multiview_share=0.25, max_views=3, shard_size=16)
-    spec = WriteSpec(state.dataset_dir, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
-    state.results["manifest"] = write_dataset(SyntheticSource(cfg), spec, workers=state.workers)
+    cfg = GenerateConfig(scenes=scenes, seed=seed, multiview_share=multiview, max_views=3, shard_size=16,
+                         conversation=conv, synthetic=synthetic or SyntheticConfig())  # fmt: skip
+    spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    return write_dataset(SyntheticSource(cfg), spec, workers=state.workers)
 
 
 def step_validate(state: DemoState) -> None:
@@ -75,18 +108,17 @@ def step_pretrain(state: DemoState) -> None:
 
 def demo_train_overrides(state: DemoState) -> list[str]:
     """This demo's paths (and the quick sizes) on top of the packaged demo.yaml."""
-    stage_sizes = (
-        dict(align=(3, 4), instruct=(3, 4), encoder=(3, 4))
-        if state.quick
-        else dict(align=(40, 8), instruct=(60, 8), encoder=(60, 8))
-    )
     overrides = [
         f"run_dir={state.out / 'train'}",
         f"data.datasets=[{state.dataset_dir}]",
+        f"stages.align.data.datasets=[{state.reading_dir}]",
+        f"image_gain.datasets=[{state.heldout_dir}]",
         f"model.encoder={state.results['pretrain'].path}",
     ]
-    for stage, (steps, batch) in stage_sizes.items():
-        overrides += [f"stages.{stage}.max_steps={steps}", f"stages.{stage}.batch_size={batch}"]
+    if state.quick:
+        for stage in ("align", "instruct", "encoder"):
+            overrides += [f"stages.{stage}.max_steps=3", f"stages.{stage}.batch_size=4"]
+        overrides += ["image_gain.max_samples=8"]
     if state.quick:
         overrides += ["checkpoint.every=3", "log.tensorboard=false"]
     return overrides
@@ -164,6 +196,7 @@ def training_summary(state: DemoState) -> list[str]:
             f"  stage {r.stage:<8}: {r.steps} steps, loss {r.loss_start:.3f} -> {r.loss_end:.3f}, "
             f"{r.tokens_per_s:,.0f} tokens/s, trains {groups}"
         )
+    lines += image_gain_lines(state.out / "train")
     if "export" in state.results:
         path = state.results["export"]
         lines.append(f"  boosted encoder: {path} (model card: {path / 'README.md'})")
@@ -177,6 +210,26 @@ def training_summary(state: DemoState) -> list[str]:
             "    (one training run: ± is over probe-head seeds only, not training seeds; tiny models on tiny"
             " data. `spatialboost replicate` measures training-seed variance; the reference study is"
             " docs/results.md in the source repository)"
+        )
+    return lines
+
+
+def image_gain_lines(run_dir: Path) -> list[str]:
+    """Does the VLM read the image? The held-out image gain after each stage, with its noise verdict."""
+    from spatialboost.train.image_gain import describe
+    from spatialboost.train.loop import GAIN_FILE
+    from spatialboost.train.stages import STAGES, stage_dir
+
+    lines = []
+    for stage in STAGES:
+        path = stage_dir(run_dir, stage) / GAIN_FILE
+        if path.is_file():
+            lines.append(
+                f"  after stage {STAGES[stage].index} ({stage}): " + describe(json.loads(path.read_text()))
+            )
+    if lines:
+        lines.insert(
+            0, "  held-out image gain (other scenes' images vs the right ones; a gain counts beyond 2 s.e.):"
         )
     return lines
 
