@@ -11,9 +11,23 @@ trainable (a deep copy of a frozen module is frozen too; ``requires_grad_(True)`
 
 ``DualChannelAttention`` wraps the attention MODULE (peft ``LoraLayer`` style: it holds the original
 as ``.base`` and adds ``.plus`` and ``.gate``), so it works for every family in ``hf_encoders``. Its
-fused forward builds one (6D, D) QKV projection from the live weights of both channels, runs one SDPA
-call over 2x heads (RoPE applied to both, as DINOv3 does) and the two output projections, then mixes
-them with ``torch.lerp`` -- the same arithmetic as Eq. 1, without a second pass through the module.
+fused forward takes one of two paths, both the arithmetic of Eq. 1 without a second pass through the
+module (RoPE applied to both channels, as DINOv3 does):
+
+- weights constant (no autograd: ``no_grad``, ``inference_mode``, or every parameter frozen) -- one
+  (6D, D) QKV matmul, one SDPA call over 2H heads, and one (D, 2D) output matmul with the gate folded
+  in: [diag(alpha) W_o | diag(1 - alpha) W_o+] [h; h+] + lerp(b_o+, b_o, alpha). Those weights
+  (``folded_weights()``) are cached and rebuilt when any source tensor changes (``WeightCache``: version
+  counters, addresses, dtype, device), so optimizer steps, ``load_state_dict`` and ``.to()`` are seen;
+  they hold 8 D^2 numbers per layer (as many as both channels' attention weights) and are freed by the
+  next training forward or ``drop_weight_cache()``.
+  The fold sums both channels in one matmul: at init the output equals the base's up to float32
+  rounding (a few ulp), not bit for bit;
+- training (autograd needs the weights) -- per channel one (3D, D) QKV matmul (the frozen channel's
+  concatenated weight cached), SDPA and its output projection, mixed with ``torch.lerp``: weight
+  gradients for ``Attn+`` only, and bit-identical channels at init, so the output is exactly the
+  base's and the step-0 gate gradient exactly zero.
+
 ``fused=False`` runs the naive copy-and-call reference (used by tests and the benchmark).
 
 Gate shapes: "channel" (D,) -- the paper's; "head" (num_heads,) repeated over each head's head_dim
