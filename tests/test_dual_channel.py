@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spatialboost.models.dual_channel import (
+    GATES,
     DualChannelAttention,
     adapter_state_dict,
     add_dual_channel,
@@ -47,28 +51,58 @@ def max_diff(a, b) -> float:
     return max((x.patch - y.patch).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
+def wrappers(encoder) -> list[DualChannelAttention]:
+    return [m for m in encoder.modules() if isinstance(m, DualChannelAttention)]
+
+
+def naive_patch(encoder, x) -> torch.Tensor:
+    """The copy-and-call reference (no derived weights involved), under no_grad."""
+    for w in wrappers(encoder):
+        w.fused = False
+    try:
+        with torch.no_grad():
+            return encoder(x).patch
+    finally:
+        for w in wrappers(encoder):
+            w.fused = True
+
+
+def close(a, b, tol: float = 1e-6, msg: str = "") -> None:
+    """Equal to ``tol`` of the reference's scale: float32 rounding only (the folded inference path sums
+    W_o h and W_o+ h+ in one matmul, a few ulp away from two matmuls and a lerp)."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    err, scale = (a - b).abs().max().item(), max(b.abs().max().item(), 1.0)
+    assert err <= tol * scale, f"{msg}: max |a - b| = {err:.3g} > {tol:g} x {scale:.3g}"
+
+
 @pytest.mark.parametrize("gate", ["channel", "head", "scalar"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_identity_at_init(name, gate):
     base, boosted = pair(name, gate=gate)
     x = pixels(base)
-    with torch.no_grad():
+    layers = [0, -1]
+    with torch.no_grad():  # inference: the folded path, equal up to float32 rounding
         assert max_diff([base.forward_features(x)], [boosted.forward_features(x)]) <= 1e-6
-        layers = [0, -1]
         a, b = base.forward_intermediates(x, layers), boosted.forward_intermediates(x, layers)
-        assert max_diff(a, b) <= 1e-6
-        assert max((u.cls - v.cls).abs().max().item() for u, v in zip(a, b, strict=True)) <= 1e-6
+        for u, v in zip(a, b, strict=True):
+            close(v.patch, u.patch)
+            close(v.cls, u.cls)
+    # under autograd (training) both channels run the same kernels on equal weights: exactly the base
+    base.requires_grad_(False)  # frozen like the boosted one's (SigLIP2's pooling MHA has a frozen fast path)
+    a, b = base.forward_intermediates(x, layers), boosted.forward_intermediates(x, layers)
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u.patch, v.patch) and torch.equal(u.cls, v.cls)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_only_attn_plus_and_gates_train(name):
     _, boosted = pair(name)
     names = set(trainable_parameters(boosted))
-    wrappers = [m for m in boosted.modules() if isinstance(m, DualChannelAttention)]
-    assert len(wrappers) == boosted.spec.num_layers
+    ws = wrappers(boosted)
+    assert len(ws) == boosted.spec.num_layers
     expected = {n for n, _ in boosted.named_parameters() if ".plus." in n or n.endswith(".gate")}
     assert names == expected and len(names) > 0
-    for w in wrappers:
+    for w in ws:
         assert all(p.requires_grad for p in w.plus.parameters())
         assert not any(p.requires_grad for p in w.base.parameters())
         assert torch.equal(w.gate, torch.zeros_like(w.gate))
@@ -107,10 +141,9 @@ def test_fused_equals_naive_reference(name, gate):
     _, boosted = pair(name, gate=gate)
     perturb_adapter(boosted)
     x = pixels(boosted)
-    wrappers = [m for m in boosted.modules() if isinstance(m, DualChannelAttention)]
 
     def run(fused: bool):
-        for w in wrappers:
+        for w in wrappers(boosted):
             w.fused = fused
         boosted.zero_grad()
         out = boosted(x)
@@ -122,23 +155,147 @@ def test_fused_equals_naive_reference(name, gate):
     naive_out, naive_grads = run(False)
     base_out = create_encoder(name, seed=0)(x).patch.detach()
     assert (fused_out - base_out).abs().max() > 1e-3, "perturbation should change the output"
-    torch.testing.assert_close(fused_out, naive_out, atol=2e-5, rtol=1e-4)
-    with torch.no_grad():  # the inference path (one (6D, D) matmul) too
-        for w in wrappers:
+    close(fused_out, naive_out)
+    with torch.no_grad():  # the inference path (cached (6D, D) QKV, gate folded into the output matmul)
+        for w in wrappers(boosted):
             w.fused = True
-        torch.testing.assert_close(boosted(x).patch, naive_out, atol=2e-5, rtol=1e-4)
+        close(boosted(x).patch, naive_out)
     for n, g in fused_grads.items():
-        torch.testing.assert_close(g, naive_grads[n], atol=1e-5, rtol=1e-3, msg=n)
+        torch.testing.assert_close(g, naive_grads[n], atol=1e-6, rtol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize("gate, shape", [("channel", "dim"), ("head", "heads"), ("scalar", 1)])
 def test_gate_shapes(gate, shape):
     _, boosted = pair("tiny-dinov3", gate=gate)
     expected = {"dim": boosted.spec.embed_dim, "heads": boosted.spec.num_heads, 1: 1}[shape]
-    for w in boosted.modules():
-        if isinstance(w, DualChannelAttention):
-            assert w.gate.shape == (expected,)
-            assert w.alpha().shape == (boosted.spec.embed_dim,)
+    for w in wrappers(boosted):
+        assert w.gate.shape == (expected,)
+        assert w.alpha().shape == (boosted.spec.embed_dim,)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_folded_weights_equal_the_unfolded_channels(gate):
+    """[diag(a) W_o | diag(1 - a) W_o+] [h; h+] + b == lerp(W_o+ h+ + b_o+, W_o h + b_o, a); the (6D, D)
+    QKV rows are q, q+, k, k+, v, v+ (DINOv3: no k bias, zeros fill in)."""
+    _, boosted = pair("tiny-dinov3", gate=gate)
+    perturb_adapter(boosted)
+    w = wrappers(boosted)[0]
+    assert w.gate.abs().min() > 0, "the gate must be away from init for the fold to matter"
+    d = w.dim
+    w_qkv, b_qkv, w_out, b_out = w.folded_weights()
+    assert w_qkv.shape == (6 * d, d) and w_out.shape == (d, 2 * d)
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 5, 2 * d, generator=g)
+    with torch.no_grad():
+        folded = F.linear(h, w_out, b_out)
+        unfolded = torch.lerp(w.plus.o_proj(h[..., d:]), w.base.o_proj(h[..., :d]), w.alpha())
+        close(folded, unfolded)
+        x = torch.randn(2, 5, d, generator=g)
+        qkv = F.linear(x, w_qkv, b_qkv).view(2, 5, 3, 2, d)
+        for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            for c, channel in enumerate((w.base, w.plus)):
+                close(qkv[:, :, i, c], getattr(channel, proj)(x))
+
+
+def test_inference_cache_reused_while_weights_hold():
+    _, boosted = pair("tiny-dinov2")
+    x = pixels(boosted)
+    w = wrappers(boosted)[0]
+    with torch.inference_mode():
+        boosted(x)
+    built = w._folded._value
+    with torch.no_grad():
+        boosted.train()  # the mode does not matter, only whether autograd needs the weights
+        boosted(x)
+    assert w._folded._value is built, "unchanged weights must not rebuild the derived weights"
+    keys = set(boosted.state_dict())
+    assert not any("_folded" in k or "cache" in k for k in keys)
+    clone = copy.deepcopy(boosted)  # copies start empty and build from their own weights
+    assert wrappers(clone)[0]._folded._value is None
+    close(clone(x).patch.detach(), naive_patch(boosted, x))
+
+
+def test_inference_cache_follows_optimizer_steps():
+    """Backward, then an evaluation (builds the cache), then the step: the next evaluation must see it."""
+    _, boosted = pair("tiny-dinov3", gate="head")
+    x = pixels(boosted)
+    opt = torch.optim.AdamW(trainable_parameters(boosted).values(), lr=1e-2)
+    with torch.no_grad():
+        before = boosted(x).patch
+    for step in range(2):
+        opt.zero_grad()
+        dummy_loss(boosted(pixels(boosted, seed=step))).backward()
+        with torch.no_grad():
+            evaluated = boosted(x).patch  # the weights the cache is built from
+        opt.step()  # in-place update of Attn+ and the gates
+        with torch.no_grad():
+            after = boosted(x).patch
+        assert (after - evaluated).abs().max() > 1e-4, "a stale cache: the step is not visible"
+        close(after, naive_patch(boosted, x))
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_inference_cache_follows_load_state_dict():
+    _, boosted = pair("tiny-clip")
+    _, trained = pair("tiny-clip")
+    perturb_adapter(trained)
+    x = pixels(boosted)
+    with torch.no_grad():
+        boosted(x)  # cache built from the init weights
+        load_adapter_state_dict(boosted, adapter_state_dict(trained))
+        close(boosted(x).patch, trained(x).patch)
+        other = create_encoder("tiny-clip", seed=5).state_dict()  # the frozen base weights too
+        base_keys = {k.replace(".self_attn.", ".self_attn.base."): v for k, v in other.items()}
+        missing, _ = boosted.load_state_dict(base_keys, strict=False)
+        assert not any(".base." in k for k in missing)
+        close(boosted(x).patch, naive_patch(boosted, x))
+
+
+def test_inference_cache_follows_in_place_edits_and_conversions():
+    _, boosted = pair("tiny-dinov3")
+    x = pixels(boosted)
+    w = wrappers(boosted)[-1]
+
+    def check(msg: str) -> None:
+        with torch.no_grad():
+            got = boosted(x).patch
+        close(got, naive_patch(boosted, x), msg=msg)
+
+    check("init")
+    with torch.no_grad():
+        w.base.q_proj.weight.mul_(1.5)  # a frozen weight, edited in place
+    check("base weight edited in place")
+    with torch.no_grad():
+        w.gate.fill_(2.0)
+    check("gate edited in place")
+    w.plus.v_proj.weight.data = w.plus.v_proj.weight.detach() * 0.5  # storage swapped, version kept
+    check("weight storage swapped")
+    boosted.double()  # dtype (and device, on GPUs) conversions go through Module._apply
+    x = x.double()
+    check("converted to float64")
+    boosted.float()
+    x = x.float()
+    check("converted back to float32")
+    w.plus.k_proj.weight.data.mul_(3.0)  # .data writes bypass version counters: the documented escape
+    w.drop_weight_cache()
+    check("after drop_weight_cache")
+
+
+def test_frozen_encoder_backprops_to_its_input_after_inference_mode():
+    """Cache built under inference_mode, then used with an input that requires grad (saliency, attacks)."""
+    _, boosted = pair("tiny-siglip2")
+    x = pixels(boosted)
+    with torch.inference_mode():
+        boosted(x)
+    boosted.requires_grad_(False)
+    grads = []
+    for fused in (True, False):
+        for w in wrappers(boosted):
+            w.fused = fused
+        xg = x.clone().requires_grad_(True)
+        dummy_loss(boosted(xg)).backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
 def test_layer_subset():

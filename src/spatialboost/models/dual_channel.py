@@ -11,9 +11,23 @@ trainable (a deep copy of a frozen module is frozen too; ``requires_grad_(True)`
 
 ``DualChannelAttention`` wraps the attention MODULE (peft ``LoraLayer`` style: it holds the original
 as ``.base`` and adds ``.plus`` and ``.gate``), so it works for every family in ``hf_encoders``. Its
-fused forward builds one (6D, D) QKV projection from the live weights of both channels, runs one SDPA
-call over 2x heads (RoPE applied to both, as DINOv3 does) and the two output projections, then mixes
-them with ``torch.lerp`` -- the same arithmetic as Eq. 1, without a second pass through the module.
+fused forward takes one of two paths, both the arithmetic of Eq. 1 without a second pass through the
+module (RoPE applied to both channels, as DINOv3 does):
+
+- weights constant (no autograd: ``no_grad``, ``inference_mode``, or every parameter frozen) -- one
+  (6D, D) QKV matmul, one SDPA call over 2H heads, and one (D, 2D) output matmul with the gate folded
+  in: [diag(alpha) W_o | diag(1 - alpha) W_o+] [h; h+] + lerp(b_o+, b_o, alpha). Those weights
+  (``folded_weights()``) are cached and rebuilt when any source tensor changes (``WeightCache``: version
+  counters, addresses, dtype, device), so optimizer steps, ``load_state_dict`` and ``.to()`` are seen;
+  they hold 8 D^2 numbers per layer (as many as both channels' attention weights) and are freed by the
+  next training forward or ``drop_weight_cache()``.
+  The fold sums both channels in one matmul: at init the output equals the base's up to float32
+  rounding (a few ulp), not bit for bit;
+- training (autograd needs the weights) -- per channel one (3D, D) QKV matmul (the frozen channel's
+  concatenated weight cached), SDPA and its output projection, mixed with ``torch.lerp``: weight
+  gradients for ``Attn+`` only, and bit-identical channels at init, so the output is exactly the
+  base's and the step-0 gate gradient exactly zero.
+
 ``fused=False`` runs the naive copy-and-call reference (used by tests and the benchmark).
 
 Gate shapes: "channel" (D,) -- the paper's; "head" (num_heads,) repeated over each head's head_dim
@@ -94,6 +108,9 @@ class DualChannelAttention(nn.Module):
         self.gate = nn.Parameter(torch.full((size,), float(gate_init)))
         self.rope = rope
         self.fused = fused
+        # derived weights, never saved: the folded inference weights and each channel's (3D, D) QKV
+        self._folded = WeightCache()
+        self._qkv_cache = {"base": WeightCache(), "plus": WeightCache()}
 
     def alpha(self) -> torch.Tensor:
         """sigmoid(a) broadcast to the D output channels."""
@@ -109,12 +126,28 @@ class DualChannelAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        if self.fused and not self._weights_need_grad():
+            return self._folded_forward(hidden_states, attention_mask, position_embeddings), None
         if self.fused:
-            out, out_plus = self._fused_channels(hidden_states, attention_mask, position_embeddings)
+            self._folded.clear()  # the next optimizer step makes it stale anyway; free its memory now
+            out, out_plus = self._autograd_channels(hidden_states, attention_mask, position_embeddings)
         else:
             out, out_plus = self._naive_channels(hidden_states, attention_mask, position_embeddings, **kwargs)
         # alpha * Attn + (1 - alpha) * Attn+; exactly Attn when the channels agree, and d/d alpha = Attn - Attn+
         return torch.lerp(out_plus, out, self.alpha()), None
+
+    def drop_weight_cache(self) -> None:
+        """Forget the derived weights (rebuilt on the next forward). Only needed after writing weights
+        through ``.data`` or a numpy view, which bypass the version counters ``WeightCache`` watches."""
+        for cache in (self._folded, *self._qkv_cache.values()):
+            cache.clear()
+
+    def _apply(self, fn, recurse=True):
+        self.drop_weight_cache()  # .to() / .half() / .cuda(): rebuilt from the converted weights
+        return super()._apply(fn, recurse)
+
+    def _weights_need_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
     def _naive_channels(self, x, attention_mask, position_embeddings, **kwargs):
         extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
@@ -122,36 +155,102 @@ class DualChannelAttention(nn.Module):
         out_plus, _ = self.plus(x, attention_mask=attention_mask, **extra, **kwargs)
         return out, out_plus
 
-    def _fused_channels(self, x, attention_mask, position_embeddings):
-        b, t, _ = x.shape
-        h2, hd = 2 * self.num_heads, self.head_dim
-        qkv = self._qkv(x).view(b, t, 3, h2, hd).permute(2, 0, 3, 1, 4)  # (3, B, 2H, T, hd)
-        query, key, value = qkv.unbind(0)  # heads 0..H-1: Attn, heads H..2H-1: Attn+
+    def _attend(self, qkv, heads: int, attention_mask, position_embeddings) -> torch.Tensor:
+        """(B, T, 3 * heads * hd) laid out q, k, v -> attention output (B, T, heads * hd)."""
+        b, t, _ = qkv.shape
+        query, key, value = qkv.view(b, t, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope is not None and position_embeddings is not None:
-            query, key = self.rope(query, key, position_embeddings)
+            query, key = self.rope(query, key, position_embeddings)  # (B, heads, T, hd)
         dropout = _dropout_p(self.base) if self.training else 0.0
         y = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
         )
-        y = y.transpose(1, 2).reshape(b, t, 2, self.num_heads * hd)  # (B, T, 2, D)
-        o = self.proj_names[3]
-        out = getattr(self.base, o)(y[:, :, 0])
-        out_plus = getattr(self.plus, o)(y[:, :, 1])
-        return out, out_plus
+        return y.transpose(1, 2).reshape(b, t, heads * self.head_dim)
 
-    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, 6D) laid out as q, q+, k, k+, v, v+ (each D = H heads of hd)."""
-        names = self.proj_names[:3]
-        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.plus.parameters())):
-            # inference: one (6D, D) matmul over the live weights of both channels
-            weight, bias = _stack_linear([getattr(m, n) for n in names for m in (self.base, self.plus)])
-            return F.linear(x, weight, bias)
-        # training: two matmuls, so backward computes weight gradients for Attn+ only
-        b, t, _ = x.shape
-        base = F.linear(x, *_stack_linear([getattr(self.base, n) for n in names]))  # (B, T, 3D)
-        plus = F.linear(x, *_stack_linear([getattr(self.plus, n) for n in names]))
-        both = torch.stack([base.view(b, t, 3, -1), plus.view(b, t, 3, -1)], dim=3)  # (B, T, 3, 2, D)
-        return both.view(b, t, -1)
+    # -- inference: weights constant, gate folded into one output projection ----------------------------
+    def _folded_forward(self, x, attention_mask, position_embeddings) -> torch.Tensor:
+        """One (6D, D) QKV matmul, one SDPA call over 2H heads, one (D, 2D) output matmul."""
+        w_qkv, b_qkv, w_out, b_out = self._folded.get(self._folded_sources(), self.folded_weights)
+        y = self._attend(F.linear(x, w_qkv, b_qkv), 2 * self.num_heads, attention_mask, position_embeddings)
+        return F.linear(y, w_out, b_out)  # (B, T, 2D) = [h; h+] -> (B, T, D)
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """Eq. 1 as two linear maps: QKV (6D, D) laid out q, q+, k, k+, v, v+ (heads 0..H-1 are Attn's,
+        H..2H-1 Attn+'s), and the output projection with the gate folded in,
+        alpha * (W_o h + b_o) + (1 - alpha) * (W_o+ h+ + b_o+) = [diag(alpha) W_o | diag(1 - alpha) W_o+] [h; h+] + b."""
+        q, k, v, o = self.proj_names
+        w_qkv, b_qkv = _stack_linear([getattr(m, n) for n in (q, k, v) for m in (self.base, self.plus)])
+        a = self.alpha()  # (D,)
+        out, out_plus = getattr(self.base, o), getattr(self.plus, o)
+        w_out = torch.cat([a[:, None] * out.weight, (1 - a)[:, None] * out_plus.weight], dim=1)  # (D, 2D)
+        b_out = None
+        if out.bias is not None or out_plus.bias is not None:
+            b_out = torch.lerp(_bias(out_plus), _bias(out), a)
+        return w_qkv, b_qkv, w_out, b_out
+
+    def _folded_sources(self) -> list[torch.Tensor]:
+        layers = [getattr(m, n) for m in (self.base, self.plus) for n in self.proj_names]
+        return [*_linear_tensors(layers), self.gate]
+
+    # -- training: autograd over both channels, weight gradients for Attn+ only -------------------------
+    def _autograd_channels(self, x, attention_mask, position_embeddings):
+        """Per channel one (3D, D) QKV matmul, SDPA over H heads and the output projection. Not one (6D, D)
+        matmul: autograd would compute the frozen channel's weight gradient as well, and stacking both
+        channels for one SDPA call costs two (B, T, 6D) copies (measured slower than two calls)."""
+        outs = []
+        for name, channel in (("base", self.base), ("plus", self.plus)):
+            w_qkv, b_qkv = self._channel_qkv(name, channel)
+            y = self._attend(F.linear(x, w_qkv, b_qkv), self.num_heads, attention_mask, position_embeddings)
+            outs.append(getattr(channel, self.proj_names[3])(y))  # (B, T, D)
+        return outs
+
+    def _channel_qkv(self, name: str, channel: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layers = [getattr(channel, n) for n in self.proj_names[:3]]
+        sources = _linear_tensors(layers)
+        if any(t.requires_grad for t in sources):
+            return _stack_linear(layers)  # built under autograd: gradients reach each projection
+        return self._qkv_cache[name].get(sources, lambda: _stack_linear(layers))
+
+
+class WeightCache:
+    """Tensors derived from some source tensors, rebuilt whenever a source may have changed.
+
+    A source's key is (address, version counter, dtype, device, shape): an in-place write (optimizer
+    step, ``load_state_dict``, ``copy_`` under ``no_grad``) moves its version counter; a replaced, moved
+    or converted tensor has another address, dtype or device. The cache keeps the sources' storages
+    alive, so a freed address cannot come back under another tensor with an equal version count. Writes
+    through ``.data`` or numpy views bypass version counting by design (``drop_weight_cache`` after
+    those). The derived tensors are built outside autograd and outside inference mode, so they serve
+    ``no_grad``, ``inference_mode`` and backward-to-the-input alike; copies and pickles start empty.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key: tuple | None = None
+        self._pins: tuple[torch.Tensor, ...] = ()
+        self._value = None
+
+    def get(self, sources: list[torch.Tensor], build: Callable):
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
+        if key != self._key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._value = build()
+                self._pins = tuple(t.detach() for t in sources)
+            self._key = key
+        return self._value
+
+    def __getstate__(self) -> dict:
+        return {"_key": None, "_pins": (), "_value": None}
+
+
+def _linear_tensors(layers: list[nn.Linear]) -> list[torch.Tensor]:
+    return [t for m in layers for t in (m.weight, m.bias) if t is not None]
+
+
+def _bias(layer: nn.Linear) -> torch.Tensor:
+    return layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
 
 
 def _stack_linear(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -159,8 +258,7 @@ def _stack_linear(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
     weight = torch.cat([m.weight for m in layers], dim=0)
     if all(m.bias is None for m in layers):
         return weight, None
-    bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in layers])
-    return weight, bias
+    return weight, torch.cat([_bias(m) for m in layers])
 
 
 def _dropout_p(attn: nn.Module) -> float:
