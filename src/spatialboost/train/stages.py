@@ -78,17 +78,11 @@ def finished_output(run_dir: str | Path, name: str) -> Path | None:
 
 def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
-    from spatialboost.models.dual_channel import add_dual_channel
-    from spatialboost.models.encoders import create_encoder
     from spatialboost.models.llm import build_llm, ensure_image_token
     from spatialboost.models.projector import MLPProjector
     from spatialboost.models.vlm import SpatialVLM
 
-    encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
-    if STAGES[stage].boosted:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, **cfg.model.dual_channel)
+    encoder = build_encoder(cfg, stage)
     llm = build_llm(
         cfg.model.llm,
         tokenizer,
@@ -101,6 +95,19 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
         torch.manual_seed(cfg.seed + 2)
         projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
     return SpatialVLM(encoder, llm, image_token_id, projector=projector)
+
+
+def build_encoder(cfg: TrainConfig, stage: str):
+    """The stage's encoder alone, as ``build_vlm`` builds it (boosted for stage 3), seeded from cfg.seed."""
+    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.encoders import create_encoder
+
+    encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
+    if STAGES[stage].boosted:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
+            add_dual_channel(encoder, **cfg.model.dual_channel)
+    return encoder
 
 
 def load_previous_outputs(vlm: nn.Module, cfg: TrainConfig, stage: str) -> list[str]:
