@@ -106,21 +106,54 @@ def assert_checkpoints_complete(run: Path) -> None:
                     assert torch.equal(saved[name], mine[name]), (path, name)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (torchrun starts its workers in sessions of their own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def kill_9_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and both workers at once, as a lost node would; wait until all are gone."""
+    pids = process_tree(proc.pid)
+    assert len(pids) >= 3, f"expected torchrun + 2 workers, found {pids}"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_fsdp_resume_after_kill_9_matches_uninterrupted(fsdp_reference, one_process, tmp_path):
     tmp, common = one_process
     run = tmp_path / "run"
     cmd, env = torchrun_cmd(2, fsdp_args(run, common))
-    # a new session: kill -9 the launcher and both workers at once, as a lost node would
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = checkpoints_dir(run, STAGE)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and ckpt.latest_checkpoint(target) is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_all(proc)
     assert finished_output(run, STAGE) is None, "killed too late: the stage had finished"
     torchrun(2, fsdp_args(run, common), tmp_path)
     assert final_files(run) == final_files(fsdp_reference)
