@@ -131,6 +131,45 @@ def test_workers_equal_one_worker(reference, tmp_path, monkeypatch):
     assert _files(tmp_path / "w2") == _files(reference)
 
 
+@dataclass
+class FailsInHelperSource(SyntheticSource):
+    """Slow in the calling process (so a helper claims a shard), failing in any other process."""
+
+    parent: int = 0
+
+    crash: bool = False  # the helper dies with SIGKILL instead (as under the OOM killer)
+
+    def make_scene(self, index: int, seed: int, sample_id: str):
+        if os.getpid() != self.parent:
+            if self.crash:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise UserError(f"bad input {index}")
+        time.sleep(0.3)
+        return super().make_scene(index, seed, sample_id)
+
+
+def test_a_helpers_error_reaches_the_caller(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    cfg = _cfg()
+    spec = WriteSpec(tmp_path / "ds", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    with pytest.raises(UserError, match=r"bad input \d"):
+        write_dataset(FailsInHelperSource(cfg, parent=os.getpid()), spec, workers=2, progress=False)
+    assert not (tmp_path / "ds/manifest.json").exists()
+
+
+def test_a_killed_helper_stops_the_run_which_then_resumes(reference, tmp_path, monkeypatch):
+    """No hang waiting for the shard a dead helper held: a one-line error, then the same command resumes."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    cfg = _cfg()
+    out = tmp_path / "ds"
+    spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    source = FailsInHelperSource(cfg, parent=os.getpid(), crash=True)
+    with pytest.raises(RuntimeError, match="exited with code -9 .*re-run the same command"):
+        write_dataset(source, spec, workers=2, progress=False)
+    _write(out)
+    assert _files(out) == _files(reference)
+
+
 def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 3)
     with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
