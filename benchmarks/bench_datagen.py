@@ -137,14 +137,13 @@ def host_info() -> dict:
         )
     except (OSError, StopIteration):
         pass
-    from spatialboost.datagen.dataset import usable_cpus
     from spatialboost.datagen.render import get_renderer
 
     return {
         "host": platform.node(),
         "cpu": model or platform.processor(),
         "cpus": os.cpu_count(),
-        "usable_cpus": usable_cpus(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
         "renderer": get_renderer().backend,
         "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS"),

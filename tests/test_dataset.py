@@ -119,6 +119,7 @@ class HelperFirstSource(SyntheticSource):
 
 
 def _write_helper_first(out: Path, delay: float = 0.0) -> dict:
+    dataset.HELPER_STARTUP_S = 0.0  # start helpers before the first shard (the parent waits for one)
     cfg = _cfg()
     spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
     source = HelperFirstSource(cfg, out=str(out), parent=os.getpid(), delay=delay)
@@ -127,6 +128,7 @@ def _write_helper_first(out: Path, delay: float = 0.0) -> dict:
 
 def test_workers_equal_one_worker(reference, tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)  # two processes even on a 1-CPU runner
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.0)
     _write_helper_first(tmp_path / "w2")
     assert _files(tmp_path / "w2") == _files(reference)
 
@@ -138,18 +140,20 @@ class FailsInHelperSource(SyntheticSource):
     parent: int = 0
 
     crash: bool = False  # the helper dies with SIGKILL instead (as under the OOM killer)
+    delay: float = 0.3  # seconds per scene in the calling process
 
     def make_scene(self, index: int, seed: int, sample_id: str):
         if os.getpid() != self.parent:
             if self.crash:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise UserError(f"bad input {index}")
-        time.sleep(0.3)
+        time.sleep(self.delay)
         return super().make_scene(index, seed, sample_id)
 
 
 def test_a_helpers_error_reaches_the_caller(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.0)
     cfg = _cfg()
     spec = WriteSpec(tmp_path / "ds", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
     with pytest.raises(UserError, match=r"bad input \d"):
@@ -158,16 +162,40 @@ def test_a_helpers_error_reaches_the_caller(tmp_path, monkeypatch):
 
 
 def test_a_killed_helper_stops_the_run_which_then_resumes(reference, tmp_path, monkeypatch):
-    """No hang waiting for the shard a dead helper held: a one-line error, then the same command resumes."""
+    """No hang waiting for the shard a dead helper held: a one-line error, then the same command resumes.
+    The helper starts after the first shard (its 0.8 s x 3 shards left >= 2 x 0.05 s start-up)."""
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.05)
     cfg = _cfg()
     out = tmp_path / "ds"
     spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
-    source = FailsInHelperSource(cfg, parent=os.getpid(), crash=True)
+    source = FailsInHelperSource(cfg, parent=os.getpid(), crash=True, delay=0.4)
     with pytest.raises(RuntimeError, match="exited with code -9 .*re-run the same command"):
         write_dataset(source, spec, workers=2, progress=False)
     _write(out)
     assert _files(out) == _files(reference)
+
+
+def test_no_helper_for_a_job_shorter_than_its_start_up(reference, tmp_path, monkeypatch, caplog):
+    """4 shards of 48 px scenes are done before a helper could start: none is spawned, and the log says so."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    real = dataset.mp.get_context
+
+    class NoHelpers:
+        def __init__(self, method):
+            self.ctx = real(method)
+
+        def __getattr__(self, name):
+            return getattr(self.ctx, name)
+
+        def Process(self, *args, **kwargs):  # noqa: N802 - multiprocessing's name
+            raise AssertionError("a helper was started for a job shorter than its start-up")
+
+    monkeypatch.setattr(dataset.mp, "get_context", NoHelpers)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        _write(tmp_path / "ds", workers=2)
+    assert "--workers 2: this process wrote all 4 shard(s) itself" in caplog.text
+    assert _files(tmp_path / "ds") == _files(reference)
 
 
 def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):

@@ -323,12 +323,16 @@ def _claim_dir(out: Path, config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-# ``--workers W``: this process and W - 1 spawned helpers claim shards one at a time from a shared counter.
-# Where the time went with a pool of W spawned workers (bench_datagen.py, 224 px): each worker paid
+# ``--workers W``: this process and up to W - 1 spawned helpers claim shards one at a time from a shared
+# counter. Where the time went with a pool of W spawned workers (bench_datagen.py, 224 px): each worker paid
 # ~0.5-1 s before its first shard (interpreter, numpy, EGL context, shader compile and first draw) while
 # this process, already warm, sat idle, so 2 workers lost to 1 on a 100-scene job. Now this process writes
-# from the first moment and a helper joins when ready: the job takes (work + (W-1) * start-up) / W, and a
-# job that ends before a helper is ready is one worker's time (the helper is stopped; the log says so).
+# from the first moment, times its shards, and starts helpers only while the work left is at least twice a
+# helper's start-up (a helper that starts costs a core for that long even when it never gets a shard):
+# a long job takes about (work + (W-1) * start-up) / W, a short one the time of one worker, and the log
+# says which it was.
+
+HELPER_STARTUP_S = 1.0  # a spawned helper's start-up, on the safe side (bench_datagen: 0.45-0.65 s quiet)
 
 
 def usable_cpus() -> int:
@@ -377,14 +381,21 @@ def _write_parallel(source: SampleSource, spec: WriteSpec, todo: list[int], work
     ctx = mp.get_context("spawn")  # never fork: a renderer's GL context does not survive it
     counter, results = ctx.Value("i", 0), ctx.Queue()
     args = (source, spec, todo, counter, results, os.getpid())
-    helpers = [ctx.Process(target=_helper, args=args, daemon=True) for _ in range(workers - 1)]
-    for proc in helpers:
-        proc.start()
-    done = mine = 0
+    helpers: list = []
+    done, fastest = 0, 0.0  # fastest: seconds of this process's quickest shard (0 before the first)
     try:
-        while (i := _claim(counter, len(todo))) is not None:
+        while True:
+            if not helpers and (len(todo) - counter.value) * fastest >= 2 * HELPER_STARTUP_S:
+                helpers = [ctx.Process(target=_helper, args=args, daemon=True) for _ in range(workers - 1)]
+                for proc in helpers:
+                    proc.start()
+            if (i := _claim(counter, len(todo))) is None:
+                break
+            t0 = time.perf_counter()
             write_shard(source, spec, todo[i])
-            done, mine = done + 1, mine + 1
+            took = time.perf_counter() - t0
+            fastest = min(fastest, took) if fastest else took
+            done += 1
             bar.update()
             done += _collect(results, helpers, bar, wait=False)
         while done < len(todo):
@@ -394,10 +405,11 @@ def _write_parallel(source: SampleSource, spec: WriteSpec, todo: list[int], work
             if proc.is_alive():
                 proc.terminate()  # still starting up (or idle): it holds no shard
             proc.join()
-    if mine == len(todo):
+    if not helpers:
         log.info(
-            "this process wrote all %d shard(s): the job ended before a helper was ready "
-            "(worker start-up ~0.5-1 s); --workers 1 is as fast for jobs this small", len(todo)
+            "--workers %d: this process wrote all %d shard(s) itself; the work left never reached twice a "
+            "helper's start-up (~%.1f s), so one would not have paid for itself", workers, len(todo),
+            HELPER_STARTUP_S,
         )  # fmt: skip
 
 
