@@ -166,6 +166,7 @@ def test_a_killed_helper_stops_the_run_which_then_resumes(reference, tmp_path, m
     The helper starts after the first shard (its 0.8 s x 3 shards left >= 2 x 0.05 s start-up)."""
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
     monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.05)
+    monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 1.0)  # whatever the machine's load
     cfg = _cfg()
     out = tmp_path / "ds"
     spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
@@ -196,6 +197,32 @@ def test_no_helper_for_a_job_shorter_than_its_start_up(reference, tmp_path, monk
         _write(tmp_path / "ds", workers=2)
     assert "--workers 2: this process wrote all 4 shard(s) itself" in caplog.text
     assert _files(tmp_path / "ds") == _files(reference)
+
+
+def test_no_helper_when_no_core_is_idle(reference, tmp_path, monkeypatch, caplog):
+    """Plenty of work left, but the other cores were busy during this process's shard: a helper would
+    only take time from it."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1e-6)
+    monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 0.3)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        _write(tmp_path / "ds", workers=2)
+    assert "wrote all 4 shard(s) itself" in caplog.text and "0.3 idle during the last shard" in caplog.text
+    assert _files(tmp_path / "ds") == _files(reference)
+
+
+def test_helpers_per_idle_core_and_shard_left(monkeypatch):
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1.0)
+    worth = dataset._helpers_worth_starting
+    assert worth(4, shards_left=10, fastest=0.1, idle=8.0) == 0  # 1 s of work left < 2 start-ups
+    assert worth(4, shards_left=30, fastest=0.1, idle=8.0) == 3
+    assert worth(4, shards_left=30, fastest=0.1, idle=1.4) == 1
+    assert worth(4, shards_left=30, fastest=0.1, idle=0.4) == 0
+    assert worth(4, shards_left=2, fastest=5.0, idle=8.0) == 1
+    jiffies = dataset._cpu_jiffies()
+    if jiffies is not None:  # Linux: a real reading
+        assert 0 <= jiffies[0] <= jiffies[1]
+    assert dataset._idle_cores((100, 1000), (150, 1100)) == pytest.approx(0.5 * (os.cpu_count() or 1))
 
 
 def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):

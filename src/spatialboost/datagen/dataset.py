@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -327,10 +328,11 @@ def _claim_dir(out: Path, config: dict[str, Any]) -> None:
 # counter. Where the time went with a pool of W spawned workers (bench_datagen.py, 224 px): each worker paid
 # ~0.5-1 s before its first shard (interpreter, numpy, EGL context, shader compile and first draw) while
 # this process, already warm, sat idle, so 2 workers lost to 1 on a 100-scene job. Now this process writes
-# from the first moment, times its shards, and starts helpers only while the work left is at least twice a
-# helper's start-up (a helper that starts costs a core for that long even when it never gets a shard):
-# a long job takes about (work + (W-1) * start-up) / W, a short one the time of one worker, and the log
-# says which it was.
+# from the first moment and times its shards; it starts helpers once (a) the work left is at least twice a
+# helper's start-up (a helper costs a core for that long even if it never gets a shard) and (b) as many
+# cores sat idle during its last shard (/proc/stat; on a machine whose cores are all busy, a helper only
+# takes time from this process). A long job takes about (work + (W-1) * start-up) / W, a short one or one on
+# a busy machine the time of one worker; the log says which it was.
 
 HELPER_STARTUP_S = 1.0  # a spawned helper's start-up, on the safe side (bench_datagen: 0.45-0.65 s quiet)
 
@@ -382,19 +384,22 @@ def _write_parallel(source: SampleSource, spec: WriteSpec, todo: list[int], work
     counter, results = ctx.Value("i", 0), ctx.Queue()
     args = (source, spec, todo, counter, results, os.getpid())
     helpers: list = []
-    done, fastest = 0, 0.0  # fastest: seconds of this process's quickest shard (0 before the first)
+    done, fastest, idle = 0, 0.0, math.inf  # fastest: quickest own shard (s); idle: cores idle meanwhile
     try:
         while True:
-            if not helpers and (len(todo) - counter.value) * fastest >= 2 * HELPER_STARTUP_S:
-                helpers = [ctx.Process(target=_helper, args=args, daemon=True) for _ in range(workers - 1)]
+            if not helpers and (
+                n := _helpers_worth_starting(workers, len(todo) - counter.value, fastest, idle)
+            ):
+                helpers = [ctx.Process(target=_helper, args=args, daemon=True) for _ in range(n)]
                 for proc in helpers:
                     proc.start()
+                log.info("started %d helper process(es) beside this one (%d asked)", n, workers - 1)
             if (i := _claim(counter, len(todo))) is None:
                 break
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_jiffies()
             write_shard(source, spec, todo[i])
             took = time.perf_counter() - t0
-            fastest = min(fastest, took) if fastest else took
+            fastest, idle = min(fastest, took) if fastest else took, _idle_cores(cpu0, _cpu_jiffies())
             done += 1
             bar.update()
             done += _collect(results, helpers, bar, wait=False)
@@ -407,10 +412,36 @@ def _write_parallel(source: SampleSource, spec: WriteSpec, todo: list[int], work
             proc.join()
     if not helpers:
         log.info(
-            "--workers %d: this process wrote all %d shard(s) itself; the work left never reached twice a "
-            "helper's start-up (~%.1f s), so one would not have paid for itself", workers, len(todo),
-            HELPER_STARTUP_S,
+            "--workers %d: this process wrote all %d shard(s) itself: the work left never reached twice a "
+            "helper's start-up (~%.1f s) while a core was idle (%.1f idle during the last shard)",
+            workers, len(todo), HELPER_STARTUP_S, idle,
         )  # fmt: skip
+
+
+def _helpers_worth_starting(workers: int, shards_left: int, fastest: float, idle: float) -> int:
+    """Helpers that would pay for their start-up: none while the work left (shards x this process's
+    quickest shard) is under twice a start-up; at most one per idle core and per shard left beyond ours."""
+    if shards_left * fastest < 2 * HELPER_STARTUP_S:  # (with HELPER_STARTUP_S = 0: at once)
+        return 0
+    cores = workers - 1 if math.isinf(idle) else math.floor(idle + 0.5)
+    return max(0, min(workers - 1, shards_left - 1, cores))
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(idle, total) CPU time of the whole machine so far (/proc/stat), or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user .. steal
+
+
+def _idle_cores(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Cores that sat idle between two ``_cpu_jiffies`` readings (inf when unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return math.inf
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
 def _collect(results, helpers: list, bar, wait: bool) -> int:
