@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -57,16 +58,35 @@ def bench_text(n_scenes: int, n_convs: int, size: int) -> dict:
     return {"conversations_per_s_text": n_convs / (time.perf_counter() - t0)}
 
 
-def bench_write(n: int, size: int, workers: int, shard_size: int = 16) -> tuple[float, float]:
-    """(wall s, CPU s of this process and its helpers) of the full writer (render, text, PNG + npz
-    encoding, hashes, atomic writes) for ``n`` scenes."""
+def bench_write(n: int, size: int, workers: int, shard_size: int = 16) -> tuple[float, float, int]:
+    """(wall s, CPU s of this process and its helpers, helpers started) of the full writer (render, text,
+    PNG + npz encoding, hashes, atomic writes) for ``n`` scenes."""
     cfg = GenerateConfig(scenes=n, shard_size=shard_size)
     cfg.synthetic.image_size = size
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = WriteSpec(Path(tmp) / "ds", n, 0, cfg.shard_size, cfg.conversation)
-        c0, t0 = _cpu_s(), time.perf_counter()
-        write_dataset(SyntheticSource(cfg), spec, workers=workers, progress=False)
-        return time.perf_counter() - t0, _cpu_s() - c0
+    logger, seen = logging.getLogger("spatialboost.datagen.dataset"), _Messages()
+    logger.addHandler(seen)
+    logger.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = WriteSpec(Path(tmp) / "ds", n, 0, cfg.shard_size, cfg.conversation)
+            c0, t0 = _cpu_s(), time.perf_counter()
+            write_dataset(SyntheticSource(cfg), spec, workers=workers, progress=False)
+            wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    finally:
+        logger.removeHandler(seen)
+    started = [int(m.split()[1]) for m in seen.messages if m.startswith("started ")]
+    return wall, cpu, sum(started)
+
+
+class _Messages(logging.Handler):
+    """Keeps the writer's log lines (how many helpers it started)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _cpu_s() -> float:
@@ -97,18 +117,21 @@ def bench_scaling(n: int, size: int, workers: int, repeats: int, shard_size: int
     """1 vs ``workers`` workers on an ``n``-scene job, interleaved; medians and per-repeat ratios."""
     times: dict[int, list[float]] = {1: [], workers: []}
     cpu: dict[int, list[float]] = {1: [], workers: []}
-    loads = []
+    loads, helpers = [], []
     for r in range(repeats):
         for w in (1, workers) if r % 2 == 0 else (workers, 1):
             loads.append(round(os.getloadavg()[0], 2))
-            wall, cpu_s = bench_write(n, size, w, shard_size)
+            wall, cpu_s, started = bench_write(n, size, w, shard_size)
             times[w].append(wall)
             cpu[w].append(cpu_s)
+            if w == workers:
+                helpers.append(started)
     ratios = [a / b for a, b in zip(times[1], times[workers], strict=True)]
     med1, medw = statistics.median(times[1]), statistics.median(times[workers])
     verdict = "met" if min(ratios) >= target else "not met" if max(ratios) < target else "within noise of"
     return {
         "load_before_each_run": loads,
+        f"helpers_started_per_{workers}_worker_run": helpers,
         "scenes_per_s_1_worker": n / med1,
         f"scenes_per_s_{workers}_workers": n / medw,
         "seconds_1_worker": [round(t, 2) for t in times[1]],
