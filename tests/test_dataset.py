@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -10,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from spatialboost.datagen import dataset
 from spatialboost.datagen.dataset import (
     WriteSpec,
     encode_npz,
@@ -96,9 +99,188 @@ def test_shard_union_equals_unsharded(reference, tmp_path):
     assert union == _files(reference)
 
 
-def test_workers_equal_one_worker(reference, tmp_path):
-    _write(tmp_path / "w2", workers=2)
+@dataclass
+class HelperFirstSource(SyntheticSource):
+    """The calling process starts (shard 0) only once a spawned helper has finished shard 1, so the helper
+    provably writes shards; ``delay`` seconds per scene in every process. Same data as SyntheticSource."""
+
+    out: str = ""
+    parent: int = 0
+    delay: float = 0.0
+
+    def make_scene(self, index: int, seed: int, sample_id: str):
+        if index == 0 and os.getpid() == self.parent:
+            deadline = time.time() + 60
+            while not (Path(self.out) / "state/shard-00001.json").exists():
+                assert time.time() < deadline, "no helper wrote shard 1"
+                time.sleep(0.01)
+        time.sleep(self.delay)
+        return super().make_scene(index, seed, sample_id)
+
+
+def _write_helper_first(out: Path, delay: float = 0.0) -> dict:
+    dataset.HELPER_STARTUP_S = 0.0  # start helpers before the first shard (the parent waits for one)
+    cfg = _cfg()
+    spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    source = HelperFirstSource(cfg, out=str(out), parent=os.getpid(), delay=delay)
+    return write_dataset(source, spec, workers=2, progress=False)
+
+
+def test_workers_equal_one_worker(reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)  # two processes even on a 1-CPU runner
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.0)
+    _write_helper_first(tmp_path / "w2")
     assert _files(tmp_path / "w2") == _files(reference)
+
+
+@dataclass
+class FailsInHelperSource(SyntheticSource):
+    """Slow in the calling process (so a helper claims a shard), failing in any other process."""
+
+    parent: int = 0
+
+    crash: bool = False  # the helper dies with SIGKILL instead (as under the OOM killer)
+    delay: float = 0.3  # seconds per scene in the calling process
+
+    def make_scene(self, index: int, seed: int, sample_id: str):
+        if os.getpid() != self.parent:
+            if self.crash:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise UserError(f"bad input {index}")
+        time.sleep(self.delay)
+        return super().make_scene(index, seed, sample_id)
+
+
+def test_a_helpers_error_reaches_the_caller(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.0)
+    cfg = _cfg()
+    spec = WriteSpec(tmp_path / "ds", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    with pytest.raises(UserError, match=r"bad input \d"):
+        write_dataset(FailsInHelperSource(cfg, parent=os.getpid()), spec, workers=2, progress=False)
+    assert not (tmp_path / "ds/manifest.json").exists()
+
+
+def test_a_killed_helper_stops_the_run_which_then_resumes(reference, tmp_path, monkeypatch):
+    """No hang waiting for the shard a dead helper held: a one-line error, then the same command resumes.
+    The helper starts after the first shard (its 0.8 s x 3 shards left >= 2 x 0.05 s start-up)."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 0.05)
+    monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 1.0)  # whatever the machine's load
+    cfg = _cfg()
+    out = tmp_path / "ds"
+    spec = WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    source = FailsInHelperSource(cfg, parent=os.getpid(), crash=True, delay=0.4)
+    with pytest.raises(RuntimeError, match="exited with code -9 .*re-run the same command"):
+        write_dataset(source, spec, workers=2, progress=False)
+    _write(out)
+    assert _files(out) == _files(reference)
+
+
+def test_no_helper_for_a_job_shorter_than_its_start_up(reference, tmp_path, monkeypatch, caplog):
+    """4 shards of 48 px scenes are done before a helper could start: none is spawned, and the log says so."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    real = dataset.mp.get_context
+
+    class NoHelpers:
+        def __init__(self, method):
+            self.ctx = real(method)
+
+        def __getattr__(self, name):
+            return getattr(self.ctx, name)
+
+        def Process(self, *args, **kwargs):  # noqa: N802 - multiprocessing's name
+            raise AssertionError("a helper was started for a job shorter than its start-up")
+
+    monkeypatch.setattr(dataset.mp, "get_context", NoHelpers)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        _write(tmp_path / "ds", workers=2)
+    assert "--workers 2: this process wrote all 4 shard(s) itself" in caplog.text
+    assert _files(tmp_path / "ds") == _files(reference)
+
+
+def test_no_helper_when_no_core_is_idle(reference, tmp_path, monkeypatch, caplog):
+    """Plenty of work left, but the other cores were busy during this process's shard: a helper would
+    only take time from it."""
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1e-6)
+    monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 0.3)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        _write(tmp_path / "ds", workers=2)
+    assert "wrote all 4 shard(s) itself" in caplog.text and "0.3 idle during the last shard" in caplog.text
+    assert _files(tmp_path / "ds") == _files(reference)
+
+
+def test_helpers_per_idle_core_and_shard_left(monkeypatch):
+    monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1.0)
+    worth = dataset._helpers_worth_starting
+    assert worth(4, shards_left=10, fastest=0.1, idle=8.0) == 0  # 1 s of work left < 2 start-ups
+    assert worth(4, shards_left=30, fastest=0.1, idle=8.0) == 3
+    assert worth(4, shards_left=30, fastest=0.1, idle=1.4) == 1
+    assert worth(4, shards_left=30, fastest=0.1, idle=0.4) == 0
+    assert worth(4, shards_left=2, fastest=5.0, idle=8.0) == 1
+    jiffies = dataset._cpu_jiffies()
+    if jiffies is not None:  # Linux: a real reading
+        assert 0 <= jiffies[0] <= jiffies[1]
+    assert dataset._idle_cores((100, 1000), (150, 1100)) == pytest.approx(0.5 * (os.cpu_count() or 1))
+
+
+def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(dataset, "usable_cpus", lambda: 3)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        assert dataset.choose_workers(8, shards=20) == 3
+        assert dataset.choose_workers(8, shards=2) == 2
+        assert dataset.choose_workers(2, shards=5) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "using 3 worker(s), not 8: 3 usable CPU(s)",
+        "using 2 worker(s), not 8: 2 shard(s) to write",
+    ]
+    caplog.clear()
+    cfg = _cfg()
+    cfg.scenes = 1  # one shard: no helper is started
+    spec = WriteSpec(tmp_path / "one", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+        write_dataset(SyntheticSource(cfg), spec, workers=2, progress=False)
+    assert "using 1 worker(s), not 2: 1 shard(s) to write" in caplog.text
+
+
+def test_kill_9_of_the_parent_stops_helpers_and_resumes(reference, tmp_path):
+    """kill -9 of a 2-worker run: the helper stops after its current shard (no orphan keeps writing), and
+    the same command then gives the bytes of an uninterrupted run."""
+    out = tmp_path / "killed"
+    here = str(Path(__file__).parent)
+    code = (
+        f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\n"
+        f"from test_dataset import _write_helper_first\n_write_helper_first(Path({str(out)!r}), delay=0.2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "state/shard-00001.json").exists():
+        time.sleep(0.01)  # the helper finished shard 1 and is on shard 2 (0.4 s); the parent waits
+    helpers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(helpers) == 1, helpers
+    deadline = time.time() + 30
+    while time.time() < deadline and Path(f"/proc/{helpers[0]}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{helpers[0]}").exists(), "the helper outlived its parent"
+    assert not (out / "state/shard-00003.json").exists(), "an orphaned helper kept claiming shards"
+    assert not (out / "manifest.json").exists()
+    _write(out)
+    assert _files(out) == _files(reference)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "resource_tracker" not in (stat.parent / "cmdline").read_text():
+            kids.append(int(stat.parent.name))
+    return kids
 
 
 def test_resume_regenerates_damaged_shards_only(reference, tmp_path):
@@ -176,3 +358,15 @@ def test_kill_9_then_resume_is_byte_identical(reference, tmp_path):
     _write(out)
     assert _files(out) == _files(reference)
     assert validate_dataset(out)[0] == []
+
+
+def test_rewriting_a_shard_removes_only_its_own_temp_files(tmp_path):
+    out = tmp_path / "ds"
+    mine = ["images/.00000002_v0.png.77.tmp", "gt/.00000003.npz.77.tmp", "shards/.shard-00001.jsonl.x1.tmp"]
+    other = ["images/.00000004_v1.png.77.tmp", "gt/.00000000.npz.9.tmp", "state/.shard-00002.json.y.tmp"]
+    for rel in mine + other + ["images/.hidden-note.txt"]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x")
+    dataset._remove_temp_files(out, [dataset.sample_id(i) for i in (2, 3)], dataset.shard_name(1))
+    assert [rel for rel in mine + other if (out / rel).exists()] == other
+    assert (out / "images/.hidden-note.txt").exists()

@@ -65,7 +65,13 @@ def add_run_arguments(
 ) -> None:
     """Options every source shares: which shards, how many workers, a config file."""
     parser.add_argument("--shard", help="write shards i, i+n, i+2n, ... of the dataset (i/n)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (output identical to 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes writing shards: this one + W-1 spawned helpers, at most one per CPU and shard "
+        "(output identical to 1)",
+    )
     parser.add_argument("--config", type=Path, help=config_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -24,9 +24,12 @@ import hashlib
 import io
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
+import pickle
 import platform
+import queue
 import random
 import time
 import zipfile
@@ -238,12 +241,20 @@ def _write_unsynced(path: Path, data: bytes) -> None:
 
 
 def _remove_temp_files(out: Path, ids: list[str], shard: str) -> None:
-    """Leftovers of an interrupted atomic write (``.<name>.XXXX.tmp``) of this shard's files."""
-    patterns = [f"images/.{i}_v*.tmp" for i in ids] + [f"gt/.{i}.npz.*.tmp" for i in ids]
-    patterns += [f"shards/.{shard}.jsonl.*.tmp", f"state/.{shard}.json.*.tmp"]
-    for pat in patterns:
-        for p in out.glob(pat):
-            p.unlink(missing_ok=True)
+    """Leftovers of an interrupted atomic write (``.<name>.XXXX.tmp``) of this shard's files.
+
+    One listing per folder (a glob per sample listed ``images/`` 64 times per shard: quadratic in the
+    dataset size, 64 ms per shard at 1,000 samples)."""
+    owners = {"images": set(ids), "gt": set(ids), "shards": {shard}, "state": {shard}}
+    for folder, names in owners.items():
+        try:
+            entries = list(os.scandir(out / folder))
+        except FileNotFoundError:
+            continue
+        for e in entries:  # ".<id>_v<k>.png.<pid>.tmp", ".<id>.npz.<pid>.tmp", ".<shard>.json[l].<x>.tmp"
+            if e.name.startswith(".") and e.name.endswith(".tmp"):
+                if e.name[1:].split(".", 1)[0].split("_v", 1)[0] in names:
+                    Path(e.path).unlink(missing_ok=True)
 
 
 def verify_shard(out: Path, k: int) -> dict[str, Any] | None:
@@ -313,15 +324,151 @@ def _claim_dir(out: Path, config: dict[str, Any]) -> None:
     atomic_write_json(path, wanted)
 
 
-_WORKER: dict[str, Any] = {}
+# ----------------------------------------------------------------------------------------------- workers
+# ``--workers W``: this process and up to W - 1 spawned helpers claim shards one at a time from a shared
+# counter. Where the time went with a pool of W spawned workers (bench_datagen.py, 224 px): each worker paid
+# ~0.5-1 s before its first shard (interpreter, numpy, EGL context, shader compile and first draw) while
+# this process, already warm, sat idle, so 2 workers lost to 1 on a 100-scene job. Now this process writes
+# from the first moment and times its shards; it starts helpers once (a) the work left is at least twice a
+# helper's start-up (a helper costs a core for that long even if it never gets a shard) and (b) as many
+# cores sat idle during its last shard (/proc/stat; on a machine whose cores are all busy, a helper only
+# takes time from this process). A long job takes about (work + (W-1) * start-up) / W, a short one or one on
+# a busy machine the time of one worker; the log says which it was.
+
+HELPER_STARTUP_S = 1.0  # a spawned helper's start-up, on the safe side (bench_datagen: 0.45-0.65 s quiet)
 
 
-def _init_worker(source: SampleSource, spec: WriteSpec) -> None:
-    _WORKER["source"], _WORKER["spec"] = source, spec
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def _worker_shard(k: int) -> dict[str, Any]:
-    return write_shard(_WORKER["source"], _WORKER["spec"], k)
+def choose_workers(requested: int, shards: int) -> int:
+    """Processes worth running: at most one per shard to write and one per usable CPU (logged if fewer)."""
+    cpus = usable_cpus()
+    chosen = max(1, min(requested, shards, cpus))
+    if chosen < requested:
+        why = f"{shards} shard(s) to write" if shards < min(requested, cpus) else f"{cpus} usable CPU(s)"
+        log.info("using %d worker(s), not %d: %s", chosen, requested, why)
+    return chosen
+
+
+def _claim(counter, n: int) -> int | None:
+    """The next unclaimed position in the shard list, or None when all are taken (shared by processes)."""
+    with counter.get_lock():
+        i = counter.value
+        if i >= n:
+            return None
+        counter.value = i + 1
+    return i
+
+
+def _helper(source: SampleSource, spec: WriteSpec, todo: list[int], counter, results, parent: int) -> None:
+    """A spawned helper: write claimed shards until none are left or the parent is gone (kill -9)."""
+    k = None
+    try:
+        while os.getppid() == parent and (i := _claim(counter, len(todo))) is not None:
+            k = todo[i]
+            results.put(("done", k, write_shard(source, spec, k)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which re-raises it
+        try:
+            payload = pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an unpicklable exception still gets its message across
+            payload = pickle.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
+        results.put(("error", k, payload))
+
+
+def _write_parallel(source: SampleSource, spec: WriteSpec, todo: list[int], workers: int, bar) -> None:
+    ctx = mp.get_context("spawn")  # never fork: a renderer's GL context does not survive it
+    counter, results = ctx.Value("i", 0), ctx.Queue()
+    args = (source, spec, todo, counter, results, os.getpid())
+    helpers: list = []
+    done, fastest, idle = 0, 0.0, math.inf  # fastest: quickest own shard (s); idle: cores idle meanwhile
+    try:
+        while True:
+            if not helpers and (
+                n := _helpers_worth_starting(workers, len(todo) - counter.value, fastest, idle)
+            ):
+                helpers = [ctx.Process(target=_helper, args=args, daemon=True) for _ in range(n)]
+                for proc in helpers:
+                    proc.start()
+                log.info("started %d helper process(es) beside this one (%d asked)", n, workers - 1)
+            if (i := _claim(counter, len(todo))) is None:
+                break
+            t0, cpu0 = time.perf_counter(), _cpu_jiffies()
+            write_shard(source, spec, todo[i])
+            took = time.perf_counter() - t0
+            fastest, idle = min(fastest, took) if fastest else took, _idle_cores(cpu0, _cpu_jiffies())
+            done += 1
+            bar.update()
+            done += _collect(results, helpers, bar, wait=False)
+        while done < len(todo):
+            done += _collect(results, helpers, bar, wait=True)
+    finally:
+        for proc in helpers:
+            if proc.is_alive():
+                proc.terminate()  # still starting up (or idle): it holds no shard
+            proc.join()
+    if not helpers:
+        log.info(
+            "--workers %d: this process wrote all %d shard(s) itself: the work left never reached twice a "
+            "helper's start-up (~%.1f s) while a core was idle (%.1f idle during the last shard)",
+            workers, len(todo), HELPER_STARTUP_S, idle,
+        )  # fmt: skip
+
+
+def _helpers_worth_starting(workers: int, shards_left: int, fastest: float, idle: float) -> int:
+    """Helpers that would pay for their start-up: none while the work left (shards x this process's
+    quickest shard) is under twice a start-up; at most one per idle core and per shard left beyond ours."""
+    if shards_left * fastest < 2 * HELPER_STARTUP_S:  # (with HELPER_STARTUP_S = 0: at once)
+        return 0
+    cores = workers - 1 if math.isinf(idle) else math.floor(idle + 0.5)
+    return max(0, min(workers - 1, shards_left - 1, cores))
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(idle, total) CPU time of the whole machine so far (/proc/stat), or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user .. steal
+
+
+def _idle_cores(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Cores that sat idle between two ``_cpu_jiffies`` readings (inf when unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return math.inf
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
+def _collect(results, helpers: list, bar, wait: bool) -> int:
+    """How many shards the helpers reported done (``wait``: at least one); re-raises a helper's exception."""
+    n = 0
+    while True:
+        try:
+            kind, _, payload = results.get(timeout=0.5) if wait and n == 0 else results.get_nowait()
+        except queue.Empty:
+            if not (wait and n == 0):
+                return n
+            _check_helpers(helpers)
+            continue
+        if kind == "error":
+            raise pickle.loads(payload)
+        n += 1
+        bar.update()
+
+
+def _check_helpers(helpers: list) -> None:
+    dead = [p for p in helpers if p.exitcode not in (None, 0)]
+    if dead:
+        raise RuntimeError(
+            f"worker process {dead[0].pid} exited with code {dead[0].exitcode} (killed?); "
+            "re-run the same command to resume (complete shards are kept)"
+        )
 
 
 def write_dataset(
@@ -351,15 +498,13 @@ def write_dataset(
         len(mine) - len(todo),
     )
     bar = tqdm(total=len(todo), desc="shards", unit="shard", disable=not progress or not todo)
-    if workers <= 1 or len(todo) <= 1:
+    workers = choose_workers(workers, len(todo)) if workers > 1 else 1
+    if workers == 1:
         for k in todo:
             write_shard(source, spec, k)
             bar.update()
     else:
-        ctx = mp.get_context("spawn")  # never fork: a renderer's GL context does not survive it
-        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(source, spec)) as pool:
-            for _ in pool.imap_unordered(_worker_shard, todo):
-                bar.update()
+        _write_parallel(source, spec, todo, workers, bar)
     bar.close()
     return write_manifest(out, config, started, extra)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from spatialboost.train.distributed import DistEnv
 from spatialboost.train.metrics import MetricsLogger, read_metrics
 from spatialboost.train.stages import (
     STAGES,
+    build_encoder,
     build_vlm,
     checkpoints_dir,
     load_previous_outputs,
@@ -353,7 +355,7 @@ def save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step, total, loss,
     optim_state = _optimizer_state(model, opt, cfg.distributed)
     if env.is_main:
         state = {"stage": stage, "step": step, "total_steps": total, "done": step == total, "loss": loss}
-        extra = _encoder_writer(vlm) if stage == "encoder" and not _is_sharded(vlm) else None
+        extra = _encoder_writer(cfg, vlm, weights) if stage == "encoder" else None
         path = ckpt.save_checkpoint(
             checkpoints_dir(cfg.run_dir, stage),
             step,
@@ -380,10 +382,23 @@ def _is_sharded(model) -> bool:
     return any(hasattr(p, "full_tensor") for p in model.parameters())
 
 
-def _encoder_writer(vlm):
+def _encoder_writer(cfg, vlm, weights: dict[str, torch.Tensor]):
+    """Writes a stage-3 checkpoint's ``encoder/``. Under FSDP the live encoder holds only shards, so an
+    unsharded copy (rebuilt from config and seed, like every frozen weight) takes the gathered weights."""
     from spatialboost.models.export import save_encoder
 
-    return lambda tmp: save_encoder(vlm.encoder, tmp / "encoder", include_base=False)
+    encoder = vlm.encoder
+    if _is_sharded(vlm):
+        encoder = _unsharded_encoders.get(vlm)
+        if encoder is None:
+            with torch.random.fork_rng(devices=[]):
+                encoder = _unsharded_encoders[vlm] = build_encoder(cfg, "encoder")
+        mine = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+        load_trainable(encoder, mine, source="gathered checkpoint weights")
+    return lambda tmp: save_encoder(encoder, tmp / "encoder", include_base=False)
+
+
+_unsharded_encoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # FSDP: one copy per VLM
 
 
 def summarize(stage, out_dir: Path, total: int, trainable, start: int, sources: list[str]) -> StageResult:

@@ -27,7 +27,7 @@ from spatialboost.io import OutputDir
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import STAGE_NAMES, TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
-from spatialboost.train.stages import STAGES, build_vlm, finished_output, load_trainable
+from spatialboost.train.stages import STAGES, build_encoder, finished_output, load_trainable
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def run_training(cfg: TrainConfig) -> list[StageResult]:
             if stage == "instruct" and cfg.image_gain.blind and cfg.image_gain.datasets:
                 train_blind_baseline(cfg, env, tokenizer)
         if "encoder" in cfg.stages.run and env.is_main:
-            write_final_encoder(cfg, tokenizer)
+            write_final_encoder(cfg)
         dist_utils.barrier(env)
         return results
     finally:
@@ -199,17 +199,19 @@ def train_corpus_tokenizer(cfg: TrainConfig, path: Path) -> None:
     save_tokenizer(train_tokenizer(texts, vocab_size=cfg.model.tokenizer_vocab_size), path)
 
 
-def write_final_encoder(cfg: TrainConfig, tokenizer) -> Path:
+def write_final_encoder(cfg: TrainConfig) -> Path:
     """``<run_dir>/encoder``: the boosted encoder of stage 3's final checkpoint (save_encoder layout)."""
     from spatialboost.models.export import save_encoder
 
     out = finished_output(cfg.run_dir, "encoder")
     if out is None:
         raise UserError(f"{cfg.run_dir}: stage 3 has not finished; nothing to export")
-    vlm = build_vlm(cfg, tokenizer, "encoder")
-    encoder_weights = {k: v for k, v in _load(out).items() if k.startswith("encoder.")}
-    load_trainable(vlm, encoder_weights, source=str(out))
-    path = save_encoder(vlm.encoder, Path(cfg.run_dir) / "encoder", include_base=False)
+    encoder = build_encoder(cfg, "encoder")  # the encoder alone: no LLM built just to export it
+    encoder_weights = {
+        k.removeprefix("encoder."): v for k, v in _load(out).items() if k.startswith("encoder.")
+    }
+    load_trainable(encoder, encoder_weights, source=str(out))
+    path = save_encoder(encoder, Path(cfg.run_dir) / "encoder", include_base=False)
     log.info("boosted encoder -> %s", path)
     return path
 

@@ -79,19 +79,11 @@ def finished_output(run_dir: str | Path, name: str) -> Path | None:
 
 def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
-    from spatialboost.models.dual_channel import add_dual_channel, check_layers
-    from spatialboost.models.encoders import create_encoder
     from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
     from spatialboost.models.projector import MLPProjector
     from spatialboost.models.vlm import SpatialVLM
 
-    encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
-    if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training
-        check_layers(encoder, cfg.model.dual_channel.layers)
-    if STAGES[stage].boosted:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, **dataclasses.asdict(cfg.model.dual_channel))
+    encoder = build_encoder(cfg, stage)
     llm = build_llm(
         cfg.model.llm,
         tokenizer,
@@ -108,6 +100,21 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     )
     vlm.blind = cfg.blind
     return vlm
+
+
+def build_encoder(cfg: TrainConfig, stage: str):
+    """The stage's encoder alone, as ``build_vlm`` builds it (boosted for stage 3), seeded from cfg.seed."""
+    from spatialboost.models.dual_channel import add_dual_channel, check_layers
+    from spatialboost.models.encoders import create_encoder
+
+    encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
+    if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training
+        check_layers(encoder, cfg.model.dual_channel.layers)
+    if STAGES[stage].boosted:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
+            add_dual_channel(encoder, **dataclasses.asdict(cfg.model.dual_channel))
+    return encoder
 
 
 def load_previous_outputs(vlm: nn.Module, cfg: TrainConfig, stage: str) -> list[str]:
