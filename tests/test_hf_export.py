@@ -32,6 +32,12 @@ FAMILIES = list_encoders(tiny_only=True)
 TOL = 1e-6
 
 
+def close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal to TOL of the reference's scale: float32 rounding only (our inference path folds the gate
+    into one output projection; the exported modeling code mixes the two attentions as the paper writes)."""
+    torch.testing.assert_close(got, ref, rtol=0, atol=TOL * max(ref.abs().max().item(), 1.0))
+
+
 def _perturbed(enc, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -113,11 +119,11 @@ def test_transformers_alone_gives_the_same_outputs(isolated, name):
             "transformers_modules"
         )
         assert report["refused_without_trust"] is True  # never a plain family model with random attention
-        torch.testing.assert_close(got["cls"], ref["cls"], rtol=0, atol=TOL)
-        torch.testing.assert_close(got["patch"], ref["patch"], rtol=0, atol=TOL)
+        close(got["cls"], ref["cls"])
+        close(got["patch"], ref["patch"])
     else:
         assert report["class"] == type(enc.model).__name__.removeprefix("Peft")  # a plain family checkpoint
-        torch.testing.assert_close(got["hidden"], ref["hidden"], rtol=0, atol=TOL)
+        close(got["hidden"], ref["hidden"])
     # the image processor reproduces spatialboost's preprocessing (no resize needed at this size)
     ours = preprocess_images([_image(enc.spec.image_size)], enc.spec)
     torch.testing.assert_close(got["processed"], ours, rtol=0, atol=TOL)
