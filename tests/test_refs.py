@@ -210,6 +210,8 @@ def test_image_gain_measures_dependence_and_blind_is_zero(engine_data, vlm_and_t
         vlm.blind = False
     assert blind["all"]["gain"] == 0.0 and blind["choice"]["acc_right"] == blind["choice"]["acc_other"]
     assert "within noise" in ig.describe(blind)
+    hurt = {"all": {"gain": -0.06, "stderr": 0.014}}  # other images give lower loss than the right ones
+    assert "within noise" not in ig.describe(hurt) and "negative beyond noise" in ig.describe(hurt)
 
 
 def test_stage3_warns_or_refuses_on_a_low_image_gain(tmp_path, caplog):

@@ -174,6 +174,8 @@ def describe(result: dict[str, Any]) -> str:
         if level in result:
             e = result[level]
             tag = "" if is_beyond_noise(e) else " (within noise)"
+            if e["gain"] < -2.0 * e["stderr"]:
+                tag = " (negative beyond noise: the right image makes answers worse)"
             parts.append(f"{level} {e['gain']:+.3f} ± {e['stderr']:.3f}{tag}")
     line = "image gain (nats/answer token, other images - right): " + ", ".join(parts)
     if "choice" in result:
