@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -134,3 +135,18 @@ def test_loss_decreases_on_tiny_overfit(tmp_path):
     (result,) = run_training(cfg)
     assert math.isfinite(result.loss_end)
     assert result.loss_end < 0.5 * result.loss_start, (result.loss_start, result.loss_end)
+
+
+def test_projector_norm_starts_at_the_token_embeddings_scale(setup):
+    cfg, tok = setup
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, projector_norm=True))
+    vlm = build_vlm(cfg, tok, "align")
+    emb_rms = vlm.llm.get_input_embeddings().weight.pow(2).mean().sqrt()
+    out = vlm.projector(torch.randn(64, vlm.encoder.spec.embed_dim) * 10.0)  # large features in
+    assert torch.allclose(out.pow(2).mean().sqrt(), emb_rms, rtol=1e-3)
+    summary = set_stage_trainable(vlm, "align", cfg.stages.align)
+    assert "projector.norm.weight" in _names(vlm) and list(summary) == ["projector"]
+    plain = build_vlm(setup[0], tok, "align")  # off by default: the checkpoints of earlier runs still load
+    assert plain.projector.norm is None and not any(
+        "norm" in n for n, _ in plain.projector.named_parameters()
+    )

@@ -175,6 +175,7 @@ class ModelConfig:
     dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's add_dual_channel(...) options
     llm_options: LLMOptions = field(default_factory=LLMOptions)  # tiny LLMs' shape (build_llm overrides)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    projector_norm: bool = False  # LayerNorm on the projector's output at the token embeddings' RMS
 
     def __post_init__(self) -> None:
         # code that builds a config may pass plain dicts; they are checked like YAML

@@ -94,12 +94,19 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
     image_token_id = ensure_image_token(tokenizer, llm)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size)
+        projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size, _out_scale(cfg, llm))
     vlm = SpatialVLM(
         encoder, llm, image_token_id, projector=projector, ref_token_ids=ref_token_ids(tokenizer)
     )
     vlm.blind = cfg.blind
     return vlm
+
+
+def _out_scale(cfg: TrainConfig, llm) -> float | None:
+    """``model.projector_norm``: the projector's output starts at the RMS of the LLM's token embeddings."""
+    if not cfg.model.projector_norm:
+        return None
+    return float(llm.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
 
 
 def build_encoder(cfg: TrainConfig, stage: str):
