@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatialboost.config import ConfigError
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.heads import DenseLinearHead, LinearHead, feature_stats, silog_loss
 from spatialboost.eval.metrics import (
@@ -38,7 +39,6 @@ from spatialboost.eval.metrics import (
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = 255
 
 
 @dataclass
@@ -291,7 +291,7 @@ def _num_seg_classes(*sets: FeatureSet) -> int:
     top = 0
     for fs in sets:
         seg = np.asarray(fs.seg)
-        valid = seg[seg != IGNORE_INDEX]
+        valid = seg[seg != SEG_IGNORE_INDEX]
         top = max(top, int(valid.max()) + 1 if valid.size else 1)
     return top
 
@@ -310,9 +310,9 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         logits = head(_t(train.patch, idx), _t(train.cls, idx), grid, side)
         target = _sample_targets(train.seg, idx, side, np.int64)
-        if not (target != IGNORE_INDEX).any():
+        if not (target != SEG_IGNORE_INDEX).any():
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits, target, ignore_index=SEG_IGNORE_INDEX)
 
     history = fit(head, len(train), step_loss, cfg, seed)
     conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predictions out of range
@@ -320,7 +320,7 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         for start in range(0, len(test), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)
             pred = head(_t(test.patch, sl), _t(test.cls, sl), grid, size).argmax(1).numpy()
-            conf += confusion_matrix(pred, np.asarray(test.seg[sl]), num_classes, IGNORE_INDEX)
+            conf += confusion_matrix(pred, np.asarray(test.seg[sl]), num_classes, SEG_IGNORE_INDEX)
     proto = _protocol("seg-linear", cfg, train, seed, history)
     proto["num_classes"] = num_classes
     return ProbeResult(metrics=segmentation_metrics_from_confusion(conf), protocol=proto, head=head)
