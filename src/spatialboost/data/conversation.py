@@ -32,9 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spatialboost.constants import LM_IGNORE_INDEX
+from spatialboost.constants import IMAGE_TOKEN, LM_IGNORE_INDEX
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 FALLBACK_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -83,7 +82,7 @@ def record_messages(record: dict) -> list[dict[str, str]]:
         messages.append({"role": role, "content": str(turn["value"])})
     if not any(m["role"] == "assistant" for m in messages):
         raise EmptyLabelsError(f"sample {sample_id}: no assistant ('gpt') turn to learn from")
-    n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    n_placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
     n_images = len(record_images(record))
     if n_placeholders != n_images:
         raise ValueError(f"sample {sample_id}: {n_placeholders} <image> placeholders for {n_images} images")
@@ -150,7 +149,7 @@ def tokenize_conversation(
     """Token ids and labels of one record; raises ``EmptyLabelsError`` if no answer token survives."""
     sample_id = str(record.get("id", "?"))
     messages = record_messages(record)
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     ids: list[int] = []
     labels: list[int] = []
     turns: list[int] = []
@@ -210,5 +209,5 @@ def prompt_ids(messages: list[dict[str, str]], tokenizer, num_image_tokens: int 
     """Token ids of a prompt ending where the next assistant answer starts (for generation)."""
     pieces = conversation_segments(messages, tokenizer, generation_prompt=True)
     ids = [i for text, _ in pieces for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     return expand_image_tokens(ids, [LM_IGNORE_INDEX] * len(ids), image_id, num_image_tokens)[0]
