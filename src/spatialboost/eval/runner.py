@@ -124,7 +124,7 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
     if config.get("boost") is None:
         return None
     from spatialboost.models.dual_channel import base_state_dict
-    from spatialboost.models.encoders import build_from_config, wrap_model
+    from spatialboost.models.hf_encoders import build_from_config, wrap_model
 
     boosted = export.load_encoder(path)
     spec = config["spec"]
