@@ -190,7 +190,7 @@ def test_processor_resizes_like_spatialboost(isolated):
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
     """A run whose encoder was probed (the demo's layout: RUN/../probes), its base a local checkpoint with a card."""
-    from spatialboost.eval.runner import DataConfig, ProbeConfig, probe_before_after
+    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig, probe_before_after
 
     root = tmp_path_factory.mktemp("run")
     base = root / "base-ckpt"
@@ -207,7 +207,7 @@ def probed_run(tmp_path_factory):
     manifest = {"complete": True, "seed": 0, "counts": {"samples": 64, "views": 80, "turns": 500},
                 "config": {"source": "synthetic"}}  # fmt: skip
     (root / "data" / "manifest.json").write_text(json.dumps(manifest))
-    cfg = ProbeConfig(seeds=2, tasks=["cls"], data=DataConfig(num_train=6, num_test=4))
+    cfg = ProbeConfig(seeds=2, tasks=["cls"], data=ProbeDataConfig(num_train=6, num_test=4))
     probe_before_after(str(base), root / "train" / "encoder", cfg, out=root / "probes", plots=False)
     return root
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class ProbeTrainConfig:
     epochs: int = 30
     lr: float = 1e-2
     batch_size: int = 8
@@ -57,7 +57,7 @@ class TrainConfig:
 
 
 @dataclass
-class DepthProbeConfig(TrainConfig):
+class DepthProbeConfig(ProbeTrainConfig):
     mode: Literal["bins", "log-regression"] = "log-regression"  # bins: DINOv2's classification-regression
     bins: int = 128
     use_cls: bool = True
@@ -68,12 +68,12 @@ class DepthProbeConfig(TrainConfig):
 
 
 @dataclass
-class SegProbeConfig(TrainConfig):
+class SegProbeConfig(ProbeTrainConfig):
     use_cls: bool = False
 
 
 @dataclass
-class ClsLinearConfig(TrainConfig):
+class ClsLinearConfig(ProbeTrainConfig):
     epochs: int = 100
     lr: float = 1e-2
     batch_size: int = 256
@@ -121,7 +121,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[np.ndarr
 
 
 def fit(
-    head: nn.Module, n: int, step_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig, seed: int
+    head: nn.Module, n: int, step_loss: Callable[[np.ndarray], torch.Tensor], cfg: ProbeTrainConfig, seed: int
 ) -> list[float]:
     """AdamW with cosine decay over ``cfg.epochs`` passes; returns the mean loss of each epoch."""
     gen = torch.Generator().manual_seed(seed)
@@ -151,7 +151,7 @@ def _t(a: np.ndarray, idx: np.ndarray | slice) -> torch.Tensor:
     return torch.from_numpy(np.array(a[idx], dtype=np.float32))
 
 
-def train_side(size: int, grid: tuple[int, int], cfg: TrainConfig) -> int:
+def train_side(size: int, grid: tuple[int, int], cfg: ProbeTrainConfig) -> int:
     """Side of the maps the dense losses are computed on (evaluation is always at the full ``size``)."""
     return size if cfg.train_upsample <= 0 else min(size, cfg.train_upsample * max(grid))
 

@@ -62,14 +62,14 @@ from spatialboost.eval.geometry3d import (
 )
 from spatialboost.eval.heads import LinearHead, feature_stats
 from spatialboost.eval.metrics import confusion_matrix, segmentation_metrics_from_confusion
-from spatialboost.eval.probes import ProbeResult, TrainConfig, _log_prior, fit
+from spatialboost.eval.probes import ProbeResult, ProbeTrainConfig, _log_prior, fit
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sem3DConfig(TrainConfig):
+class Sem3DConfig(ProbeTrainConfig):
     epochs: int = 20
     lr: float = 1e-2
     batch_size: int = 1024  # points

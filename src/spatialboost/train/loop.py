@@ -85,7 +85,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     total = total_steps(scfg, plan)
     start, resume_state = find_resume(out_dir, vlm, total)
     vlm.to(env.device)
-    model = dist_utils.wrap_model(vlm, env, cfg.distributed)
+    model = dist_utils.wrap_distributed(vlm, env, cfg.distributed)
     params = trainable_named(vlm)
     opt = make_optimizer(params, scfg)
     sched = make_scheduler(opt, total, scfg)
