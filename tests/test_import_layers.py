@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,18 @@ def module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@cache
+def _nodes(text: str) -> tuple[ast.AST, ...]:
+    """Every node of a module's source (cached by text: the tests below parse copies of the same files)."""
+    return tuple(ast.walk(ast.parse(text)))
+
+
 def imported_modules(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
     """Every spatialboost module ``path`` imports, anywhere in the file, with its line number."""
     name = module_name(path, src)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _nodes(path.read_text(encoding="utf-8")):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
