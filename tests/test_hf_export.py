@@ -32,10 +32,10 @@ FAMILIES = list_encoders(tiny_only=True)
 TOL = 1e-6
 
 
-def _tol(ref: torch.Tensor) -> float:
-    """TOL per unit of output scale: the remote classes compute Eq. 1 in its plain form, the fused forward
-    in a different op order, so float32 rounding differs by a few ulp of the largest value (~4.5 for tiny-vit)."""
-    return TOL * max(1.0, float(ref.abs().max()))
+def close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal to TOL of the reference's scale: float32 rounding only (our inference path folds the gate
+    into one output projection; the exported modeling code mixes the two attentions as the paper writes)."""
+    torch.testing.assert_close(got, ref, rtol=0, atol=TOL * max(ref.abs().max().item(), 1.0))
 
 
 def _perturbed(enc, seed: int = 1):
@@ -119,11 +119,11 @@ def test_transformers_alone_gives_the_same_outputs(isolated, name):
             "transformers_modules"
         )
         assert report["refused_without_trust"] is True  # never a plain family model with random attention
-        torch.testing.assert_close(got["cls"], ref["cls"], rtol=0, atol=_tol(ref["cls"]))
-        torch.testing.assert_close(got["patch"], ref["patch"], rtol=0, atol=_tol(ref["patch"]))
+        close(got["cls"], ref["cls"])
+        close(got["patch"], ref["patch"])
     else:
         assert report["class"] == type(enc.model).__name__.removeprefix("Peft")  # a plain family checkpoint
-        torch.testing.assert_close(got["hidden"], ref["hidden"], rtol=0, atol=TOL)
+        close(got["hidden"], ref["hidden"])
     # the image processor reproduces spatialboost's preprocessing (no resize needed at this size)
     ours = preprocess_images([_image(enc.spec.image_size)], enc.spec)
     torch.testing.assert_close(got["processed"], ours, rtol=0, atol=TOL)
