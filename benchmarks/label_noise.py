@@ -22,7 +22,7 @@ import numpy as np
 
 from spatialboost.datagen import relations as R
 from spatialboost.datagen import rgbd
-from spatialboost.datagen.commands_images import ImagesConfig, ImageSource, collect_items
+from spatialboost.datagen.image_source import ImagesConfig, ImageSource, collect_items
 from spatialboost.datagen.images import ImageLimits
 from spatialboost.datagen.relations import SceneGraph
 from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene

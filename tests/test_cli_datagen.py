@@ -101,6 +101,7 @@ def test_different_config_refused(dataset, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_data_steps(tmp_path):
     """The demo's data steps (generate, validate, view); the full demo (training, probes) is tested elsewhere."""
     from spatialboost import demo

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PackedCollator, PaddedCollator, pack_lengths
 from spatialboost.data.conversation import (
-    IGNORE_INDEX,
     EmptyLabelsError,
     TruncatedError,
     prompt_ids,
@@ -55,7 +55,7 @@ def fallback_tokenizer(tokenizer):
 def answer_spans(labels: list[int]) -> list[list[int]]:
     spans, current = [], []
     for label in labels:
-        if label != IGNORE_INDEX:
+        if label != LM_IGNORE_INDEX:
             current.append(label)
         elif current:
             spans.append(current)
@@ -113,7 +113,7 @@ def test_labels_cover_exactly_every_answer_with_template(tokenizer):
     answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
     spans = answer_spans(sample.labels)
     assert [tokenizer.decode(s) for s in spans] == [a + IM_END for a in answers]
-    labelled = [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
+    labelled = [i for i, label in enumerate(sample.labels) if label != LM_IGNORE_INDEX]
     assert all(sample.labels[i] == sample.input_ids[i] for i in labelled)
     # the ids are the template rendering, tokenized
     text = tokenizer.apply_chat_template(record_messages(record), tokenize=False)
@@ -141,7 +141,7 @@ def test_multi_image_tokens_in_place(tokenizer):
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     assert sample.num_images == 3
     assert sample.input_ids.count(image_id) == 3 * N_IMG
-    assert all(sample.labels[i] == IGNORE_INDEX for i, t in enumerate(sample.input_ids) if t == image_id)
+    assert all(sample.labels[i] == LM_IGNORE_INDEX for i, t in enumerate(sample.input_ids) if t == image_id)
     text = tokenizer.apply_chat_template(record_messages(record), tokenize=False)
     assert tokenizer.decode(collapse_images(sample.input_ids, image_id)) == text
     # the third image's block sits inside the second user turn, before the second answer
@@ -149,7 +149,7 @@ def test_multi_image_tokens_in_place(tokenizer):
     spans_start = [
         i
         for i in range(1, len(sample.labels))
-        if sample.labels[i] != IGNORE_INDEX and sample.labels[i - 1] == IGNORE_INDEX
+        if sample.labels[i] != LM_IGNORE_INDEX and sample.labels[i - 1] == LM_IGNORE_INDEX
     ]
     assert spans_start[0] < last_image < spans_start[1]
 
@@ -171,7 +171,7 @@ def test_no_answer_is_an_error(tokenizer):
 def test_truncation_keeps_whole_images_and_refuses_to_cut_all_answers(tokenizer):
     record = make_record(4, n_images=2, turns=3)
     full = tokenize_conversation(record, tokenizer, N_IMG)
-    first_answer = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+    first_answer = next(i for i, label in enumerate(full.labels) if label != LM_IGNORE_INDEX)
     with pytest.raises(TruncatedError, match="s4"):
         tokenize_conversation(record, tokenizer, N_IMG, max_length=first_answer)
     cut = tokenize_conversation(record, tokenizer, N_IMG, max_length=first_answer + 3)
@@ -192,7 +192,7 @@ def test_prompt_ids_are_a_prefix_of_the_training_ids(tokenizer, fallback_tokeniz
         sample = tokenize_conversation(record, tok, N_IMG)
         prompt = prompt_ids(messages[:3], tok, N_IMG)  # up to the second question
         assert sample.input_ids[: len(prompt)] == prompt
-        assert sample.labels[len(prompt)] != IGNORE_INDEX  # the answer starts right after
+        assert sample.labels[len(prompt)] != LM_IGNORE_INDEX  # the answer starts right after
 
 
 # --- collators --------------------------------------------------------------------------------------
@@ -229,17 +229,17 @@ def test_packed_batch_layout(tokenizer):
         for k in batch["seq_ids"][r].unique().tolist():
             where = batch["seq_ids"][r] == k
             if k == 0:
-                assert (batch["labels"][r][where] == IGNORE_INDEX).all()
+                assert (batch["labels"][r][where] == LM_IGNORE_INDEX).all()
                 continue
             assert batch["position_ids"][r][where].tolist() == list(range(int(where.sum())))
     # total label tokens are the same as padded (minus nothing: position 0 is never a label anyway)
     padded = PaddedCollator(tokenizer.pad_token_id)(samples)
-    assert int((padded["labels"] != IGNORE_INDEX).sum()) == int((batch["labels"] != IGNORE_INDEX).sum())
+    assert int((padded["labels"] != LM_IGNORE_INDEX).sum()) == int((batch["labels"] != LM_IGNORE_INDEX).sum())
 
 
 def test_empty_label_batch_raises_with_ids(tokenizer):
     sample = as_sample(tokenize_conversation(make_record(1, 0), tokenizer, N_IMG), 0)
-    sample["labels"] = torch.full_like(sample["labels"], IGNORE_INDEX)
+    sample["labels"] = torch.full_like(sample["labels"], LM_IGNORE_INDEX)
     for collate in (PaddedCollator(tokenizer.pad_token_id), PackedCollator(tokenizer.pad_token_id, 512)):
         with pytest.raises(EmptyLabelsError, match="s1"):
             collate([sample])

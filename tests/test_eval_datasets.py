@@ -8,8 +8,9 @@ import scipy.io
 from PIL import Image
 
 from eval_stubs import CLASSES, fake_scene
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
-from spatialboost.eval.datasets import DATASETS, IGNORE_INDEX, build_dataset
+from spatialboost.eval.datasets import DATASETS, build_dataset
 from spatialboost.eval.datasets.synthetic import SEED_OFFSET, dominant_class, split_seeds
 
 H, W = 12, 16
@@ -73,7 +74,7 @@ def test_nyu_mat_v5_with_splits(tmp_path):
     np.testing.assert_array_equal(s.image, images[..., 3])
     np.testing.assert_allclose(s.depth, depths[..., 3])
     expect = labels[..., 3].astype(np.int64)
-    expect[expect == 0] = IGNORE_INDEX
+    expect[expect == 0] = SEG_IGNORE_INDEX
     np.testing.assert_array_equal(s.seg, expect)
 
 
@@ -114,7 +115,7 @@ def test_ade20k_layout_reduces_zero_label(tmp_path):
         ds = build_dataset(f"ade20k:{tmp_path}", split)
         seg = ds[0].seg
         assert len(ds) == 1 and seg.shape == (H, W)
-        assert seg[0, 0] == IGNORE_INDEX and seg[0, 1] == 0 and seg[0, 2] == 149
+        assert seg[0, 0] == SEG_IGNORE_INDEX and seg[0, 1] == 0 and seg[0, 2] == 149
     assert len(ds.seg_classes) == 150
 
 

@@ -142,6 +142,7 @@ def test_spatialboost_loads_the_hf_folder_too(isolated, name):
     torch.testing.assert_close(out.cls, refs[name]["cls"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_merged_lora_matches_the_unmerged_encoder(isolated):
     """Merging changes the arithmetic (x(W + sBA) vs xW + s(xA)B): equal up to float rounding, not bit for bit."""
     root, cases, refs, _ = isolated
@@ -151,6 +152,7 @@ def test_merged_lora_matches_the_unmerged_encoder(isolated):
     torch.testing.assert_close(refs["lora"]["hidden"], unmerged, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_adapter_only_holds_only_attn_plus_and_gates(isolated):
     root, cases, _, _ = isolated
     folder = root / "exports" / "adapter-only"
@@ -174,6 +176,7 @@ def test_adapter_only_refuses_a_base_transformers_cannot_load(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_processor_resizes_like_spatialboost(isolated):
     from transformers import AutoImageProcessor
 
@@ -196,7 +199,7 @@ def test_processor_resizes_like_spatialboost(isolated):
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
     """A run whose encoder was probed (the demo's layout: RUN/../probes), its base a local checkpoint with a card."""
-    from spatialboost.eval.runner import DataConfig, ProbeConfig, probe_before_after
+    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig, probe_before_after
 
     root = tmp_path_factory.mktemp("run")
     base = root / "base-ckpt"
@@ -213,7 +216,7 @@ def probed_run(tmp_path_factory):
     manifest = {"complete": True, "seed": 0, "counts": {"samples": 64, "views": 80, "turns": 500},
                 "config": {"source": "synthetic"}}  # fmt: skip
     (root / "data" / "manifest.json").write_text(json.dumps(manifest))
-    cfg = ProbeConfig(seeds=2, tasks=["cls"], data=DataConfig(num_train=6, num_test=4))
+    cfg = ProbeConfig(seeds=2, tasks=["cls"], data=ProbeDataConfig(num_train=6, num_test=4))
     probe_before_after(str(base), root / "train" / "encoder", cfg, out=root / "probes", plots=False)
     return root
 
@@ -299,6 +302,7 @@ def test_noise_rule_needs_two_seeds_and_says_the_direction():
     assert beyond_noise({**base, "metric": "miou"}, {**boosted, "metric": "miou"}, seeds=3) == "yes, worse"
 
 
+@pytest.mark.slow
 def test_probe_finds_the_base_of_an_hf_folder(isolated):
     from spatialboost.eval.runner import saved_base
 

@@ -277,7 +277,7 @@ def test_cli_all3d_on_rgbd_folders_and_with_2d_tasks(tmp_path):
 
 def test_stub_encoder_3d_probe_runs_at_a_non_multiple_size(tmp_path):
     """An encoder whose patch does not divide the probe size gets the largest multiple (features resize)."""
-    from spatialboost.eval.benches import run_job
+    from spatialboost.eval.job import run_job
     from spatialboost.eval.runner import ProbeConfig
 
     cfg = ProbeConfig(tasks=["corr"], seeds=1, out=str(tmp_path))

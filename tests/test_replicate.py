@@ -31,6 +31,7 @@ def quick_study(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_quick_study_writes_every_arm_and_table(quick_study):
     summary = json.loads((quick_study / "results.json").read_text())
     assert summary["complete"] and not summary["missing"]
@@ -48,6 +49,7 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
     assert (quick_study / "docs" / "replicate_arms.png").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_redoes_no_finished_arm(quick_study, monkeypatch, capsys):
     from spatialboost.replicate import runner
 
@@ -61,6 +63,7 @@ def test_rerun_redoes_no_finished_arm(quick_study, monkeypatch, capsys):
     assert "SpatialBoost, dual-channel (untuned)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_marks_partial_results_and_keeps_the_discussion(quick_study, tmp_path):
     import shutil
 
@@ -152,6 +155,7 @@ def test_spatial_content_counts_queried_points(tmp_path):
     assert stats["samples"] == 3 and stats["points_per_image"] > 0 and 0 < stats["digit_share"] < 1
 
 
+@pytest.mark.slow
 def test_report_only_rewrites_the_report_from_finished_arms(quick_study, capsys):
     (quick_study / "results.md").unlink()
     assert main(["replicate", "--report-only", "--out", str(quick_study)]) == 0

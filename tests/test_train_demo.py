@@ -16,6 +16,7 @@ from train_fixtures import one_thread  # noqa: F401
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

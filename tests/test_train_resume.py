@@ -63,6 +63,7 @@ def test_resume_after_simulated_crash_is_bitwise_identical(reference, data, tmp_
     assert not list(checkpoints_dir(run, "instruct").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_is_bitwise_identical(reference, data, tmp_path):
     run = tmp_path / "run"
     args = ["train", *tiny_overrides(run, data, steps=4, every=1)]

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PackedCollator, PaddedCollator
 from spatialboost.data.conversation import (
-    IGNORE_INDEX,
     EmptyLabelsError,
     prompt_ids,
     record_messages,
@@ -144,7 +144,7 @@ def test_every_tiny_llm_trains_and_grads_reach_projector(tokenizer, llm_name):
     out = vlm(**batch)
     assert out.logits.shape[:2] == batch["input_ids"].shape and out.logits.shape[-1] == len(tokenizer)
     assert torch.isfinite(out.loss) and out.num_label_tokens == int(
-        (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        (batch["labels"][:, 1:] != LM_IGNORE_INDEX).sum()
     )
     out.loss.backward()
     for name in ("fc1", "fc2"):
@@ -178,7 +178,7 @@ def test_empty_label_mask_raises_in_forward(tokenizer):
     vlm = make_vlm(tokenizer)
     batch = PaddedCollator(tokenizer.pad_token_id)(make_samples(tokenizer, 2))
     with pytest.raises(EmptyLabelsError):
-        vlm(**{**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)})
+        vlm(**{**batch, "labels": torch.full_like(batch["labels"], LM_IGNORE_INDEX)})
 
 
 def test_frozen_llm_is_bit_identical_after_projector_step(tokenizer):

@@ -148,9 +148,13 @@ def step_export(state: DemoState) -> None:
 
 
 def step_probe(state: DemoState) -> None:
-    from spatialboost.eval.runner import DataConfig, ProbeConfig, probe_before_after
+    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig, probe_before_after
 
-    data = DataConfig(num_train=8, num_test=4) if state.quick else DataConfig(num_train=64, num_test=32)
+    data = (
+        ProbeDataConfig(num_train=8, num_test=4)
+        if state.quick
+        else ProbeDataConfig(num_train=64, num_test=32)
+    )
     cfg = ProbeConfig(seeds=1 if state.quick else 3, data=data)
     base, boosted = state.results["pretrain"].path, state.out / "train" / "encoder"
     _, table = probe_before_after(base, boosted, cfg, out=state.out / "probes", plots=not state.quick)

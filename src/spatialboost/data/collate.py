@@ -4,7 +4,7 @@ Both collators take samples ``{"id", "input_ids" (L,), "labels" (L,), "pixel_val
 and return::
 
     input_ids     (R, L) long   pad_token_id in the padding
-    labels        (R, L) long   IGNORE_INDEX outside answers
+    labels        (R, L) long   LM_IGNORE_INDEX outside answers
     position_ids  (R, L) long   restart at 0 for every conversation
     attention_mask (R, L) bool  True on real tokens
     seq_ids       (R, L) long   packed only: 1, 2, ... per conversation in a row, 0 on padding
@@ -30,7 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
-from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
+from spatialboost.constants import LM_IGNORE_INDEX
+from spatialboost.data.conversation import EmptyLabelsError
 
 
 def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -79,7 +80,7 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
     width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    labels = torch.full(shape, LM_IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     seq_ids = torch.zeros(shape, dtype=torch.long)
     turns = torch.full(shape, -1, dtype=torch.long)
@@ -91,7 +92,7 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
             n = len(sample["input_ids"])
             input_ids[r, start : start + n] = sample["input_ids"]
             labels[r, start : start + n] = sample["labels"]
-            labels[r, start] = IGNORE_INDEX  # a conversation's first token is never a target
+            labels[r, start] = LM_IGNORE_INDEX  # a conversation's first token is never a target
             position_ids[r, start : start + n] = torch.arange(n)
             seq_ids[r, start : start + n] = k
             if "turns" in sample:
@@ -107,7 +108,7 @@ def _assemble(rows: list[list[dict]], pad_token_id: int, packed: bool) -> dict:
                 n_images += len(sample["image_features"])
             start += n
     ids = [s["id"] for row in rows for s in row]
-    if not (labels != IGNORE_INDEX).any():
+    if not (labels != LM_IGNORE_INDEX).any():
         raise EmptyLabelsError(f"batch of samples {ids}: empty label mask, nothing to learn from")
     batch = {
         "input_ids": input_ids,

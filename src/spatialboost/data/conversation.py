@@ -7,7 +7,7 @@ Record format (written by the data engine)::
 
 One ``<image>`` placeholder per image, in the order of ``image``. The whole multi-turn conversation is
 one sequence (one forward pass); labels are the token ids on every assistant answer *and* the token
-that ends it, ``IGNORE_INDEX`` (-100) everywhere else (system prompt, user turns, role headers, images).
+that ends it, ``LM_IGNORE_INDEX`` (-100) everywhere else (system prompt, user turns, role headers, images).
 
 Formats:
 
@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
+from spatialboost.constants import IMAGE_TOKEN, LM_IGNORE_INDEX
+
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 FALLBACK_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -53,7 +53,7 @@ class TruncatedError(EmptyLabelsError):
 class TokenizedConversation:
     id: str
     input_ids: list[int]  # image placeholders expanded to num_image_tokens copies each
-    labels: list[int]  # IGNORE_INDEX outside answers
+    labels: list[int]  # LM_IGNORE_INDEX outside answers
     num_images: int  # images whose tokens are in input_ids (after truncation)
     turns: list[int] | None = None  # per token: the answer (0-based turn) a label belongs to, -1 elsewhere
 
@@ -82,7 +82,7 @@ def record_messages(record: dict) -> list[dict[str, str]]:
         messages.append({"role": role, "content": str(turn["value"])})
     if not any(m["role"] == "assistant" for m in messages):
         raise EmptyLabelsError(f"sample {sample_id}: no assistant ('gpt') turn to learn from")
-    n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    n_placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
     n_images = len(record_images(record))
     if n_placeholders != n_images:
         raise ValueError(f"sample {sample_id}: {n_placeholders} <image> placeholders for {n_images} images")
@@ -149,7 +149,7 @@ def tokenize_conversation(
     """Token ids and labels of one record; raises ``EmptyLabelsError`` if no answer token survives."""
     sample_id = str(record.get("id", "?"))
     messages = record_messages(record)
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     ids: list[int] = []
     labels: list[int] = []
     turns: list[int] = []
@@ -157,7 +157,7 @@ def tokenize_conversation(
     for text, is_answer in conversation_segments(messages, tokenizer):
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
-        labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
+        labels += piece if is_answer else [LM_IGNORE_INDEX] * len(piece)
         answer += is_answer
         turns += [answer if is_answer else -1] * len(piece)
     n_images = len(record_images(record))
@@ -170,7 +170,7 @@ def tokenize_conversation(
     sample = TokenizedConversation(sample_id, expanded, labels, n_images, turns)
     if max_length is not None and len(ids) > max_length:
         sample = truncate(sample, max_length, image_id, num_image_tokens)
-    if all(label == IGNORE_INDEX for label in sample.labels[1:]):
+    if all(label == LM_IGNORE_INDEX for label in sample.labels[1:]):
         raise EmptyLabelsError(f"sample {sample_id}: empty label mask (tokenization mismatch?)")
     return sample
 
@@ -178,7 +178,7 @@ def tokenize_conversation(
 def expand_image_tokens(
     ids: list[int], labels: list[int], image_id: int, n: int
 ) -> tuple[list[int], list[int]]:
-    """Repeat every image token ``n`` times (labels stay IGNORE_INDEX there)."""
+    """Repeat every image token ``n`` times (labels stay LM_IGNORE_INDEX there)."""
     out_ids: list[int] = []
     out_labels: list[int] = []
     for token, label in zip(ids, labels, strict=True):
@@ -195,8 +195,8 @@ def truncate(sample: TokenizedConversation, max_length: int, image_id: int, n: i
         cut -= 1  # inside an image block: move the cut to its start
     ids, labels = sample.input_ids[:cut], sample.labels[:cut]
     turns = sample.turns[:cut] if sample.turns is not None else None
-    if all(label == IGNORE_INDEX for label in labels[1:]):
-        first = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)
+    if all(label == LM_IGNORE_INDEX for label in labels[1:]):
+        first = next(i for i, label in enumerate(sample.labels) if label != LM_IGNORE_INDEX)
         raise TruncatedError(
             f"sample {sample.id}: max_length={max_length} cuts every answer (the first answer starts at "
             f"token {first} of {len(sample.input_ids)}); raise max_length or shorten the sample"
@@ -209,5 +209,5 @@ def prompt_ids(messages: list[dict[str, str]], tokenizer, num_image_tokens: int 
     """Token ids of a prompt ending where the next assistant answer starts (for generation)."""
     pieces = conversation_segments(messages, tokenizer, generation_prompt=True)
     ids = [i for text, _ in pieces for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    return expand_image_tokens(ids, [IGNORE_INDEX] * len(ids), image_id, num_image_tokens)[0]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return expand_image_tokens(ids, [LM_IGNORE_INDEX] * len(ids), image_id, num_image_tokens)[0]

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from spatialboost.config import load_config
 from spatialboost.datagen import commands_images
+from spatialboost.datagen.commands_common import add_run_arguments, check_out_dir
+from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
+from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from spatialboost.datagen.sources import GenerateConfig
-
     d = GenerateConfig()
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", parser_class=type(parser))
     syn = sub.add_parser(
@@ -54,28 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands_images.add_arguments(images)
 
 
-def check_out_dir(path: Path, flag: str = "--out") -> None:
-    """Refuse an output path that exists and is not a directory (one line, before any work)."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: exists and is not a directory; choose a directory path")
-
-
-def add_run_arguments(
-    parser: argparse.ArgumentParser, config_help: str = "YAML config file (GenerateConfig)"
-) -> None:
-    """Options every source shares: which shards, how many workers, a config file."""
-    parser.add_argument("--shard", help="write shards i, i+n, i+2n, ... of the dataset (i/n)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes writing shards: this one + W-1 spawned helpers, at most one per CPU and shard "
-        "(output identical to 1)",
-    )
-    parser.add_argument("--config", type=Path, help=config_help)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 _FLAGS = {
     "scenes": "scenes",
     "views": "views",
@@ -89,8 +68,6 @@ _FLAGS = {
 
 def synthetic_config(args: argparse.Namespace):
     """GenerateConfig from --config, then the flags, then key=value overrides."""
-    from spatialboost.datagen.sources import GenerateConfig
-
     overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None
     ]
@@ -106,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
-    from spatialboost.datagen.sources import SyntheticSource
-
     check_out_dir(args.out)
     cfg = synthetic_config(args)
     shard = parse_shard_spec(args.shard)

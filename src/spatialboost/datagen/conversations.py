@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from spatialboost.config import ConfigError
+from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.datagen import choices as _choices  # noqa: F401  (registers the auxiliary templates)
 from spatialboost.datagen.relations import SceneGraph
 from spatialboost.datagen.scene import Scene
@@ -153,7 +154,7 @@ def to_llava(sample_id: str, images: list[str], turns: list[QA]) -> dict[str, An
     """A LLaVA record: one ``<image>`` placeholder per view in the first human turn."""
     conv = []
     for i, qa in enumerate(turns):
-        prefix = "<image>\n" * len(images) if i == 0 else ""
+        prefix = f"{IMAGE_TOKEN}\n" * len(images) if i == 0 else ""
         conv.append({"from": "human", "value": prefix + qa.question})
         conv.append({"from": "gpt", "value": qa.answer})
     return {"id": sample_id, "image": images[0] if len(images) == 1 else list(images), "conversations": conv}

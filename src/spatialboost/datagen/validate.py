@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.datagen import solids
 from spatialboost.datagen import templates as _templates  # noqa: F401  (registers the "caption" fact)
 from spatialboost.datagen.dataset import (
@@ -56,10 +57,12 @@ def check_schema(record: Any) -> list[str]:
         return errors
     n = len(record_images(record))
     if (
-        not conv[0]["value"].startswith("<image>\n" * n)
-        or sum(t["value"].count("<image>") for t in conv) != n
+        not conv[0]["value"].startswith(f"{IMAGE_TOKEN}\n" * n)
+        or sum(t["value"].count(IMAGE_TOKEN) for t in conv) != n
     ):
-        errors.append(f"{rid}: the first human turn must start with exactly {n} '<image>' placeholder(s)")
+        errors.append(
+            f"{rid}: the first human turn must start with exactly {n} {IMAGE_TOKEN!r} placeholder(s)"
+        )
     return errors
 
 

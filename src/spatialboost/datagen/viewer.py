@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.datagen.dataset import encode_png, iter_records, load_sample_gt, read_manifest
 from spatialboost.datagen.relations import SceneGraph
 from spatialboost.datagen.scene import Scene
@@ -186,7 +187,7 @@ def sample_html(dataset_dir: Path, record: dict) -> str:
     conv = record["conversations"]
     by_level: dict[str, list[str]] = {}
     for i, fact in enumerate(facts):
-        q = html.escape(conv[2 * i]["value"].replace("<image>\n", ""))
+        q = html.escape(conv[2 * i]["value"].replace(f"{IMAGE_TOKEN}\n", ""))
         a = html.escape(conv[2 * i + 1]["value"])
         item = f'<div class="q">Q{i + 1}: {q} <span class="tag">{fact["template"]}</span></div><div class="a">{a}</div>'
         by_level.setdefault(fact["level"], []).append(item)

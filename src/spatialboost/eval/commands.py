@@ -19,7 +19,8 @@ import logging
 
 from spatialboost.config import ConfigError, load_config, save_config, validate_tree
 from spatialboost.errors import UserError
-from spatialboost.eval.benches import TASKS, run_job
+from spatialboost.eval.benches import TASKS
+from spatialboost.eval.job import run_job
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.report_extra import write_extra
 from spatialboost.eval.runner import TASK_PROBES, ProbeConfig, pair_encoders

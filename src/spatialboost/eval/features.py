@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
 from spatialboost.io import atomic_write_json, dir_mode
 from spatialboost.models.encoder_base import VisionEncoder
@@ -251,7 +252,7 @@ def _store_targets(arrays: dict[str, np.ndarray], i: int, s: ProbeSample) -> Non
     if "depth" in arrays:
         arrays["depth"][i] = s.depth if s.depth is not None else 0.0
     if "seg" in arrays:
-        arrays["seg"][i] = s.seg if s.seg is not None else 255
+        arrays["seg"][i] = s.seg if s.seg is not None else SEG_IGNORE_INDEX
     if "label" in arrays:
         arrays["label"][i] = -1 if s.label is None else s.label
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from spatialboost.constants import SEG_IGNORE_INDEX
+
 DEPTH_KEYS = ("rmse", "absrel", "log10", "log10_rmse", "delta1", "delta2", "delta3")
 
 
@@ -46,7 +48,7 @@ def depth_metrics(
 
 
 def confusion_matrix(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = 255
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = SEG_IGNORE_INDEX
 ) -> np.ndarray:
     """(C, C + 1) int64 counts, rows = target class, columns = predicted class; ignored pixels dropped.
 
@@ -79,7 +81,7 @@ def segmentation_metrics_from_confusion(conf: np.ndarray) -> dict[str, float]:
 
 
 def segmentation_metrics(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = 255
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = SEG_IGNORE_INDEX
 ) -> dict[str, float]:
     """mIoU and pixel accuracy of class-id maps (any shape), ignoring ``ignore_index`` targets."""
     return segmentation_metrics_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatialboost.config import ConfigError
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.heads import DenseLinearHead, LinearHead, feature_stats, silog_loss
 from spatialboost.eval.metrics import (
@@ -38,11 +39,10 @@ from spatialboost.eval.metrics import (
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = 255
 
 
 @dataclass
-class TrainConfig:
+class ProbeTrainConfig:
     epochs: int = 30
     lr: float = 1e-2
     batch_size: int = 8
@@ -57,7 +57,7 @@ class TrainConfig:
 
 
 @dataclass
-class DepthProbeConfig(TrainConfig):
+class DepthProbeConfig(ProbeTrainConfig):
     mode: Literal["bins", "log-regression"] = "log-regression"  # bins: DINOv2's classification-regression
     bins: int = 128
     use_cls: bool = True
@@ -68,12 +68,12 @@ class DepthProbeConfig(TrainConfig):
 
 
 @dataclass
-class SegProbeConfig(TrainConfig):
+class SegProbeConfig(ProbeTrainConfig):
     use_cls: bool = False
 
 
 @dataclass
-class ClsLinearConfig(TrainConfig):
+class ClsLinearConfig(ProbeTrainConfig):
     epochs: int = 100
     lr: float = 1e-2
     batch_size: int = 256
@@ -121,7 +121,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[np.ndarr
 
 
 def fit(
-    head: nn.Module, n: int, step_loss: Callable[[np.ndarray], torch.Tensor], cfg: TrainConfig, seed: int
+    head: nn.Module, n: int, step_loss: Callable[[np.ndarray], torch.Tensor], cfg: ProbeTrainConfig, seed: int
 ) -> list[float]:
     """AdamW with cosine decay over ``cfg.epochs`` passes; returns the mean loss of each epoch."""
     gen = torch.Generator().manual_seed(seed)
@@ -151,7 +151,7 @@ def _t(a: np.ndarray, idx: np.ndarray | slice) -> torch.Tensor:
     return torch.from_numpy(np.array(a[idx], dtype=np.float32))
 
 
-def train_side(size: int, grid: tuple[int, int], cfg: TrainConfig) -> int:
+def train_side(size: int, grid: tuple[int, int], cfg: ProbeTrainConfig) -> int:
     """Side of the maps the dense losses are computed on (evaluation is always at the full ``size``)."""
     return size if cfg.train_upsample <= 0 else min(size, cfg.train_upsample * max(grid))
 
@@ -291,7 +291,7 @@ def _num_seg_classes(*sets: FeatureSet) -> int:
     top = 0
     for fs in sets:
         seg = np.asarray(fs.seg)
-        valid = seg[seg != IGNORE_INDEX]
+        valid = seg[seg != SEG_IGNORE_INDEX]
         top = max(top, int(valid.max()) + 1 if valid.size else 1)
     return top
 
@@ -310,9 +310,9 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
     def step_loss(idx: np.ndarray) -> torch.Tensor:
         logits = head(_t(train.patch, idx), _t(train.cls, idx), grid, side)
         target = _sample_targets(train.seg, idx, side, np.int64)
-        if not (target != IGNORE_INDEX).any():
+        if not (target != SEG_IGNORE_INDEX).any():
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits, target, ignore_index=SEG_IGNORE_INDEX)
 
     history = fit(head, len(train), step_loss, cfg, seed)
     conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)  # last column: predictions out of range
@@ -320,7 +320,7 @@ def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: in
         for start in range(0, len(test), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)
             pred = head(_t(test.patch, sl), _t(test.cls, sl), grid, size).argmax(1).numpy()
-            conf += confusion_matrix(pred, np.asarray(test.seg[sl]), num_classes, IGNORE_INDEX)
+            conf += confusion_matrix(pred, np.asarray(test.seg[sl]), num_classes, SEG_IGNORE_INDEX)
     proto = _protocol("seg-linear", cfg, train, seed, history)
     proto["num_classes"] = num_classes
     return ProbeResult(metrics=segmentation_metrics_from_confusion(conf), protocol=proto, head=head)

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from spatialboost.config import ConfigError
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.datagen.geometry import camera_to_world, project_points, unproject_depth, world_to_camera
 from spatialboost.eval.datasets.multiview import MultiViewDataset
 from spatialboost.eval.features import FeatureSet
@@ -61,14 +62,14 @@ from spatialboost.eval.geometry3d import (
 )
 from spatialboost.eval.heads import LinearHead, feature_stats
 from spatialboost.eval.metrics import confusion_matrix, segmentation_metrics_from_confusion
-from spatialboost.eval.probes import IGNORE_INDEX, ProbeResult, TrainConfig, _log_prior, fit
+from spatialboost.eval.probes import ProbeResult, ProbeTrainConfig, _log_prior, fit
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sem3DConfig(TrainConfig):
+class Sem3DConfig(ProbeTrainConfig):
     epochs: int = 20
     lr: float = 1e-2
     batch_size: int = 1024  # points
@@ -214,7 +215,7 @@ def scene_cloud(sf: SceneFeatures, views: list[int], cfg: Sem3DConfig, scene_see
     pts, labels = [], []
     for v in views:
         depth, seg = np.asarray(sf.fs.depth[v]), np.asarray(sf.fs.seg[v])
-        keep = (depth > 0) & (seg != IGNORE_INDEX)
+        keep = (depth > 0) & (seg != SEG_IGNORE_INDEX)
         pts.append(camera_to_world(unproject_depth(depth, sf.K[v])[keep], sf.poses[v]))
         labels.append(seg[keep].astype(np.int64))
     points, labels_a = np.concatenate(pts), np.concatenate(labels)
@@ -283,7 +284,7 @@ def sem3d_probe(train: SceneFeatures, test: SceneFeatures, cfg: Probe3DConfig, s
     history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), scfg, seed)
     with torch.inference_mode():
         pred = head(torch.from_numpy(x_te)).argmax(1).numpy()
-    seg = segmentation_metrics_from_confusion(confusion_matrix(pred, y_te, num_classes, IGNORE_INDEX))
+    seg = segmentation_metrics_from_confusion(confusion_matrix(pred, y_te, num_classes, SEG_IGNORE_INDEX))
     metrics = {"acc": seg["pixel_acc"], "miou": seg["miou"]}
     per_scene = {"acc": [], "miou": []}
     for k in range(len(test.scenes)):

@@ -127,9 +127,8 @@ def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
         return None
     noise = (base["std"] ** 2 + boosted["std"] ** 2) ** 0.5
     seeds_say = abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
-    from spatialboost.eval.report_extra import paired_difference  # 3D probes: the data's noise too
 
-    paired = paired_difference(base, boosted)
+    paired = paired_difference(base, boosted)  # 3D probes: the data's noise too
     return seeds_say if paired is None else seeds_say and paired["beyond_noise"]
 
 
@@ -179,6 +178,21 @@ def _legacy_report_files(path: Path) -> list[str] | None:
     if not isinstance(summary, dict) or not {"rows", "encoders", "runs"} <= set(summary):
         return None
     return [name for name in REPORT_FILES if (path / name).is_file()]
+
+
+def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str, Any] | None:
+    """Mean per-unit difference (boosted - base) of one metric row pair and its standard error, from the
+    ``per_unit`` values the 3D probes record (seed 0); None when the rows have none for this metric."""
+    metric = base.get("metric", "")
+    units_a = base.get("protocol", {}).get("per_unit", {})
+    units_b = boosted.get("protocol", {}).get("per_unit", {})
+    a, b = units_a.get("values", {}).get(metric), units_b.get("values", {}).get(metric)
+    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+        return None
+    d = np.asarray(b, float) - np.asarray(a, float)
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+    return {"metric": metric, "unit": units_a.get("unit", "unit"), "n": len(d), "mean": float(d.mean()), "se": se,
+            "beyond_noise": bool(abs(d.mean()) > 2 * se)}  # fmt: skip
 
 
 def _figure():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spatialboost.eval.report import _figure, _save
+from spatialboost.eval.report import _figure, _save, paired_difference
 from spatialboost.io import OutputDir
 
 log = logging.getLogger(__name__)
@@ -46,21 +46,6 @@ def section_3d(summary: dict[str, Any]) -> str:
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in info["seconds"].items())
     lines += [f"- time (all encoders and seeds): {secs}.", *paired_lines(summary), ""]
     return "\n".join(lines)
-
-
-def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str, Any] | None:
-    """Mean per-unit difference (boosted - base) of one metric row pair and its standard error, from the
-    ``per_unit`` values the 3D probes record (seed 0); None when the rows have none for this metric."""
-    metric = base.get("metric", "")
-    units_a = base.get("protocol", {}).get("per_unit", {})
-    units_b = boosted.get("protocol", {}).get("per_unit", {})
-    a, b = units_a.get("values", {}).get(metric), units_b.get("values", {}).get(metric)
-    if a is None or b is None or len(a) != len(b) or len(a) < 2:
-        return None
-    d = np.asarray(b, float) - np.asarray(a, float)
-    se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
-    return {"metric": metric, "unit": units_a.get("unit", "unit"), "n": len(d), "mean": float(d.mean()), "se": se,
-            "beyond_noise": bool(abs(d.mean()) > 2 * se)}  # fmt: skip
 
 
 def paired_differences(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_
 
 
 @dataclass
-class DataConfig:
+class ProbeDataConfig:
     spec: str = "synthetic"  # synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH
     num_train: int = 64  # synthetic scenes in the train split
     num_test: int = 32  # synthetic scenes in the test split
@@ -66,7 +66,7 @@ class ProbeConfig:
     seeds: int = 3
     encoder_seed: int = 0  # initialises every encoder the job builds with random weights (tiny-*), alike
     out: str = "probe-results"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: ProbeDataConfig = field(default_factory=ProbeDataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     probes: ProbeConfigs = field(default_factory=ProbeConfigs)
     probes3d: Probe3DConfig = field(default_factory=Probe3DConfig)
@@ -124,7 +124,7 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
     if config.get("boost") is None:
         return None
     from spatialboost.models.dual_channel import base_state_dict
-    from spatialboost.models.encoders import build_from_config, wrap_model
+    from spatialboost.models.hf_encoders import build_from_config, wrap_model
 
     boosted = export.load_encoder(path)
     spec = config["spec"]
@@ -175,7 +175,7 @@ class _Subset(ProbeDataset):
         return f"{self.base.identity}/subset{len(self)}"
 
 
-def build_splits(data: DataConfig, image_size: int, scene_fn=None) -> tuple[ProbeDataset, ProbeDataset]:
+def build_splits(data: ProbeDataConfig, image_size: int, scene_fn=None) -> tuple[ProbeDataset, ProbeDataset]:
     name, _ = parse_data_spec(data.spec)
     opts: dict[str, Any] = {}
     if name == "synthetic":

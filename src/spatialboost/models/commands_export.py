@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from spatialboost.io import read_marker
-from spatialboost.models.export import FORMATS, export_run, read_config
+from spatialboost.models.encoder_files import FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spatialboost.models.export import export_run  # transformers: not needed for --help
+
     out = export_run(
         args.run_dir, args.out, args.format, args.adapter_only, args.overwrite, args.probe_results
     )
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def describe_export(out: Path) -> str:
     """What was written (files and sizes) and the two lines that load it."""
     from spatialboost.models.card import load_lines
+    from spatialboost.models.export import read_config
     from spatialboost.models.hf_export import HF_FORMAT
 
     files = (read_marker(out) or {}).get("files", [])

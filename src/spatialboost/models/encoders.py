@@ -18,7 +18,6 @@ config-field overrides as keyword arguments (``create_encoder("tiny-vit", num_hi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from torch import nn
 
 from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
-from spatialboost.models.hf_encoders import FAMILIES, HFEncoder, family_for_model, family_for_model_type
+from spatialboost.models.export import is_saved_encoder, load_encoder
+from spatialboost.models.hf_encoders import HFEncoder, build_from_config, load_pretrained, wrap_model
 from spatialboost.registry import Registry, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -137,36 +137,16 @@ def create_encoder(
         if Path(name).is_dir():
             return _from_dir(Path(name), pretrained, kwargs)
         if name.count("/") == 1 and not name.startswith((".", "/")):
-            return _from_hub(name, pretrained, kwargs)
+            return load_pretrained(name, pretrained, kwargs)
     known = ", ".join(ENCODERS.names())
     raise UnknownNameError(
         f"unknown encoder {name!r}: not a registered name, an existing directory or a hub id (org/name); known: {known}"
     )
 
 
-def wrap_model(model: nn.Module, name: str, source: dict[str, Any], **spec_kwargs: Any) -> HFEncoder:
-    """Put a built transformers vision model behind the contract (shares its weights)."""
-    family = family_for_model(model)
-    if family is None:
-        known = ", ".join(f.model_class.__name__ for f in FAMILIES.values())
-        raise TypeError(f"cannot wrap {type(model).__name__}; supported model classes: {known}")
-    model.config._attn_implementation = "sdpa"
-    encoder = family(model.eval(), name=name, **spec_kwargs)
-    encoder.spec.extra["source"] = source
-    return encoder.eval()
-
-
-def build_from_config(family: str, config: dict[str, Any]) -> nn.Module:
-    """A random-weight HF model of ``family`` from plain config fields (no download)."""
-    fam = FAMILIES[family]
-    cfg = fam.config_class(**config)
-    cfg._attn_implementation = "sdpa"
-    return fam.model_class(cfg)
-
-
 def _from_entry(name: str, entry: EncoderEntry, pretrained: bool, overrides: dict[str, Any]) -> HFEncoder:
     if entry.hub_id is not None:
-        enc = _from_hub(entry.hub_id, pretrained, overrides)
+        enc = load_pretrained(entry.hub_id, pretrained, overrides)
         enc.spec.name = name
         return enc
     config = {**entry.config, **overrides}
@@ -176,8 +156,6 @@ def _from_entry(name: str, entry: EncoderEntry, pretrained: bool, overrides: dic
 
 
 def _from_dir(path: Path, pretrained: bool, overrides: dict[str, Any]) -> VisionEncoder:
-    from spatialboost.models.export import is_saved_encoder, load_encoder
-
     if is_saved_encoder(path):
         return load_encoder(path)
     if not (path / "config.json").is_file():
@@ -185,65 +163,7 @@ def _from_dir(path: Path, pretrained: bool, overrides: dict[str, Any]) -> Vision
             f"{path}: not an encoder folder (no config.json); give a registered name, a folder written by "
             "`spatialboost export` / save_pretrained, or a hub id (org/name)"
         )
-    return _from_hub(str(path), pretrained, overrides, local=True)
-
-
-def _from_hub(
-    name_or_path: str, pretrained: bool, overrides: dict[str, Any], local: bool = False
-) -> HFEncoder:
-    """Dispatch on the checkpoint's ``model_type``; ``from_pretrained`` when ``pretrained``."""
-    from transformers import AutoConfig
-
-    try:
-        auto_cfg = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:  # not cached offline, no such repo, or a config without model_type
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name_or_path}: cannot read a transformers config ({reason})") from None
-    family = family_for_model_type(auto_cfg.model_type)
-    if family is None:
-        known = sorted(t for f in FAMILIES.values() for t in f.model_types)
-        raise UnknownNameError(
-            f"{name_or_path}: model_type {auto_cfg.model_type!r} is not a supported vision encoder; known: {known}"
-        )
-    if pretrained:
-        model = family.model_class.from_pretrained(name_or_path, attn_implementation="sdpa", **overrides)
-    else:
-        cfg = family.config_class.from_pretrained(name_or_path, **overrides)
-        model = family.model_class(cfg)
-    kind = "path" if local else "hub"
-    ref = str(Path(name_or_path).resolve()) if local else name_or_path
-    source = {"kind": kind, "ref": ref, "family": family.family, "pretrained": pretrained}
-    mean, std, size = _processor_conventions(name_or_path, local)
-    return wrap_model(model, name=name_or_path, source=source, mean=mean, std=std, image_size=size)
-
-
-def _processor_conventions(name_or_path: str, local: bool) -> tuple[Any, Any, int | None]:
-    """mean/std/crop size from a checkpoint's ``preprocessor_config.json``; the family's defaults only when the
-    checkpoint has none (said in the log). A file that exists but cannot be read is a UserError."""
-    file = _preprocessor_file(name_or_path, local)
-    if file is None:
-        log.info("%s has no preprocessor_config.json: the family's mean/std/size apply", name_or_path)
-        return None, None, None
-    try:
-        pre = json.loads(file.read_text(encoding="utf-8"))
-        size = pre.get("crop_size") or pre.get("size") or {}
-        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-        return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None
-    except (ValueError, AttributeError, TypeError) as e:
-        raise UserError(f"{file}: unreadable preprocessor config ({e}); fix or remove the file") from None
-
-
-def _preprocessor_file(name_or_path: str, local: bool) -> Path | None:
-    if local:
-        file = Path(name_or_path) / "preprocessor_config.json"
-        return file if file.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(name_or_path, "preprocessor_config.json"))
-    except EntryNotFoundError:  # the repo has no such file (or, offline, it was never cached)
-        return None
+    return load_pretrained(str(path), pretrained, overrides, local=True)
 
 
 class _seeded:

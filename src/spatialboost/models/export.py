@@ -33,12 +33,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir, is_complete
+from spatialboost.models.card import model_card, run_facts, weights_sha256
 from spatialboost.models.dual_channel import (
     adapter_state_dict,
     add_dual_channel,
@@ -47,18 +44,32 @@ from spatialboost.models.dual_channel import (
     load_adapter_state_dict,
 )
 from spatialboost.models.encoder_base import EncoderSpec, VisionEncoder
-from spatialboost.models.hf_export import HF_FORMAT, hf_read_config, is_hf_config, load_hf_encoder
+from spatialboost.models.encoder_files import (
+    ADAPTER,
+    BASE,
+    CONFIG,
+    FORMAT,
+    FORMATS,
+    KIND,
+    EncoderFormatError,
+    legacy_encoder_files,
+    load_tensors,
+    save_tensors,
+)
+from spatialboost.models.hf_encoders import load_pretrained, model_from_saved_config, wrap_model
+from spatialboost.models.hf_export import (
+    HF_FORMAT,
+    hf_base_reference,
+    hf_config,
+    hf_read_config,
+    is_hf_config,
+    load_hf_encoder,
+    save_hf_encoder,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "spatialboost-encoder"
 VERSION = 1
-CONFIG, BASE, ADAPTER = "config.json", "base.safetensors", "adapter.safetensors"
-KIND = "encoder"  # the OutputDir kind of every saved or exported encoder directory
-
-
-class EncoderFormatError(UserError):
-    """A directory that is not a readable saved encoder; the message names the file and the reason."""
 
 
 def save_encoder(
@@ -93,8 +104,6 @@ def save_encoder(
 
 def load_encoder(path: str | Path) -> VisionEncoder:
     """Rebuild the encoder saved by ``save_encoder`` (base, boost and adapter), in eval mode."""
-    from spatialboost.models.encoders import create_encoder, wrap_model
-
     path = Path(path)
     config = read_config(path)
     if config["format"] == HF_FORMAT:
@@ -103,8 +112,8 @@ def load_encoder(path: str | Path) -> VisionEncoder:
     source = config["source"]
     spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
     if config["files"].get("base"):
-        model = _model_from_hf_config(path, config)
-        model.load_state_dict(_load_tensors(path / BASE), strict=True)
+        model = model_from_saved_config(path, config)
+        model.load_state_dict(load_tensors(path / BASE), strict=True)
         if config["boost"] is None:  # a plain saved encoder is itself a base others can reference
             source = {
                 "kind": "path",
@@ -114,7 +123,7 @@ def load_encoder(path: str | Path) -> VisionEncoder:
             }
         encoder = wrap_model(model, name=spec["name"], source=source, **spec_kwargs)
     elif _reobtainable(source):
-        encoder = create_encoder(source["ref"], pretrained=True)
+        encoder = load_base(source)
         extra = {**spec.get("extra", {}), "source": source}
         encoder.spec = EncoderSpec(
             **{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"]), "extra": extra}
@@ -124,10 +133,19 @@ def load_encoder(path: str | Path) -> VisionEncoder:
     if config["boost"] is not None:
         add_dual_channel(encoder, **config["boost"])
         try:
-            load_adapter_state_dict(encoder, _load_tensors(path / ADAPTER))
+            load_adapter_state_dict(encoder, load_tensors(path / ADAPTER))
         except ValueError as e:
             raise EncoderFormatError(f"{path / ADAPTER}: {e}") from None
     return encoder.eval()
+
+
+def load_base(source: dict[str, Any]) -> VisionEncoder:
+    """The pretrained base a save refers to (``source`` kind "hub" or "path"): a plain encoder directory saved
+    by ``save_encoder``, else a transformers checkpoint (a hub id or a ``save_pretrained`` folder)."""
+    ref = source["ref"]
+    if source["kind"] == "path" and is_saved_encoder(ref):
+        return load_encoder(ref)
+    return load_pretrained(ref, pretrained=True, overrides={}, local=Path(ref).is_dir())
 
 
 def is_saved_encoder(path: str | Path) -> bool:
@@ -182,9 +200,6 @@ def find_run_encoder(run_dir: str | Path) -> Path:
     return max(steps)[1]
 
 
-FORMATS = ("hf", "spatialboost")
-
-
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -212,9 +227,6 @@ def export_run(
             raise UserError(f"{src}: the base cannot be re-obtained by name, so an adapter-only export could not be "
                             "loaded; drop --adapter-only")  # fmt: skip
         return save_encoder(encoder, out_dir, include_base=not adapter_only, overwrite=overwrite)
-    from spatialboost.models.card import model_card, run_facts, weights_sha256
-    from spatialboost.models.hf_export import hf_base_reference, hf_config, save_hf_encoder
-
     facts = run_facts(run_dir, weights_sha256(encoder), probe_results)
     config = hf_config(encoder, hf_base_reference(encoder) if adapter_only else None)
     card = model_card(config, out_dir, facts)
@@ -223,48 +235,3 @@ def export_run(
 
 def _reobtainable(source: dict[str, Any]) -> bool:
     return source.get("kind") in ("hub", "path") and bool(source.get("pretrained"))
-
-
-def _model_from_hf_config(path: Path, config: dict[str, Any]) -> torch.nn.Module:
-    from spatialboost.models.encoders import build_from_config
-    from spatialboost.models.hf_encoders import FAMILIES
-
-    family = config["spec"].get("family")
-    if family not in FAMILIES:
-        raise EncoderFormatError(f"{path / CONFIG}: unknown family {family!r}; known: {sorted(FAMILIES)}")
-    hf_config = {
-        k: v for k, v in config["hf_config"].items() if k not in ("model_type", "transformers_version")
-    }
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG as it was
-        return build_from_config(family, hf_config)
-
-
-def save_tensors(state: dict[str, torch.Tensor], out: OutputDir, name: str) -> None:
-    """Safetensors file ``name`` of ``out``, written atomically with the user's normal permissions."""
-    with out.atomic_path(name) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
-
-
-def legacy_encoder_files(path: Path) -> list[str] | None:
-    """A directory an earlier version of ``save_encoder`` wrote (no marker): its files, else None."""
-    names = {p.name for p in path.iterdir()}
-    ours = {CONFIG, BASE, ADAPTER}
-    if not names or not names <= ours or not _native_config(path):
-        return None
-    return sorted(names)
-
-
-def _native_config(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise EncoderFormatError(f"{file}: missing")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise EncoderFormatError(f"{file}: not a readable safetensors file ({e})") from None

@@ -10,11 +10,17 @@ Shapes: B batch, T tokens (prefix + patches), D embed dim, (h, w) patch grid, N 
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 from transformers import (
+    AutoConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
     Dinov2Config,
@@ -30,7 +36,11 @@ from transformers import (
 )
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
+from spatialboost.errors import UnknownNameError, UserError
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
+from spatialboost.models.encoder_files import CONFIG, EncoderFormatError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -277,3 +287,91 @@ def family_for_model_type(model_type: str) -> type[HFEncoder] | None:
 
 def family_for_model(model: nn.Module) -> type[HFEncoder] | None:
     return next((f for f in FAMILIES.values() if isinstance(model, f.model_class)), None)
+
+
+def wrap_model(model: nn.Module, name: str, source: dict[str, Any], **spec_kwargs: Any) -> HFEncoder:
+    """Put a built transformers vision model behind the contract (shares its weights)."""
+    family = family_for_model(model)
+    if family is None:
+        known = ", ".join(f.model_class.__name__ for f in FAMILIES.values())
+        raise TypeError(f"cannot wrap {type(model).__name__}; supported model classes: {known}")
+    model.config._attn_implementation = "sdpa"
+    encoder = family(model.eval(), name=name, **spec_kwargs)
+    encoder.spec.extra["source"] = source
+    return encoder.eval()
+
+
+def build_from_config(family: str, config: dict[str, Any]) -> nn.Module:
+    """A random-weight HF model of ``family`` from plain config fields (no download)."""
+    fam = FAMILIES[family]
+    cfg = fam.config_class(**config)
+    cfg._attn_implementation = "sdpa"
+    return fam.model_class(cfg)
+
+
+def load_pretrained(
+    name_or_path: str, pretrained: bool, overrides: dict[str, Any], local: bool = False
+) -> HFEncoder:
+    """A transformers checkpoint (hub id, or a ``save_pretrained`` folder when ``local``) behind the contract.
+
+    Dispatches on the checkpoint's ``model_type``; ``from_pretrained`` when ``pretrained``, else random weights
+    from its config. ``overrides`` are config fields."""
+    try:
+        auto_cfg = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:  # not cached offline, no such repo, or a config without model_type
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{name_or_path}: cannot read a transformers config ({reason})") from None
+    family = family_for_model_type(auto_cfg.model_type)
+    if family is None:
+        known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+        raise UnknownNameError(
+            f"{name_or_path}: model_type {auto_cfg.model_type!r} is not a supported vision encoder; known: {known}"
+        )
+    if pretrained:
+        model = family.model_class.from_pretrained(name_or_path, attn_implementation="sdpa", **overrides)
+    else:
+        cfg = family.config_class.from_pretrained(name_or_path, **overrides)
+        model = family.model_class(cfg)
+    kind = "path" if local else "hub"
+    ref = str(Path(name_or_path).resolve()) if local else name_or_path
+    source = {"kind": kind, "ref": ref, "family": family.family, "pretrained": pretrained}
+    mean, std, size = _processor_conventions(name_or_path, local)
+    return wrap_model(model, name=name_or_path, source=source, mean=mean, std=std, image_size=size)
+
+
+def _processor_conventions(name_or_path: str, local: bool) -> tuple[Any, Any, int | None]:
+    """mean/std/crop size from a checkpoint's ``preprocessor_config.json``; the family's defaults only when the
+    checkpoint has none (said in the log). A file that exists but cannot be read is a UserError."""
+    file = _preprocessor_file(name_or_path, local)
+    if file is None:
+        log.info("%s has no preprocessor_config.json: the family's mean/std/size apply", name_or_path)
+        return None, None, None
+    try:
+        pre = json.loads(file.read_text(encoding="utf-8"))
+        size = pre.get("crop_size") or pre.get("size") or {}
+        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+        return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None
+    except (ValueError, AttributeError, TypeError) as e:
+        raise UserError(f"{file}: unreadable preprocessor config ({e}); fix or remove the file") from None
+
+
+def _preprocessor_file(name_or_path: str, local: bool) -> Path | None:
+    if local:
+        file = Path(name_or_path) / "preprocessor_config.json"
+        return file if file.is_file() else None
+    try:
+        return Path(hf_hub_download(name_or_path, "preprocessor_config.json"))
+    except EntryNotFoundError:  # the repo has no such file (or, offline, it was never cached)
+        return None
+
+
+def model_from_saved_config(path: Path, config: dict[str, Any]) -> torch.nn.Module:
+    """The base HF model of a saved ``config`` (random weights, to be overwritten), the caller's RNG untouched."""
+    family = config["spec"].get("family")
+    if family not in FAMILIES:
+        raise EncoderFormatError(f"{path / CONFIG}: unknown family {family!r}; known: {sorted(FAMILIES)}")
+    hf_config = {
+        k: v for k, v in config["hf_config"].items() if k not in ("model_type", "transformers_version")
+    }
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG as it was
+        return build_from_config(family, hf_config)

@@ -35,14 +35,24 @@ from safetensors.torch import load_file
 
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir
+from spatialboost.models.card import model_card
 from spatialboost.models.dual_channel import (
     DualChannelAttention,
     adapter_state_dict,
     add_dual_channel,
     base_state_dict,
     boost_options,
+    load_adapter_state_dict,
 )
 from spatialboost.models.encoder_base import EncoderSpec, VisionEncoder
+from spatialboost.models.encoder_files import (
+    KIND,
+    EncoderFormatError,
+    legacy_encoder_files,
+    load_tensors,
+    save_tensors,
+)
+from spatialboost.models.hf_encoders import load_pretrained, model_from_saved_config, wrap_model
 from spatialboost.models.preprocess import patch_multiple
 
 HF_FORMAT = "spatialboost-hf"
@@ -84,8 +94,6 @@ def save_hf_encoder(
     ``card``: the README.md text (``models.card.model_card``); a minimal card when None. ``path`` may be
     new, empty or an earlier output of ours; anything else is refused unless ``overwrite`` (and then only
     the files above are written)."""
-    from spatialboost.models.export import KIND, legacy_encoder_files, save_tensors
-
     boost = boost_options(encoder)
     mode = boost["mode"] if boost else None
     if adapter_only and mode != "dual":
@@ -107,8 +115,6 @@ def save_hf_encoder(
         out.write_bytes(MODELING, (Path(__file__).parent / MODELING).read_bytes())
     out.write_json(PROCESSOR, processor_config(encoder.spec))
     if card is None:
-        from spatialboost.models.card import model_card
-
         card = model_card(config, out_dir=Path(path))
     out.write_text(CARD, card)
     out.write_json(CONFIG, config)
@@ -226,8 +232,6 @@ def is_hf_config(config: Any) -> bool:
 
 def hf_read_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The same dict ``export.read_config`` gives for the native format (spec, source, hf_config, boost, files)."""
-    from spatialboost.models.export import EncoderFormatError
-
     meta = config["spatialboost"]
     if meta.get("version") != HF_VERSION:
         raise EncoderFormatError(
@@ -247,32 +251,28 @@ def hf_read_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 def load_hf_encoder(path: Path, config: dict[str, Any]) -> VisionEncoder:
     """``load_encoder`` for a folder ``save_hf_encoder`` wrote (``config`` from ``hf_read_config``)."""
-    from spatialboost.models.encoders import create_encoder, wrap_model
-    from spatialboost.models.export import EncoderFormatError, _load_tensors, _model_from_hf_config
-
     spec, source, boost = config["spec"], config["source"], config["boost"]
     spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
     if config["hf"].get("base_model") is None:
         encoder = wrap_model(
-            _model_from_hf_config(path, config), name=spec["name"], source=source, **spec_kwargs
+            model_from_saved_config(path, config), name=spec["name"], source=source, **spec_kwargs
         )
         if boost is not None:
             add_dual_channel(encoder, **boost)
         try:
-            encoder.model.load_state_dict(_load_tensors(path / WEIGHTS), strict=True)
+            encoder.model.load_state_dict(load_tensors(path / WEIGHTS), strict=True)
         except RuntimeError as e:
             raise EncoderFormatError(f"{path / WEIGHTS}: weights do not match the config ({e})") from None
         if boost is None:  # a plain folder is itself a base others can reference
             encoder.spec.extra["source"] = {"kind": "path", "ref": str(path.resolve()), "family": spec["family"],
                                             "pretrained": True}  # fmt: skip
     else:
-        encoder = create_encoder(config["hf"]["base_model"], pretrained=True)
+        base = config["hf"]["base_model"]  # a hub id or a transformers checkpoint (``hf_base_reference``)
+        encoder = load_pretrained(base, pretrained=True, overrides={}, local=Path(base).is_dir())
         encoder.spec = EncoderSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"]),
                                       "extra": {**spec.get("extra", {}), "source": source}})  # fmt: skip
         add_dual_channel(encoder, **boost)
         state = {f"model.{k}": v for k, v in load_file(str(path / ADAPTER_WEIGHTS)).items()}
-        from spatialboost.models.dual_channel import load_adapter_state_dict
-
         try:
             load_adapter_state_dict(encoder, state)
         except ValueError as e:

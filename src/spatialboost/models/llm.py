@@ -39,13 +39,13 @@ from transformers import (
     Qwen3Config,
 )
 
+from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.data.refs import REF_TOKENS
 from spatialboost.errors import UserError
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 # (vocab_size, **config field overrides) -> config
 TINY_LLMS: Registry[Callable[..., PretrainedConfig]] = Registry("tiny LLM config")
 

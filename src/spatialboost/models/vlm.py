@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from spatialboost.data.conversation import IGNORE_INDEX, EmptyLabelsError
+from spatialboost.constants import LM_IGNORE_INDEX
+from spatialboost.data.conversation import EmptyLabelsError
 from spatialboost.data.images import ImageTransform
 from spatialboost.io import atomic_path, atomic_write_json
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
@@ -88,14 +89,14 @@ def labelled_lm_loss(
     most of the (R, L, V) logits, their log-softmax and its backward.
     """
     targets = labels[:, 1:]  # (R, L-1)
-    keep = targets != IGNORE_INDEX
+    keep = targets != LM_IGNORE_INDEX
     count = _count_labels(targets)
     logits = lm_head(hidden[:, :-1][keep]).float()  # (T, V), T = count
     return F.cross_entropy(logits, targets[keep], reduction="sum") / count, count
 
 
 def _count_labels(targets: torch.Tensor) -> int:
-    count = int((targets != IGNORE_INDEX).sum())
+    count = int((targets != LM_IGNORE_INDEX).sum())
     if count == 0:
         raise EmptyLabelsError(
             "batch has an empty label mask: nothing to learn from (tokenization mismatch?)"

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.models.encoder_base import VisionEncoder
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = 255
 
 
 @dataclass
@@ -46,7 +46,7 @@ class DenseConfig:
 class DenseData:
     pixels: torch.Tensor  # (M, 3, S, S) normalised
     depth: torch.Tensor  # (M, S, S) metres, 0 = invalid
-    seg: torch.Tensor  # (M, S, S) int64, void -> IGNORE_INDEX
+    seg: torch.Tensor  # (M, S, S) int64, void -> SEG_IGNORE_INDEX
     sample_images: list[list[int]]  # image indices of each sample (its views)
     num_classes: int
 
@@ -90,7 +90,7 @@ def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseDat
                 images.append(np.asarray(im.convert("RGB")))
             depth.append(arrays["depth"][k])
             s = arrays["semantic"][k].astype(np.int64)
-            s[s == 0] = IGNORE_INDEX
+            s[s == 0] = SEG_IGNORE_INDEX
             seg.append(s)
             group.append(len(images) - 1)
         groups.append(group)
@@ -113,7 +113,7 @@ def dense_loss(out: torch.Tensor, idx: list[int], data: DenseData, target: str) 
         if not valid.any():
             return out.sum() * 0.0
         return F.mse_loss(out[:, 0][valid], d[valid].log())
-    return F.cross_entropy(out, data.seg[idx], ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(out, data.seg[idx], ignore_index=SEG_IGNORE_INDEX)
 
 
 def step_images(data: DenseData, step: int, batch_size: int, seed: int) -> list[int]:

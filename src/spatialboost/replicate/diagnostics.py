@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from spatialboost.data.conversation import IGNORE_INDEX
+from spatialboost.constants import LM_IGNORE_INDEX
 
 POINT = re.compile(r"\((\d+), (\d+)\)")
 
@@ -126,7 +126,7 @@ def answer_accuracy(
 def _token_counts(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.Tensor, loss_sum: float):
     targets = labels[:, 1:]
     pred = logits[:, :-1].argmax(-1)
-    keep = targets != IGNORE_INDEX
+    keep = targets != LM_IGNORE_INDEX
     hit = (pred == targets) & keep
     is_digit = torch.zeros_like(keep)
     is_digit[keep] = digit_ids[targets[keep].clamp_max(len(digit_ids) - 1)]

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from spatialboost.config import to_dict
 from spatialboost.io import atomic_write_json
+from spatialboost.models.encoders import create_encoder
+from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.replicate.study import ARMS, Arm, StudyConfig, selected_arms
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,6 @@ def prepare_base(study: Study) -> None:
 def reading_bound(study: Study) -> dict[str, Any]:
     """Rung 1 of the reading ladder, once per study: an MLP on the frozen base features of the two places an
     A/B question names (``diagnostics.choice_probe``); ``OUT/reading-bound.json``."""
-    from spatialboost.models.encoders import create_encoder
     from spatialboost.replicate.diagnostics import choice_probe
 
     path = study.out / "reading-bound.json"
@@ -210,14 +211,11 @@ def run_dir(study: Study, arm: Arm, seed: int) -> Path:
 
 
 def train_none(study: Study, arm: Arm, seed: int):
-    from spatialboost.models.encoders import create_encoder
-
     return create_encoder(str(study.base_path)), {}
 
 
 def train_llm(study: Study, arm: Arm, seed: int):
     """Stage 3 through the frozen LLM, on top of this seed's shared stages 1+2."""
-    from spatialboost.models.export import load_encoder
     from spatialboost.replicate.diagnostics import adapter_stats, loss_curve, weight_change
     from spatialboost.train.pipeline import run_training
     from spatialboost.train.stages import stage_dir
@@ -264,7 +262,6 @@ def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
 def train_dense(study: Study, arm: Arm, seed: int):
     """A linear depth/seg head + dual-channel Attn+ on ground truth (same images and steps as stage 3)."""
     from spatialboost.models.dual_channel import add_dual_channel
-    from spatialboost.models.encoders import create_encoder
     from spatialboost.replicate.dense import DenseConfig, load_dense_data, train_dense_head
     from spatialboost.replicate.diagnostics import adapter_stats
 
@@ -286,7 +283,6 @@ def train_dense(study: Study, arm: Arm, seed: int):
 
 
 def train_simple_ft(study: Study, arm: Arm, seed: int):
-    from spatialboost.models.encoders import create_encoder
     from spatialboost.replicate.diagnostics import weight_change
     from spatialboost.replicate.simple_ft import simple_finetune
 
@@ -310,8 +306,6 @@ def _ends(values: list[float]) -> list[float]:
 
 
 def _reuse(out: Path):
-    from spatialboost.models.export import load_encoder
-
     if (out / "encoder" / "config.json").is_file() and (out / "train.json").is_file():
         log.info("reusing trained encoder %s", out / "encoder")
         return load_encoder(out / "encoder"), json.loads((out / "train.json").read_text())
@@ -319,8 +313,6 @@ def _reuse(out: Path):
 
 
 def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
-    from spatialboost.models.export import save_encoder
-
     save_encoder(encoder, out / "encoder", include_base=include_base)
     atomic_write_json(out / "train.json", diag)
     return encoder.eval(), diag

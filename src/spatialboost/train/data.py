@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PackedCollator, PaddedCollator
-from spatialboost.data.conversation import IGNORE_INDEX
 from spatialboost.data.dataset import ConversationDataset
 from spatialboost.errors import UserError
 from spatialboost.train.config import DataConfig
@@ -68,7 +68,7 @@ def load_train_data(cfg: DataConfig, tokenizer, vlm) -> TrainData:
     for part in parts:
         for sample in part.samples:
             lengths.append(len(sample))
-            targets.append(sum(label != IGNORE_INDEX for label in sample.labels[1:]))
+            targets.append(sum(label != LM_IGNORE_INDEX for label in sample.labels[1:]))
             multi.append(sample.num_images > 1)
     data = TrainData(ConcatDataset(parts), lengths, targets, multi)
     log.info("data: %d samples (%d multi-view) from %d dataset(s)", len(data), sum(multi), len(parts))

@@ -83,7 +83,7 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
+def wrap_distributed(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
     """DDP or FSDP2 around ``model`` when distributed; ``model`` itself otherwise."""
     if not env.distributed:
         return model

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PaddedCollator
-from spatialboost.data.conversation import IGNORE_INDEX
 from spatialboost.data.dataset import ConversationDataset, read_meta
 from spatialboost.train.data import dataset_options
 
@@ -72,7 +72,7 @@ def token_losses(vlm, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     out = vlm(**batch)
     logits = out.logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=LM_IGNORE_INDEX, reduction="none")
     return loss, logits
 
 
@@ -116,7 +116,7 @@ def _sample_scores(batch, r, loss_right, loss_other, logits_right, logits_other,
     """Loss sums per level and choice hits of one conversation (row r of a padded batch)."""
     targets = batch["labels"][r, 1:]
     turns = batch["turns"][r, 1:] if "turns" in batch else torch.full_like(targets, -1)
-    keep = targets != IGNORE_INDEX
+    keep = targets != LM_IGNORE_INDEX
     out: dict[str, Any] = {"levels": {}, "choice": []}
     for level in ("all", *LEVELS):
         if level == "all":

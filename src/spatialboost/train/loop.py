@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_json
+from spatialboost.models.export import save_encoder
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import DataConfig, StageConfig, TrainConfig
@@ -84,7 +85,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     total = total_steps(scfg, plan)
     start, resume_state = find_resume(out_dir, vlm, total)
     vlm.to(env.device)
-    model = dist_utils.wrap_model(vlm, env, cfg.distributed)
+    model = dist_utils.wrap_distributed(vlm, env, cfg.distributed)
     params = trainable_named(vlm)
     opt = make_optimizer(params, scfg)
     sched = make_scheduler(opt, total, scfg)
@@ -385,8 +386,6 @@ def _is_sharded(model) -> bool:
 def _encoder_writer(cfg, vlm, weights: dict[str, torch.Tensor]):
     """Writes a stage-3 checkpoint's ``encoder/``. Under FSDP the live encoder holds only shards, so an
     unsharded copy (rebuilt from config and seed, like every frozen weight) takes the gathered weights."""
-    from spatialboost.models.export import save_encoder
-
     encoder = vlm.encoder
     if _is_sharded(vlm):
         encoder = _unsharded_encoders.get(vlm)

@@ -24,6 +24,7 @@ import yaml
 from spatialboost.config import ConfigError, from_dict, save_config, to_dict
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir
+from spatialboost.models.export import save_encoder
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import STAGE_NAMES, TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
@@ -201,8 +202,6 @@ def train_corpus_tokenizer(cfg: TrainConfig, path: Path) -> None:
 
 def write_final_encoder(cfg: TrainConfig) -> Path:
     """``<run_dir>/encoder``: the boosted encoder of stage 3's final checkpoint (save_encoder layout)."""
-    from spatialboost.models.export import save_encoder
-
     out = finished_output(cfg.run_dir, "encoder")
     if out is None:
         raise UserError(f"{cfg.run_dir}: stage 3 has not finished; nothing to export")

@@ -24,6 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from spatialboost.config import ConfigError, to_dict
+from spatialboost.models.encoders import create_encoder
+from spatialboost.models.export import save_encoder
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,6 @@ def cache_path(cfg: PretrainConfig) -> Path:
 
 def pretrain_encoder(cfg: PretrainConfig) -> PretrainResult:
     """Train (or reuse) the 2D-pretrained base encoder; returns where it is saved."""
-    from spatialboost.models.encoders import create_encoder
-    from spatialboost.models.export import save_encoder
-
     out = cache_path(cfg)
     if (out / "config.json").is_file():
         log.info("pre-trained encoder cached at %s", out)

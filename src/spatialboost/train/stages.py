@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from spatialboost.errors import UserError
+from spatialboost.models.encoders import create_encoder
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.config import STAGE_NAMES, StageConfig, TrainConfig
 
@@ -112,7 +113,6 @@ def _out_scale(cfg: TrainConfig, llm) -> float | None:
 def build_encoder(cfg: TrainConfig, stage: str):
     """The stage's encoder alone, as ``build_vlm`` builds it (boosted for stage 3), seeded from cfg.seed."""
     from spatialboost.models.dual_channel import add_dual_channel, check_layers
-    from spatialboost.models.encoders import create_encoder
 
     encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
     if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spatialboost.errors import UserError
-from spatialboost.eval.datasets.base import IGNORE_INDEX, ProbeDataset, ProbeSample
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
 from spatialboost.eval.datasets.imagefolder import ImageFolderDataset
 from spatialboost.eval.datasets.nyu import NYUFolderDataset, NYUMatDataset, nyu_dataset
 from spatialboost.eval.datasets.segmentation import ADE20KDataset, VOCSegDataset
@@ -84,7 +84,6 @@ def build_dataset(spec: str, split: str, **options: object) -> ProbeDataset:
 
 __all__ = [
     "DATASETS",
-    "IGNORE_INDEX",
     "ADE20KDataset",
     "ImageFolderDataset",
     "NYUFolderDataset",

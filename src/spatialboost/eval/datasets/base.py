@@ -2,7 +2,7 @@
 
 A probe dataset is a sized, indexable collection for one split. ``dataset[i]`` is a ``ProbeSample``: an
 RGB image (H, W, 3) uint8 and the targets the source has -- ``depth`` (H, W) float32 metres (0 = invalid),
-``seg`` (H, W) uint8/int class ids (``IGNORE_INDEX`` = not scored) and ``label`` (int class id).
+``seg`` (H, W) uint8/int class ids (``SEG_IGNORE_INDEX`` = not scored) and ``label`` (int class id).
 ``dataset.item(i, task)`` gives the ``(image, target)`` pair of one task. ``identity`` is a string that
 changes whenever the samples would (it keys the feature cache).
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
 from spatialboost.io import resolve_inside
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 
 
@@ -26,7 +26,7 @@ SPLITS = ("train", "val", "test")
 class ProbeSample:
     image: np.ndarray  # (H, W, 3) uint8
     depth: np.ndarray | None = None  # (H, W) float32, metres, 0 = invalid
-    seg: np.ndarray | None = None  # (H, W) class ids, IGNORE_INDEX = not scored
+    seg: np.ndarray | None = None  # (H, W) class ids, SEG_IGNORE_INDEX = not scored
     label: int | None = None  # image-level class id
 
 
@@ -38,7 +38,7 @@ class ProbeDataset:
     tasks: tuple[str, ...] = ()  # subset of ("depth", "seg", "cls")
     seg_classes: list[str] = []
     cls_classes: list[str] = []
-    ignore_index: int = IGNORE_INDEX
+    ignore_index: int = SEG_IGNORE_INDEX
 
     def __len__(self) -> int:
         raise NotImplementedError

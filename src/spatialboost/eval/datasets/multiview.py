@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialboost.eval.datasets.base import IGNORE_INDEX, ProbeDataset, ProbeSample, check_split, read_rgb
+from spatialboost.constants import SEG_IGNORE_INDEX
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, read_rgb
 from spatialboost.eval.datasets.synthetic import split_seeds
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class SyntheticMultiView(MultiViewDataset):
     def _load(self, index: int) -> ProbeSample:
         view = self._scene(self.scene_of[index]).views[index % self.views]
         seg = view.semantic.astype(np.uint8).copy()
-        seg[seg == 0] = IGNORE_INDEX
+        seg[seg == 0] = SEG_IGNORE_INDEX
         return ProbeSample(image=view.rgb, depth=view.depth, seg=seg)
 
     def camera(self, index: int) -> ViewCamera:
@@ -129,9 +130,9 @@ class RGBDMultiView(MultiViewDataset):
         self.skipped: list[str] = []
         seqs = find_sequences(self.root)
         self.seg_classes = ["void", *sorted({n for s in seqs for n in _labels(s).values()})]
-        if len(self.seg_classes) > IGNORE_INDEX:
+        if len(self.seg_classes) > SEG_IGNORE_INDEX:
             raise UserError(
-                f"{self.root}: {len(self.seg_classes) - 1} label names; at most {IGNORE_INDEX - 1}"
+                f"{self.root}: {len(self.seg_classes) - 1} label names; at most {SEG_IGNORE_INDEX - 1}"
             )
         self.frames, self.scene_names, self.scene_of = [], [], []
         for seq in split_sequences(seqs, split):
@@ -181,7 +182,7 @@ class RGBDMultiView(MultiViewDataset):
             raise UserError(
                 f"{f.depth}: depth {depth.shape} does not match the colour image {image.shape[:2]}"
             )
-        seg = np.full(depth.shape, IGNORE_INDEX, np.uint8)
+        seg = np.full(depth.shape, SEG_IGNORE_INDEX, np.uint8)
         if f.instance is not None:
             inst = read_instance_png(f.instance)
             if inst.shape != depth.shape:

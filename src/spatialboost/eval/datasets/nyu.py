@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.base import (
-    IGNORE_INDEX,
     ProbeDataset,
     ProbeSample,
     check_split,
@@ -46,7 +46,7 @@ class NYUMatDataset(ProbeDataset):
             self.path.parent / "splits.mat", n, "train" if split == "train" else "test"
         )
         top = int(self.labels.max()) if self.labels is not None else 0
-        self.seg_classes = [f"nyu_{i}" for i in range(min(top + 1, IGNORE_INDEX))]
+        self.seg_classes = [f"nyu_{i}" for i in range(min(top + 1, SEG_IGNORE_INDEX))]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -56,7 +56,7 @@ class NYUMatDataset(ProbeDataset):
         seg = None
         if self.labels is not None:
             seg = self.labels[i].astype(np.int64)
-            seg[(seg == 0) | (seg >= IGNORE_INDEX)] = IGNORE_INDEX
+            seg[(seg == 0) | (seg >= SEG_IGNORE_INDEX)] = SEG_IGNORE_INDEX
             seg = seg.astype(np.uint8)
         return ProbeSample(image=self.images[i], depth=self.depths[i].astype(np.float32), seg=seg)
 

@@ -2,7 +2,7 @@
 
 ADE20K: ``ROOT/images/{training,validation}/*.jpg`` and ``ROOT/annotations/{training,validation}/*.png``
 (greyscale, 0 = "other", 1..150 = classes). Labels are shifted down by one ("reduce zero label"): 0 becomes
-``IGNORE_INDEX`` and class k becomes k - 1 (150 classes). ``train`` = training; ``val``/``test`` = validation.
+``SEG_IGNORE_INDEX`` and class k becomes k - 1 (150 classes). ``train`` = training; ``val``/``test`` = validation.
 
 VOC 2012: ``ROOT`` is ``VOC2012/`` (or a folder holding ``VOCdevkit/VOC2012`` or ``VOC2012``):
 ``ImageSets/Segmentation/{train,val}.txt``, ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.base import (
-    IGNORE_INDEX,
     ProbeDataset,
     ProbeSample,
     check_split,
@@ -81,7 +81,7 @@ class ADE20KDataset(_PairedSegDataset):
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         seg = raw.astype(np.int64) - 1  # reduce zero label
-        seg[(seg < 0) | (seg >= ADE_NUM_CLASSES)] = IGNORE_INDEX
+        seg[(seg < 0) | (seg >= ADE_NUM_CLASSES)] = SEG_IGNORE_INDEX
         return seg.astype(np.uint8)
 
 
@@ -112,7 +112,7 @@ class VOCSegDataset(_PairedSegDataset):
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         seg = raw.astype(np.int64)
-        seg[(seg >= len(VOC_CLASSES)) & (seg != IGNORE_INDEX)] = IGNORE_INDEX
+        seg[(seg >= len(VOC_CLASSES)) & (seg != SEG_IGNORE_INDEX)] = SEG_IGNORE_INDEX
         return seg.astype(np.uint8)
 
 

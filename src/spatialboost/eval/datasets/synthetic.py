@@ -3,7 +3,7 @@
 Targets come from view 0 of each scene:
 
 - ``depth``: the rendered z-depth in metres (0 = invalid).
-- ``seg``: the semantic map; class 0 ("void") is mapped to ``IGNORE_INDEX`` (not scored), so the classes
+- ``seg``: the semantic map; class 0 ("void") is mapped to ``SEG_IGNORE_INDEX`` (not scored), so the classes
   scored are ``scene.semantic_classes`` as they are (ids unchanged; id 0 simply never appears).
 - ``label`` (classification): the **semantic class of the object with the most visible pixels** in the
   view (mode of ``semantic`` over pixels with ``instance > 0``); a view without any visible object falls
@@ -20,8 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.datagen.scene import Scene
-from spatialboost.eval.datasets.base import IGNORE_INDEX, ProbeDataset, ProbeSample, check_split
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split
 
 SEED_OFFSET = 10_000_000
 SPLIT_STRIDE = 100_000
@@ -56,7 +57,7 @@ def sample_from_scene(scene: Scene, view: int = 0) -> ProbeSample:
     seg = None
     if v.semantic is not None:
         seg = v.semantic.astype(np.uint8).copy()
-        seg[seg == 0] = IGNORE_INDEX
+        seg[seg == 0] = SEG_IGNORE_INDEX
     return ProbeSample(image=v.rgb, depth=v.depth, seg=seg, label=dominant_class(v.semantic, v.instance))
 
 

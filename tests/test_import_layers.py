@@ -1,0 +1,168 @@
+"""The allowed import direction between packages, read from the source (imports inside functions included).
+
+Each package sits on a layer and imports only from layers below it (or from itself): foundation modules ->
+the data stages (``datagen`` writes datasets, ``data`` turns records into tensors; neither imports the
+other) -> ``models`` -> ``train`` and ``eval`` (neither imports the other) -> the studies and commands
+(``replicate``, ``demo``, the CLI). Command modules (``commands*.py``) are imported only by other
+command modules or their package's ``__init__``. No two modules import each other, directly or round a loop,
+even from inside functions (a lazy import hides a cycle; it does not remove it). A backwards import fails here
+with the line that made it.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "spatialboost"
+
+# lowest first; a package may import its own modules and any package on a lower layer
+LAYERS: list[set[str]] = [
+    {"errors", "constants"},  # no spatialboost imports at all
+    {"io", "registry"},
+    {"config"},
+    {"datagen", "data"},
+    {"models"},
+    {"train", "eval"},
+    {"replicate", "demo", "cli"},
+    {"__main__"},
+]
+ROOT = ""  # ``import spatialboost`` (the package: version and the lazy public API)
+LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer} | {ROOT: 0}
+
+
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = list(path.relative_to(src.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def _nodes(text: str) -> tuple[ast.AST, ...]:
+    """Every node of a module's source (cached by text: the tests below parse copies of the same files)."""
+    return tuple(ast.walk(ast.parse(text)))
+
+
+def imported_modules(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
+    """Every spatialboost module ``path`` imports, anywhere in the file, with its line number."""
+    name = module_name(path, src)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in _nodes(path.read_text(encoding="utf-8")):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # ``from spatialboost.models import commands_export`` imports the module models.commands_export
+            subs = [f"{target}.{a.name}" for a in node.names if _is_module(src, f"{target}.{a.name}")]
+            found += [(m, node.lineno) for m in subs or [target]]
+    return [(t, line) for t, line in found if t == "spatialboost" or t.startswith("spatialboost.")]
+
+
+def _is_module(src: Path, dotted: str) -> bool:
+    path = src.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def package_of(module: str) -> str:
+    """``spatialboost.models.vlm`` -> ``models``; ``spatialboost.io`` -> ``io``; ``spatialboost`` -> ROOT."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ROOT
+
+
+def violations(src: Path) -> list[str]:
+    bad = []
+    for path in sorted(src.rglob("*.py")):
+        source = module_name(path, src)
+        pkg = package_of(source)
+        for target, line in imported_modules(path, src):
+            dst = package_of(target)
+            where = f"{path.relative_to(src.parent)}:{line}: {source} imports {target}"
+            if pkg not in LAYER_OF or dst not in LAYER_OF:
+                bad.append(f"{where} (declare the package on a layer in {Path(__file__).name})")
+            elif dst != pkg and LAYER_OF[dst] >= LAYER_OF[pkg]:
+                bad.append(f"{where} (layer {LAYER_OF[pkg]} may only import layers below it)")
+            leaf = target.rsplit(".", 1)[-1]
+            is_command = leaf.startswith("commands") or target == "spatialboost.demo"
+            importer_ok = source.rsplit(".", 1)[-1].startswith("commands") or path.name == "__init__.py"
+            if is_command and dst != ROOT and not importer_ok and pkg not in ("cli", "__main__"):
+                bad.append(f"{where} (library code must not import a command module)")
+    return bad
+
+
+def test_every_package_is_on_a_layer():
+    packages = {p.stem if p.is_file() else p.name for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
+    packages -= {"__init__", "__pycache__", "resources"}
+    assert packages <= set(LAYER_OF), f"put {sorted(packages - set(LAYER_OF))} on a layer"
+
+
+def test_imports_follow_the_layers():
+    bad = violations(SRC)
+    assert not bad, "imports against the declared layering:\n" + "\n".join(bad)
+
+
+def import_cycles(src: Path) -> list[list[str]]:
+    """Groups of modules that import each other (strongly connected components of the import graph)."""
+    graph = {module_name(p, src): {t for t, _ in imported_modules(p, src)} for p in src.rglob("*.py")}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v] & graph.keys():
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert import_cycles(SRC) == []
+
+
+def test_a_cycle_is_caught(tmp_path):
+    copy = tmp_path / "spatialboost"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "models" / "encoder_base.py").open("a") as f:
+        f.write("\n\ndef _later():\n    from spatialboost.models.encoders import create_encoder\n")
+    assert any("spatialboost.models.encoder_base" in group for group in import_cycles(copy))
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "why"),
+    [
+        ("data/extra.py", "def f():\n    from spatialboost.models.vlm import SpatialVLM\n", "layer"),
+        ("eval/extra.py", "from spatialboost.train.config import TrainConfig\n", "layer"),
+        ("errors_extra.py", "import spatialboost.io\n", "declare"),
+        ("models/extra.py", "from spatialboost.models import commands_export\n", "command"),
+    ],
+)
+def test_a_backwards_import_is_caught(tmp_path, module, line, why):
+    """The check itself: a copy of the package plus one import that goes the wrong way fails it."""
+    copy = tmp_path / "spatialboost"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / module).write_text(line)
+    bad = violations(copy)
+    assert len(bad) == 1 and why in bad[0], bad
