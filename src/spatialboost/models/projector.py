@@ -15,7 +15,9 @@ class MLPProjector(nn.Module):
 
     ``out_scale`` (optional): a LayerNorm on the output whose gain starts at ``out_scale``, the RMS of the
     LLM's token embeddings, so a projected feature enters the LM at the scale of the tokens beside it (a
-    tiny ViT's projected patch features start ~9x larger than a tiny LM's token embeddings).
+    tiny ViT's projected patch features start ~9x larger than a tiny LM's token embeddings). Off by
+    default: measured once (reads-image recipe, seed 0), the reading warm-up then did not learn to read the
+    reference tokens at all (A/B 46.1% with right and other images, vs 74.3% / 51.8% without the norm).
     """
 
     def __init__(self, in_dim: int, out_dim: int, out_scale: float | None = None) -> None:
