@@ -118,47 +118,42 @@ def _object_choice(ctx: Context, rng: random.Random, decide, first_label: str, m
     return a, b, d, "A" if d.label == first_label else "B"
 
 
-@template("choice_closer_object", "object", auxiliary=True)
-def t_choice_closer_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    v = ctx.view
-    got = _object_choice(
-        ctx, rng, lambda a, b: R.front_behind(ctx.graph, v, a, b), "in front of", MIN_OBJECT_GAP
-    )
+def _object_qa(ctx: Context, rng: random.Random, name: str, relation: str, decide, first_label: str,
+               question: str, in_view: bool = True, min_gap: float = 0.0) -> QA | None:  # fmt: skip
+    """An A/B question about two visible objects; ``question`` has ``{A}`` and ``{B}``; answer the letter."""
+    got = _object_choice(ctx, rng, decide, first_label, min_gap)
     if got is None:
         return None
     a, b, d, letter = got
-    A, B = desc(ctx, a), desc(ctx, b)
-    q = f"Which object is closer to the camera: (A) {A} or (B) {B}? Answer with A or B."
-    answer = f"{letter}."
-    fact = _choice_fact("front_behind", {"view": v, "a": a, "b": b}, d, letter)
-    return QA("object", "choice_closer_object", _in_view(ctx, v, q), answer, fact)
+    q = question.format(A=desc(ctx, a), B=desc(ctx, b))
+    args = {"view": ctx.view, "a": a, "b": b} if in_view else {"a": a, "b": b}
+    fact = _choice_fact(relation, args, d, letter)
+    return QA("object", name, _in_view(ctx, ctx.view, q), f"{letter}.", fact)
+
+
+@template("choice_closer_object", "object", auxiliary=True)
+def t_choice_closer_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    return _object_qa(
+        ctx, rng, "choice_closer_object", "front_behind", lambda a, b: R.front_behind(ctx.graph, ctx.view, a, b),
+        "in front of", "Which object is closer to the camera: (A) {A} or (B) {B}? Answer with A or B.",
+        min_gap=MIN_OBJECT_GAP,
+    )  # fmt: skip
 
 
 @template("choice_left_right", "object", auxiliary=True)
 def t_choice_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    v = ctx.view
-    got = _object_choice(ctx, rng, lambda a, b: R.left_right(ctx.graph, v, a, b), "left")
-    if got is None:
-        return None
-    a, b, d, letter = got
-    A, B = desc(ctx, a), desc(ctx, b)
-    q = f"Seen from the camera, which object is further left: (A) {A} or (B) {B}? Answer with A or B."
-    answer = f"{letter}."
-    fact = _choice_fact("left_right", {"view": v, "a": a, "b": b}, d, letter)
-    return QA("object", "choice_left_right", _in_view(ctx, v, q), answer, fact)
+    return _object_qa(
+        ctx, rng, "choice_left_right", "left_right", lambda a, b: R.left_right(ctx.graph, ctx.view, a, b),
+        "left", "Seen from the camera, which object is further left: (A) {A} or (B) {B}? Answer with A or B.",
+    )  # fmt: skip
 
 
 @template("choice_bigger", "object", auxiliary=True)
 def t_choice_bigger(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
-    got = _object_choice(ctx, rng, lambda a, b: R.bigger_smaller(ctx.graph, a, b), "bigger")
-    if got is None:
-        return None
-    a, b, d, letter = got
-    A, B = desc(ctx, a), desc(ctx, b)
-    q = f"Which object is bigger: (A) {A} or (B) {B}? Answer with A or B."
-    answer = f"{letter}."
-    fact = _choice_fact("bigger_smaller", {"a": a, "b": b}, d, letter)
-    return QA("object", "choice_bigger", _in_view(ctx, ctx.view, q), answer, fact)
+    return _object_qa(
+        ctx, rng, "choice_bigger", "bigger_smaller", lambda a, b: R.bigger_smaller(ctx.graph, a, b),
+        "bigger", "Which object is bigger: (A) {A} or (B) {B}? Answer with A or B.", in_view=False,
+    )  # fmt: skip
 
 
 @template("depth_readout", "pixel", auxiliary=True)
