@@ -2,7 +2,8 @@
 
 The noise rule (``delta_text``): a delta is called "better" or "worse" only when
 ``|delta| > NOISE_K * sqrt(std_base**2 + std_boosted**2)`` with ``NOISE_K = 2`` and ``std`` the sample std
-(ddof=1) over the probe seeds of each encoder; otherwise it is "within noise". With one seed there is no
+(ddof=1) over the probe seeds of each encoder (for accuracies plus each side's binomial standard error
+over the test images, ``sampling_se``); otherwise it is "within noise". With one seed there is no
 noise estimate, and the delta gets no verdict. The rule uses the seed spread of single runs, not the
 standard error of the means, so it is conservative (at 3 seeds it is stricter than a two-sided Welch t-test
 at 5%) and a reader can check it from the table's own ``mean ± std`` cells.
@@ -63,8 +64,9 @@ def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 NOISE_K = 2.0
 NOISE_RULE = (
-    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1), "
-    "else within noise; one seed gives no noise estimate"
+    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
+    "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
+    "one seed gives no noise estimate"
 )
 PAIRED_RULE = (
     "3D probes (corr has no seed noise): a Δ must also exceed 2 standard errors of the paired per-unit "
@@ -125,7 +127,8 @@ def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
     """The module's noise rule on two rows (mean, std, n); None when either has a single seed."""
     if min(base.get("n", 0), boosted.get("n", 0)) < 2:
         return None
-    noise = (base["std"] ** 2 + boosted["std"] ** 2) ** 0.5
+    sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2  # accuracies: n_test
+    noise = (base["std"] ** 2 + boosted["std"] ** 2 + sampling) ** 0.5
     seeds_say = abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
 
     paired = paired_difference(base, boosted)  # 3D probes: the data's noise too

@@ -263,7 +263,7 @@ def run_probes(
         "depth_protocol": None if scoring is None else DESCRIPTIONS[scoring],
         "config": to_dict(cfg),
         "runs": runs,
-        "rows": aggregate(runs),
+        "rows": aggregate(runs, n_test=len(test_ds)),
     }
     return ProbeResults(summary=summary, previews=previews)
 
@@ -294,8 +294,13 @@ def _preview_targets(test_ds: ProbeDataset, size: int, k: int) -> dict[str, np.n
     return {"image": np.stack([s.image for s in samples]), "depth": np.stack([s.depth for s in samples])}
 
 
-def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (encoder, probe, metric): mean, std (ddof=1) and the per-seed values."""
+PROPORTIONS = {"top1"}  # metrics that are a fraction of the n_test images: they carry a sampling s.e.
+
+
+def aggregate(runs: list[dict[str, Any]], n_test: int | None = None) -> list[dict[str, Any]]:
+    """One row per (encoder, probe, metric): mean, std (ddof=1) and the per-seed values; for a proportion
+    over ``n_test`` images also ``sampling_se`` = sqrt(p (1 - p) / n_test), the test set's own noise (a
+    deterministic head has no seed spread, yet one image of 32 moves top-1 by 3 points)."""
     groups: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     protocols: dict[tuple[str, str], dict] = {}
     for r in runs:
@@ -312,6 +317,9 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "n": len(values), "seeds": [s for s, _ in vals], "values": values.tolist(),
             "lower_is_better": metric in LOWER_IS_BETTER, "protocol": protocols[(enc, probe)],
         })  # fmt: skip
+        if n_test and metric in PROPORTIONS:
+            p = min(max(rows[-1]["mean"], 0.0), 1.0)
+            rows[-1]["sampling_se"] = float(np.sqrt(p * (1 - p) / n_test))
     return rows
 
 

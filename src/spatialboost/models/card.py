@@ -43,7 +43,7 @@ FAMILY_NAMES = {
     "clip": "CLIP vision",
     "siglip2": "SigLIP2 vision",
 }
-NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted²)"
+NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted² [+ each accuracy's binomial s.e.²])"
 LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
 
 
@@ -52,7 +52,8 @@ def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) 
     if seeds < 2:
         return "unknown (1 seed)"
     diff = boosted["mean"] - base["mean"]
-    noise = 2 * math.sqrt(base["std"] ** 2 + boosted["std"] ** 2)
+    sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2  # as eval.report
+    noise = 2 * math.sqrt(base["std"] ** 2 + boosted["std"] ** 2 + sampling)
     if abs(diff) <= noise:
         return "no (within noise)"
     better = diff < 0 if boosted.get("metric") in LOWER_IS_BETTER else diff > 0
