@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spatialboost"
 
 # lowest first; a package may import its own modules and any package on a lower layer
 LAYERS: list[set[str]] = [
-    {"errors", "constants"},  # no spatialboost imports at all
+    {"errors", "constants", "noise"},  # no spatialboost imports at all
     {"io", "registry"},
     {"config"},
     {"datagen", "data"},

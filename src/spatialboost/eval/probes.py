@@ -346,15 +346,24 @@ def _labelled(fs: FeatureSet, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return feats[keep], labels[keep]
 
 
+def fit_linear_classifier(
+    x: np.ndarray, y: np.ndarray, num_classes: int, cfg: ProbeTrainConfig, seed: int
+) -> tuple[LinearHead, list[float]]:
+    """A linear head on standardised features, bias at the classes' log prior, trained with cross-entropy
+    (the classification probe here, the 3D semantic probe on lifted points)."""
+    head = LinearHead(*feature_stats(x), out_dim=num_classes)
+    head.linear.bias.data.copy_(_log_prior(y, num_classes))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), cfg, seed)
+    return head, history
+
+
 @PROBES.register("cls-linear")
 def cls_linear_probe(train: FeatureSet, test: FeatureSet, cfg: ClsLinearConfig, seed: int) -> ProbeResult:
     x_tr, y_tr = _labelled(train, _cls_features(train, cfg.use_avgpool))
     x_te, y_te = _labelled(test, _cls_features(test, cfg.use_avgpool))
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    head = LinearHead(*feature_stats(x_tr), out_dim=num_classes)
-    head.linear.bias.data.copy_(_log_prior(y_tr, num_classes))
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), cfg, seed)
+    head, history = fit_linear_classifier(x_tr, y_tr, num_classes, cfg, seed)
     with torch.inference_mode():
         scores = head(torch.from_numpy(x_te)).numpy()
     proto = _protocol("cls-linear", cfg, train, seed, history)

@@ -60,9 +60,8 @@ from spatialboost.eval.geometry3d import (
     rotation_angle_deg,
     voxel_keep,
 )
-from spatialboost.eval.heads import LinearHead, feature_stats
 from spatialboost.eval.metrics import confusion_matrix, segmentation_metrics_from_confusion
-from spatialboost.eval.probes import ProbeResult, ProbeTrainConfig, _log_prior, fit
+from spatialboost.eval.probes import ProbeResult, ProbeTrainConfig, fit_linear_classifier
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -278,10 +277,7 @@ def sem3d_probe(train: SceneFeatures, test: SceneFeatures, cfg: Probe3DConfig, s
     x_tr, y_tr, _ = point_set(train, scfg)
     x_te, y_te, scene = point_set(test, scfg, scene_offset=len(train.scenes))
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    head = LinearHead(*feature_stats(x_tr), out_dim=num_classes)
-    head.linear.bias.data.copy_(_log_prior(y_tr, num_classes))
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    history = fit(head, len(xt), lambda idx: F.cross_entropy(head(xt[idx]), yt[idx]), scfg, seed)
+    head, history = fit_linear_classifier(x_tr, y_tr, num_classes, scfg, seed)
     with torch.inference_mode():
         pred = head(torch.from_numpy(x_te)).argmax(1).numpy()
     seg = segmentation_metrics_from_confusion(confusion_matrix(pred, y_te, num_classes, SEG_IGNORE_INDEX))

@@ -1,7 +1,7 @@
 """Probe reports: results.json, a Markdown table (mean +- std, delta vs base) and matplotlib plots.
 
 The noise rule (``delta_text``): a delta is called "better" or "worse" only when
-``|delta| > NOISE_K * sqrt(std_base**2 + std_boosted**2)`` with ``NOISE_K = 2`` and ``std`` the sample std
+``|delta| > NOISE_K * sqrt(std_base**2 + std_boosted**2)`` (``spatialboost.noise``) with ``NOISE_K = 2`` and ``std`` the sample std
 (ddof=1) over the probe seeds of each encoder (for accuracies plus each side's binomial standard error
 over the test images, ``sampling_se``); otherwise it is "within noise". With one seed there is no
 noise estimate, and the delta gets no verdict. The rule uses the seed spread of single runs, not the
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from spatialboost.io import OutputDir, atomic_open
+from spatialboost.noise import noise_threshold
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
                                        METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
 
 
-NOISE_K = 2.0
 NOISE_RULE = (
     "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
     "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
@@ -127,9 +127,7 @@ def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
     """The module's noise rule on two rows (mean, std, n); None when either has a single seed."""
     if min(base.get("n", 0), boosted.get("n", 0)) < 2:
         return None
-    sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2  # accuracies: n_test
-    noise = (base["std"] ** 2 + boosted["std"] ** 2 + sampling) ** 0.5
-    seeds_say = abs(boosted["mean"] - base["mean"]) > NOISE_K * noise
+    seeds_say = abs(boosted["mean"] - base["mean"]) > noise_threshold(base, boosted)
 
     paired = paired_difference(base, boosted)  # 3D probes: the data's noise too
     return seeds_say if paired is None else seeds_say and paired["beyond_noise"]

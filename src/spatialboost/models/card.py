@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 import yaml
 
 from spatialboost.errors import UserError
+from spatialboost.noise import noise_threshold
 
 # hub id prefix -> the license metadata of those checkpoints' own model cards
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
@@ -52,9 +52,7 @@ def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) 
     if seeds < 2:
         return "unknown (1 seed)"
     diff = boosted["mean"] - base["mean"]
-    sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2  # as eval.report
-    noise = 2 * math.sqrt(base["std"] ** 2 + boosted["std"] ** 2 + sampling)
-    if abs(diff) <= noise:
+    if abs(diff) <= noise_threshold(base, boosted):
         return "no (within noise)"
     better = diff < 0 if boosted.get("metric") in LOWER_IS_BETTER else diff > 0
     return "yes, better" if better else "yes, worse"

@@ -167,16 +167,22 @@ def is_beyond_noise(entry: dict[str, float], k: float = 2.0) -> bool:
     return entry["gain"] > k * entry["stderr"]
 
 
+def _noise_tag(entry: dict[str, float], k: float = 2.0) -> str:
+    """'' beyond noise; ' (within noise)'; or a gain that is negative beyond noise, said as such."""
+    if is_beyond_noise(entry, k):
+        return ""
+    if -entry["gain"] > k * entry["stderr"]:
+        return " (negative beyond noise: the right image makes answers worse)"
+    return " (within noise)"
+
+
 def describe(result: dict[str, Any]) -> str:
     """One line for logs and the demo: gain per level (± s.e.) and A/B accuracy."""
     parts = []
     for level in ("all", *LEVELS):
         if level in result:
             e = result[level]
-            tag = "" if is_beyond_noise(e) else " (within noise)"
-            if e["gain"] < -2.0 * e["stderr"]:
-                tag = " (negative beyond noise: the right image makes answers worse)"
-            parts.append(f"{level} {e['gain']:+.3f} ± {e['stderr']:.3f}{tag}")
+            parts.append(f"{level} {e['gain']:+.3f} ± {e['stderr']:.3f}{_noise_tag(e)}")
     line = "image gain (nats/answer token, other images - right): " + ", ".join(parts)
     if "choice" in result:
         c = result["choice"]

@@ -41,6 +41,7 @@ from spatialboost.train.stages import (
     build_encoder,
     build_vlm,
     checkpoints_dir,
+    load_encoder_weights,
     load_previous_outputs,
     load_trainable,
     make_optimizer,
@@ -392,8 +393,7 @@ def _encoder_writer(cfg, vlm, weights: dict[str, torch.Tensor]):
         if encoder is None:
             with torch.random.fork_rng(devices=[]):
                 encoder = _unsharded_encoders[vlm] = build_encoder(cfg, "encoder")
-        mine = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
-        load_trainable(encoder, mine, source="gathered checkpoint weights")
+        load_encoder_weights(encoder, weights, source="gathered checkpoint weights")
     return lambda tmp: save_encoder(encoder, tmp / "encoder", include_base=False)
 
 

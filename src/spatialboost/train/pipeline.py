@@ -28,7 +28,7 @@ from spatialboost.models.export import save_encoder
 from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import STAGE_NAMES, TrainConfig
 from spatialboost.train.loop import StageResult, train_stage
-from spatialboost.train.stages import STAGES, build_encoder, finished_output, load_trainable
+from spatialboost.train.stages import STAGES, build_encoder, finished_output, load_encoder_weights
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,7 @@ def write_final_encoder(cfg: TrainConfig) -> Path:
     if out is None:
         raise UserError(f"{cfg.run_dir}: stage 3 has not finished; nothing to export")
     encoder = build_encoder(cfg, "encoder")  # the encoder alone: no LLM built just to export it
-    encoder_weights = {
-        k.removeprefix("encoder."): v for k, v in _load(out).items() if k.startswith("encoder.")
-    }
-    load_trainable(encoder, encoder_weights, source=str(out))
+    load_encoder_weights(encoder, _load(out), source=str(out))
     path = save_encoder(encoder, Path(cfg.run_dir) / "encoder", include_base=False)
     log.info("boosted encoder -> %s", path)
     return path

@@ -140,6 +140,12 @@ def load_previous_outputs(vlm: nn.Module, cfg: TrainConfig, stage: str) -> list[
     return loaded
 
 
+def load_encoder_weights(encoder: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load the ``encoder.*`` entries of VLM-level ``weights`` (a stage-3 checkpoint) into the encoder alone."""
+    mine = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    load_trainable(encoder, mine, source=source)
+
+
 def load_trainable(vlm: nn.Module, weights: dict[str, torch.Tensor], source: str = "") -> None:
     """Copy named tensors into ``vlm``'s parameters; every name must exist with the same shape."""
     params = dict(vlm.named_parameters())
