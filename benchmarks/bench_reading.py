@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from spatialboost.models.config import VLMConfig
 from spatialboost.train.config import (
     AlignStage,
     DataConfig,
     EncoderStage,
     InstructStage,
-    ModelConfig,
     StagesConfig,
     TrainConfig,
 )
@@ -71,7 +71,7 @@ def config(out: Path, data: Path, encoder: str, llm: str, batch: int, **data_kw)
     dcfg = DataConfig(datasets=[str(data)], max_length=4096, refs=["point", "region"], **data_kw)
     stages = StagesConfig(align=AlignStage(batch_size=batch), instruct=InstructStage(batch_size=batch),
                           encoder=EncoderStage(batch_size=batch))  # fmt: skip
-    return TrainConfig(run_dir=out / f"run-{llm}", device="cpu", model=ModelConfig(encoder=encoder, llm=llm),
+    return TrainConfig(run_dir=out / f"run-{llm}", device="cpu", model=VLMConfig(encoder=encoder, llm=llm),
                        data=dcfg, stages=stages)  # fmt: skip
 
 

@@ -31,7 +31,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from spatialboost.config import load_config
-from spatialboost.train.config import LLMOptions, TrainConfig
+from spatialboost.models.config import LLMOptions
+from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
 from spatialboost.train.loop import clip_and_step, forward_backward
@@ -121,7 +122,7 @@ def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
     scfg = cfg.stages.get(stage)
     plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
     params = trainable_named(vlm)
-    opt = make_optimizer(params, scfg)
+    opt = make_optimizer(vlm, scfg)
     sched = make_scheduler(opt, 1000, scfg)
     return vlm, plan, params, opt, sched, make_collator(cfg.data, tok.pad_token_id)
 

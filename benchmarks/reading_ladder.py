@@ -30,6 +30,7 @@ from spatialboost.datagen.conversations import ConversationConfig
 from spatialboost.datagen.dataset import WriteSpec, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.datagen.synthetic import SyntheticConfig
+from spatialboost.models.config import VLMConfig
 from spatialboost.train.config import (
     AlignStage,
     CheckpointConfig,
@@ -38,7 +39,6 @@ from spatialboost.train.config import (
     ImageGainConfig,
     InstructStage,
     LogConfig,
-    ModelConfig,
     StagesConfig,
     TrainConfig,
 )
@@ -101,7 +101,7 @@ def train_config(
                       cache_features=True, feature_cache_dir=str(out / "features"))  # fmt: skip
     return TrainConfig(
         run_dir=out / "runs" / name, seed=0, device="cpu",
-        model=ModelConfig(encoder=base, llm="tiny-qwen2", llm_options={"hidden_size": 128, "intermediate_size": 256}),
+        model=VLMConfig(encoder=base, llm="tiny-qwen2", llm_options={"hidden_size": 128, "intermediate_size": 256}),
         data=dcfg, image_gain=ImageGainConfig(datasets=[str(heldout)], max_samples=64, every=every),
         checkpoint=CheckpointConfig(every=100_000, keep_last=1), log=LogConfig(every=50, tensorboard=False, progress=False),
     )  # fmt: skip

@@ -8,12 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spatialboost.config import ConfigError
+from spatialboost.models.config import GATES, BoostConfig
 from spatialboost.models.dual_channel import (
-    GATES,
+    ADAPTER,
+    GATE,
     DualChannelAttention,
+    adapter_keys,
     adapter_state_dict,
     add_dual_channel,
+    base_state_dict,
     load_adapter_state_dict,
+    mark_only_adapter_trainable,
     trainable_parameters,
 )
 from spatialboost.models.encoders import create_encoder, list_encoders
@@ -350,3 +356,36 @@ def test_load_adapter_rejects_wrong_keys():
     state.pop(next(iter(state)))
     with pytest.raises(ValueError, match="missing"):
         load_adapter_state_dict(boosted, state)
+
+
+@pytest.mark.parametrize("boost", [dict(), dict(mode="lora", lora_rank=2), dict(mode="full")])
+def test_adapter_keys_drive_freezing_state_dicts_and_base(boost):
+    """One declaration: what trains, what the adapter state dict holds and what the base leaves out."""
+    base, boosted = pair("tiny-dinov2", **boost)
+    keys = adapter_keys(boosted)
+    assert set(trainable_parameters(boosted)) == {n for n, _ in boosted.named_parameters() if n in keys}
+    assert set(adapter_state_dict(boosted)) == set(keys)
+    gates = {k for k, role in keys.items() if role == GATE}
+    if boosted.boost_config.mode == "dual":
+        assert gates == {
+            f"{n}.gate" for n, m in boosted.named_modules() if isinstance(m, DualChannelAttention)
+        }
+        assert all(".plus." in k for k, role in keys.items() if role == ADAPTER)
+    else:
+        assert not gates
+    boosted.requires_grad_(False)  # an earlier stage froze everything: re-opened by name
+    assert set(mark_only_adapter_trainable(boosted)) == set(trainable_parameters(boosted))
+    assert set(trainable_parameters(boosted)) <= set(keys)
+    assert set(base_state_dict(boosted)) == set(base_state_dict(base))
+
+
+def test_mode_aliases_and_a_config_object():
+    assert (
+        BoostConfig(mode="dual_channel").mode == "dual" and BoostConfig(mode="full_finetune").mode == "full"
+    )
+    with pytest.raises(ConfigError, match="full_finetune"):
+        BoostConfig(mode="finetune")
+    enc = add_dual_channel(create_encoder("tiny-vit", seed=0), BoostConfig(mode="full_finetune"))
+    assert enc.boost_config == BoostConfig(mode="full")
+    with pytest.raises(TypeError, match="either"):
+        add_dual_channel(create_encoder("tiny-vit", seed=0), BoostConfig(), gate="head")

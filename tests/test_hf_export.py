@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 import spatialboost
 from spatialboost.cli import main
 from spatialboost.errors import UserError
-from spatialboost.models.dual_channel import GATES, add_dual_channel, trainable_parameters
+from spatialboost.models.config import GATES
+from spatialboost.models.dual_channel import add_dual_channel, trainable_parameters
 from spatialboost.models.encoders import create_encoder, list_encoders
 from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.models.hf_export import ADAPTER_WEIGHTS, WEIGHTS, save_hf_encoder

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from spatialboost.config import ConfigError, load_config, save_config, to_dict
-from spatialboost.models.dual_channel import BoostConfig
-from spatialboost.train.config import LLMOptions, ModelConfig, TrainConfig
+from spatialboost.models.config import BoostConfig, LLMOptions, VLMConfig
+from spatialboost.train.config import TrainConfig
 from spatialboost.train.distributed import DistEnv
 from spatialboost.train.pipeline import check_config
 
@@ -44,11 +44,11 @@ def test_llm_options_only_for_tiny_llms():
 
 
 def test_code_may_pass_plain_dicts_and_they_are_checked():
-    m = ModelConfig(dual_channel={"gate": "head", "gate_init": 1.0}, llm_options={"hidden_size": 32})
+    m = VLMConfig(dual_channel={"gate": "head", "gate_init": 1.0}, llm_options={"hidden_size": 32})
     assert m.dual_channel == BoostConfig(gate="head", gate_init=1.0)
     assert m.llm_options == LLMOptions(hidden_size=32)
     with pytest.raises(ConfigError, match="model.dual_channel.gate"):
-        ModelConfig(dual_channel={"gate": "chanel"})
+        VLMConfig(dual_channel={"gate": "chanel"})
 
 
 def test_saved_config_has_no_test_hooks(tmp_path):

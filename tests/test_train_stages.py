@@ -11,7 +11,9 @@ import torch
 from spatialboost.config import load_config
 from spatialboost.data.dataset import read_records
 from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
+from spatialboost.models.config import BoostConfig
 from spatialboost.models.llm import ensure_image_token
+from spatialboost.models.vlm import SpatialVLM
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
@@ -19,7 +21,7 @@ from spatialboost.train.loop import clip_and_step, forward_backward
 from spatialboost.train.stages import (
     build_vlm,
     make_optimizer,
-    param_group,
+    param_groups,
     set_stage_trainable,
     trainable_named,
     warmup_cosine,
@@ -78,7 +80,7 @@ def test_stage3_steps_leave_llm_and_original_encoder_bit_identical(setup):
     set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
     before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
     params = trainable_named(vlm)
-    opt = make_optimizer(params, cfg.stages.encoder)
+    opt = make_optimizer(vlm, cfg.stages.encoder)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     dcfg = cfg.data
     data = load_train_data(dcfg, tok, vlm)
@@ -99,15 +101,16 @@ def test_stage3_steps_leave_llm_and_original_encoder_bit_identical(setup):
 
 def test_param_groups_and_gate_lr(setup):
     cfg, tok = setup
-    assert param_group("projector.fc1.weight") == "projector"
-    assert param_group("llm.model.layers.0.mlp.up_proj.weight") == "llm"
-    assert param_group("encoder.model.encoder.layer.0.attention.gate") == "gates"
-    assert param_group("encoder.model.encoder.layer.0.attention.plus.q_proj.weight") == "adapter"
     vlm = build_vlm(cfg, tok, "encoder")
+    groups = param_groups(vlm)
+    assert groups["projector.fc1.weight"] == "projector"
+    assert groups["llm.model.layers.0.mlp.up_proj.weight"] == "llm"
+    assert groups["encoder.model.encoder.layer.0.attention.gate"] == "gates"
+    assert groups["encoder.model.encoder.layer.0.attention.plus.q_proj.weight"] == "adapter"
     set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
     scfg = cfg.stages.encoder
     scfg.weight_decay = 0.1
-    opt = make_optimizer(trainable_named(vlm), scfg)
+    opt = make_optimizer(vlm, scfg)
     by_name = {g["name"]: g for g in opt.param_groups}
     assert by_name["gates/no_decay"]["lr"] == scfg.lr_gates and by_name["gates/no_decay"]["weight_decay"] == 0
     assert by_name["adapter"]["weight_decay"] == 0.1 and by_name["adapter/no_decay"]["weight_decay"] == 0
@@ -150,3 +153,24 @@ def test_projector_norm_starts_at_the_token_embeddings_scale(setup):
     assert plain.projector.norm is None and not any(
         "norm" in n for n, _ in plain.projector.named_parameters()
     )
+
+
+def test_full_finetune_stage_trains_every_encoder_weight(setup):
+    cfg, tok = setup
+    boost = BoostConfig(mode="full_finetune")  # the long name of mode "full"
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dual_channel=boost))
+    vlm = build_vlm(cfg, tok, "encoder")
+    summary = set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
+    assert set(summary) == {"projector", "adapter"}
+    assert summary["adapter"]["params"] == sum(p.numel() for p in vlm.encoder.parameters())
+
+
+def test_from_config_rebuilds_bit_identical_models(setup):
+    cfg, tok = setup
+    a = SpatialVLM.from_config(cfg.model, tok, seed=3, boosted=True)
+    b = SpatialVLM.from_config(cfg.model, tok, seed=3, boosted=True)
+    assert a.encoder.boost_config == cfg.model.dual_channel
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = SpatialVLM.from_config(cfg.model, tok, seed=4)
+    assert not torch.equal(c.projector.fc1.weight, a.projector.fc1.weight)

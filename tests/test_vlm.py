@@ -1,4 +1,5 @@
-"""SpatialVLM: image tokens, loss normalisation, packing, the three LLM families, freezing, checkpoints."""
+"""SpatialVLM: image tokens, loss normalisation, packing, the three LLM families; training's freezing
+(``train.stages``) and checkpoints (``train.checkpoint``) on it."""
 
 from __future__ import annotations
 
@@ -23,14 +24,10 @@ from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionE
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import TINY_LLMS, build_llm
 from spatialboost.models.projector import MLPProjector
-from spatialboost.models.vlm import (
-    SpatialVLM,
-    causal_lm_loss,
-    image_transform_for,
-    load_vlm_parts,
-    save_vlm_parts,
-    set_trainable,
-)
+from spatialboost.models.vlm import SpatialVLM, causal_lm_loss, image_transform_for
+from spatialboost.train import checkpoint as ckpt
+from spatialboost.train.config import AlignStage, EncoderStage, InstructStage
+from spatialboost.train.stages import load_trainable, set_stage_trainable, trainable_named
 
 IMAGE_SIZE, PATCH = 8, 4
 N_IMG = (IMAGE_SIZE // PATCH) ** 2
@@ -183,8 +180,8 @@ def test_empty_label_mask_raises_in_forward(tokenizer):
 
 def test_frozen_llm_is_bit_identical_after_projector_step(tokenizer):
     vlm = make_vlm(tokenizer)
-    counts = set_trainable(vlm, projector=True, llm=False, encoder="frozen")
-    assert counts["llm"] == 0 and counts["encoder"] == 0 and counts["projector"] > 0
+    summary = set_stage_trainable(vlm, "align", AlignStage())
+    assert list(summary) == ["projector"]
     before = {k: v.clone() for k, v in vlm.state_dict().items()}
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
     batch = PackedCollator(tokenizer.pad_token_id, 320)(make_samples(tokenizer))
@@ -200,37 +197,27 @@ def test_frozen_llm_is_bit_identical_after_projector_step(tokenizer):
             assert torch.equal(value, after[key]), key
 
 
-def test_set_trainable_llm_and_full_encoder(tokenizer):
+def test_checkpointed_parts_reload_into_a_fresh_vlm(tokenizer, tmp_path):
+    """A stage's checkpoint holds what it trains and nothing else; loading it reproduces the model."""
     vlm = make_vlm(tokenizer)
-    counts = set_trainable(vlm, projector=False, llm=True, encoder="full")
-    assert counts["projector"] == 0
-    assert counts["llm"] == sum(p.numel() for p in vlm.llm.parameters())
-    assert counts["encoder"] == sum(p.numel() for p in vlm.encoder.parameters())
-    with pytest.raises(ValueError, match="frozen"):
-        set_trainable(vlm, projector=True, llm=False, encoder="half")
-
-
-def test_save_load_parts(tokenizer, tmp_path):
-    vlm = make_vlm(tokenizer)
-    set_trainable(vlm, projector=True, llm=False)
+    set_stage_trainable(vlm, "align", AlignStage())
     with torch.no_grad():
         vlm.projector.fc2.bias.add_(1.0)
-    save_vlm_parts(vlm, tmp_path / "stage1")
-    assert (tmp_path / "stage1" / "projector.safetensors").is_file()
-    assert not (tmp_path / "stage1" / "llm.safetensors").exists()  # frozen LLM never duplicated
+    path = ckpt.save_checkpoint(tmp_path / "stage1", 1, trainable_named(vlm), {}, {"done": True})
+    assert all(k.startswith("projector.") for k in ckpt.load_weights(path))  # frozen LLM never duplicated
 
     fresh = make_vlm(tokenizer)
     fresh.projector = MLPProjector(16, fresh.llm.config.hidden_size)  # different random init
-    load_vlm_parts(fresh, tmp_path / "stage1")
+    load_trainable(fresh, ckpt.load_weights(path), source=str(path))
     for key, value in vlm.projector.state_dict().items():
         assert torch.equal(value, fresh.projector.state_dict()[key])
 
-    set_trainable(vlm, projector=True, llm=True)
+    set_stage_trainable(vlm, "instruct", InstructStage())
     with torch.no_grad():
         vlm.llm.get_input_embeddings().weight.mul_(2.0)
-    save_vlm_parts(vlm, tmp_path / "stage2")
+    path = ckpt.save_checkpoint(tmp_path / "stage2", 1, trainable_named(vlm), {}, {"done": True})
     other = make_vlm(tokenizer)
-    load_vlm_parts(other, tmp_path / "stage2")
+    load_trainable(other, ckpt.load_weights(path), source=str(path))
     batch = PaddedCollator(tokenizer.pad_token_id)(make_samples(tokenizer, 3))
     with torch.no_grad():
         torch.testing.assert_close(vlm(**batch).logits, other(**batch).logits, atol=0, rtol=0)
@@ -258,12 +245,11 @@ def test_stage3_with_boosted_tiny_vit(tokenizer):
     vlm = SpatialVLM(encoder, build_llm("tiny-qwen2", tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
     n_tokens = vlm.num_image_tokens()
     assert n_tokens == (encoder.spec.image_size // encoder.spec.patch_size) ** 2
-    set_trainable(vlm, projector=True, llm=False, encoder="frozen")  # stage 1 froze everything ...
-    counts = set_trainable(
-        vlm, projector=True, llm=False, encoder="adapter"
-    )  # ... stage 3 re-opens the adapter
+    set_stage_trainable(vlm, "align", AlignStage())  # stage 1 froze everything ...
+    summary = set_stage_trainable(vlm, "encoder", EncoderStage())  # ... stage 3 re-opens the adapter
     adapter = set(adapter_state_dict(vlm.encoder))
-    assert counts["llm"] == 0 and 0 < counts["encoder"] < sum(p.numel() for p in vlm.encoder.parameters())
+    assert set(summary) == {"projector", "adapter", "gates"}
+    assert 0 < summary["adapter"]["params"] < sum(p.numel() for p in vlm.encoder.parameters())
     assert {n for n, p in vlm.encoder.named_parameters() if p.requires_grad} == adapter
 
     transform = image_transform_for(encoder)

@@ -3,7 +3,8 @@
 Public API (imported lazily so that ``import spatialboost`` stays light):
 
 - ``create_encoder(x)``: a registered name, a hub name or local path, or a built transformers vision model.
-- ``add_dual_channel(encoder, **options)``: the boosted encoder (paper Eq. 1).
+- ``add_dual_channel(encoder, BoostConfig(...))`` (or ``**options``): the boosted encoder (paper Eq. 1;
+  LoRA and full fine-tuning are its other two modes).
 - ``save_encoder(encoder, dir)`` / ``load_encoder(dir)``.
 - ``save_hf_encoder(encoder, dir)``: a folder ``transformers.AutoModel.from_pretrained(dir, trust_remote_code=True)``
   loads without spatialboost (``load_encoder`` reads it too).

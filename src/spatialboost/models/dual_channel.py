@@ -32,59 +32,35 @@ module (RoPE applied to both channels, as DINOv3 does):
 
 Gate shapes: "channel" (D,) -- the paper's; "head" (num_heads,) repeated over each head's head_dim
 block of output channels; "scalar" (1,). ``mode="lora"`` (peft LoRA on the attention projections) and
-``mode="full"`` (the whole encoder trains) are the paper's baselines.
+``mode="full"`` (the whole encoder trains; ``"full_finetune"`` is accepted too, as ``"dual_channel"`` for
+``"dual"``) are the paper's baselines (``models.config.MODE_TITLES``).
 
-``add_dual_channel`` modifies the encoder IN PLACE and returns the same object, with the options
-recorded as ``encoder.boost_config`` (a ``BoostConfig``) so ``models.export`` can rebuild it.
+What each mode trains is declared once, in ``adapter_keys`` (peft's ``adapter_layer_names``: Attn+ and the
+gates, LoRA's layers, or every weight); freezing, optimiser groups and state dicts all follow it.
+
+``add_dual_channel(encoder, BoostConfig)`` modifies the encoder IN PLACE and returns the same object, with
+the options recorded as ``encoder.boost_config`` so ``models.export`` can rebuild it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spatialboost.config import ConfigError
+from spatialboost.models.config import BoostConfig
 from spatialboost.models.encoder_base import VisionEncoder
-
-Mode = Literal["dual", "lora", "full"]  # "dual" (Eq. 1) | peft LoRA | the whole encoder trains
-Gate = Literal["channel", "head", "scalar"]  # (D,) | (num_heads,) | (1,)
-MODES: tuple[str, ...] = typing.get_args(Mode)
-GATES: tuple[str, ...] = typing.get_args(Gate)
-
-
-@dataclass
-class BoostConfig:
-    """The options of ``add_dual_channel``; also the typed ``model.dual_channel`` section of a training
-    config (``spatialboost.config`` checks the Literal fields when the config loads)."""
-
-    mode: Mode = "dual"
-    gate: Gate = "channel"
-    layers: list[int] | None = None  # block indices (negative from the end); None = all
-    gate_init: float = 0.0
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: list[str] | None = None  # projection names; None = the family's q, k, v, out
-    fused: bool = True  # dual mode: fused forward (False = naive copy-and-call reference)
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.gate not in GATES:
-            raise ConfigError(f"gate must be one of {list(GATES)}, got {self.gate!r}")
-        if self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
 
 class DualChannelAttention(nn.Module):
     """Holds the frozen attention ``base``, its trainable copy ``plus`` and the gate ``a``."""
+
+    adapter_layer_names = ("plus", "gate")  # what training adds: Attn+ (a module) and the gate (a tensor)
 
     def __init__(
         self,
@@ -269,37 +245,27 @@ def _dropout_p(attn: nn.Module) -> float:
     return 0.0
 
 
-def add_dual_channel(
-    encoder: VisionEncoder,
-    gate: str = "channel",
-    layers: list[int] | None = None,
-    gate_init: float = 0.0,
-    mode: str = "dual",
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_targets: list[str] | None = None,
-    fused: bool = True,
-) -> VisionEncoder:
-    """Boost ``encoder`` IN PLACE (returns the same object); everything but the adapter is frozen."""
+def add_dual_channel(encoder: VisionEncoder, config: BoostConfig | None = None, **options) -> VisionEncoder:
+    """Boost ``encoder`` IN PLACE (returns the same object) by ``config`` (or ``BoostConfig(**options)``):
+    dual-channel attention, LoRA or full fine-tuning; everything but the adapter is frozen."""
     if getattr(encoder, "boost_config", None) is not None:
         raise ValueError(f"encoder is already boosted ({encoder.boost_config}); build a fresh one")
-    cfg = BoostConfig(mode, gate, None if layers is None else list(layers), gate_init, lora_rank, lora_alpha,
-                      None if lora_targets is None else list(lora_targets), fused)  # fmt: skip
+    if config is not None and options:
+        raise TypeError("pass either a BoostConfig or keyword options, not both")
+    cfg = dataclasses.replace(config) if config is not None else BoostConfig(**options)
     cfg.validate()
     slots = _selected_slots(encoder, cfg.layers)
-    encoder.requires_grad_(False)
     if cfg.mode == "dual":
         rope = getattr(type(encoder), "rope", None)
         for block, attr in slots:
             wrapped = DualChannelAttention(
-                getattr(block, attr), encoder.proj_names, gate, gate_init, rope, fused
+                getattr(block, attr), encoder.proj_names, cfg.gate, cfg.gate_init, rope, cfg.fused
             )
             setattr(block, attr, wrapped)
     elif cfg.mode == "lora":
         _inject_lora(encoder, slots, cfg)
-    else:
-        encoder.requires_grad_(True)
     encoder.boost_config = cfg
+    mark_only_adapter_trainable(encoder)
     return encoder
 
 
@@ -328,12 +294,54 @@ def _inject_lora(encoder: VisionEncoder, slots: list[tuple[nn.Module, str]], cfg
     full_names = [f"{name}.{t}" for name in attn_names for t in targets]
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=full_names, lora_dropout=0.0)
     inject_adapter_in_model(lora, encoder)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The adapter, declared once (peft's ``adapter_layer_names``). ``adapter_keys`` names every tensor the
+# boost trains, with its role; freezing, the optimiser's parameter groups (``train.stages``), the adapter
+# and base state dicts and both saved layouts (``models.export``, ``models.hf_export``) all read it.
+
+GATE = "gate"  # the role of the dual-channel gates: their own learning rate, no weight decay
+ADAPTER = "adapter"  # the role of every other trained tensor (Attn+, LoRA factors, full fine-tuning)
+
+
+def adapter_keys(encoder: nn.Module) -> dict[str, str]:
+    """State-dict key -> role (``ADAPTER`` | ``GATE``) of every tensor the encoder's boost trains:
+    Attn+ and gates (dual-channel), peft's LoRA layers (``LoraLayer.adapter_layer_names``), or every
+    weight (full fine-tuning). Raises if the encoder is not boosted."""
+    cfg: BoostConfig | None = getattr(encoder, "boost_config", None)
+    if cfg is None:
+        raise ValueError("encoder is not boosted (call add_dual_channel first)")
+    keys = encoder.state_dict().keys()
+    if cfg.mode == "full":
+        return dict.fromkeys(keys, ADAPTER)
+    if cfg.mode == "lora":
+        from peft.tuners.lora import LoraLayer
+
+        names = set(LoraLayer.adapter_layer_names)
+        return {k: ADAPTER for k in keys if names.intersection(k.split("."))}
+    plus, gate = DualChannelAttention.adapter_layer_names
+    roles = {}
+    for name in _dual_names(encoder):
+        prefix = f"{name}." if name else ""
+        roles.update({k: ADAPTER for k in keys if k.startswith(f"{prefix}{plus}.")})
+        roles[f"{prefix}{gate}"] = GATE
+    return roles
+
+
+def mark_only_adapter_trainable(encoder: nn.Module) -> dict[str, nn.Parameter]:
+    """requires_grad on the adapter's parameters only (by name, whatever an earlier stage froze); returns them."""
+    keys = adapter_keys(encoder)
+    adapter = {}
     for name, p in encoder.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_(name in keys)
+        if name in keys:
+            adapter[name] = p
+    return adapter
 
 
 def trainable_parameters(encoder: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters an optimiser should see (name -> parameter)."""
+    """The parameters an optimiser should see now (name -> parameter): those with requires_grad."""
     return {name: p for name, p in encoder.named_parameters() if p.requires_grad}
 
 
@@ -342,22 +350,14 @@ def _dual_names(encoder: nn.Module) -> list[str]:
 
 
 def adapter_state_dict(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """What training changed: Attn+ and gates (dual), LoRA weights (lora), or every weight (full)."""
-    cfg: BoostConfig | None = getattr(encoder, "boost_config", None)
-    if cfg is None:
-        raise ValueError("encoder is not boosted (call add_dual_channel first)")
-    state = encoder.state_dict()
-    if cfg.mode == "full":
-        return {k: v.detach() for k, v in state.items()}
-    if cfg.mode == "lora":
-        return {k: v.detach() for k, v in state.items() if "lora_" in k}
-    keep = tuple(p for n in _dual_names(encoder) for p in (f"{n}.plus.", f"{n}.gate"))
-    return {k: v.detach() for k, v in state.items() if k.startswith(keep)}
+    """What training changed (``adapter_keys``): Attn+ and gates, LoRA weights, or every weight."""
+    keys = adapter_keys(encoder)
+    return {k: v.detach() for k, v in encoder.state_dict().items() if k in keys}
 
 
 def load_adapter_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load ``adapter_state_dict`` output into an encoder boosted with the same options (keys must match)."""
-    expected = set(adapter_state_dict(encoder))
+    expected = set(adapter_keys(encoder))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(f"adapter keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -365,18 +365,20 @@ def load_adapter_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor]) 
 
 
 def base_state_dict(encoder: VisionEncoder) -> dict[str, torch.Tensor]:
-    """The wrapped HF model's own weights under its original names (wrappers and adapters removed)."""
+    """The wrapped HF model's own weights under its original names (wrappers and added adapters removed;
+    a full fine-tune's weights are its base)."""
+    cfg: BoostConfig | None = getattr(encoder, "boost_config", None)
+    added = adapter_keys(encoder) if cfg is not None and cfg.mode != "full" else {}
     renames = {f"{n}.base.": f"{n}." for n in _dual_names(encoder)}
-    drop = tuple(p for n in _dual_names(encoder) for p in (f"{n}.plus.", f"{n}.gate"))
     out = {}
     for k, v in encoder.state_dict().items():
-        if k.startswith(drop) or "lora_" in k:
+        if k in added:
             continue
         for old, new in renames.items():
             if k.startswith(old):
                 k = new + k[len(old) :]
                 break
-        k = k.replace(".base_layer.", ".")
+        k = k.replace(".base_layer.", ".")  # peft keeps the wrapped Linear as ``base_layer``
         out[k.removeprefix("model.")] = v.detach()
     return out
 

@@ -17,31 +17,30 @@ Loss: next-token cross-entropy, **summed over the answer tokens of the whole bat
 number** (a token-level mean over the batch, not a mean of per-sample means). Padded and packed batches
 of the same conversations therefore give the same loss. An empty label mask raises.
 
-Parameter groups for the three training stages: ``vlm.encoder``, ``vlm.projector``, ``vlm.llm``, and
-``set_trainable(vlm, projector=..., llm=..., encoder="frozen"|"adapter"|"full")``.
-``save_vlm_parts`` / ``load_vlm_parts`` store the projector (+ the LLM only when it trains) as
-safetensors; the encoder is saved by ``spatialboost.save_encoder``.
+Building: ``SpatialVLM.from_config(VLMConfig, tokenizer, seed=...)`` assembles encoder (boosted on request),
+LLM and projector, every random init seeded from ``seed`` (nanoVLM's ``VisionLanguageModel(cfg)``). The
+parts are ``vlm.encoder``, ``vlm.projector`` and ``vlm.llm``; what each training stage trains and how it
+is saved belong to ``train.stages`` and ``train.checkpoint``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.conversation import EmptyLabelsError
 from spatialboost.data.images import ImageTransform
-from spatialboost.io import atomic_path, atomic_write_json
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
-from spatialboost.models.dual_channel import adapter_state_dict
+from spatialboost.models.config import VLMConfig
+from spatialboost.models.dual_channel import add_dual_channel, check_layers
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.encoders import create_encoder
+from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
 from spatialboost.models.preprocess import patch_multiple, preprocess_images
 from spatialboost.models.projector import MLPProjector
 
@@ -134,6 +133,30 @@ class SpatialVLM(nn.Module):
         self.image_token_id = image_token_id
         self.ref_token_ids = tuple(ref_token_ids)
         self.blind = False  # True: every image feature is zeroed (the text-only baseline)
+
+    @classmethod
+    def from_config(
+        cls, cfg: VLMConfig, tokenizer, seed: int = 0, boosted: bool = False, check_boost_layers: bool = False
+    ) -> SpatialVLM:
+        """Encoder (``boosted``: with ``cfg.dual_channel``'s adapter) -> projector -> LLM, as training builds it.
+
+        ``tokenizer`` sizes the LLM's embeddings and gets ``<image>`` (and the reference tokens' ids come
+        from it). Random inits are seeded from ``seed``: the encoder from ``seed``, its adapter from
+        ``seed + 1``, the LLM from ``seed``, the projector from ``seed + 2`` (a rebuilt model is bit-identical).
+        """
+        encoder = encoder_from_config(cfg, seed, boosted, check_boost_layers)
+        llm = build_llm(
+            cfg.llm,
+            tokenizer,
+            seed=seed,
+            attn_implementation=cfg.attn_implementation,
+            **cfg.llm_options.overrides(),
+        )
+        image_token_id = ensure_image_token(tokenizer, llm)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 2)
+            projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size, _out_scale(cfg, llm))
+        return cls(encoder, llm, image_token_id, projector=projector, ref_token_ids=ref_token_ids(tokenizer))
 
     def num_image_tokens(self, image_size: int | None = None) -> int:
         """Patch tokens per image at ``image_size`` (default: the encoder's) = ids per ``<image>``."""
@@ -289,77 +312,25 @@ def image_transform_for(encoder: VisionEncoder, size: int | None = None) -> Imag
     return transform
 
 
-# ----------------------------------------------------------------------------------------------------
-# Training-stage helpers
+def encoder_from_config(
+    cfg: VLMConfig, seed: int = 0, boosted: bool = False, check_boost_layers: bool = False
+) -> VisionEncoder:
+    """The encoder alone, as ``SpatialVLM.from_config`` builds it (``boosted``: with its adapter).
+
+    ``check_boost_layers``: refuse ``cfg.dual_channel.layers`` the encoder lacks even when not boosting now
+    (a run that boosts in a later stage fails before its first stage trains)."""
+    encoder = create_encoder(cfg.encoder, seed=seed)
+    if check_boost_layers:
+        check_layers(encoder, cfg.dual_channel.layers)
+    if boosted:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)  # LoRA inits draw random numbers
+            add_dual_channel(encoder, cfg.dual_channel)
+    return encoder
 
 
-def set_trainable(vlm: SpatialVLM, projector: bool, llm: bool, encoder: str = "frozen") -> dict[str, int]:
-    """Set requires_grad per part; returns trainable parameter counts per part.
-
-    ``encoder``: ``"frozen"`` (nothing), ``"full"`` (everything), ``"adapter"`` (only what the boosted
-    encoder's adapter trains: Attn+ and gates, or LoRA weights; ``dual_channel.adapter_state_dict``).
-    """
-    vlm.projector.requires_grad_(projector)
-    vlm.llm.requires_grad_(llm)
-    if encoder == "frozen":
-        vlm.encoder.requires_grad_(False)
-    elif encoder == "full":
-        vlm.encoder.requires_grad_(True)
-    elif encoder == "adapter":
-        # by name, not by current requires_grad: an earlier stage may have frozen the whole encoder
-        names = set(adapter_state_dict(vlm.encoder))  # raises if the encoder is not boosted
-        for name, param in vlm.encoder.named_parameters():
-            param.requires_grad_(name in names)
-    else:
-        raise ValueError(f"encoder must be 'frozen', 'adapter' or 'full', got {encoder!r}")
-    counts = {name: _count_trainable(getattr(vlm, name)) for name in ("encoder", "projector", "llm")}
-    log.info("trainable parameters: %s", counts)
-    return counts
-
-
-def _count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def save_vlm_parts(vlm: SpatialVLM, out_dir: str | Path, include_llm: bool | None = None) -> Path:
-    """Write ``projector.safetensors`` (+ ``llm.safetensors``) and ``vlm_parts.json`` into ``out_dir``.
-
-    ``include_llm=None`` saves the LLM only if some of its parameters train, so a frozen LLM is never
-    duplicated in a checkpoint. The encoder is not written here (``spatialboost.save_encoder``).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if include_llm is None:
-        include_llm = _count_trainable(vlm.llm) > 0
-    _atomic_save_model(vlm.projector, out_dir / "projector.safetensors")
-    if include_llm:
-        _atomic_save_model(vlm.llm, out_dir / "llm.safetensors")
-    elif (out_dir / "llm.safetensors").exists():
-        (out_dir / "llm.safetensors").unlink()  # stale from an earlier stage; the frozen LLM is the base
-    meta = {
-        "image_token_id": vlm.image_token_id,
-        "projector": {"in_dim": vlm.projector.in_dim, "out_dim": vlm.projector.out_dim},
-        "llm_saved": include_llm,
-        "llm_name_or_path": getattr(vlm.llm.config, "_name_or_path", ""),
-    }
-    atomic_write_json(out_dir / "vlm_parts.json", meta)
-    return out_dir
-
-
-def load_vlm_parts(vlm: SpatialVLM, in_dir: str | Path) -> SpatialVLM:
-    """Load what ``save_vlm_parts`` wrote into an already-built ``vlm`` (strict: every key must match)."""
-    in_dir = Path(in_dir)
-    meta = json.loads((in_dir / "vlm_parts.json").read_text())
-    if meta["image_token_id"] != vlm.image_token_id:
-        raise ValueError(
-            f"{in_dir}: image token id {meta['image_token_id']} != this model's {vlm.image_token_id}"
-        )
-    load_model(vlm.projector, in_dir / "projector.safetensors", strict=True)
-    if meta["llm_saved"]:
-        load_model(vlm.llm, in_dir / "llm.safetensors", strict=True)
-    return vlm
-
-
-def _atomic_save_model(module: nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_model(module, str(tmp))  # handles tied weights (stored once)
+def _out_scale(cfg: VLMConfig, llm: nn.Module) -> float | None:
+    """``projector_norm``: the projector's output starts at the RMS of the LLM's token embeddings."""
+    if not cfg.projector_norm:
+        return None
+    return float(llm.get_input_embeddings().weight.detach().pow(2).mean().sqrt())

@@ -2,9 +2,9 @@
 
 ``spatialboost train --config configs/demo.yaml stages.encoder.max_steps=20`` builds a ``TrainConfig``
 with ``spatialboost.config.load_config``; the resolved tree is written to ``<run_dir>/config.yaml``.
-Every section is typed, ``model.dual_channel`` (``models.dual_channel.BoostConfig``) and
-``model.llm_options`` (``LLMOptions``) included, so a bad key or value fails when the config loads, naming
-the key and the allowed values, before any stage trains.
+Every section is typed, ``model`` included (``models.config.VLMConfig``, with ``model.dual_channel`` a
+``BoostConfig`` and ``model.llm_options`` an ``LLMOptions``), so a bad key or value fails when the config
+loads, naming the key and the allowed values, before any stage trains.
 
 The three paper stages (paper notes section 4) are three named sections under ``stages`` so that
 each one can be overridden from the command line; ``stages.run`` picks which of them run, in order:
@@ -21,12 +21,14 @@ stage         trains                                  frozen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from spatialboost.config import ConfigError, from_dict
-from spatialboost.models.dual_channel import BoostConfig
+from spatialboost.config import ConfigError
+from spatialboost.models.config import VLMConfig
+
+ModelConfig = VLMConfig  # the ``model:`` section's former name, kept for callers outside train/
 
 STAGE_NAMES = ("align", "instruct", "encoder")
 StageName = Literal["align", "instruct", "encoder"]
@@ -135,64 +137,6 @@ class StagesConfig:
 
 
 @dataclass
-class LLMOptions:
-    """Shape overrides of a tiny random LLM (``models.llm.TINY_LLMS``); None keeps the tiny default.
-
-    Only for ``tiny-*`` LLMs: a pre-trained LLM's shape comes with its weights -- except ``num_layers``,
-    which keeps the first k decoder layers of any LLM (a cheaper pre-trained LM)."""
-
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    max_position_embeddings: int | None = None
-    tie_word_embeddings: bool | None = None
-    num_layers: int | None = None  # any LLM: keep only its first k decoder layers
-
-    def overrides(self) -> dict[str, Any]:
-        """The set fields, as ``build_llm(**overrides)`` keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-    def validate(self) -> None:
-        for key, value in self.overrides().items():
-            if not isinstance(value, bool) and value < 1:
-                raise ConfigError(f"model.llm_options.{key} must be >= 1, got {value}")
-        width, heads = self.hidden_size, self.num_attention_heads
-        if width and heads and self.head_dim is None and width % heads:
-            raise ConfigError(
-                f"model.llm_options.hidden_size {width} is not a multiple of num_attention_heads {heads}"
-            )
-
-
-@dataclass
-class ModelConfig:
-    encoder: str = "tiny-vit"  # registered name, hub id or local path (create_encoder)
-    llm: str = "tiny-qwen2"  # tiny config name, hub id or local path (build_llm)
-    tokenizer: str | None = None  # tokenizer dir; None: the LLM's own, or trained on the corpus for tiny LLMs
-    tokenizer_vocab_size: int = 1024  # when training one on the corpus
-    dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's add_dual_channel(...) options
-    llm_options: LLMOptions = field(default_factory=LLMOptions)  # tiny LLMs' shape (build_llm overrides)
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    projector_norm: bool = False  # LayerNorm on the projector's output at the token embeddings' RMS
-
-    def __post_init__(self) -> None:
-        # code that builds a config may pass plain dicts; they are checked like YAML
-        if isinstance(self.dual_channel, dict):
-            self.dual_channel = from_dict(BoostConfig, self.dual_channel, "model.dual_channel.")
-        if isinstance(self.llm_options, dict):
-            self.llm_options = from_dict(LLMOptions, self.llm_options, "model.llm_options.")
-
-    def validate(self) -> None:
-        shape = {k for k in self.llm_options.overrides() if k != "num_layers"}
-        if shape and not self.llm.startswith("tiny-"):
-            raise ConfigError(
-                f"model.llm_options only shape tiny-* LLMs; {self.llm!r} brings its own shape (remove them)"
-            )
-
-
-@dataclass
 class ImageGainConfig:
     """Does the VLM read the image? Measured on held-out data at the end of stages 2 and 3.
 
@@ -242,7 +186,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPU
     distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy under torchrun (world size > 1)
     init_from: str | None = None  # a run dir whose finished stages seed the first stage run here
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: VLMConfig = field(default_factory=VLMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     image_gain: ImageGainConfig = field(default_factory=ImageGainConfig)

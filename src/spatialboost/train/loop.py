@@ -88,7 +88,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     vlm.to(env.device)
     model = dist_utils.wrap_distributed(vlm, env, cfg.distributed)
     params = trainable_named(vlm)
-    opt = make_optimizer(params, scfg)
+    opt = make_optimizer(vlm, scfg)
     sched = make_scheduler(opt, total, scfg)
     if resume_state is not None:
         restore_optimizer(model, opt, sched, resume_state, cfg.distributed)

@@ -14,13 +14,13 @@ gets stage 1's projector overwritten by stage 2's, plus stage 2's LLM. Every bas
 ``(config, seed)``, so a resumed process holds bit-identical frozen weights.
 
 Parameter groups for AdamW: ``projector``, ``llm``, ``adapter`` (Attn+, LoRA or full encoder weights)
-and ``gates`` (the dual-channel alphas: their own lr, no weight decay). Biases, norms and other 1-D
+and ``gates`` (the dual-channel alphas: their own lr, no weight decay); the encoder's two come from the
+roles its adapter declares (``models.dual_channel.adapter_keys``), not from parameter names. Biases, norms and other 1-D
 tensors of the other groups get no weight decay either (nanoGPT's rule).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from spatialboost.errors import UserError
-from spatialboost.models.encoders import create_encoder
+from spatialboost.models.dual_channel import GATE, adapter_keys, mark_only_adapter_trainable
+from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.vlm import SpatialVLM, encoder_from_config
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.config import STAGE_NAMES, StageConfig, TrainConfig
 
@@ -78,50 +80,29 @@ def finished_output(run_dir: str | Path, name: str) -> Path | None:
 # Model
 
 
-def build_vlm(cfg: TrainConfig, tokenizer, stage: str):
-    """Encoder (+ dual channel for stage 3) -> projector -> LLM, every random init seeded from cfg.seed."""
-    from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
-    from spatialboost.models.projector import MLPProjector
-    from spatialboost.models.vlm import SpatialVLM
-
-    encoder = build_encoder(cfg, stage)
-    llm = build_llm(
-        cfg.model.llm,
+def build_vlm(cfg: TrainConfig, tokenizer, stage: str) -> SpatialVLM:
+    """The stage's VLM (``SpatialVLM.from_config``; boosted for stage 3), every random init seeded from cfg.seed."""
+    vlm = SpatialVLM.from_config(
+        cfg.model,
         tokenizer,
         seed=cfg.seed,
-        attn_implementation=cfg.model.attn_implementation,
-        **cfg.model.llm_options.overrides(),
-    )
-    image_token_id = ensure_image_token(tokenizer, llm)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 2)
-        projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size, _out_scale(cfg, llm))
-    vlm = SpatialVLM(
-        encoder, llm, image_token_id, projector=projector, ref_token_ids=ref_token_ids(tokenizer)
+        boosted=STAGES[stage].boosted,
+        check_boost_layers=_boosts_later(cfg),
     )
     vlm.blind = cfg.blind
     return vlm
 
 
-def _out_scale(cfg: TrainConfig, llm) -> float | None:
-    """``model.projector_norm``: the projector's output starts at the RMS of the LLM's token embeddings."""
-    if not cfg.model.projector_norm:
-        return None
-    return float(llm.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
-
-
-def build_encoder(cfg: TrainConfig, stage: str):
+def build_encoder(cfg: TrainConfig, stage: str) -> VisionEncoder:
     """The stage's encoder alone, as ``build_vlm`` builds it (boosted for stage 3), seeded from cfg.seed."""
-    from spatialboost.models.dual_channel import add_dual_channel, check_layers
+    return encoder_from_config(
+        cfg.model, cfg.seed, STAGES[stage].boosted, check_boost_layers=_boosts_later(cfg)
+    )
 
-    encoder = create_encoder(cfg.model.encoder, seed=cfg.seed)
-    if "encoder" in cfg.stages.run:  # stage 1 already knows the encoder: refuse bad layers before training
-        check_layers(encoder, cfg.model.dual_channel.layers)
-    if STAGES[stage].boosted:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, **dataclasses.asdict(cfg.model.dual_channel))
-    return encoder
+
+def _boosts_later(cfg: TrainConfig) -> bool:
+    """Stage 3 runs: stage 1 already knows the encoder, so bad adapter layers are refused before training."""
+    return "encoder" in cfg.stages.run
 
 
 def load_previous_outputs(vlm: nn.Module, cfg: TrainConfig, stage: str) -> list[str]:
@@ -165,18 +146,14 @@ def load_trainable(vlm: nn.Module, weights: dict[str, torch.Tensor], source: str
 # Trainable set
 
 
-def set_stage_trainable(vlm: nn.Module, stage: str, stage_cfg: StageConfig) -> dict[str, dict[str, int]]:
+def set_stage_trainable(vlm: SpatialVLM, stage: str, stage_cfg: StageConfig) -> dict[str, dict[str, int]]:
     """requires_grad per the stage table; returns and logs the trainable set grouped by parameter group."""
     spec = STAGES[stage]
     vlm.requires_grad_(False)
     vlm.projector.requires_grad_(stage != "encoder" or stage_cfg.train_projector)
     vlm.llm.requires_grad_(spec.llm if stage_cfg.train_llm is None else stage_cfg.train_llm)
     if spec.encoder == "adapter":
-        from spatialboost.models.dual_channel import trainable_parameters
-
-        adapter = trainable_parameters(vlm.encoder) or _boosted_params(vlm.encoder)
-        for param in adapter.values():
-            param.requires_grad_(True)
+        mark_only_adapter_trainable(vlm.encoder)
     summary = trainable_summary(vlm)
     if not summary:
         raise UserError(f"stage {stage}: nothing to train (check model.dual_channel and train_projector)")
@@ -186,33 +163,30 @@ def set_stage_trainable(vlm: nn.Module, stage: str, stage_cfg: StageConfig) -> d
     return summary
 
 
-def _boosted_params(encoder: nn.Module) -> dict[str, nn.Parameter]:
-    """Adapter parameters by name when the encoder was frozen after boosting (requires_grad lost)."""
-    from spatialboost.models.dual_channel import adapter_state_dict
-
-    names = set(adapter_state_dict(encoder))
-    return {n: p for n, p in encoder.named_parameters() if n in names}
-
-
-def param_group(name: str) -> str:
-    """Which optimiser group a (trainable) VLM parameter belongs to."""
-    if name.startswith("projector."):
-        return "projector"
-    if name.startswith("llm."):
-        return "llm"
-    if name.startswith("encoder.") and (name.endswith(".gate") or name == "encoder.gate"):
-        return "gates"
-    return "adapter"
+def param_groups(vlm: SpatialVLM) -> dict[str, str]:
+    """Parameter name -> optimiser group (``GROUPS``): the VLM part, and for the encoder the role its
+    adapter declares (``dual_channel.adapter_keys``: the gates apart from everything else it trains)."""
+    boosted = getattr(vlm.encoder, "boost_config", None) is not None
+    roles = adapter_keys(vlm.encoder) if boosted else {}
+    groups = {}
+    for name, _ in vlm.named_parameters():
+        part, _, rest = name.partition(".")
+        if part == "encoder":
+            groups[name] = "gates" if roles.get(rest) == GATE else "adapter"
+        else:
+            groups[name] = part  # "projector" | "llm"
+    return groups
 
 
 def trainable_named(vlm: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in vlm.named_parameters() if p.requires_grad}
 
 
-def trainable_summary(vlm: nn.Module) -> dict[str, dict[str, int]]:
+def trainable_summary(vlm: SpatialVLM) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
+    groups = param_groups(vlm)
     for name, p in trainable_named(vlm).items():
-        entry = out.setdefault(param_group(name), {"tensors": 0, "params": 0})
+        entry = out.setdefault(groups[name], {"tensors": 0, "params": 0})
         entry["tensors"] += 1
         entry["params"] += p.numel()
     return {g: out[g] for g in GROUPS if g in out}
@@ -222,11 +196,12 @@ def trainable_summary(vlm: nn.Module) -> dict[str, dict[str, int]]:
 # Optimiser and schedule
 
 
-def make_optimizer(params: dict[str, nn.Parameter], stage_cfg: StageConfig) -> torch.optim.AdamW:
-    """AdamW over named parameters, one group per (part, decay) pair; gates: own lr, no decay."""
+def make_optimizer(vlm: SpatialVLM, stage_cfg: StageConfig) -> torch.optim.AdamW:
+    """AdamW over ``vlm``'s trainable parameters, one group per (part, decay) pair; gates: own lr, no decay."""
+    groups_of = param_groups(vlm)
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, p in params.items():
-        group = param_group(name)
+    for name, p in trainable_named(vlm).items():
+        group = groups_of[name]
         decay = group != "gates" and p.ndim >= 2
         buckets.setdefault((group, decay), []).append(p)
     groups = []
