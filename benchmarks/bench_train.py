@@ -93,18 +93,21 @@ def make_mixed_lengths(data: Path, out: Path, seed: int = 0) -> Path:
     import random
     import shutil
 
-    from spatialboost.data.dataset import read_records
+    from spatialboost.dataset_format import commit_shard, read_manifest, read_records, write_manifest
 
     rng = random.Random(seed)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if not (out / "images").exists():
         shutil.copytree(data / "images", out / "images")  # a symlink would escape the dataset root
-    lines = []
+    records = []
     for rec in read_records(data):
         turns = rec["conversations"]
         keep = 2 * rng.randint(1, len(turns) // 2)
-        lines.append(json.dumps({**rec, "conversations": turns[:keep]}))
-    (out / "shards" / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+        records.append({**rec, "conversations": turns[:keep]})
+    views = read_manifest(data)["counts"]["views"]
+    commit_shard(out, 0, (0, len(records)), records, {}, views, {})  # the engine's writer: shard + manifest
+    config = {**read_manifest(data)["config"], "num_samples": len(records), "shard_size": len(records)}
+    write_manifest(out, config)
     return out
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialboost.datagen.dataset import iter_records, load_gt_arrays
+from spatialboost.dataset_format import iter_records, load_gt_arrays
 
 SPACING = 0.004  # metres between neighbouring surface samples (gaps)
 TOL = 0.006  # printed with 2 decimals: 0.005 rounding + 0.001 slack

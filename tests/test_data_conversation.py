@@ -21,6 +21,8 @@ from spatialboost.data.conversation import (
 )
 from spatialboost.data.dataset import ConversationDataset
 from spatialboost.data.tokenizer import IM_END, load_tokenizer, save_tokenizer, train_tokenizer
+from spatialboost.errors import UserError
+from train_fixtures import write_records
 
 N_IMG = 4  # image tokens per <image> in these tests
 
@@ -249,15 +251,13 @@ def test_empty_label_batch_raises_with_ids(tokenizer):
 
 
 def write_dataset(root, records) -> None:
-    (root / "shards").mkdir(parents=True)
     (root / "images").mkdir()
     rng = np.random.default_rng(0)
     for record in records:
         paths = [record["image"]] if isinstance(record.get("image"), str) else record.get("image", [])
         for path in paths:
             Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(root / path)
-    lines = "\n".join(json.dumps(r) for r in records) + "\n"
-    (root / "shards" / "000.jsonl").write_text(lines)
+    write_records(root, records)
 
 
 def test_dataset_reads_shards_images_and_skips_with_reason(tokenizer, tmp_path):
@@ -271,7 +271,7 @@ def test_dataset_reads_shards_images_and_skips_with_reason(tokenizer, tmp_path):
     assert int((item["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 2 * N_IMG
 
     records[3]["conversations"][0]["value"] += " Describe the scene." * 40  # first answer beyond 200 tokens
-    (tmp_path / "shards" / "000.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    write_records(tmp_path, records)
     short = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, max_length=200)
     assert len(short) == 3 and [sid for sid, _ in short.skipped] == ["s3"]
     assert "max_length=200 cuts every answer" in short.skipped[0][1]
@@ -280,11 +280,21 @@ def test_dataset_reads_shards_images_and_skips_with_reason(tokenizer, tmp_path):
         ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, max_length=200, on_overflow="error")
 
 
+def test_dataset_without_manifest_names_the_folder(tokenizer, tmp_path):
+    """Shards lying in the folder are not a dataset: the reader follows the manifest the engine writes."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-0.jsonl").write_text(json.dumps(make_record(0)) + "\n")
+    with pytest.raises(UserError, match=f"{tmp_path / 'manifest.json'}: missing"):
+        ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8)
+    with pytest.raises(UserError, match="no such dataset directory"):
+        ConversationDataset(tmp_path / "nope", tokenizer, N_IMG, image_size=8)
+
+
 def test_dataset_refuses_paths_outside_root(tokenizer, tmp_path):
     record = make_record(0)
     write_dataset(tmp_path, [record])
     record["image"] = "../outside.png"
-    (tmp_path / "shards" / "000.jsonl").write_text(json.dumps(record) + "\n")
+    write_records(tmp_path, [record])
     ds = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8)
     with pytest.raises(ValueError, match="escapes"):
         ds[0]

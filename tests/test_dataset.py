@@ -18,16 +18,10 @@ import numpy as np
 import pytest
 
 from spatialboost.datagen import dataset
-from spatialboost.datagen.dataset import (
-    WriteSpec,
-    encode_npz,
-    iter_records,
-    load_sample_gt,
-    read_manifest,
-    write_dataset,
-)
+from spatialboost.datagen.dataset import WriteSpec, encode_npz, load_sample_gt, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.datagen.validate import validate_dataset
+from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 
 N, SHARD = 8, 2  # 4 shards

@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spatialboost"
 LAYERS: list[set[str]] = [
     {"errors", "constants", "noise"},  # no spatialboost imports at all
     {"io", "registry"},
-    {"config"},
+    {"config", "dataset_format"},
     {"datagen", "data"},
     {"models"},
     {"train", "eval"},

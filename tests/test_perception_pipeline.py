@@ -13,9 +13,9 @@ from PIL import Image
 
 from spatialboost.cli import main
 from spatialboost.datagen import rgbd
-from spatialboost.datagen.dataset import iter_records, load_gt_arrays
 from spatialboost.datagen.perception.tiny import save_tiny
 from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.dataset_format import iter_records, load_gt_arrays
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from spatialboost.models.config import BoostConfig, LLMOptions, VLMConfig
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.distributed import DistEnv
 from spatialboost.train.pipeline import check_config
+from train_fixtures import write_records
 
 
 @pytest.mark.parametrize(
@@ -60,9 +61,7 @@ def test_saved_config_has_no_test_hooks(tmp_path):
 
 def test_a_run_saved_before_typing_still_resumes(tmp_path):
     """A config.yaml written by the untyped version (dict sections, test hooks) compares by what it computes."""
-    data = tmp_path / "ds"
-    (data / "shards").mkdir(parents=True)
-    (data / "shards" / "s.jsonl").write_text("{}\n")
+    data = write_records(tmp_path / "ds", [{}])
     cfg = load_config(TrainConfig, overrides=[f"run_dir={tmp_path / 'run'}", f"data.datasets=[{data}]",
                                               "model.dual_channel={gate: channel, gate_init: 0.0}"])  # fmt: skip
     old = to_dict(cfg)

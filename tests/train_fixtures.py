@@ -1,4 +1,8 @@
-"""Tiny LLaVA-format datasets and configs for the training tests (no data engine needed, seconds to make).
+"""Tiny LLaVA-format datasets and configs for the training tests (no scene engine needed, seconds to make).
+
+The records are written the way the data engine writes them (``spatialboost.dataset_format``'s
+``commit_shard`` and ``write_manifest``: ``shards/shard-00000.jsonl``, a completion record, a manifest),
+so the readers under test see the layout they see in use.
 
 Each image is a 32x32 canvas with one coloured square on the left or the right; the answers name the
 colour and the side, so a tiny VLM can overfit them. Multi-view samples hold two images.
@@ -6,7 +10,6 @@ colour and the side, so a tiny VLM can overfit them. Multi-view samples hold two
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -15,15 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
+from spatialboost.dataset_format import FORMAT, commit_shard, record_images, write_manifest
+from spatialboost.io import sha256_file
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
 def make_dataset(root: Path, n: int = 24, seed: int = 0, multi_every: int = 3) -> Path:
-    """``root/shards/part-0.jsonl`` + ``root/img/*.png``; every ``multi_every``-th sample is multi-view."""
+    """A dataset of ``n`` records + ``root/img/*.png``; every ``multi_every``-th sample is multi-view."""
     rng = random.Random(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
-    (root / "shards").mkdir(parents=True, exist_ok=True)
-    lines = []
+    records = []
     for i in range(n):
         views = 2 if multi_every and i % multi_every == 0 else 1
         images, facts = [], []
@@ -43,12 +48,25 @@ def make_dataset(root: Path, n: int = 24, seed: int = 0, multi_every: int = 3) -
             {"from": "human", "value": "Which side is it on?"},
             {"from": "gpt", "value": " and ".join(f"the {s}" for _, s in facts)},
         ]
-        lines.append(
-            json.dumps(
-                {"id": f"s{i:04d}", "image": images if views > 1 else images[0], "conversations": turns}
-            )
+        records.append(
+            {"id": f"s{i:04d}", "image": images if views > 1 else images[0], "conversations": turns}
         )
-    (root / "shards" / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    return write_records(root, records)
+
+
+def write_records(root: Path, records: list[dict], source: str = "tests") -> Path:
+    """``records`` (their images already under ``root``) as one shard + manifest, through the engine's writer."""
+    paths = [rel for r in records for rel in record_images(r)]
+    files = {rel: sha256_file(root / rel) for rel in paths if (root / rel).is_file()}
+    commit_shard(root, 0, (0, len(records)), records, files, len(paths), {})
+    config = {
+        "format": FORMAT,
+        "source": source,
+        "num_samples": len(records),
+        "seed": 0,
+        "shard_size": len(records),
+    }
+    write_manifest(root, config)
     return root
 
 

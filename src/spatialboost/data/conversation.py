@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spatialboost.constants import IMAGE_TOKEN, LM_IGNORE_INDEX
+from spatialboost.dataset_format import record_images
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 FALLBACK_SYSTEM = (
@@ -59,14 +60,6 @@ class TokenizedConversation:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def record_images(record: dict) -> list[str]:
-    """The record's image paths as a list (``image`` may be a string, a list, or missing)."""
-    image = record.get("image")
-    if image is None:
-        return []
-    return [image] if isinstance(image, str) else list(image)
 
 
 def record_messages(record: dict) -> list[dict[str, str]]:

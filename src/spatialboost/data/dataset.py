@@ -1,7 +1,8 @@
 """A torch ``Dataset`` over the conversation shards of a dataset directory.
 
-Layout (written by the data engine): ``<dir>/shards/*.jsonl``, one LLaVA record per line, image paths
-relative to ``<dir>`` (resolved with ``resolve_inside``: nothing outside the dataset root is read).
+The layout and records are ``spatialboost.dataset_format``'s: the shards its manifest lists, one LLaVA
+record per line, image paths relative to the dataset directory (resolved with ``resolve_inside``: nothing
+outside the dataset root is read).
 
 Text is tokenized once, up front (cheap; gives every sample's length for packing and reports the samples
 that cannot train, e.g. truncation that cuts every answer); images are read lazily in ``__getitem__``.
@@ -9,7 +10,6 @@ that cannot train, e.g. truncation that cuts every answer); images are read lazi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,51 +19,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from spatialboost.data.conversation import (
-    EmptyLabelsError,
-    TokenizedConversation,
-    record_images,
-    tokenize_conversation,
-)
+from spatialboost.data.conversation import EmptyLabelsError, TokenizedConversation, tokenize_conversation
 from spatialboost.data.images import ImageTransform, make_image_transform
 from spatialboost.data.refs import REF_TOKENS, Ref, annotate_record, ref_weights
+from spatialboost.dataset_format import read_instance, read_meta, read_records, record_images, shard_files
 from spatialboost.errors import UserError
 from spatialboost.io import resolve_inside
 
 log = logging.getLogger(__name__)
-
-
-def read_records(root: str | Path) -> list[dict]:
-    """Every record of ``<root>/shards/*.jsonl``, shards in name order."""
-    shards = sorted(Path(root).glob("shards/*.jsonl"))
-    if not shards:
-        raise UserError(f"{root}: no shards/*.jsonl (generate a dataset with `spatialboost generate`)")
-    records = []
-    for shard in shards:
-        with open(shard, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{shard}:{line_no}: not valid JSON ({e})") from None
-    return records
-
-
-def read_meta(root: str | Path, sample_id: str) -> dict | None:
-    """The ground-truth sidecar's metadata (facts, objects, sizes) of a sample, or None without one."""
-    path = resolve_inside(root, f"gt/{sample_id}.npz")
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(z["meta"].tobytes().decode("utf-8"))
-
-
-def read_instance(root: str | Path, sample_id: str) -> np.ndarray | None:
-    """(V, H, W) instance ids of a sample's views from its sidecar, or None."""
-    path = resolve_inside(root, f"gt/{sample_id}.npz")
-    with np.load(path, allow_pickle=False) as z:
-        return z["instance"] if "instance" in z.files else None
 
 
 _TOKENIZED: dict[tuple, tuple] = {}  # in-process memo: the stages of one run tokenize the same data once
@@ -79,9 +42,9 @@ def tokenize_dataset(
 ) -> tuple[
     list[dict], list[TokenizedConversation], list[dict | None], list[list[Ref]], list[tuple[str, str]]
 ]:
-    """(records, samples, sidecar metas, refs, skipped) of every record; memoised per process on the shards'
-    names, sizes and mtimes, the tokenizer object and its size, and the options."""
-    shards = sorted(Path(root).glob("shards/*.jsonl"))
+    """(records, samples, sidecar metas, refs, skipped) of every record; memoised per process on the listed
+    shards' names, sizes and mtimes, the tokenizer object and its size, and the options."""
+    shards = shard_files(root)
     key = (str(Path(root).resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards),
            id(tokenizer), len(tokenizer), num_image_tokens, max_length, ref_tokens, on_overflow)  # fmt: skip
     if key in _TOKENIZED:

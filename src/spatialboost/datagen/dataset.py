@@ -1,14 +1,7 @@
 """Source-agnostic, resumable, sharded writer and reader of spatial CoT datasets.
 
-Layout of a dataset directory::
-
-    config.json                 the resolved config that made it (a different config is refused)
-    manifest.json               counts, config, seed, a content hash per complete shard, versions, timestamps
-    shards/shard-XXXXX.jsonl    LLaVA records {"id", "image", "conversations"}, one per line
-    images/<id>_v<k>.png        view k of sample <id> (deterministic PNG, no metadata)
-    gt/<id>.npz                 ground truth: depth (V,H,W) f32, instance (V,H,W) i32, semantic (V,H,W) u8,
-                                K (V,3,3), cam_to_world (V,4,4), meta = JSON (objects, classes, facts) as bytes
-    state/shard-XXXXX.json      completion record of a shard: its files' hashes and the shard hash
+The layout, record schema and manifest are ``spatialboost.dataset_format``'s (its ``commit_shard`` and
+``write_manifest`` write them here).
 
 A shard is complete only when its record exists and every hash in it matches: files are written to a temp
 file and renamed (``spatialboost.io``), the record last. On a rerun, complete shards are kept, anything
@@ -28,12 +21,10 @@ import math
 import multiprocessing as mp
 import os
 import pickle
-import platform
 import queue
 import random
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,11 +36,23 @@ from spatialboost.config import to_dict
 from spatialboost.datagen.conversations import ConversationConfig, build_conversation, to_llava
 from spatialboost.datagen.relations import SceneGraph
 from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.dataset_format import (
+    FORMAT,
+    commit_shard,
+    load_gt_arrays,
+    record_images,
+    shard_hash,
+    shard_name,
+    write_manifest,
+)
+from spatialboost.dataset_format import (
+    iter_records as iter_records,  # replicate/ still imports these two here
+)
+from spatialboost.dataset_format import read_manifest as read_manifest
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_bytes, atomic_write_json, resolve_inside, sha256_bytes, sha256_file
+from spatialboost.io import atomic_write_json, resolve_inside, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
-FORMAT = "spatialboost-cot/1"
 
 
 class SampleSource(Protocol):
@@ -86,10 +89,6 @@ def sample_seed(base_seed: int, index: int) -> int:
 
 def sample_id(index: int) -> str:
     return f"{index:08d}"
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}"
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -193,41 +192,22 @@ def make_sample(
     return record, files, {"views": len(scene.views), "levels": counts}
 
 
-def shard_hash(files: dict[str, str]) -> str:
-    """Content hash of a shard: over its files' relative paths and sha256s, in path order."""
-    return sha256_bytes("".join(f"{p}\n{h}\n" for p, h in sorted(files.items())).encode())
-
-
 def write_shard(source: SampleSource, spec: WriteSpec, k: int) -> dict[str, Any]:
     """Write shard ``k`` (files first, its completion record last) and return the record."""
     start, end = k * spec.shard_size, min((k + 1) * spec.shard_size, spec.num_samples)
     _remove_temp_files(spec.out, [sample_id(i) for i in range(start, end)], shard_name(k))
     hashes: dict[str, str] = {}
-    lines, levels, views = [], {}, 0
+    records, levels, views = [], {}, 0
     for i in range(start, end):
         record, files, counts = make_sample(source, spec, i)
         for rel, data in files:
             _write_unsynced(spec.out / rel, data)
             hashes[rel] = sha256_bytes(data)
-        lines.append(json.dumps(record, ensure_ascii=False))
+        records.append(record)
         views += counts["views"]
         for lv, n in counts["levels"].items():
             levels[lv] = levels.get(lv, 0) + n
-    jsonl = ("\n".join(lines) + "\n").encode("utf-8")
-    rel = f"shards/{shard_name(k)}.jsonl"
-    atomic_write_bytes(spec.out / rel, jsonl)
-    hashes[rel] = sha256_bytes(jsonl)
-    state = {
-        "shard": k,
-        "file": rel,
-        "samples": [start, end],
-        "views": views,
-        "turns_per_level": dict(sorted(levels.items())),
-        "files": dict(sorted(hashes.items())),
-        "hash": shard_hash(hashes),
-    }
-    atomic_write_json(spec.out / "state" / f"{shard_name(k)}.json", state)
-    return state
+    return commit_shard(spec.out, k, (start, end), records, hashes, views, levels)
 
 
 def _write_unsynced(path: Path, data: bytes) -> None:
@@ -509,130 +489,7 @@ def write_dataset(
     return write_manifest(out, config, started, extra)
 
 
-def write_manifest(
-    out: Path, config: dict[str, Any], started: float | None = None, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Aggregate the completion records of all complete shards into ``manifest.json``."""
-    num_shards = -(-config["num_samples"] // config["shard_size"])
-    shards, levels, samples, views = [], {}, 0, 0
-    for k in range(num_shards):
-        path = out / "state" / f"{shard_name(k)}.json"
-        if not path.exists():
-            continue
-        st = json.loads(path.read_text())
-        n = st["samples"][1] - st["samples"][0]
-        shards.append({"shard": k, "file": st["file"], "hash": st["hash"], "samples": n})
-        samples, views = samples + n, views + st["views"]
-        for lv, c in st["turns_per_level"].items():
-            levels[lv] = levels.get(lv, 0) + c
-    manifest = {
-        "format": FORMAT,
-        "complete": len(shards) == num_shards,
-        "counts": {
-            "samples": samples,
-            "samples_planned": config["num_samples"],
-            "shards": len(shards),
-            "shards_planned": num_shards,
-            "views": views,
-            "turns": sum(levels.values()),
-            "turns_per_level": dict(sorted(levels.items())),
-        },
-        "seed": config["seed"],
-        "config": config,
-        "shards": shards,
-        "software": _versions(),
-        "timestamps": {"started": started, "written": time.time()},
-        **(extra or {}),
-    }
-    atomic_write_json(out / "manifest.json", manifest)
-    return manifest
-
-
-def _versions() -> dict[str, str]:
-    import PIL
-
-    import spatialboost
-
-    return {
-        "spatialboost": spatialboost.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
-
-
 # ----------------------------------------------------------------------------------------------- reading
-
-
-def check_dataset_dir(dataset_dir: str | Path) -> Path:
-    """``dataset_dir`` as a Path; UserError (one line) when it is missing or not a directory."""
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        what = "exists and is not a directory" if root.exists() else "no such dataset directory"
-        raise UserError(f"{root}: {what} (a dataset is the folder `spatialboost generate --out` writes)")
-    return root
-
-
-def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    """The manifest; UserError naming the file when it is missing, not JSON, or lacks its shard list."""
-    path = check_dataset_dir(dataset_dir) / "manifest.json"
-    rerun = "rerun the same `spatialboost generate` command to rewrite it from the completed shards"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; is this a dataset made by `spatialboost generate`? If so, {rerun}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); {rerun}") from None
-    ok = isinstance(manifest, dict) and isinstance(manifest.get("counts"), dict)
-    shards = manifest.get("shards") if ok else None
-    if not isinstance(shards, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("shard"), int)
-        for e in shards
-    ):
-        raise UserError(f"{path}: not a SpatialBoost manifest (no 'counts' or 'shards' list); {rerun}")
-    return manifest
-
-
-def iter_records(dataset_dir: str | Path, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every LLaVA record of the complete shards listed in the manifest, in sample order.
-
-    A line that is not valid JSON raises UserError naming the shard file and the line; with ``errors`` given,
-    the message is appended there instead and reading goes on (``validate`` lists it as a failure)."""
-    for entry in read_manifest(dataset_dir)["shards"]:
-        path = resolve_inside(dataset_dir, entry["file"])
-        try:
-            f = open(path, "rb")  # bytes: a line of bad UTF-8 is one bad line, not a crash mid-file
-        except OSError as e:
-            _bad_line(f"{entry['file']}: unreadable shard ({e.strerror or e})", errors)
-            continue
-        with f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except ValueError as e:
-                    _bad_line(f"{entry['file']} line {number}: not a valid JSON record ({e})", errors)
-
-
-def _bad_line(message: str, errors: list[str] | None) -> None:
-    if errors is None:
-        raise UserError(message + "; run `spatialboost validate` on the dataset, or regenerate the shard")
-    errors.append(message)
-
-
-def record_images(record: dict[str, Any]) -> list[str]:
-    img = record["image"]
-    return [img] if isinstance(img, str) else list(img)
-
-
-def load_gt_arrays(dataset_dir: str | Path, sample: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, meta) of a sample's ground-truth sidecar."""
-    path = resolve_inside(dataset_dir, f"gt/{sample}.npz")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    return arrays, meta
 
 
 def load_sample_gt(dataset_dir: str | Path, record: dict[str, Any], load_rgb: bool = True) -> Scene:

@@ -22,15 +22,9 @@ from PIL import Image
 from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.datagen import solids
 from spatialboost.datagen import templates as _templates  # noqa: F401  (registers the "caption" fact)
-from spatialboost.datagen.dataset import (
-    check_dataset_dir,
-    iter_records,
-    load_sample_gt,
-    read_manifest,
-    record_images,
-    verify_shard,
-)
+from spatialboost.datagen.dataset import load_sample_gt, verify_shard
 from spatialboost.datagen.relations import SceneGraph, recompute, values_match
+from spatialboost.dataset_format import check_dataset_dir, iter_records, read_manifest, record_images
 from spatialboost.errors import UserError
 from spatialboost.io import resolve_inside
 

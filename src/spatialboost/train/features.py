@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spatialboost.data.conversation import record_images
+from spatialboost.dataset_format import record_images
 from spatialboost.io import resolve_inside
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from spatialboost.config import ConfigError, from_dict, save_config, to_dict
+from spatialboost.dataset_format import read_manifest, read_records
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir
 from spatialboost.models.export import save_encoder
@@ -139,9 +140,10 @@ def check_paths(cfg: TrainConfig) -> None:
                 f"data.datasets is empty (stage {stage}): list dataset dirs made by `spatialboost generate`"
             )
         for root in roots:
-            if not any(Path(root).glob("shards/*.jsonl")):
-                what = "no shards/*.jsonl" if Path(root).is_dir() else "no such directory"
-                raise UserError(f"data.datasets: {root}: {what} (make one with `spatialboost generate`)")
+            try:
+                read_manifest(root)  # names the folder or its manifest and says what to do
+            except UserError as e:
+                raise UserError(f"data.datasets: {e}") from None
 
 
 # keys a saved config may still hold from older versions; they no longer exist and change nothing
@@ -189,7 +191,6 @@ def prepare_tokenizer(cfg: TrainConfig, env):
 
 
 def train_corpus_tokenizer(cfg: TrainConfig, path: Path) -> None:
-    from spatialboost.data.dataset import read_records
     from spatialboost.data.tokenizer import corpus_from_records, save_tokenizer, train_tokenizer
 
     roots = sorted({root for stage in cfg.stages.run for root in cfg.stage_data(stage).datasets})
