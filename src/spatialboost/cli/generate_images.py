@@ -22,8 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spatialboost.cli.common import add_run_arguments, check_out_dir
 from spatialboost.config import load_config
-from spatialboost.datagen.commands_common import add_run_arguments, check_out_dir
 from spatialboost.datagen.conversations import ConversationConfig
 from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.image_source import STAGES, ImagesConfig, ImageSource, Item, collect_items

@@ -1,4 +1,4 @@
-"""What the ``spatialboost generate`` sub-commands share (``commands_generate``: synthetic, ``commands_images``:
+"""What the ``spatialboost generate`` sub-commands share (``cli.generate``: synthetic, ``cli.generate_images``:
 real photos): refusing a bad ``--out`` and the options every source takes."""
 
 from __future__ import annotations

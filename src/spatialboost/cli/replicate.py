@@ -53,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spatialboost.replicate.report import arm_table, write_report
-    from spatialboost.replicate.runner import run_study
-    from spatialboost.replicate.study import make_config, selected_arms
+    from spatialboost.studies.replicate.report import arm_table, write_report
+    from spatialboost.studies.replicate.runner import run_study
+    from spatialboost.studies.replicate.study import make_config, selected_arms
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     command, commit = command_line(args), git_commit()
     OutputDir.claim(args.out, STUDY_KIND, overwrite=args.overwrite, legacy=_legacy_study).finish(prune=False)
     if args.report_only:
-        from spatialboost.replicate.report import collect
+        from spatialboost.studies.replicate.report import collect
 
         summary = collect(args.out)
         if (args.out / "command.json").is_file():  # the command and commit of the study itself
@@ -108,7 +108,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def table_order(summary: dict) -> list[str]:
     """Test-split arms in the order the tables list them (then any others)."""
-    from spatialboost.replicate.study import TABLES
+    from spatialboost.studies.replicate.study import TABLES
 
     ordered = list(dict.fromkeys(n for t in TABLES for n in t.arms if n in summary["arms"]))
     return ordered + [n for n in summary["arms"] if n not in ordered and not n.endswith("@val")]

@@ -3,7 +3,7 @@
 ``generate synthetic --scenes N --views V --seed S --out DIR [--shard i/n] [--workers W] [--config FILE]
 [key=value ...]``; flags override the config file, ``key.sub=value`` overrides (e.g. ``synthetic.image_size=128``,
 ``conversation.order=reverse``) override both. ``generate images`` is delegated to
-``spatialboost.datagen.commands_images`` (real photos).
+``spatialboost.cli.generate_images`` (real photos).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from spatialboost.cli import generate_images
+from spatialboost.cli.common import add_run_arguments, check_out_dir
 from spatialboost.config import load_config
-from spatialboost.datagen import commands_images
-from spatialboost.datagen.commands_common import add_run_arguments, check_out_dir
 from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.errors import UserError
@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     images = sub.add_parser(
         "images", help="real photos (or RGB-D folders) through depth, detection and segmentation models",
-        description=commands_images.DESCRIPTION,
+        description=generate_images.DESCRIPTION,
     )  # fmt: skip
-    commands_images.add_arguments(images)
+    generate_images.add_arguments(images)
 
 
 _FLAGS = {
@@ -76,7 +76,7 @@ def synthetic_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.source == "images":
-        return int(commands_images.run(args) or 0)
+        return int(generate_images.run(args) or 0)
     if args.source != "synthetic":
         raise UserError("choose a source: `generate synthetic ...` or `generate images ...`")
     return run_synthetic(args)
