@@ -80,7 +80,7 @@ WIDE_LLM = dict(
 
 
 def make_data(out: Path, scenes: int) -> Path:
-    from spatialboost.demo import DemoState, step_generate
+    from spatialboost.studies.demo import DemoState, step_generate
 
     state = DemoState(out=out, scenes=scenes)
     if not (state.dataset_dir / "manifest.json").is_file():

@@ -166,7 +166,7 @@ def main() -> None:
 
 def probe_bound(base: str, data: Path, heldout: Path) -> dict:
     from spatialboost.models.encoders import create_encoder
-    from spatialboost.replicate.diagnostics import choice_probe
+    from spatialboost.studies.replicate.diagnostics import choice_probe
 
     return choice_probe(create_encoder(base).eval(), data, heldout, 64, 8)
 
@@ -175,8 +175,8 @@ def full_recipe(args, base: str) -> dict:
     """Rung 3: reading warm-up + full conversations; rung 4: stage 3 and the val probes."""
     from spatialboost.models.encoders import create_encoder
     from spatialboost.models.export import load_encoder
-    from spatialboost.replicate.probing import ProbeBench
-    from spatialboost.replicate.study import FULL
+    from spatialboost.studies.replicate.probing import ProbeBench
+    from spatialboost.studies.replicate.study import FULL
 
     main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
     data = dataset(args.out, "main", 1000, 0, main, 0.5)

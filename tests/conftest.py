@@ -1,5 +1,5 @@
 """Suite-wide settings. OpenMP's spin-waiting threads stall every op when another process holds a core
-(see spatialboost/cli.py); set the passive policy before any test imports torch."""
+(see spatialboost/cli/__init__.py); set the passive policy before any test imports torch."""
 
 import os
 

@@ -104,7 +104,7 @@ def test_different_config_refused(dataset, capsys):
 @pytest.mark.slow
 def test_demo_data_steps(tmp_path):
     """The demo's data steps (generate, validate, view); the full demo (training, probes) is tested elsewhere."""
-    from spatialboost import demo
+    from spatialboost.studies import demo
 
     state = demo.DemoState(out=tmp_path / "demo", scenes=6)
     steps = dict(demo.STEPS)

@@ -2,11 +2,12 @@
 
 Each package sits on a layer and imports only from layers below it (or from itself): foundation modules ->
 the data stages (``datagen`` writes datasets, ``data`` turns records into tensors; neither imports the
-other) -> ``models`` -> ``train`` and ``eval`` (neither imports the other) -> the studies and commands
-(``replicate``, ``demo``, the CLI). Command modules (``commands*.py``) are imported only by other
-command modules or their package's ``__init__``. No two modules import each other, directly or round a loop,
-even from inside functions (a lazy import hides a cycle; it does not remove it). A backwards import fails here
-with the line that made it.
+other) -> ``models`` -> ``train`` and ``eval`` (neither imports the other) -> ``studies`` (the demo, the
+replicate study) -> ``cli`` (every command) -> ``__main__``. The library (every package below ``studies``)
+never imports the commands or the studies. The CLI's ``COMMANDS`` table names the modules it imports lazily;
+those names count as imports here. No two modules import each other, directly or round a loop, even from
+inside functions (a lazy import hides a cycle; it does not remove it). A backwards import fails here with the
+line that made it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ LAYERS: list[set[str]] = [
     {"datagen", "data"},
     {"models"},
     {"train", "eval"},
-    {"replicate", "demo", "cli"},
+    {"studies"},
+    {"cli"},
     {"__main__"},
 ]
 ROOT = ""  # ``import spatialboost`` (the package: version and the lazy public API)
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer} | {ROOT: 0}
+LIBRARY = {pkg for pkg, layer in LAYER_OF.items() if layer < LAYER_OF["studies"]}
+ABOVE_LIBRARY = ("studies", "cli")
+TABLE = "COMMANDS"  # a module-level dict whose string values name the modules a command line imports lazily
 
 
 def module_name(path: Path, src: Path = SRC) -> str:
@@ -47,7 +52,8 @@ def _nodes(text: str) -> tuple[ast.AST, ...]:
 
 
 def imported_modules(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
-    """Every spatialboost module ``path`` imports, anywhere in the file, with its line number."""
+    """Every spatialboost module ``path`` imports, anywhere in the file, with its line number (the modules
+    named in a ``COMMANDS`` table included)."""
     name = module_name(path, src)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
@@ -60,10 +66,22 @@ def imported_modules(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            # ``from spatialboost.models import commands_export`` imports the module models.commands_export
+            # ``from spatialboost.cli import common`` imports the module cli.common
             subs = [f"{target}.{a.name}" for a in node.names if _is_module(src, f"{target}.{a.name}")]
             found += [(m, node.lineno) for m in subs or [target]]
+        elif _is_table(node):
+            found += [(c.value, c.lineno) for c in ast.walk(node.value) if _names_module(src, c)]
     return [(t, line) for t, line in found if t == "spatialboost" or t.startswith("spatialboost.")]
+
+
+def _is_table(node: ast.AST) -> bool:
+    if isinstance(node, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == TABLE for t in node.targets)
+    return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == TABLE
+
+
+def _names_module(src: Path, node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and _is_module(src, node.value)
 
 
 def _is_module(src: Path, dotted: str) -> bool:
@@ -87,13 +105,10 @@ def violations(src: Path) -> list[str]:
             where = f"{path.relative_to(src.parent)}:{line}: {source} imports {target}"
             if pkg not in LAYER_OF or dst not in LAYER_OF:
                 bad.append(f"{where} (declare the package on a layer in {Path(__file__).name})")
+            elif pkg in LIBRARY and dst in ABOVE_LIBRARY:
+                bad.append(f"{where} (library code must not import the commands or the studies)")
             elif dst != pkg and LAYER_OF[dst] >= LAYER_OF[pkg]:
                 bad.append(f"{where} (layer {LAYER_OF[pkg]} may only import layers below it)")
-            leaf = target.rsplit(".", 1)[-1]
-            is_command = leaf.startswith("commands") or target == "spatialboost.demo"
-            importer_ok = source.rsplit(".", 1)[-1].startswith("commands") or path.name == "__init__.py"
-            if is_command and dst != ROOT and not importer_ok and pkg not in ("cli", "__main__"):
-                bad.append(f"{where} (library code must not import a command module)")
     return bad
 
 
@@ -106,6 +121,26 @@ def test_every_package_is_on_a_layer():
 def test_imports_follow_the_layers():
     bad = violations(SRC)
     assert not bad, "imports against the declared layering:\n" + "\n".join(bad)
+
+
+def test_the_library_imports_no_command_and_no_study():
+    """Only the studies, the CLI and ``__main__`` import the studies or the CLI."""
+    importers = {
+        module_name(p)
+        for p in SRC.rglob("*.py")
+        if {package_of(t) for t, _ in imported_modules(p)} & {*ABOVE_LIBRARY}
+    }
+    assert importers and {package_of(m) for m in importers} <= {"studies", "cli", "__main__"}, sorted(
+        importers
+    )
+
+
+def test_the_command_table_counts_as_imports():
+    """``cli.COMMANDS`` names every command module; the layering sees those lazy imports."""
+    from spatialboost.cli import COMMANDS
+
+    seen = {target for target, _ in imported_modules(SRC / "cli" / "__init__.py")}
+    assert {module for module, _ in COMMANDS.values()} <= seen
 
 
 def import_cycles(src: Path) -> list[list[str]]:
@@ -156,7 +191,12 @@ def test_a_cycle_is_caught(tmp_path):
         ("data/extra.py", "def f():\n    from spatialboost.models.vlm import SpatialVLM\n", "layer"),
         ("eval/extra.py", "from spatialboost.train.config import TrainConfig\n", "layer"),
         ("errors_extra.py", "import spatialboost.io\n", "declare"),
-        ("models/extra.py", "from spatialboost.models import commands_export\n", "command"),
+        ("models/extra.py", "from spatialboost.cli import export\n", "library"),
+        ("train/extra.py", "def f():\n    from spatialboost.studies.demo import run_demo\n", "library"),
+        ("eval/extra.py", "import spatialboost.studies.replicate.report\n", "library"),
+        ("studies/extra.py", "from spatialboost.cli.common import check_out_dir\n", "layer"),
+        ("studies/extra.py", 'COMMANDS = {"view": ("spatialboost.cli.view", "a table")}\n', "layer"),
+        ("cli/extra.py", "import spatialboost.__main__\n", "layer"),
     ],
 )
 def test_a_backwards_import_is_caught(tmp_path, module, line, why):

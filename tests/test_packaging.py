@@ -28,7 +28,7 @@ def test_packaged_demo_config_is_configs_demo_yaml():
 
 
 def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):
-    from spatialboost import demo
+    from spatialboost.studies import demo
 
     monkeypatch.chdir(tmp_path)  # no configs/ around, as for an installed package
     state = demo.DemoState(out=tmp_path / "d", scenes=4, quick=True)

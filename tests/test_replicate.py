@@ -10,9 +10,9 @@ import torch
 
 from spatialboost.cli import main
 from spatialboost.registry import UnknownNameError
-from spatialboost.replicate import report
-from spatialboost.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
-from spatialboost.replicate.study import ARMS, TABLES, StudyConfig, make_config
+from spatialboost.studies.replicate import report
+from spatialboost.studies.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
+from spatialboost.studies.replicate.study import ARMS, TABLES, StudyConfig, make_config
 from train_fixtures import one_thread  # noqa: F401
 
 
@@ -51,7 +51,7 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
 
 @pytest.mark.slow
 def test_rerun_redoes_no_finished_arm(quick_study, monkeypatch, capsys):
-    from spatialboost.replicate import runner
+    from spatialboost.studies.replicate import runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
@@ -88,7 +88,7 @@ def test_report_cells_are_mean_and_sample_std_of_the_seeds():
 
 
 def test_study_registry_and_job_order():
-    from spatialboost.replicate.runner import plan_jobs
+    from spatialboost.studies.replicate.runner import plan_jobs
 
     for table in TABLES:
         for name in table.arms:
@@ -146,7 +146,7 @@ def test_spatial_content_counts_queried_points(tmp_path):
     from spatialboost.datagen.dataset import WriteSpec, write_dataset
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
     from spatialboost.datagen.synthetic import SyntheticConfig
-    from spatialboost.replicate.diagnostics import POINT, spatial_content
+    from spatialboost.studies.replicate.diagnostics import POINT, spatial_content
 
     assert POINT.findall("The depth at (9, 41) is 1.94 m; (52, 29)") == [("9", "41"), ("52", "29")]
     cfg = GenerateConfig(scenes=3, synthetic=SyntheticConfig(image_size=32))

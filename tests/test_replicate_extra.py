@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from eval_stubs import StubEncoder
 from spatialboost.cli import main
-from spatialboost.replicate.extra import ExtraProbes, extra_arms, extra_columns, extra_table
-from spatialboost.replicate.runner import Study, run_extra_probes
-from spatialboost.replicate.study import ARMS, QUICK, StudyConfig
+from spatialboost.studies.replicate.extra import ExtraProbes, extra_arms, extra_columns, extra_table
+from spatialboost.studies.replicate.runner import Study, run_extra_probes
+from spatialboost.studies.replicate.study import ARMS, QUICK, StudyConfig
 
 
 def test_extra_probes_run_the_3d_benches_at_quick_size(tmp_path):

@@ -34,7 +34,7 @@ def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):
     """A broken install (here: the probe package) stops the demo with the ImportError, never a silent skip."""
     import sys
 
-    from spatialboost import demo
+    from spatialboost.studies import demo
 
     monkeypatch.setitem(sys.modules, "spatialboost.eval.runner", None)  # `import` of it now raises
     with pytest.raises(ImportError):

@@ -1,7 +1,10 @@
-"""Typed dataclass configs with one loading path: YAML -> defaults -> ``key.sub=value`` overrides -> validation.
+"""Typed dataclass configs with one loading path: YAML -> defaults -> flags -> ``key.sub=value`` overrides ->
+validation.
 
-Every config is a (possibly nested) dataclass. ``load_config(Cls, path, overrides)`` builds it; values are
-parsed with ``yaml.safe_load`` (never ``eval``), and types are checked against the dataclass field types.
+Every config is a (possibly nested) dataclass. ``load_config(Cls, path, overrides, values)`` builds it
+(``values``: dotted key -> Python value, what a command's flags set; ``spatialboost.cli.common.
+load_command_config`` is how every command calls it); override values are parsed with ``yaml.safe_load``
+(never ``eval``), and types are checked against the dataclass field types.
 A config class may define ``validate(self) -> None`` that raises ``ConfigError`` for impossible values.
 ``save_config`` writes the resolved config next to an output (atomically). ``packaged_config(name)`` is a
 config shipped inside the package (``spatialboost/resources/<name>.yaml``: what commands read at run time,
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +41,14 @@ PACKAGED_CONFIGS = ("demo",)  # spatialboost/resources/<name>.yaml
 C = TypeVar("C")
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``key.sub=value`` overrides."""
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> C:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``values`` (dotted key -> a Python
+    value, e.g. a command's flags), then by ``key.sub=value`` overrides; validated as a whole."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -51,6 +61,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -159,6 +171,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (a preset given as a value)
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where + ".")

@@ -1,7 +1,7 @@
 """``ImageSource``: real photos (or RGB-D folders) -> perception -> lifted ``Scene`` per sample, for the dataset
 writer; ``ImagesConfig`` is what identifies an images dataset, ``collect_items`` the usable inputs of a folder.
 
-The command (``spatialboost generate images``, ``datagen.commands_images``) builds these from its flags. Perception
+The command (``spatialboost generate images``, ``cli.generate_images``) builds these from its flags. Perception
 runs batched per shard, and per-stage caches (``cache/{depth,detections,masks}/<image sha>-<backend config>.npz``,
 written atomically) mean a crash after depth never recomputes depth. Backends are built lazily, so the source
 pickles to spawned workers.

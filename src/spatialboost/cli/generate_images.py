@@ -22,8 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spatialboost.config import load_config
-from spatialboost.datagen.commands_common import add_run_arguments, check_out_dir
+from spatialboost.cli.common import add_run_arguments, check_out_dir, load_command_config
 from spatialboost.datagen.conversations import ConversationConfig
 from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.image_source import STAGES, ImagesConfig, ImageSource, Item, collect_items
@@ -79,24 +78,30 @@ class ImagesFileConfig:
     lift: LiftConfig = field(default_factory=LiftConfig)
 
 
-def file_config(args: argparse.Namespace) -> ImagesFileConfig:
-    return load_config(ImagesFileConfig, args.config, list(args.overrides))
+def build_config(args: argparse.Namespace) -> tuple[ImagesFileConfig, ImagesConfig]:
+    """What --config and key=value overrides set (conversations, lifting), and the images config the flags set
+    (it identifies the dataset), both through ``load_command_config``."""
+    file_cfg = load_command_config(ImagesFileConfig, args.config, args.overrides)
+    vocabulary = load_vocabulary(args.vocab)
+    oracle = {"depth_noise": args.oracle_depth_noise, "erode_px": args.oracle_erode, "seed": args.seed}
+    flags = {
+        "input": str(args.input.resolve()), "depth": args.depth, "detector": args.detector,
+        "segmenter": args.segmenter, "model_paths": model_paths(args.model_path), "vocabulary": vocabulary,
+        "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "threshold": args.threshold,
+        "multiview": args.multiview, "oracle": oracle, "lift": file_cfg.lift,
+    }  # fmt: skip
+    return file_cfg, load_command_config(ImagesConfig, None, [], flags)
 
 
-def images_config(args: argparse.Namespace, vocabulary: list[str], lift: LiftConfig) -> ImagesConfig:
-    model_paths = {}
-    for spec in args.model_path:
+def model_paths(specs: list[str]) -> dict[str, str]:
+    """``--model-path STAGE=PATH`` flags as {stage: path}."""
+    paths = {}
+    for spec in specs:
         stage, sep, path = spec.partition("=")
         if not sep or stage not in STAGES:
             raise UserError(f"--model-path {spec!r}: use STAGE=PATH with STAGE one of {list(STAGES)}")
-        model_paths[stage] = path
-    oracle = {"depth_noise": args.oracle_depth_noise, "erode_px": args.oracle_erode, "seed": args.seed}
-    return ImagesConfig(
-        input=str(args.input.resolve()), depth=args.depth, detector=args.detector, segmenter=args.segmenter,
-        model_paths=model_paths, vocabulary=vocabulary, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, threshold=args.threshold, multiview=args.multiview, oracle=oracle,
-        lift=lift,
-    )  # fmt: skip
+        paths[stage] = path
+    return paths
 
 
 def _check_names(cfg: ImagesConfig) -> None:
@@ -129,8 +134,7 @@ def no_items_message(root: Path, skipped: list[dict[str, str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
-    fcfg = file_config(args)
-    cfg = images_config(args, load_vocabulary(args.vocab), fcfg.lift)
+    fcfg, cfg = build_config(args)
     _check_names(cfg)
     shard = parse_shard_spec(args.shard)
     items, skipped = collect_items(args.input, args.multiview, ImageLimits())

@@ -3,7 +3,7 @@
 ``generate synthetic --scenes N --views V --seed S --out DIR [--shard i/n] [--workers W] [--config FILE]
 [key=value ...]``; flags override the config file, ``key.sub=value`` overrides (e.g. ``synthetic.image_size=128``,
 ``conversation.order=reverse``) override both. ``generate images`` is delegated to
-``spatialboost.datagen.commands_images`` (real photos).
+``spatialboost.cli.generate_images`` (real photos).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from spatialboost.config import load_config
-from spatialboost.datagen import commands_images
-from spatialboost.datagen.commands_common import add_run_arguments, check_out_dir
+from spatialboost.cli import generate_images
+from spatialboost.cli.common import add_run_arguments, check_out_dir, load_command_config
 from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.errors import UserError
@@ -50,33 +49,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     images = sub.add_parser(
         "images", help="real photos (or RGB-D folders) through depth, detection and segmentation models",
-        description=commands_images.DESCRIPTION,
+        description=generate_images.DESCRIPTION,
     )  # fmt: skip
-    commands_images.add_arguments(images)
+    generate_images.add_arguments(images)
 
 
-_FLAGS = {
-    "scenes": "scenes",
-    "views": "views",
-    "seed": "seed",
-    "multiview_share": "multiview_share",
-    "max_views": "max_views",
-    "image_size": "synthetic.image_size",
-    "shard_size": "shard_size",
-}
-
-
-def synthetic_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> GenerateConfig:
     """GenerateConfig from --config, then the flags, then key=value overrides."""
-    overrides = [
-        f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag) is not None
-    ]
-    return load_config(GenerateConfig, args.config, overrides + list(args.overrides))
+    flags = {
+        "scenes": args.scenes,
+        "views": args.views,
+        "seed": args.seed,
+        "multiview_share": args.multiview_share,
+        "max_views": args.max_views,
+        "synthetic.image_size": args.image_size,
+        "shard_size": args.shard_size,
+    }
+    return load_command_config(GenerateConfig, args.config, args.overrides, flags)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.source == "images":
-        return int(commands_images.run(args) or 0)
+        return int(generate_images.run(args) or 0)
     if args.source != "synthetic":
         raise UserError("choose a source: `generate synthetic ...` or `generate images ...`")
     return run_synthetic(args)
@@ -84,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_synthetic(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
-    cfg = synthetic_config(args)
+    cfg = build_config(args)
     shard = parse_shard_spec(args.shard)
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")

@@ -8,7 +8,8 @@
 ``all`` is the 2D set (depth, seg, cls); ``all3d`` the 3D set (corr, register, sem3d: multi-view synthetic
 scenes or ``rgbd:PATH``); ``robot`` (Meta-World behaviour cloning, ``pip install 'spatialboost[robot]'``) is
 opt-in: it renders every rollout step. Several tasks: ``tasks=[all,all3d]``.
-Writes results.json, results.md, bars.png, depth_grid.png (and corr_rotation.png) and the resolved config.yaml.
+Flags override the config file; ``key.sub=value`` overrides override both. Writes results.json, results.md,
+bars.png, depth_grid.png (and corr_rotation.png) and the resolved config.yaml.
 A boosted encoder directory given without --baseline brings its base along (re-run with the same seeds).
 """
 
@@ -17,7 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from spatialboost.config import ConfigError, load_config, save_config, validate_tree
+from spatialboost.cli.common import load_command_config
+from spatialboost.config import save_config
 from spatialboost.errors import UserError
 from spatialboost.eval.benches import TASKS
 from spatialboost.eval.job import run_job
@@ -56,25 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> ProbeConfig:
-    try:
-        cfg = load_config(ProbeConfig, args.config, args.overrides)
-        flags = {"encoder": args.encoder, "baseline": args.baseline, "seeds": args.seeds, "out": args.out}
-        for key, value in flags.items():
-            if value is not None:
-                setattr(cfg, key, value)
-        if args.task is not None:
-            cfg.tasks = [args.task]
-        if args.data is not None:
-            cfg.data.spec = args.data
-        if args.image_size is not None:
-            cfg.features.image_size = args.image_size
-        if args.layers is not None:
-            cfg.features.layers = args.layers
-        if getattr(args, "rollouts", None) is not None:
-            cfg.robot.rollouts = args.rollouts
-        validate_tree(cfg)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    """ProbeConfig from --config, then the flags, then key.sub=value overrides."""
+    flags = {
+        "encoder": args.encoder,
+        "baseline": args.baseline,
+        "seeds": args.seeds,
+        "out": args.out,
+        "tasks": None if args.task is None else [args.task],
+        "data.spec": args.data,
+        "features.image_size": args.image_size,
+        "features.layers": args.layers,
+        "robot.rollouts": args.rollouts,
+    }
+    cfg = load_command_config(ProbeConfig, args.config, args.overrides, flags)
     if not cfg.encoder:
         raise UserError("--encoder is required (a registered name or a saved encoder directory)")
     return cfg

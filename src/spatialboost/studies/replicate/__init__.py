@@ -1,4 +1,5 @@
-"""The paper's claims measured at CPU scale with error bars (issue 7): ``spatialboost replicate``.
+"""The paper's claims measured at CPU scale with error bars (issue 7); its command is ``spatialboost replicate``
+(``spatialboost.cli.replicate``).
 
 - ``study.py``: the study as data -- sizes, the untuned recipe, data variants, the ``ARMS`` registry, tables.
 - ``data.py``: the main stage-3 dataset and its variants, written with the data engine.
@@ -8,11 +9,4 @@
 - ``diagnostics.py``: gates, Attn+ movement, loss curves, answer-token accuracy, spatial content of the data.
 - ``runner.py``: ``run_study`` -- pre-train once, stages 1+2 per seed, every arm, resumable.
 - ``report.py``: results.json / results.md / plots from the arms' result files.
-- ``commands.py``: the CLI.
 """
-
-from __future__ import annotations
-
-from spatialboost.replicate.commands import add_arguments, run
-
-__all__ = ["add_arguments", "run"]

@@ -28,7 +28,7 @@ from spatialboost.config import to_dict
 from spatialboost.io import atomic_write_json
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
-from spatialboost.replicate.study import ARMS, Arm, StudyConfig, selected_arms
+from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Study:
     @property
     def bench(self):
         if self._bench is None:
-            from spatialboost.replicate.probing import ProbeBench
+            from spatialboost.studies.replicate.probing import ProbeBench
 
             self._bench = ProbeBench(self.cfg.sizes, self.cache / "features")
         return self._bench
@@ -63,13 +63,13 @@ class Study:
     @property
     def extras(self):
         if self._extras is None:
-            from spatialboost.replicate.extra import ExtraProbes
+            from spatialboost.studies.replicate.extra import ExtraProbes
 
             self._extras = ExtraProbes(self.cfg.extra_probes, self.cfg.sizes, self.cache / "features")
         return self._extras
 
     def data(self, name: str) -> Path:
-        from spatialboost.replicate.data import ensure_dataset
+        from spatialboost.studies.replicate.data import ensure_dataset
 
         return ensure_dataset(
             self.out / "data", name, self.cfg.sizes, extra_turns=dict(self.cfg.recipe.extra_turns)
@@ -78,7 +78,7 @@ class Study:
     @property
     def heldout(self) -> Path:
         """Held-out conversations in the recipe's format: the trainer's image-gain data."""
-        from spatialboost.replicate.data import ensure_heldout_dataset
+        from spatialboost.studies.replicate.data import ensure_heldout_dataset
 
         return ensure_heldout_dataset(self.out / "data", self.cfg.sizes, dict(self.cfg.recipe.extra_turns))
 
@@ -91,7 +91,7 @@ class Study:
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
     """Every selected arm for every seed (search arms: seed 0 on val); returns the collected summary."""
-    from spatialboost.replicate.report import collect
+    from spatialboost.studies.replicate.report import collect
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def prepare_base(study: Study) -> None:
 def reading_bound(study: Study) -> dict[str, Any]:
     """Rung 1 of the reading ladder, once per study: an MLP on the frozen base features of the two places an
     A/B question names (``diagnostics.choice_probe``); ``OUT/reading-bound.json``."""
-    from spatialboost.replicate.diagnostics import choice_probe
+    from spatialboost.studies.replicate.diagnostics import choice_probe
 
     path = study.out / "reading-bound.json"
     if path.is_file() or not study.cfg.recipe.extra_turns:
@@ -172,7 +172,7 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
 
 def run_extra_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
     """The 3D / robot probes of ``cfg.extra_probes`` on table A's arms (test split); {} otherwise."""
-    from spatialboost.replicate.extra import extra_arms
+    from spatialboost.studies.replicate.extra import extra_arms
 
     if not study.cfg.extra_probes or arm.split != "test" or arm.name not in extra_arms():
         return {}
@@ -216,7 +216,7 @@ def train_none(study: Study, arm: Arm, seed: int):
 
 def train_llm(study: Study, arm: Arm, seed: int):
     """Stage 3 through the frozen LLM, on top of this seed's shared stages 1+2."""
-    from spatialboost.replicate.diagnostics import adapter_stats, loss_curve, weight_change
+    from spatialboost.studies.replicate.diagnostics import adapter_stats, loss_curve, weight_change
     from spatialboost.train.pipeline import run_training
     from spatialboost.train.stages import stage_dir
 
@@ -249,8 +249,8 @@ def _read_gain(run_dir: str | Path, stage: str) -> dict[str, Any]:
 
 
 def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
-    from spatialboost.replicate.data import ensure_diag_dataset
-    from spatialboost.replicate.diagnostics import answer_accuracy
+    from spatialboost.studies.replicate.data import ensure_diag_dataset
+    from spatialboost.studies.replicate.diagnostics import answer_accuracy
 
     data = ensure_diag_dataset(study.out / "data", study.cfg.sizes)
     return {"before": answer_accuracy(cfg, data, after_stage3=False),
@@ -262,8 +262,8 @@ def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
 def train_dense(study: Study, arm: Arm, seed: int):
     """A linear depth/seg head + dual-channel Attn+ on ground truth (same images and steps as stage 3)."""
     from spatialboost.models.dual_channel import add_dual_channel
-    from spatialboost.replicate.dense import DenseConfig, load_dense_data, train_dense_head
-    from spatialboost.replicate.diagnostics import adapter_stats
+    from spatialboost.studies.replicate.dense import DenseConfig, load_dense_data, train_dense_head
+    from spatialboost.studies.replicate.diagnostics import adapter_stats
 
     r, s = recipe_dict(study, arm), study.cfg.sizes
     out = run_dir(study, arm, seed)
@@ -283,8 +283,8 @@ def train_dense(study: Study, arm: Arm, seed: int):
 
 
 def train_simple_ft(study: Study, arm: Arm, seed: int):
-    from spatialboost.replicate.diagnostics import weight_change
-    from spatialboost.replicate.simple_ft import simple_finetune
+    from spatialboost.studies.replicate.diagnostics import weight_change
+    from spatialboost.studies.replicate.simple_ft import simple_finetune
 
     out = run_dir(study, arm, seed)
     reused = _reuse(out)
@@ -351,7 +351,7 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
     cfg = _train_config(study, path, seed, stages, study.data("main"), None, width, {})
     cfg.image_gain.blind = r.blind and seed == 0 and bool(cfg.image_gain.datasets)
     if r.reading_turns:  # stage 1 = the reading warm-up: LM + projector on terse reference-token questions
-        from spatialboost.replicate.data import ensure_reading_dataset
+        from spatialboost.studies.replicate.data import ensure_reading_dataset
 
         reading = ensure_reading_dataset(study.out / "data", s, dict(r.reading_turns))
         cfg.stages.align.train_llm = True

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spatialboost.replicate.study import TABLES, Sizes
+from spatialboost.studies.replicate.study import TABLES, Sizes
 
 EXTRA_TABLE = "A"
 # (probe, metric) -> column of the extra table; lower is better for RTE

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from spatialboost.datagen.conversations import ConversationConfig
-from spatialboost.replicate.study import DATA, DataVariant, Sizes
+from spatialboost.studies.replicate.study import DATA, DataVariant, Sizes
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from spatialboost.config import config_path, load_config
+from spatialboost.cli.common import load_command_config
+from spatialboost.config import config_path
 from spatialboost.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from --config (a file or a packaged name), then key.sub=value overrides (no other flags)."""
+    return load_command_config(TrainConfig, config_path(args.config), args.overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     from spatialboost.train.pipeline import run_training
 
-    cfg = load_config(TrainConfig, config_path(args.config), args.overrides)  # ConfigError: one line, exit 2
+    cfg = build_config(args)  # ConfigError: one line, exit 2
     for r in run_training(cfg):
         log.info(
             "stage %s: %d steps, loss %.4f -> %.4f, %.0f tokens/s, %.1f samples/s -> %s",

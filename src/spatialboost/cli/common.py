@@ -1,12 +1,18 @@
-"""What the ``spatialboost generate`` sub-commands share (``commands_generate``: synthetic, ``commands_images``:
-real photos): refusing a bad ``--out`` and the options every source takes."""
+"""What the commands share: ``load_command_config`` (every command's config, built one way), and for the
+``spatialboost generate`` sub-commands (``cli.generate``: synthetic, ``cli.generate_images``: real photos) refusing
+a bad ``--out`` and the options every source takes."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
+from spatialboost.config import load_config
 from spatialboost.errors import UserError
+
+C = TypeVar("C")
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:
@@ -29,3 +35,13 @@ def add_run_arguments(
     )
     parser.add_argument("--config", type=Path, help=config_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_command_config(
+    cls: type[C], path: str | Path | None, overrides: list[str], flags: Mapping[str, Any] | None = None
+) -> C:
+    """The one way a command builds its config: the YAML file at ``path`` -> the defaults of ``cls`` ->
+    ``flags`` (dotted config key -> the flag's value; ``None``, a flag not given, leaves the key alone) ->
+    ``key.sub=value`` ``overrides`` -> validation of the whole tree (a ``ConfigError``: one line, exit 2)."""
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    return load_config(cls, path, overrides, values=given)

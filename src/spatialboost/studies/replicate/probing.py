@@ -14,7 +14,7 @@ from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset, Syntheti
 from spatialboost.eval.features import encoder_identity, extract_features
 from spatialboost.eval.probes import ProbeConfigs, run_probe
 from spatialboost.models.encoder_base import VisionEncoder
-from spatialboost.replicate.study import Sizes
+from spatialboost.studies.replicate.study import Sizes
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,10 @@ import logging
 import subprocess
 from pathlib import Path
 
+from spatialboost.cli.common import load_command_config
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir, atomic_write_json
+from spatialboost.studies.replicate.study import TABLES, StudyConfig, preset
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +54,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def build_config(args: argparse.Namespace) -> StudyConfig:
+    """The StudyConfig of the size preset and recipe named by the flags, then the other flags; validated (an
+    unknown arm or extra probe fails here, listing the known ones, before any work)."""
+    sizes, recipe = preset(args.size, args.recipe, args.quick)
+    flags = {
+        "out": str(args.out),
+        "seeds": args.seeds,
+        "quick": args.quick,
+        "sizes": sizes,
+        "recipe_name": args.recipe,
+        "recipe": recipe,
+        "search": not args.no_search,
+        "arms": _names(args.arms),
+        "extra_probes": _names(args.probes),
+        "cache_dir": str(args.cache) if args.cache else "",
+    }
+    return load_command_config(StudyConfig, None, [], flags)
+
+
+def _names(flag: str) -> list[str]:
+    """A comma-separated flag as a list (blanks dropped)."""
+    return [name.strip() for name in flag.split(",") if name.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
-    from spatialboost.replicate.report import arm_table, write_report
-    from spatialboost.replicate.runner import run_study
-    from spatialboost.replicate.study import make_config, selected_arms
+    from spatialboost.studies.replicate.report import arm_table, write_report
+    from spatialboost.studies.replicate.runner import run_study
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
-    cfg = make_config(str(args.out), args.seeds, args.quick, search=not args.no_search, size=args.size,
-                      recipe=args.recipe)  # fmt: skip
-    cfg.extra_probes = [p.strip() for p in args.probes.split(",") if p.strip()]
-    cfg.validate()  # an unknown extra probe fails here (ConfigError is a UserError)
-    cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    selected_arms(cfg)  # an unknown arm name fails here, listing the known ones, before any work
-    cfg.cache_dir = str(args.cache) if args.cache else ""
+    cfg = build_config(args)
     command, commit = command_line(args), git_commit()
     OutputDir.claim(args.out, STUDY_KIND, overwrite=args.overwrite, legacy=_legacy_study).finish(prune=False)
     if args.report_only:
-        from spatialboost.replicate.report import collect
+        from spatialboost.studies.replicate.report import collect
 
         summary = collect(args.out)
         if (args.out / "command.json").is_file():  # the command and commit of the study itself
@@ -108,8 +127,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 def table_order(summary: dict) -> list[str]:
     """Test-split arms in the order the tables list them (then any others)."""
-    from spatialboost.replicate.study import TABLES
-
     ordered = list(dict.fromkeys(n for t in TABLES for n in t.arms if n in summary["arms"]))
     return ordered + [n for n in summary["arms"] if n not in ordered and not n.endswith("@val")]
 

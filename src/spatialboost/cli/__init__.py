@@ -1,10 +1,12 @@
 """The ``spatialboost`` command line: parse, load config, call one library function.
 
-Each subcommand lives in the package that owns its work and exposes two functions:
-``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace) -> int``.
-Modules are imported lazily, so ``spatialboost --help`` stays fast. Usage errors exit with code 2
+One module per command (``COMMANDS`` below), each exposing ``add_arguments(parser) -> None`` and
+``run(args) -> int``; ``common`` holds what they share, ``load_command_config`` above all: every command builds
+its config the same way (YAML file -> dataclass defaults -> flags -> ``key.sub=value`` overrides -> validation).
+Command modules are imported lazily, so ``spatialboost --help`` stays fast. Usage errors exit with code 2
 (argparse's convention); the ``UserError`` family (``spatialboost.errors``: config and unknown-name errors
-included) is caught here, in one place, and prints one line and exits 2 too.
+included) is caught here, in one place, and prints one line and exits 2 too. The library (``datagen``, ``data``,
+``models``, ``train``, ``eval``) and the studies never import this package.
 """
 
 from __future__ import annotations
@@ -28,19 +30,17 @@ generate spatial question-answer data from synthetic scenes or photos, train the
 adapter through a small language model, export the boosted encoder and measure it with frozen-feature
 probes. `spatialboost demo` runs the whole loop on CPU; `spatialboost COMMAND --help` explains a command."""
 
-# name -> (module implementing add_arguments/run, one-line help)
+# name -> (module implementing add_arguments/run, one-line help); tests/test_import_layers.py reads the
+# module names as imports of this package
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": (
-        "spatialboost.datagen.commands_generate",
-        "generate a spatial CoT dataset (synthetic or images)",
-    ),
-    "validate": ("spatialboost.datagen.commands_validate", "check a dataset's schema, files and answers"),
-    "view": ("spatialboost.datagen.commands_view", "write a static HTML viewer of a dataset"),
-    "train": ("spatialboost.train.commands", "run SpatialBoost training stages"),
-    "export": ("spatialboost.models.commands_export", "export the boosted encoder of a run"),
-    "probe": ("spatialboost.eval.commands", "frozen-feature probes, base vs boosted"),
-    "demo": ("spatialboost.demo", "the whole pipeline on the embedded synthetic default"),
-    "replicate": ("spatialboost.replicate", "the paper's ablations at CPU scale"),
+    "generate": ("spatialboost.cli.generate", "generate a spatial CoT dataset (synthetic or images)"),
+    "validate": ("spatialboost.cli.validate", "check a dataset's schema, files and answers"),
+    "view": ("spatialboost.cli.view", "write a static HTML viewer of a dataset"),
+    "train": ("spatialboost.cli.train", "run SpatialBoost training stages"),
+    "export": ("spatialboost.cli.export", "export the boosted encoder of a run"),
+    "probe": ("spatialboost.cli.probe", "frozen-feature probes, base vs boosted"),
+    "demo": ("spatialboost.cli.demo", "the whole pipeline on the embedded synthetic default"),
+    "replicate": ("spatialboost.cli.replicate", "the paper's ablations at CPU scale"),
 }
 
 

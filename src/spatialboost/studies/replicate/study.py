@@ -257,18 +257,22 @@ FULL = replace(FULL_V1, align_steps=400)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK}
 
 
-def make_config(
-    out: str, seeds: int = 3, quick: bool = False, search: bool = True, size: str = "full",
-    recipe: str = "reads-image",
-) -> StudyConfig:  # fmt: skip
-    """``quick`` wins over ``size`` (the CI smoke test)."""
+def preset(size: str = "full", recipe: str = "reads-image", quick: bool = False) -> tuple[Sizes, Recipe]:
+    """Copies of a size preset and a recipe, by name; ``quick`` wins over ``size`` (the CI smoke test)."""
     if size not in SIZES:
         raise ConfigError(f"unknown study size {size!r}; known: {', '.join(SIZES)}")
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    sizes = replace(SIZES["quick" if quick else size])
+    return replace(SIZES["quick" if quick else size]), replace(RECIPES[recipe])
+
+
+def make_config(
+    out: str, seeds: int = 3, quick: bool = False, search: bool = True, size: str = "full",
+    recipe: str = "reads-image",
+) -> StudyConfig:  # fmt: skip
+    sizes, recipe_cfg = preset(size, recipe, quick)
     return StudyConfig(out=out, seeds=seeds, quick=quick, sizes=sizes, search=search, recipe_name=recipe,
-                       recipe=replace(RECIPES[recipe]))  # fmt: skip
+                       recipe=recipe_cfg)  # fmt: skip
 
 
 def selected_arms(cfg: StudyConfig) -> list[Arm]:

@@ -1,0 +1,8 @@
+"""Studies: experiments built on the library, kept apart from it (the library never imports them).
+
+- ``demo``: the whole pipeline on the embedded synthetic default, at demo size (``spatialboost demo``).
+- ``replicate/``: the paper's ablations at CPU scale with error bars (``spatialboost replicate``).
+
+Their commands live in ``spatialboost.cli`` (``cli.demo``, ``cli.replicate``); a study is plain functions of its
+config that a benchmark script or a test can call directly.
+"""
