@@ -253,3 +253,24 @@ def test_keep_first_layers(vlm_and_tok):
     assert llm(input_ids=ids).logits.shape[:2] == (1, 3)
     with pytest.raises(UserError):
         keep_first_layers(llm, 2)
+
+
+def test_new_number_mask_marks_only_numbers_the_text_cannot_supply(vlm_and_tok):
+    from spatialboost.data.conversation import tokenize_conversation
+
+    _, tok = vlm_and_tok
+    record = {"id": "x", "image": ["a.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the depth at (34, 26)?"},
+        {"from": "gpt", "value": "The depth at (34, 26) is 2.94 m."},
+        {"from": "human", "value": "And at (10, 12)?"},
+        {"from": "gpt", "value": "Also 2.94 m, and (10, 12) is 1.5 m."},
+    ]}  # fmt: skip
+    sample = tokenize_conversation(record, tok)
+    ids, turns = torch.tensor(sample.input_ids), torch.tensor(sample.turns)
+    labelled = torch.tensor(sample.labels) != ig.LM_IGNORE_INDEX
+    mask = ig.new_number_mask(ids, turns, labelled, ig.TokenText(tok))
+    text = ig.TokenText(tok)
+    marked = ["".join(text(int(t)) for t in ids[turns == a][mask[turns == a]]) for a in (0, 1)]
+    # the first answer's new value only; the second answer repeats 2.94 (seen before) and states 1.5 new
+    assert marked == ["2.94", "1.5"]
+    assert not (mask & ~labelled).any()

@@ -133,19 +133,22 @@ def prepare_base(study: Study) -> None:
 
 
 def reading_bound(study: Study) -> dict[str, Any]:
-    """Rung 1 of the reading ladder, once per study: an MLP on the frozen base features of the two places an
-    A/B question names (``diagnostics.choice_probe``); ``OUT/reading-bound.json``."""
-    from spatialboost.replicate.diagnostics import choice_probe
+    """Rung 1 of the reading ladder, once per study, on the frozen base features: an MLP on the two places an
+    A/B question names (``diagnostics.choice_probe``) and, under ``depth``, the nats a point's feature adds to
+    its coordinates about its depth (``diagnostics.depth_value_probe``); ``OUT/reading-bound.json``. A file
+    from before the depth bound existed gets it added."""
+    from spatialboost.replicate.diagnostics import choice_probe, depth_value_probe
 
     path = study.out / "reading-bound.json"
-    if path.is_file() or not study.cfg.recipe.extra_turns:
-        return json.loads(path.read_text()) if path.is_file() else {}
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    if not study.cfg.recipe.extra_turns or (result and "depth" in result):
+        return result
     encoder = create_encoder(str(study.base_path)).eval()
     side = study.cfg.sizes.image_size - study.cfg.sizes.image_size % encoder.spec.patch_size
-    steps = 50 if study.cfg.quick else 2000
-    result = choice_probe(
-        encoder, study.data("main"), study.heldout, side, side // encoder.spec.patch_size, steps
-    )
+    grid, steps = side // encoder.spec.patch_size, 50 if study.cfg.quick else 2000
+    if not result:
+        result = choice_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
+    result["depth"] = depth_value_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
     atomic_write_json(path, result)
     return result
 
