@@ -74,7 +74,7 @@ def with_rationale(src: Path, dst: Path) -> Path:
     coordinates): the long-answer form whose copied text drowns the reading signal."""
     import shutil
 
-    from spatialboost.data.dataset import read_meta
+    from spatialboost.dataset_format import read_meta
 
     if (dst / "manifest.json").is_file():
         return dst

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spatialboost.data.collate import PackedCollator, PaddedCollator
-from spatialboost.data.dataset import ConversationDataset, read_records
+from spatialboost.data.dataset import ConversationDataset
 from spatialboost.data.refs import (
     POINT_TOKEN,
     REGION_TOKEN,
@@ -21,6 +21,7 @@ from spatialboost.data.refs import (
     ref_weights,
 )
 from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
+from spatialboost.dataset_format import read_records
 from spatialboost.errors import UserError
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import (
@@ -253,3 +254,24 @@ def test_keep_first_layers(vlm_and_tok):
     assert llm(input_ids=ids).logits.shape[:2] == (1, 3)
     with pytest.raises(UserError):
         keep_first_layers(llm, 2)
+
+
+def test_new_number_mask_marks_only_numbers_the_text_cannot_supply(vlm_and_tok):
+    from spatialboost.data.conversation import tokenize_conversation
+
+    _, tok = vlm_and_tok
+    record = {"id": "x", "image": ["a.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the depth at (34, 26)?"},
+        {"from": "gpt", "value": "The depth at (34, 26) is 2.94 m."},
+        {"from": "human", "value": "And at (10, 12)?"},
+        {"from": "gpt", "value": "Also 2.94 m, and (10, 12) is 1.5 m."},
+    ]}  # fmt: skip
+    sample = tokenize_conversation(record, tok)
+    ids, turns = torch.tensor(sample.input_ids), torch.tensor(sample.turns)
+    labelled = torch.tensor(sample.labels) != ig.LM_IGNORE_INDEX
+    mask = ig.new_number_mask(ids, turns, labelled, ig.TokenText(tok))
+    text = ig.TokenText(tok)
+    marked = ["".join(text(int(t)) for t in ids[turns == a][mask[turns == a]]) for a in (0, 1)]
+    # the first answer's new value only; the second answer repeats 2.94 (seen before) and states 1.5 new
+    assert marked == ["2.94", "1.5"]
+    assert not (mask & ~labelled).any()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from spatialboost.config import load_config
-from spatialboost.data.dataset import read_records
 from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
+from spatialboost.dataset_format import read_records
 from spatialboost.models.config import BoostConfig
 from spatialboost.models.llm import ensure_image_token
 from spatialboost.models.vlm import SpatialVLM

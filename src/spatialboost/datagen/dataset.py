@@ -45,10 +45,6 @@ from spatialboost.dataset_format import (
     shard_name,
     write_manifest,
 )
-from spatialboost.dataset_format import (
-    iter_records as iter_records,  # replicate/ still imports these two here
-)
-from spatialboost.dataset_format import read_manifest as read_manifest
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_json, resolve_inside, sha256_bytes, sha256_file
 

@@ -28,8 +28,6 @@ from typing import Literal
 from spatialboost.config import ConfigError
 from spatialboost.models.config import VLMConfig
 
-ModelConfig = VLMConfig  # the ``model:`` section's former name, kept for callers outside train/
-
 STAGE_NAMES = ("align", "instruct", "encoder")
 StageName = Literal["align", "instruct", "encoder"]
 

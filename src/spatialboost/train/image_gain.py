@@ -10,6 +10,10 @@ tokens keep their places, so they read the other scene's features there) -- and 
   each answer comes from the fact behind it in the sample's ground-truth sidecar);
 - ``choice``: accuracy on balanced A/B questions (facts with ``choices``; chance 50%), right vs other
   images: the first answer token must prefer the right letter over the other one;
+- ``numbers`` / ``pixel_numbers``: the gain on the tokens of *new* numbers only (all answers / pixel answers):
+  numbers an answer states that appear nowhere earlier in the conversation, so the text cannot supply them
+  (``2.94`` in "The depth at (34, 26) is 2.94 m.", not the copied ``34`` and ``26``). A per-answer-token gain
+  is diluted by the copied words and coordinates; this one says how much the image helps where it can;
 - ``noise``: the standard error of the gain over conversations, so the gain says whether it is real.
 
 A gain near zero means the LM answers from the text alone: stage 3 can then only drift the encoder.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,15 @@ import torch.nn.functional as F
 
 from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PaddedCollator
-from spatialboost.data.dataset import ConversationDataset, read_meta
+from spatialboost.data.dataset import ConversationDataset
+from spatialboost.dataset_format import read_meta
 from spatialboost.train.data import dataset_options
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("pixel", "object", "scene", "caption")
+VALUE_LEVELS = ("numbers", "pixel_numbers")  # new numbers only (see the module doc)
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def partners(num_images: list[int]) -> list[int]:
@@ -65,6 +73,41 @@ def choice_tokens(tokenizer, meta: dict | None) -> dict[int, tuple[int, int]]:
     return out
 
 
+class TokenText:
+    """Each token id's text (special tokens: ''), cached: char offsets of numbers -> token positions."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self.cache:
+            self.cache[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=True)
+        return self.cache[token_id]
+
+
+def new_number_mask(input_ids: torch.Tensor, turns: torch.Tensor, labelled: torch.Tensor, text: TokenText):
+    """(L,) bool: the labelled tokens that spell a number which appears nowhere earlier in the sequence
+    (questions and earlier answers), i.e. a value only the image can supply."""
+    pieces = [text(int(t)) for t in input_ids]
+    starts = [0]
+    for piece in pieces:
+        starts.append(starts[-1] + len(piece))
+    full = "".join(pieces)
+    mask = torch.zeros(len(pieces), dtype=torch.bool)
+    for turn in sorted(set(turns[labelled].tolist())):
+        pos = torch.nonzero(labelled & (turns == turn))[:, 0].tolist()
+        first, last = pos[0], pos[-1]
+        seen = set(NUMBER.findall(full[: starts[first]]))
+        for m in NUMBER.finditer(full, starts[first], starts[last + 1]):
+            if m.group() in seen:
+                continue
+            for p in pos:
+                if starts[p] < m.end() and starts[p + 1] > m.start():
+                    mask[p] = True
+    return mask
+
+
 @torch.no_grad()
 def token_losses(vlm, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, L-1) per-token loss (0 off labels) and (R, L-1, V) logits predicting token t+1 at t."""
@@ -83,6 +126,7 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
     other = partners([dataset.samples[i].num_images for i in range(n)])
     collate = PaddedCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     per_sample: list[dict[str, Any]] = []
+    text = TokenText(tokenizer)
     was_training = vlm.training
     vlm.eval()
     for start in range(0, n, batch_size):
@@ -106,21 +150,30 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
                     other_logits[r],
                     answer_levels(metas[i]),
                     choice_tokens(tokenizer, metas[i]),
+                    text,
                 )  # fmt: skip
             )
     vlm.train(was_training)
     return summarize(per_sample)
 
 
-def _sample_scores(batch, r, loss_right, loss_other, logits_right, logits_other, levels, choices) -> dict:
+def _sample_scores(
+    batch, r, loss_right, loss_other, logits_right, logits_other, levels, choices, text
+) -> dict:
     """Loss sums per level and choice hits of one conversation (row r of a padded batch)."""
     targets = batch["labels"][r, 1:]
     turns = batch["turns"][r, 1:] if "turns" in batch else torch.full_like(targets, -1)
     keep = targets != LM_IGNORE_INDEX
+    numbers = new_number_mask(batch["input_ids"][r, 1:], turns, keep, text)
+    pixel_ids = torch.tensor([t for t, lv in enumerate(levels) if lv == "pixel"], dtype=turns.dtype)
     out: dict[str, Any] = {"levels": {}, "choice": []}
-    for level in ("all", *LEVELS):
+    for level in ("all", *LEVELS, *VALUE_LEVELS):
         if level == "all":
             mask = keep
+        elif level == "numbers":
+            mask = numbers
+        elif level == "pixel_numbers":
+            mask = numbers & torch.isin(turns, pixel_ids)
         else:
             ids = [t for t, lv in enumerate(levels) if lv == level]
             mask = keep & torch.isin(turns, torch.tensor(ids, dtype=turns.dtype)) if ids else keep & False
@@ -142,7 +195,7 @@ def _sample_scores(batch, r, loss_right, loss_other, logits_right, logits_other,
 def summarize(per_sample: list[dict]) -> dict[str, Any]:
     """Token-weighted losses per level, the gain with its standard error over conversations, choice accuracy."""
     result: dict[str, Any] = {"samples": len(per_sample)}
-    for level in ("all", *LEVELS):
+    for level in ("all", *LEVELS, *VALUE_LEVELS):
         rows = [s["levels"][level] for s in per_sample if level in s["levels"]]
         if not rows:
             continue
@@ -179,7 +232,7 @@ def _noise_tag(entry: dict[str, float], k: float = 2.0) -> str:
 def describe(result: dict[str, Any]) -> str:
     """One line for logs and the demo: gain per level (± s.e.) and A/B accuracy."""
     parts = []
-    for level in ("all", *LEVELS):
+    for level in ("all", *LEVELS, *VALUE_LEVELS):
         if level in result:
             e = result[level]
             parts.append(f"{level} {e['gain']:+.3f} ± {e['stderr']:.3f}{_noise_tag(e)}")

@@ -26,8 +26,10 @@ def variant_scenes(variant: DataVariant, sizes: Sizes) -> int:
 def conversation_config(
     variant: DataVariant, extra_turns: dict[str, int] | None = None
 ) -> ConversationConfig:
+    if variant.extra_turns is not None:
+        extra_turns = dict(variant.extra_turns)
     return ConversationConfig(order=variant.order, coords=variant.coords, turns=dict(variant.turns),
-                              extra_turns=dict(extra_turns or {}))  # fmt: skip
+                              caption=variant.caption, extra_turns=dict(extra_turns or {}))  # fmt: skip
 
 
 def turns_tag(extra_turns: dict[str, int]) -> str:
@@ -46,6 +48,8 @@ def ensure_dataset(
     from spatialboost.datagen.synthetic import SyntheticConfig
 
     variant = DATA[name]
+    if variant.extra_turns is not None:
+        extra_turns = dict(variant.extra_turns)
     out = root / (name + turns_tag(extra_turns or {}))
     if (out / "manifest.json").is_file() and _complete(out):
         return out
@@ -110,6 +114,6 @@ def ensure_diag_dataset(root: Path, sizes: Sizes) -> Path:
 
 
 def _complete(out: Path) -> bool:
-    from spatialboost.datagen.dataset import read_manifest
+    from spatialboost.dataset_format import read_manifest
 
     return bool(read_manifest(out).get("complete", False))

@@ -76,7 +76,7 @@ def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseDat
     """Every view of every sample of a data-engine dataset, with its depth and semantic maps."""
     from PIL import Image
 
-    from spatialboost.datagen.dataset import iter_records, load_gt_arrays, record_images
+    from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
     from spatialboost.io import resolve_inside
     from spatialboost.models.preprocess import preprocess_images
 

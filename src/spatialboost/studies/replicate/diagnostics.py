@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ def loss_curve(stage_dir: Path) -> list[list[float]]:
 
 def spatial_content(dataset_dir: str | Path) -> dict[str, float]:
     """Points queried per image, digits share of the answers, turns and answer characters per sample."""
-    from spatialboost.datagen.dataset import iter_records, record_images
+    from spatialboost.dataset_format import iter_records, record_images
 
     images = points = turns = chars = digits = samples = 0
     for record in iter_records(dataset_dir):
@@ -138,14 +140,12 @@ def _token_counts(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.T
 # --- rung 1 of the reading ladder: what the frozen features can answer ------------------------------------------
 
 
-def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
-    """Every balanced A/B question of a dataset: the frozen features of its two places (right images and
-    another sample's with as many views), the answer and the template."""
+def record_features(encoder, dataset_dir: str | Path, side: int) -> tuple[list[dict], list, list[int]]:
+    """A dataset's records, each one's frozen patch features (views flattened) and its swap partner (another
+    sample with as many views, as the image gain uses)."""
     from PIL import Image
 
-    from spatialboost.data.dataset import read_instance, read_meta
-    from spatialboost.data.refs import annotate_question, ref_weights
-    from spatialboost.datagen.dataset import iter_records, record_images
+    from spatialboost.dataset_format import iter_records, record_images
     from spatialboost.models.preprocess import preprocess_images
     from spatialboost.train.image_gain import partners
 
@@ -160,7 +160,21 @@ def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list
             feats.append(
                 encoder.forward_features(preprocess_images(images, encoder.spec, side)).patch.flatten(0, 1)
             )
-    other = partners([len(record_images(r)) for r in records])
+    return records, feats, partners([len(record_images(r)) for r in records])
+
+
+def _pool(feats: torch.Tensor, weights: tuple) -> torch.Tensor:
+    cols, vals = weights
+    return (torch.from_numpy(vals)[:, None] * feats[torch.from_numpy(cols)]).sum(0)
+
+
+def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
+    """Every balanced A/B question of a dataset: the frozen features of its two places (right images and
+    another sample's with as many views), the answer and the template."""
+    from spatialboost.data.refs import annotate_question, ref_weights
+    from spatialboost.dataset_format import read_instance, read_meta
+
+    records, feats, other = record_features(encoder, dataset_dir, side)
     items = []
     for i, record in enumerate(records):
         meta = read_meta(dataset_dir, record["id"])
@@ -172,10 +186,38 @@ def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list
             if len(refs) != 2:
                 continue
             weights = ref_weights(refs, meta["sizes"], read_instance(dataset_dir, record["id"]), side, grid)
-            pooled = [[(torch.from_numpy(v)[:, None] * f[torch.from_numpy(c)]).sum(0) for c, v in weights]
-                      for f in (feats[i], feats[other[i]])]  # fmt: skip
+            pooled = [[_pool(f, w) for w in weights] for f in (feats[i], feats[other[i]])]
             items.append({"right": torch.cat(pooled[0]), "other": torch.cat(pooled[1]),
                           "label": float(fact["answer_choice"] == "A"), "template": fact.get("template", "")})  # fmt: skip
+    return items
+
+
+def depth_facts(fact: dict) -> list[dict]:
+    """Every ``depth_at`` fact in ``fact`` and its rationale (support), depth-first."""
+    own = [fact] if fact.get("fn") == "depth_at" and isinstance(fact.get("value"), int | float) else []
+    return own + [d for s in fact.get("support", []) for d in depth_facts(s)]
+
+
+def depth_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
+    """Every distinct point whose depth a conversation states: its frozen feature (bilinear at the point;
+    right images and another sample's), its coordinates in [0, 1] (what the text gives) and the depth."""
+    from spatialboost.data.refs import Ref, ref_weights
+    from spatialboost.dataset_format import read_meta
+
+    records, feats, other = record_features(encoder, dataset_dir, side)
+    items = []
+    for i, record in enumerate(records):
+        meta = read_meta(dataset_dir, record["id"])
+        points = {}
+        for fact in meta["facts"]:
+            for d in depth_facts(fact):
+                a = d["args"]
+                points[(int(a.get("view", 0)), float(a["x"]), float(a["y"]))] = float(d["value"])
+        for (view, x, y), depth in points.items():
+            (w,) = ref_weights([Ref("point", view, x, y)], meta["sizes"], None, side, grid)
+            width, height = meta["sizes"][view]
+            items.append({"right": _pool(feats[i], w), "other": _pool(feats[other[i]], w),
+                          "coords": torch.tensor([x / width, y / height]), "depth": depth})  # fmt: skip
     return items
 
 
@@ -209,4 +251,82 @@ def choice_probe(
             for name in sorted({t["template"] for t in test}):
                 sel = [h for h, t in zip(hits, test, strict=True) if t["template"] == name]
                 out.setdefault("per_template", {}).setdefault(name, {})[f"acc_{key}"] = sum(sel) / len(sel)
+    return out
+
+
+def _gaussian_nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-item negative log-likelihood (nats) of ``y`` under N(out[:, 0], exp(out[:, 1]))."""
+    mean, log_sd = out[:, 0], out[:, 1].clamp(-7, 5)
+    return 0.5 * math.log(2 * math.pi) + log_sd + 0.5 * ((y - mean) / log_sd.exp()) ** 2
+
+
+def _fit_gaussian(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int):
+    """An MLP giving a mean and a log-std for each row of ``x``, trained on 80% of the rows and stopped at
+    its best negative log-likelihood on the other 20% (checked every 50 steps): a probe that may overfit
+    should not understate the bound. Returns a function of new rows -> (N, 2) mean and log-std in metres."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=gen)
+    val, fit = order[: len(x) // 5], order[len(x) // 5 :]
+    mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+    y_mu, y_sd = float(y[fit].mean()), float(y[fit].std()) + 1e-6
+    z, t = (x - mu) / sd, (y - y_mu) / y_sd
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 2))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-2)
+    best, best_state = math.inf, copy.deepcopy(net.state_dict())
+    for step in range(1, steps + 1):
+        idx = fit[torch.randint(len(fit), (64,), generator=gen)]
+        loss = _gaussian_nll(net(z[idx]), t[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps:
+            with torch.no_grad():
+                val_nll = float(_gaussian_nll(net(z[val]), t[val]).mean())
+            if val_nll < best:
+                best, best_state = val_nll, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+
+    def predict(rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = net((rows - mu) / sd)
+        return torch.stack([out[:, 0] * y_sd + y_mu, out[:, 1] + math.log(y_sd)], 1)
+
+    return predict
+
+
+def depth_value_probe(
+    encoder, train_dir, eval_dir, side: int, grid: int, steps: int = 2000, seed: int = 0
+) -> dict:
+    """Rung 1 for the numbers: how many nats per stated depth the frozen features can save at most.
+
+    Two Gaussian MLPs predict each queried point's depth on held-out scenes: one from the point's
+    coordinates alone (all the text gives about it), one from the coordinates and the point's frozen feature.
+    The difference of their negative log-likelihoods is the information the image adds per stated depth;
+    divided by the tokens a depth is printed with ("2.94": 4) it bounds the image gain a stage-2 VLM on these
+    features can reach on those tokens (``pixel_numbers`` in the image gain). Also: the feature model fed
+    another scene's feature at the same point, and each model's RMSE."""
+    train, test = depth_items(encoder, train_dir, side, grid), depth_items(encoder, eval_dir, side, grid)
+    return depth_bound(train, test, steps, seed) if train and test else {}
+
+
+def depth_bound(train: list[dict], test: list[dict], steps: int = 2000, seed: int = 0) -> dict:
+    """``depth_value_probe`` on items {"coords", "right", "other", "depth"} (see ``depth_items``)."""
+    y, y_test = torch.tensor([t["depth"] for t in train]), torch.tensor([t["depth"] for t in test])
+    coords, coords_test = torch.stack([t["coords"] for t in train]), torch.stack([t["coords"] for t in test])
+    text_only = _fit_gaussian(coords, y, steps, seed)
+    seeing = _fit_gaussian(torch.cat([coords, torch.stack([t["right"] for t in train])], 1), y, steps, seed)
+    preds = {"text_only": text_only(coords_test)}
+    for key in ("right", "other"):
+        preds[key] = seeing(torch.cat([coords_test, torch.stack([t[key] for t in test])], 1))
+    out: dict[str, Any] = {"train_points": len(train), "test_points": len(test)}
+    nll = {k: _gaussian_nll(p, y_test) for k, p in preds.items()}
+    for key, p in preds.items():
+        out[f"nll_{key}"] = float(nll[key].mean())
+        out[f"rmse_{key}"] = float(((p[:, 0] - y_test) ** 2).mean().sqrt())
+    saved = nll["text_only"] - nll["right"]
+    out["nats_per_value"] = float(saved.mean())
+    out["nats_per_value_stderr"] = float(saved.std() / math.sqrt(len(saved)))
+    out["tokens_per_value"] = sum(len(f"{t['depth']:.2f}") for t in test) / len(test)
+    out["nats_per_value_token"] = out["nats_per_value"] / out["tokens_per_value"]
     return out

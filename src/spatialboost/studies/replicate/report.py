@@ -159,7 +159,8 @@ def reading_table(summary: dict[str, Any]) -> str:
     head = ["answers", "loss, right images", "loss, other scenes' images", "image gain (nats/token)",
             "loss, text-only model", "beyond noise?"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for level in ("all", "pixel", "object", "scene", "caption"):
+    names = {"numbers": "new numbers (all answers)", "pixel_numbers": "new numbers (pixel answers)"}
+    for level in ("all", "pixel", "object", "scene", "caption", *names):
         gain = gain_stats(diags, "stage2", level)
         if gain is None:
             continue
@@ -170,9 +171,11 @@ def reading_table(summary: dict[str, Any]) -> str:
         blind = gain_stats(diags, "blind", level, "loss_right")
         noise = gain_stats(diags, "stage2", level, "stderr")
         beyond = "yes" if gain["mean"] > 2 * max(gain["std"], noise["mean"]) else "no"
-        lines.append(
-            f"| {level} | {cell(right)} | {cell(other)} | {cell(gain)} | {cell(blind) if blind else ''} | {beyond} |"
-        )
+        lines.append(f"| {names.get(level, level)} | {cell(right)} | {cell(other)} | {cell(gain)} "
+                     f"| {cell(blind) if blind else ''} | {beyond} |")  # fmt: skip
+    lines += ["", "New numbers: the tokens of numbers an answer states that appear nowhere earlier in the "
+              "conversation (\"2.94\" in \"The depth at (34, 26) is 2.94 m.\", not the copied coordinates): "
+              "where only the image can help."]  # fmt: skip
     acc = [(d["image_gain"]["stage2"]["choice"], d["image_gain"].get("blind", {}).get("choice"))
            for d in diags.values() if "choice" in d.get("image_gain", {}).get("stage2", {})]  # fmt: skip
     if acc:
@@ -190,7 +193,36 @@ def reading_table(summary: dict[str, Any]) -> str:
                   f"({bound['train_questions']}), answers {bound['acc_right']:.3f} of the held-out ones with the "
                   f"right images and {bound['acc_other']:.3f} with other scenes' images ({bound['test_questions']} "
                   "questions). In stage 2 the encoder is frozen, so this bounds what the VLM can reach."]  # fmt: skip
+    lines += depth_bound_lines(bound.get("depth") or {}, diags)
     return "\n".join(lines)
+
+
+def depth_bound_lines(depth: dict[str, Any], diags: dict[Any, dict[str, Any]]) -> list[str]:
+    """Rung 1 for the stated depths (``diagnostics.depth_value_probe``) and what a perfect reading could save."""
+    if not depth:
+        return []
+    saved, se = depth["nats_per_value"], depth["nats_per_value_stderr"]
+    verdict = "beyond noise" if abs(saved) > 2 * se else "within noise of zero"
+    lines = ["", f"Upper bound for the numbers: on {depth['test_points']} held-out queried points, a Gaussian MLP "
+             f"on the point's coordinates (what the text says) predicts the depth with RMSE "
+             f"{depth['rmse_text_only']:.3f} m; adding the point's frozen base feature gives "
+             f"{depth['rmse_right']:.3f} m. The feature saves {saved:+.3f} ± {se:.3f} nats per stated depth "
+             f"({verdict}), {depth['nats_per_value_token']:+.4f} nats per number token "
+             f"({depth['tokens_per_value']:.1f} tokens a depth): the most a stage-2 VLM on these features can gain "
+             "on the pixel answers' new numbers."]  # fmt: skip
+    blind = gain_stats(diags, "blind", "pixel_numbers", "loss_right")
+    pixel = [
+        d["image_gain"]["stage2"]
+        for d in diags.values()
+        if "pixel_numbers" in d.get("image_gain", {}).get("stage2", {})
+    ]
+    if blind and pixel:
+        share = pixel[0]["pixel_numbers"]["tokens"] / pixel[0]["pixel"]["tokens"]
+        lines += ["", f"A perfect reading could save at most the text-only model's loss on those tokens, "
+                  f"{blind['mean']:.3f} nats per number token; they are {share:.0%} of the pixel answers' tokens, so "
+                  f"at most {blind['mean'] * share:.3f} nats per pixel answer token with an encoder that knew every "
+                  "depth exactly."]  # fmt: skip
+    return lines
 
 
 def search_table(summary: dict[str, Any]) -> str:

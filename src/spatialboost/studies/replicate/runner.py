@@ -133,19 +133,22 @@ def prepare_base(study: Study) -> None:
 
 
 def reading_bound(study: Study) -> dict[str, Any]:
-    """Rung 1 of the reading ladder, once per study: an MLP on the frozen base features of the two places an
-    A/B question names (``diagnostics.choice_probe``); ``OUT/reading-bound.json``."""
-    from spatialboost.studies.replicate.diagnostics import choice_probe
+    """Rung 1 of the reading ladder, once per study, on the frozen base features: an MLP on the two places an
+    A/B question names (``diagnostics.choice_probe``) and, under ``depth``, the nats a point's feature adds to
+    its coordinates about its depth (``diagnostics.depth_value_probe``); ``OUT/reading-bound.json``. A file
+    from before the depth bound existed gets it added."""
+    from spatialboost.studies.replicate.diagnostics import choice_probe, depth_value_probe
 
     path = study.out / "reading-bound.json"
-    if path.is_file() or not study.cfg.recipe.extra_turns:
-        return json.loads(path.read_text()) if path.is_file() else {}
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    if not study.cfg.recipe.extra_turns or (result and "depth" in result):
+        return result
     encoder = create_encoder(str(study.base_path)).eval()
     side = study.cfg.sizes.image_size - study.cfg.sizes.image_size % encoder.spec.patch_size
-    steps = 50 if study.cfg.quick else 2000
-    result = choice_probe(
-        encoder, study.data("main"), study.heldout, side, side // encoder.spec.patch_size, steps
-    )
+    grid, steps = side // encoder.spec.patch_size, 50 if study.cfg.quick else 2000
+    if not result:
+        result = choice_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
+    result["depth"] = depth_value_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
     atomic_write_json(path, result)
     return result
 
@@ -379,18 +382,18 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 
 
 def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer, llm_width, boost):
+    from spatialboost.models.config import VLMConfig
     from spatialboost.train.config import (
         CheckpointConfig,
         DataConfig,
         ImageGainConfig,
         LogConfig,
-        ModelConfig,
         TrainConfig,
     )
 
     r = study.cfg.recipe
-    model = ModelConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None
-                        else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
+    model = VLMConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None
+                      else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
     data_cfg = DataConfig(datasets=[str(data)], max_length=_max_length(r), refs=list(r.refs),
                           image_tokens=r.image_tokens, cache_features=r.cache_features,
                           feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip

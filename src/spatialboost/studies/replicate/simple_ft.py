@@ -30,7 +30,7 @@ def load_labelled_images(dataset_dir: str | Path, encoder: VisionEncoder, min_pi
     """(M, 3, S, S) pixels of every view and (M, C + K) class/colour presence labels (pretrain's rule)."""
     from PIL import Image
 
-    from spatialboost.datagen.dataset import iter_records, load_gt_arrays, record_images
+    from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
     from spatialboost.io import resolve_inside
     from spatialboost.models.preprocess import preprocess_images
 

@@ -110,6 +110,8 @@ class DataVariant:
     coords: str = "pixels"
     turns: tuple[tuple[str, int], ...] = (("pixel", 3), ("object", 4), ("scene", 3))
     seed: int = 0
+    caption: bool = True
+    extra_turns: tuple[tuple[str, int], ...] | None = None  # None: the recipe's
 
 
 DATA: dict[str, DataVariant] = {
@@ -122,6 +124,13 @@ DATA: dict[str, DataVariant] = {
     "half": DataVariant(fraction=0.5),
     "norm1000": DataVariant(coords="norm1000"),
     "pixel-heavy": DataVariant(turns=(("pixel", 8), ("object", 2), ("scene", 1))),
+    # only the terse A/B turns, the answers the stage-2 VLM demonstrably reads (single-view, as the warm-up)
+    "choices": DataVariant(
+        multiview_share=0.0,
+        turns=(("pixel", 0), ("object", 0), ("scene", 0)),
+        caption=False,
+        extra_turns=(("choice_closer_point", 4), ("choice_closer_object", 2)),
+    ),
 }
 
 
@@ -168,6 +177,14 @@ for _arm in (
     Arm("view-multi", "multi-view only", "llm", data="multi-view"),
     Arm("size-quarter", "1/4 of the data", "llm", data="quarter"),
     Arm("size-half", "1/2 of the data", "llm", data="half"),
+    Arm("sb-dual-choices", "stage 3 on the A/B turns only (what the LM reads)", "llm", data="choices"),
+    Arm(
+        "sb-dual-choices-5x",
+        "stage 3 on the A/B turns only, 5x steps",
+        "llm",
+        data="choices",
+        steps_scale=5.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -209,7 +226,7 @@ TABLES: tuple[Table, ...] = (
           ("base", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
-          ("base", "sb-dual", "head-depth", "head-seg")),
+          ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "head-depth", "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
     Table("C2", "Single- vs multi-view data at a fixed total (paper Table 7 text)",
