@@ -200,6 +200,15 @@ for _arm in (
     Arm("val-llm2x", "2x wider LM (own stages 1+2)", "llm", llm_scale=2, search=True),
     Arm("val-base", "base, no stage 3 (reference)", "none", search=True, candidate=False),
     Arm(
+        "val-choices-5x",
+        "stage 3 on the A/B turns only, 5x steps (val check of the test arm)",
+        "llm",
+        data="choices",
+        steps_scale=5.0,
+        search=True,
+        candidate=False,
+    ),
+    Arm(
         "val-stage2-5x",
         "5x stage-2 steps (diagnostic, not a tuning candidate)",
         "llm",
