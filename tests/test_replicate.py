@@ -87,6 +87,23 @@ def test_report_cells_are_mean_and_sample_std_of_the_seeds():
     assert report.rel_change(2.0, 1.5) == "-25.0%"
 
 
+def test_report_says_which_columns_differ_beyond_noise():
+    def cols(depth, acc, std=0.01, n=3):
+        base = {c: {"mean": 0.5, "std": std, "n": n} for c in report.COLUMNS.values()}
+        base["depth RMSE (m)"] = {"mean": depth, "std": std, "n": n}
+        base["cls linear"] = {"mean": acc, "std": 0.0, "n": n}
+        return base
+
+    base = cols(1.70, 0.20)
+    assert report.beyond_noise(base, cols(1.60, 0.20), 256) == "depth RMSE (m) better"
+    assert report.beyond_noise(base, cols(1.69, 0.20), 256) == "none"  # 0.01 m < 2 * sqrt(2) * 0.01
+    assert report.beyond_noise(base, cols(1.80, 0.20), 256) == "depth RMSE (m) worse"
+    # an accuracy's sampling error counts: 0.05 apart over 256 images is within noise, over 100000 it is not
+    assert report.beyond_noise(base, cols(1.70, 0.25), 256) == "none"
+    assert report.beyond_noise(base, cols(1.70, 0.25), 100_000) == "cls linear better"
+    assert report.beyond_noise(cols(1.7, 0.2, n=1), cols(1.0, 0.2, n=1), 256) == "1 seed: no noise estimate"
+
+
 def test_study_registry_and_job_order():
     from spatialboost.studies.replicate.runner import plan_jobs
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
+from spatialboost.noise import noise_threshold
 from spatialboost.studies.replicate.extra import extra_columns, extra_table
-from spatialboost.studies.replicate.probing import COLUMNS
+from spatialboost.studies.replicate.probing import COLUMNS, LOWER_IS_BETTER
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
 log = logging.getLogger(__name__)
@@ -117,11 +119,39 @@ def rel_change(base: float, value: float) -> str:
     return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
 
 
+def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) -> str:
+    """The columns where ``arm`` differs from ``base`` beyond noise (``spatialboost.noise``: seed stds, plus an
+    accuracy's binomial s.e. over ``n_test`` images), each said better or worse; "none"; or why it cannot say."""
+    if base["depth RMSE (m)"]["n"] < 2 or arm["depth RMSE (m)"]["n"] < 2:
+        return "1 seed: no noise estimate"
+    out = []
+    for (_, metric), col in COLUMNS.items():
+        b, a = dict(base[col]), dict(arm[col])
+        if metric == "top1" and n_test:
+            for row in (b, a):
+                row["sampling_se"] = math.sqrt(max(row["mean"] * (1 - row["mean"]), 0.0) / n_test)
+        delta = a["mean"] - b["mean"]
+        if abs(delta) > noise_threshold(b, a):
+            better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
+            out.append(f"{col} {'better' if better else 'worse'}")
+    return ", ".join(out) or "none"
+
+
 def arm_table(summary: dict[str, Any], names: list[str]) -> str:
-    """Rows = arms, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs base."""
+    """Rows = arms, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs base + the
+    columns that differ from the base beyond noise."""
     arms = summary["arms"]
-    base = arms.get("base", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
-    head = ["arm", "seeds", *COLUMNS.values(), "image gain after stage 3", "RMSE vs base"]
+    base_cols = arms.get("base", {}).get("columns")
+    base = (base_cols or {}).get("depth RMSE (m)", {}).get("mean")
+    n_test = (summary.get("config") or {}).get("sizes", {}).get("probe_test")
+    head = [
+        "arm",
+        "seeds",
+        *COLUMNS.values(),
+        "image gain after stage 3",
+        "RMSE vs base",
+        "beyond noise vs base",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         a = arms.get(name)
@@ -129,14 +159,15 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
             lines.append(
                 f"| {ARMS.get(name.split('@')[0]).label} | not run | "
                 + " | ".join("" for _ in COLUMNS)
-                + " | | |"
+                + " | | | |"
             )
             continue
         cells = [cell(a["columns"][c]) for c in COLUMNS.values()]
         rmse = a["columns"]["depth RMSE (m)"]["mean"]
         gain = gain_stats(a["diagnostics"], "stage3")
         lines.append(f"| {a['label']} | {len(a['seeds'])} | " + " | ".join(cells)
-                     + f" | {cell(gain) if gain else ''} | {rel_change(base, rmse) if base and name != 'base' else ''} |")  # fmt: skip
+                     + f" | {cell(gain) if gain else ''} | {rel_change(base, rmse) if base and name != 'base' else ''} "
+                     f"| {beyond_noise(base_cols, a['columns'], n_test) if base_cols and name != 'base' else ''} |")  # fmt: skip
     return "\n".join(lines)
 
 
