@@ -131,6 +131,12 @@ DATA: dict[str, DataVariant] = {
         caption=False,
         extra_turns=(("choice_closer_point", 4), ("choice_closer_object", 2)),
     ),
+    "choices-points": DataVariant(
+        multiview_share=0.0,
+        turns=(("pixel", 0), ("object", 0), ("scene", 0)),
+        caption=False,
+        extra_turns=(("choice_closer_point", 6),),
+    ),
 }
 
 
@@ -199,6 +205,24 @@ for _arm in (
     Arm("val-norm1000", "coords norm1000 instead of pixels", "llm", data="norm1000", search=True),
     Arm("val-llm2x", "2x wider LM (own stages 1+2)", "llm", llm_scale=2, search=True),
     Arm("val-base", "base, no stage 3 (reference)", "none", search=True, candidate=False),
+    Arm(
+        "val-choices-10x",
+        "stage 3 on the A/B turns only, 10x steps",
+        "llm",
+        data="choices",
+        steps_scale=10.0,
+        search=True,
+        candidate=False,
+    ),
+    Arm(
+        "val-choices-points-5x",
+        "stage 3 on A/B point turns only, 5x steps",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        search=True,
+        candidate=False,
+    ),
     Arm(
         "val-choices-5x",
         "stage 3 on the A/B turns only, 5x steps (val check of the test arm)",
