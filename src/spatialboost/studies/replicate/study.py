@@ -191,6 +191,14 @@ for _arm in (
         data="choices",
         steps_scale=5.0,
     ),
+    # chosen on val (lowest depth RMSE of val-choices-5x / -10x / -points-5x), then run on test
+    Arm(
+        "sb-dual-choices-points-5x",
+        "stage 3 on A/B point turns only, 5x steps (picked on val)",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -259,7 +267,8 @@ TABLES: tuple[Table, ...] = (
           ("base", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
-          ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "head-depth", "head-seg")),
+          ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x", "head-depth",
+           "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
     Table("C2", "Single- vs multi-view data at a fixed total (paper Table 7 text)",
