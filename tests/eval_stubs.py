@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
 
 CLASSES = ["void", "floor", "wall", "cube", "ball"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spatialboost.datagen import dataset
-from spatialboost.datagen.dataset import WriteSpec, encode_npz, load_sample_gt, write_dataset
+from spatialboost.datagen.dataset import writer as dataset
+from spatialboost.datagen.dataset.validate import validate_dataset
+from spatialboost.datagen.dataset.writer import WriteSpec, encode_npz, load_sample_gt, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-from spatialboost.datagen.validate import validate_dataset
 from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 
@@ -187,7 +187,7 @@ def test_no_helper_for_a_job_shorter_than_its_start_up(reference, tmp_path, monk
             raise AssertionError("a helper was started for a job shorter than its start-up")
 
     monkeypatch.setattr(dataset.mp, "get_context", NoHelpers)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         _write(tmp_path / "ds", workers=2)
     assert "--workers 2: this process wrote all 4 shard(s) itself" in caplog.text
     assert _files(tmp_path / "ds") == _files(reference)
@@ -199,7 +199,7 @@ def test_no_helper_when_no_core_is_idle(reference, tmp_path, monkeypatch, caplog
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
     monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1e-6)
     monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 0.3)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         _write(tmp_path / "ds", workers=2)
     assert "wrote all 4 shard(s) itself" in caplog.text and "0.3 idle during the last shard" in caplog.text
     assert _files(tmp_path / "ds") == _files(reference)
@@ -221,7 +221,7 @@ def test_helpers_per_idle_core_and_shard_left(monkeypatch):
 
 def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 3)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         assert dataset.choose_workers(8, shards=20) == 3
         assert dataset.choose_workers(8, shards=2) == 2
         assert dataset.choose_workers(2, shards=5) == 2
@@ -233,7 +233,7 @@ def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
     cfg = _cfg()
     cfg.scenes = 1  # one shard: no helper is started
     spec = WriteSpec(tmp_path / "one", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         write_dataset(SyntheticSource(cfg), spec, workers=2, progress=False)
     assert "using 1 worker(s), not 2: 1 shard(s) to write" in caplog.text
 

@@ -10,9 +10,9 @@ import pytest
 
 from eval_stubs import StubEncoder
 from spatialboost.cli import main
-from spatialboost.datagen.geometry import camera_to_world, look_at, project_points, world_to_camera
-from spatialboost.datagen.rgbd import export_scene
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.real.rgbd import export_scene
+from spatialboost.datagen.scenes.geometry import camera_to_world, look_at, project_points, world_to_camera
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.multiview import RGBDMultiView, SyntheticMultiView, build_multiview
 from spatialboost.eval.features import FeatureSet

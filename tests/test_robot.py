@@ -118,7 +118,7 @@ def test_robot_probe_smoke_with_meta_world(tmp_path):
 @needs_metaworld
 def test_meta_world_rendering_leaves_the_scene_renderer_working():
     """MuJoCo makes its own EGL context current; the synthetic engine's renderer must still draw afterwards."""
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     before = generate_scene(3, SyntheticConfig(image_size=40)).views[0].rgb
     env = robot.MetaWorldTask("reach-v3", "corner", 32)

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from spatialboost.config import to_dict
-from spatialboost.datagen.conversations import ConversationConfig, build_conversation, to_llava
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation, to_llava
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 from spatialboost.dataset_format import (
     FORMAT,
     commit_shard,

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from spatialboost.constants import IMAGE_TOKEN
-from spatialboost.datagen.dataset import encode_png, load_sample_gt
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.dataset.writer import encode_png, load_sample_gt
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_text
