@@ -1,4 +1,5 @@
-"""Dataset writer/reader: determinism across shards and workers, resume after damage, refusal, validation."""
+"""The datagen dataset writer (datagen/dataset/writer.py) and its reader side: determinism across shards and
+workers, resume after damage, refusal, validation."""
 
 from __future__ import annotations
 
@@ -245,7 +246,7 @@ def test_kill_9_of_the_parent_stops_helpers_and_resumes(reference, tmp_path):
     here = str(Path(__file__).parent)
     code = (
         f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\n"
-        f"from test_dataset import _write_helper_first\n_write_helper_first(Path({str(out)!r}), delay=0.2)\n"
+        f"from test_datagen_writer import _write_helper_first\n_write_helper_first(Path({str(out)!r}), delay=0.2)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
@@ -336,7 +337,7 @@ def test_kill_9_then_resume_is_byte_identical(reference, tmp_path):
     """A real kill -9 in the middle of a run, then the same command: the same bytes as an uninterrupted run."""
     out = tmp_path / "killed"
     here = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\nfrom test_dataset import _write\n_write(Path({str(out)!r}))\n"
+    code = f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\nfrom test_datagen_writer import _write\n_write(Path({str(out)!r}))\n"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("images/*.png"))) < 3:
