@@ -29,11 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from spatialboost.datagen.conversations import ConversationConfig, build_conversation
-from spatialboost.datagen.dataset import WriteSpec, write_dataset
-from spatialboost.datagen.relations import SceneGraph
+from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
 
 
 def bench_render_and_text(n: int, size: int) -> dict:
@@ -63,7 +63,7 @@ def bench_write(n: int, size: int, workers: int, shard_size: int = 16) -> tuple[
     PNG + npz encoding, hashes, atomic writes) for ``n`` scenes."""
     cfg = GenerateConfig(scenes=n, shard_size=shard_size)
     cfg.synthetic.image_size = size
-    logger, seen = logging.getLogger("spatialboost.datagen.dataset"), _Messages()
+    logger, seen = logging.getLogger("spatialboost.datagen.dataset.writer"), _Messages()
     logger.addHandler(seen)
     logger.setLevel(logging.INFO)
     try:
@@ -95,7 +95,7 @@ def _cpu_s() -> float:
 
 
 def _startup_probe(size: int, results) -> None:
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     generate_scene(0, SyntheticConfig(image_size=size))  # imports done; GL context, shaders, first draw
     results.put(time.time())
@@ -169,7 +169,7 @@ def host_info() -> dict:
         )
     except (OSError, StopIteration):
         pass
-    from spatialboost.datagen.render import get_renderer
+    from spatialboost.datagen.scenes.render import get_renderer
 
     return {
         "host": platform.node(),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialboost.datagen.lifting import lift_view
-from spatialboost.datagen.perception import BackendConfig, build_backend
-from spatialboost.datagen.perception.tiny import save_tiny
+from spatialboost.datagen.real.lifting import lift_view
+from spatialboost.datagen.real.perception import BackendConfig, build_backend
+from spatialboost.datagen.real.perception.tiny import save_tiny
 
 
 def timed(fn, n: int) -> tuple[float, object]:

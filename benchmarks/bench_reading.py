@@ -49,10 +49,10 @@ EXTRA = {"choice_closer_point": 1, "choice_closer_object": 1, "depth_readout": 1
 
 def make_data(out: Path, scenes: int, image_size: int, short: bool) -> Path:
     """Synthetic scenes with the recipe's turns (``short``: 2 pixel + 1 object turn, no caption)."""
-    from spatialboost.datagen.conversations import ConversationConfig
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.questions.conversations import ConversationConfig
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     name = f"data-{image_size}-{'short' if short else 'full'}"
     root = out / name

@@ -13,9 +13,9 @@ import argparse
 import statistics
 import time
 
-from spatialboost.datagen.render import get_renderer
-from spatialboost.datagen.scene import Camera, View
-from spatialboost.datagen.synthetic import (
+from spatialboost.datagen.scenes.render import get_renderer
+from spatialboost.datagen.scenes.scene import Camera, View
+from spatialboost.datagen.scenes.synthetic import (
     BACKGROUND,
     SyntheticConfig,
     assemble_scene,

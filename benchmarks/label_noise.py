@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialboost.datagen import relations as R
-from spatialboost.datagen import rgbd
 from spatialboost.datagen.image_source import ImagesConfig, ImageSource, collect_items
-from spatialboost.datagen.images import ImageLimits
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.real import rgbd
+from spatialboost.datagen.real.images import ImageLimits
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
 PAIR_RELATIONS = {
     "left_right": lambda g, a, b: R.left_right(g, 0, a, b),

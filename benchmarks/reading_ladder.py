@@ -26,10 +26,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from spatialboost.datagen.conversations import ConversationConfig
-from spatialboost.datagen.dataset import WriteSpec, write_dataset
+from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+from spatialboost.datagen.questions.conversations import ConversationConfig
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-from spatialboost.datagen.synthetic import SyntheticConfig
 from spatialboost.models.config import VLMConfig
 from spatialboost.train.config import (
     AlignStage,

@@ -1,48 +1,15 @@
-"""Test stand-ins for the probes: a tiny random VisionEncoder and a fake synthetic-scene generator."""
+"""A test stand-in for the probes: a fake synthetic-scene generator with known classes and depth.
+
+The encoder the probe tests use is the registered ``tiny-vit`` (``create_encoder("tiny-vit", seed=...)``),
+so they exercise a real encoder's code path and its layer contract, not a stand-in's."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
-from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 
 CLASSES = ["void", "floor", "wall", "cube", "ball"]
-
-
-class StubEncoder(VisionEncoder):
-    """Conv patch embed + CLS token + residual MLP blocks + final LayerNorm, random init from ``seed``."""
-
-    def __init__(
-        self, dim: int = 16, patch: int = 8, depth: int = 3, seed: int = 0, name: str = "stub"
-    ) -> None:
-        super().__init__()
-        self.spec = EncoderSpec(name=name, family="stub", embed_dim=dim, patch_size=patch, image_size=32,
-                                num_layers=depth, num_heads=1)  # fmt: skip
-        g = torch.Generator().manual_seed(seed)
-        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.GELU()) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-    def forward_intermediates(self, pixels, layers=None):
-        x = self.embed(pixels)  # (B, D, h, w)
-        grid = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x + 0 * x.mean(1, keepdim=True)], dim=1)
-        wanted = {(i % len(self.blocks)) for i in (layers or [-1])}
-        outs = []
-        for i, block in enumerate(self.blocks):
-            x = x + block(x)
-            if i in wanted:
-                y = self.norm(x)
-                outs.append(EncoderOutput(cls=y[:, 0], patch=y[:, 1:], grid=grid))
-        return outs
 
 
 def fake_scene(seed: int, size: int = 48) -> Scene:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatialboost.datagen.geometry import intrinsics_from_fov, look_at, yaw_rotation
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.scenes.geometry import intrinsics_from_fov, look_at, yaw_rotation
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 
 
 def box(obj_id: int, center, size, name: str = "box", color: str | None = "red") -> SceneObject:

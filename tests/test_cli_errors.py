@@ -139,7 +139,7 @@ def test_validate_lists_a_truncated_line_and_checks_the_rest(world, capsys):
 def test_symlinked_folder_is_recorded_as_skipped(world, tmp_path):
     """generate images lists a directory symlink that leaves --input among the skipped inputs."""
     from spatialboost.datagen.image_source import collect_items
-    from spatialboost.datagen.images import ImageLimits
+    from spatialboost.datagen.real.images import ImageLimits
 
     photos = tmp_path / "photos"
     shutil.copytree(world / "photos", photos)

@@ -11,15 +11,15 @@ import pytest
 
 from scene_kit import camera, four_boxes, make_scene, random_scene
 from spatialboost.config import ConfigError, load_config
-from spatialboost.datagen import relations as R
-from spatialboost.datagen.conversations import (
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.conversations import (
     ConversationConfig,
     build_conversation,
     level_sequence,
     to_llava,
 )
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.templates import TEMPLATES, from_coords
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.questions.templates import TEMPLATES, from_coords
 
 RANK = {"pixel": 0, "object": 1, "scene": 2, "caption": 3}
 
@@ -172,7 +172,7 @@ def test_norm1000_coordinates_round_trip(corpus):
             if qa.fact["fn"] == "depth_at":
                 assert "0-1000" in qa.question
                 cx, cy = map(int, re.search(r"\((\d+), (\d+)\)", qa.question).groups())
-                from spatialboost.datagen.templates import Context
+                from spatialboost.datagen.questions.templates import Context
 
                 ctx = Context(graph=g, coords="norm1000")
                 assert from_coords(ctx, 0, cx, cy) == (qa.fact["args"]["x"], qa.fact["args"]["y"])
@@ -228,7 +228,7 @@ def test_numbers_have_units_and_two_decimals(corpus):
 
 def _conversations_digest() -> str:
     """sha256 of the records + facts generated for fixed scenes and seeds (hand-built and synthetic)."""
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     h = hashlib.sha256()
     scenes = [random_scene(s, num_views=1 + s % 3) for s in range(24)]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_stubs import StubEncoder
 from spatialboost.cli import main
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets import build_dataset
@@ -23,6 +22,7 @@ from spatialboost.eval.depth_protocol import (
     upsample_bilinear,
 )
 from spatialboost.eval.runner import ProbeConfig, run_probes
+from spatialboost.models.encoders import create_encoder
 
 H, W = 480, 640
 FAST = ["probes.depth.epochs=2", "data.max_train=3", "data.max_test=2"]
@@ -142,7 +142,7 @@ def test_ground_truth_outside_the_eigen_crop_or_beyond_10m_is_not_scored(tmp_pat
             cfg = ProbeConfig(tasks=["depth"], seeds=1, out=str(tmp_path / f"out-{outside}-{protocol}"))
             cfg.data.spec, cfg.features.image_size = f"nyu:{data}", 32
             cfg.probes.depth.epochs, cfg.probes.depth.protocol = 2, protocol
-            res = run_probes({"encoder": StubEncoder(seed=1)}, cfg)
+            res = run_probes({"encoder": create_encoder("tiny-vit", seed=1)}, cfg)
             results[(outside, protocol)] = res.summary["runs"][0]["metrics"]
     assert results[(2.0, "nyu-eigen")] == results[(9.0, "nyu-eigen")]
     assert results[(2.0, "probe")]["rmse"] != results[(9.0, "probe")]["rmse"]

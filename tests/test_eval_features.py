@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval_stubs import StubEncoder, fake_scene
+from eval_stubs import fake_scene
 from spatialboost.eval.datasets import SyntheticProbeDataset
 from spatialboost.eval.datasets.base import ProbeSample
 from spatialboost.eval.features import extract_features, layer_indices, resize_sample
+from spatialboost.models.encoders import create_encoder
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +23,9 @@ def _entries(cache):
 
 
 def test_cache_miss_then_hit(tmp_path, dataset):
-    enc = StubEncoder()
+    enc = create_encoder("tiny-vit", seed=0)  # 128 dims, patch 8
     a = extract_features(enc, dataset, tmp_path, image_size=32, batch_size=4)
-    assert a.patch.shape == (6, 16, 16) and a.cls.shape == (6, 16) and a.grid == (4, 4)
+    assert a.patch.shape == (6, 16, 128) and a.cls.shape == (6, 128) and a.grid == (4, 4)
     assert isinstance(a.patch, np.memmap) and a.depth.shape == (6, 32, 32) and a.label.shape == (6,)
     with torch.inference_mode():  # the cache holds the encoder's own output
         from spatialboost.eval.features import encode_batch
@@ -37,17 +38,20 @@ def test_cache_miss_then_hit(tmp_path, dataset):
 
 
 def test_cache_key_covers_weights_layers_resolution(tmp_path, dataset):
-    extract_features(StubEncoder(seed=0), dataset, tmp_path, image_size=32)
-    extract_features(StubEncoder(seed=1), dataset, tmp_path, image_size=32)  # same name, other weights
-    four = extract_features(StubEncoder(seed=0), dataset, tmp_path, image_size=32, layers="last4")
-    extract_features(StubEncoder(seed=0), dataset, tmp_path, image_size=48)
+    def enc(seed):  # three blocks, to see last4 clamp to what the encoder has
+        return create_encoder("tiny-vit", seed=seed, num_hidden_layers=3)
+
+    extract_features(enc(0), dataset, tmp_path, image_size=32)
+    extract_features(enc(1), dataset, tmp_path, image_size=32)  # same name, other weights
+    four = extract_features(enc(0), dataset, tmp_path, image_size=32, layers="last4")
+    extract_features(enc(0), dataset, tmp_path, image_size=48)
     assert len(_entries(tmp_path)) == 4
-    assert four.patch.shape[-1] == 3 * 16  # stub has 3 blocks: last4 clamps to all 3
+    assert four.patch.shape[-1] == 3 * 128  # 3 blocks: last4 clamps to all 3
     assert layer_indices("last4", 12) == [-4, -3, -2, -1]
 
 
 def test_interrupted_extraction_leaves_no_entry(tmp_path, dataset):
-    enc = StubEncoder()
+    enc = create_encoder("tiny-vit", seed=0)
     calls = {"n": 0}
     real = enc.forward_intermediates
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval_stubs import StubEncoder, fake_scene
+from eval_stubs import fake_scene
 from spatialboost.cli import main
 from spatialboost.eval.report import markdown_table
 from spatialboost.eval.runner import ProbeConfig, aggregate, probe_before_after
+from spatialboost.models.encoders import create_encoder
 
 FAST = ["probes.depth.epochs=3", "probes.seg.epochs=3", "probes.cls_linear.epochs=5", "data.num_train=12",
         "data.num_test=4"]  # fmt: skip
@@ -57,7 +58,7 @@ def test_cli_user_errors(tmp_path, capsys):
 
 
 def test_before_after_same_encoder_gives_zero_delta(tmp_path):
-    enc = StubEncoder(seed=3)
+    enc = create_encoder("tiny-vit", seed=3)
     results, table = probe_before_after(enc, enc, _tiny_cfg(tmp_path), scene_fn=fake_scene, plots=False)
     rows = results.summary["rows"]
     for probe in ("depth", "seg", "cls-linear", "cls-knn"):
@@ -82,7 +83,6 @@ def test_saved_boosted_encoder_brings_its_base(tmp_path):
     from spatialboost.eval.runner import pair_encoders
     from spatialboost.models import export
     from spatialboost.models.dual_channel import add_dual_channel
-    from spatialboost.models.encoders import create_encoder
 
     base = create_encoder("tiny-dinov2", seed=0)
     boosted = add_dual_channel(create_encoder("tiny-dinov2", seed=0))

@@ -1,12 +1,12 @@
-"""Truth tables for the geometry conventions (datagen.geometry) and for the renderer that must obey them."""
+"""Truth tables for the geometry conventions (datagen.scenes.geometry) and for the renderer that must obey them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spatialboost.datagen import geometry as geo
-from spatialboost.datagen.render import DrawItem, Light, get_renderer, projection_from_K, unit_mesh
+from spatialboost.datagen.scenes import geometry as geo
+from spatialboost.datagen.scenes.render import DrawItem, Light, get_renderer, projection_from_K, unit_mesh
 
 W, H = 160, 120
 K = geo.intrinsics_from_fov(W, H, np.deg2rad(60.0))
@@ -253,7 +253,7 @@ def test_render_is_deterministic_and_size_changes_work():
 def test_missing_egl_gives_an_actionable_error(monkeypatch):
     import moderngl
 
-    from spatialboost.datagen.render import Renderer, RendererUnavailableError
+    from spatialboost.datagen.scenes.render import Renderer, RendererUnavailableError
     from spatialboost.errors import UserError
 
     def no_egl(**_):

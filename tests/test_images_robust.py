@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spatialboost.datagen.images import ImageRejected, load_rgb, scan_folder
+from spatialboost.datagen.real.images import ImageRejected, load_rgb, scan_folder
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -8,6 +8,12 @@ never imports the commands or the studies. The CLI's ``COMMANDS`` table names th
 those names count as imports here. No two modules import each other, directly or round a loop, even from
 inside functions (a lazy import hides a cycle; it does not remove it). A backwards import fails here with the
 line that made it.
+
+Inside ``datagen`` (the largest package) the same holds between its parts: synthetic ``scenes`` at the bottom;
+``real`` images (perception, lifting) and ``questions`` each on top of ``scenes`` alone, so neither imports the
+other and the synthetic path never loads a perception backend; ``dataset`` I/O over ``scenes`` and
+``questions``, never a particular source; and the two sample sources, which join a producer to the writer, at
+the top.
 """
 
 from __future__ import annotations
@@ -37,7 +43,18 @@ ROOT = ""  # ``import spatialboost`` (the package: version and the lazy public A
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer} | {ROOT: 0}
 LIBRARY = {pkg for pkg, layer in LAYER_OF.items() if layer < LAYER_OF["studies"]}
 ABOVE_LIBRARY = ("studies", "cli")
-TABLE = "COMMANDS"  # a module-level dict whose string values name the modules a command line imports lazily
+TABLE = "COMMANDS"
+
+# datagen's parts (sub-packages and top-level modules) and the other parts each may import
+DATAGEN_PARTS: dict[str, set[str]] = {
+    "": set(),  # datagen/__init__.py
+    "scenes": set(),
+    "real": {"scenes"},
+    "questions": {"scenes"},
+    "dataset": {"scenes", "questions"},
+    "sources": {"scenes", "questions", "dataset"},
+    "image_source": {"scenes", "real", "questions", "dataset"},
+}  # a module-level dict whose string values name the modules a command line imports lazily
 
 
 def module_name(path: Path, src: Path = SRC) -> str:
@@ -95,6 +112,12 @@ def package_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else ROOT
 
 
+def datagen_part(module: str) -> str:
+    """``spatialboost.datagen.questions.relations`` -> ``questions``; ``spatialboost.datagen`` -> ``""``."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 else ""
+
+
 def violations(src: Path) -> list[str]:
     bad = []
     for path in sorted(src.rglob("*.py")):
@@ -103,7 +126,17 @@ def violations(src: Path) -> list[str]:
         for target, line in imported_modules(path, src):
             dst = package_of(target)
             where = f"{path.relative_to(src.parent)}:{line}: {source} imports {target}"
-            if pkg not in LAYER_OF or dst not in LAYER_OF:
+            if pkg == dst == "datagen":
+                part, other = datagen_part(source), datagen_part(target)
+                if part not in DATAGEN_PARTS or other not in DATAGEN_PARTS:
+                    bad.append(
+                        f"{where} (declare the datagen part in DATAGEN_PARTS in {Path(__file__).name})"
+                    )
+                elif other != part and other not in DATAGEN_PARTS[part]:
+                    bad.append(
+                        f"{where} (datagen part {part!r} may only import {sorted(DATAGEN_PARTS[part])})"
+                    )
+            elif pkg not in LAYER_OF or dst not in LAYER_OF:
                 bad.append(f"{where} (declare the package on a layer in {Path(__file__).name})")
             elif pkg in LIBRARY and dst in ABOVE_LIBRARY:
                 bad.append(f"{where} (library code must not import the commands or the studies)")
@@ -116,6 +149,16 @@ def test_every_package_is_on_a_layer():
     packages = {p.stem if p.is_file() else p.name for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
     packages -= {"__init__", "__pycache__", "resources"}
     assert packages <= set(LAYER_OF), f"put {sorted(packages - set(LAYER_OF))} on a layer"
+
+
+def test_every_datagen_part_is_declared():
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in (SRC / "datagen").iterdir()
+        if p.suffix == ".py" or p.is_dir()
+    }
+    parts -= {"__init__", "__pycache__"}
+    assert parts <= set(DATAGEN_PARTS), f"declare {sorted(parts - set(DATAGEN_PARTS))} in DATAGEN_PARTS"
 
 
 def test_imports_follow_the_layers():
@@ -197,6 +240,25 @@ def test_a_cycle_is_caught(tmp_path):
         ("studies/extra.py", "from spatialboost.cli.common import check_out_dir\n", "layer"),
         ("studies/extra.py", 'COMMANDS = {"view": ("spatialboost.cli.view", "a table")}\n', "layer"),
         ("cli/extra.py", "import spatialboost.__main__\n", "layer"),
+        (
+            "datagen/scenes/extra.py",
+            "from spatialboost.datagen.real.perception import build_backend\n",
+            "part",
+        ),
+        (
+            "datagen/questions/extra.py",
+            "def f():\n    from spatialboost.datagen.dataset import writer\n",
+            "part",
+        ),
+        ("datagen/questions/extra.py", "from spatialboost.datagen.real.lifting import lift_view\n", "part"),
+        (
+            "datagen/real/extra.py",
+            "from spatialboost.datagen.questions.relations import SceneGraph\n",
+            "part",
+        ),
+        ("datagen/dataset/extra.py", "from spatialboost.datagen.real import rgbd\n", "part"),
+        ("datagen/dataset/extra.py", "from spatialboost.datagen.sources import SyntheticSource\n", "part"),
+        ("datagen/extra.py", "from spatialboost.datagen.scenes.scene import Scene\n", "declare"),
     ],
 )
 def test_a_backwards_import_is_caught(tmp_path, module, line, why):

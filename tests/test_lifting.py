@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spatialboost.datagen import rgbd
-from spatialboost.datagen.geometry import object_point_cloud, rigid_inverse
-from spatialboost.datagen.lifting import LiftConfig, fit_plane_ransac, lift_view
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.real import rgbd
+from spatialboost.datagen.real.lifting import LiftConfig, fit_plane_ransac, lift_view
+from spatialboost.datagen.scenes.geometry import object_point_cloud, rigid_inverse
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_lifting_recovers_gravity_frame_and_boxes(scene):
 
 def test_lifting_preserves_viewer_relations(scene):
     lifted = _lift_gt(scene)
-    from spatialboost.datagen.geometry import viewer_frame
+    from spatialboost.datagen.scenes.geometry import viewer_frame
 
     def viewer_x(s):
         T = viewer_frame(s.views[0].camera.cam_to_world)
@@ -138,15 +138,15 @@ def test_middlebury_motorcycle_real_photo():
     ext = o.aabb_max - o.aabb_min
     assert np.all(ext > 0.2) and np.all(ext < 3.0)  # a motorcycle-sized box, metres
     cam = s.views[0].camera.cam_to_world
-    from spatialboost.datagen.geometry import world_to_camera
+    from spatialboost.datagen.scenes.geometry import world_to_camera
 
     z = world_to_camera(o.centroid[None], cam)[0, 2]
     assert 2.0 < z < 5.0  # in front of the camera, at the measured range
 
 
 def test_box_support_gives_the_same_oriented_box():
-    from spatialboost.datagen.geometry import obb_from_points_yaw
-    from spatialboost.datagen.lifting import _box_support
+    from spatialboost.datagen.real.lifting import _box_support
+    from spatialboost.datagen.scenes.geometry import obb_from_points_yaw
 
     rng = np.random.default_rng(0)
     p = rng.normal(size=(3000, 3)) * [1.0, 0.3, 0.5]
@@ -159,10 +159,10 @@ def test_box_support_gives_the_same_oriented_box():
 def test_repeated_objects_are_ranked_by_box_centre_like_left_right():
     """Descriptions and "left of" answers use one centre (the box's): a lopsided cloud cannot contradict them."""
     from scene_kit import camera
-    from spatialboost.datagen import relations as R
-    from spatialboost.datagen.lifting import LiftedObject, describe, scene_object
-    from spatialboost.datagen.relations import SceneGraph
-    from spatialboost.datagen.scene import Scene, View
+    from spatialboost.datagen.questions import relations as R
+    from spatialboost.datagen.questions.relations import SceneGraph
+    from spatialboost.datagen.real.lifting import LiftedObject, describe, scene_object
+    from spatialboost.datagen.scenes.scene import Scene, View
 
     rng = np.random.default_rng(0)
     dense = np.c_[rng.uniform(-0.05, 0.05, 500), rng.uniform(1.95, 2.05, 500), rng.uniform(0, 0.5, 500)]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spatialboost.datagen.perception import (
+from spatialboost.datagen.real.perception import (
     BackendConfig,
     GroundTruth,
     build_backend,
     dominant_color,
     load_vocabulary,
 )
-from spatialboost.datagen.perception.base import Detection, box_iou, non_max_suppression
-from spatialboost.datagen.perception.hf import Preprocess
-from spatialboost.datagen.perception.tiny import save_tiny
+from spatialboost.datagen.real.perception.base import Detection, box_iou, non_max_suppression
+from spatialboost.datagen.real.perception.hf import Preprocess
+from spatialboost.datagen.real.perception.tiny import save_tiny
 from spatialboost.errors import UserError
 from spatialboost.registry import UnknownNameError
 

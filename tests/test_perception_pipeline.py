@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from spatialboost.cli import main
-from spatialboost.datagen import rgbd
-from spatialboost.datagen.perception.tiny import save_tiny
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.real import rgbd
+from spatialboost.datagen.real.perception.tiny import save_tiny
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 from spatialboost.dataset_format import iter_records, load_gt_arrays
 
 
@@ -96,7 +96,7 @@ def test_tiny_models_junk_folder_resume_and_stage_cache(tiny_models, tmp_path, m
             p.unlink()
     for p in (out / "state").glob("*.json"):
         p.unlink()
-    from spatialboost.datagen.perception.depth_pro import DepthProBackend
+    from spatialboost.datagen.real.perception.depth_pro import DepthProBackend
 
     def boom(*a, **k):
         raise AssertionError("depth was recomputed")
@@ -118,7 +118,7 @@ def test_sharded_runs_equal_one_run(rgbd_root, tmp_path):
 
 
 def test_unknown_backend_and_missing_vggt(tmp_path):
-    from spatialboost.datagen.rgbd import vggt_reconstructor
+    from spatialboost.datagen.real.rgbd import vggt_reconstructor
     from spatialboost.errors import UserError
 
     (tmp_path / "a.png").write_bytes(b"")

@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from eval_stubs import StubEncoder
 from spatialboost.cli import main
-from spatialboost.datagen.geometry import camera_to_world, look_at, project_points, world_to_camera
-from spatialboost.datagen.rgbd import export_scene
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.real.rgbd import export_scene
+from spatialboost.datagen.scenes.geometry import camera_to_world, look_at, project_points, world_to_camera
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.multiview import RGBDMultiView, SyntheticMultiView, build_multiview
 from spatialboost.eval.features import FeatureSet
@@ -29,6 +28,7 @@ from spatialboost.eval.geometry3d import (
     voxel_keep,
 )
 from spatialboost.eval.probes3d import Probe3DConfig, SceneFeatures, run_probe_3d
+from spatialboost.models.encoders import create_encoder
 
 
 def _rotation(rng) -> np.ndarray:
@@ -275,14 +275,14 @@ def test_cli_all3d_on_rgbd_folders_and_with_2d_tasks(tmp_path):
     )
 
 
-def test_stub_encoder_3d_probe_runs_at_a_non_multiple_size(tmp_path):
+def test_3d_probe_runs_at_a_non_multiple_size(tmp_path):
     """An encoder whose patch does not divide the probe size gets the largest multiple (features resize)."""
     from spatialboost.eval.job import run_job
     from spatialboost.eval.runner import ProbeConfig
 
     cfg = ProbeConfig(tasks=["corr"], seeds=1, out=str(tmp_path))
     cfg.features.image_size, cfg.probes3d.num_test = 36, 1
-    res = run_job({"enc": StubEncoder(patch=8)}, cfg)
+    res = run_job({"enc": create_encoder("tiny-vit", seed=0)}, cfg)  # patch 8
     (row,) = [r for r in res.summary["rows"] if r["metric"] == "recall@0.2m"]
     assert row["protocol"]["image_size"] == 32 and row["protocol"]["grid"] == [4, 4]
 

@@ -88,10 +88,10 @@ def test_mask_coverage_and_region_weights():
 @pytest.fixture(scope="module")
 def engine_data(tmp_path_factory):
     """6 synthetic scenes (64 px, some multi-view) with A/B and readout turns, plus a held-out set."""
-    from spatialboost.datagen.conversations import ConversationConfig
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.questions.conversations import ConversationConfig
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     root = tmp_path_factory.mktemp("refs")
     out = {}

@@ -1,4 +1,4 @@
-"""Truth tables for every relation on hand-built scenes with known geometry (datagen.relations)."""
+"""Truth tables for every relation on hand-built scenes with known geometry (datagen.questions.relations)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from scene_kit import ROUND, box, camera, four_boxes, make_scene, solid, turned
-from spatialboost.datagen import relations as R
-from spatialboost.datagen.relations import SAME, SceneGraph
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.relations import SAME, SceneGraph
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_recompute_and_values_match(g):
 
 def test_left_right_against_rendered_synthetic_scenes():
     """On scenes from the real engine, a "left" decision always matches the objects' image columns."""
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     checked = 0
     for seed in range(12):
@@ -295,8 +295,8 @@ def test_turning_the_whole_room_changes_no_answer():
     """Objects and cameras turned together about z (and moved): every measurement and conversation is the same."""
     import random
 
-    from spatialboost.datagen.conversations import ConversationConfig, build_conversation, to_llava
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation, to_llava
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     for seed in (11, 12, 13):
         scene = generate_scene(seed, SyntheticConfig(image_size=64, views=2, min_objects=5))

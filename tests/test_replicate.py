@@ -160,9 +160,9 @@ def test_dense_head_steps_use_whole_samples_deterministically():
 
 
 def test_spatial_content_counts_queried_points(tmp_path):
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
     from spatialboost.studies.replicate.diagnostics import POINT, spatial_content
 
     assert POINT.findall("The depth at (9, 41) is 1.94 m; (52, 29)") == [("9", "41"), ("52", "29")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from eval_stubs import StubEncoder
 from spatialboost.cli import main
+from spatialboost.models.encoders import create_encoder
 from spatialboost.studies.replicate.extra import ExtraProbes, extra_arms, extra_columns, extra_table
 from spatialboost.studies.replicate.runner import Study, run_extra_probes
 from spatialboost.studies.replicate.study import ARMS, QUICK, StudyConfig
@@ -13,7 +13,7 @@ from spatialboost.studies.replicate.study import ARMS, QUICK, StudyConfig
 
 def test_extra_probes_run_the_3d_benches_at_quick_size(tmp_path):
     extras = ExtraProbes(["corr", "sem3d"], QUICK, tmp_path)
-    out = extras.run(StubEncoder(), seed=0)
+    out = extras.run(create_encoder("tiny-vit", seed=0), seed=0)
     assert set(out) == {"corr", "sem3d"}
     assert 0.0 <= out["corr"]["recall@0.2m"] <= 1.0 and 0.0 <= out["sem3d"]["miou"] <= 1.0
     assert extras.info()["3d"]["splits"]["test"]["scenes"] == 2

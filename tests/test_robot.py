@@ -10,7 +10,6 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
-from eval_stubs import StubEncoder
 from spatialboost.cli import main
 from spatialboost.config import ConfigError
 from spatialboost.errors import UserError
@@ -23,6 +22,7 @@ from spatialboost.eval.robot import (
     policy_inputs,
     train_and_evaluate,
 )
+from spatialboost.models.encoders import create_encoder
 
 
 def test_eval_epochs_and_config_validation():
@@ -59,9 +59,9 @@ def test_demo_features_are_cached_by_weights(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
     demos = Demos(frames, np.zeros((5, 4), np.float32), np.zeros((5, 4), np.float32), np.zeros(5, np.int64),
                   np.zeros(1, np.int64), key="k")  # fmt: skip
-    a, b = StubEncoder(seed=0), StubEncoder(seed=1)
+    a, b = create_encoder("tiny-vit", seed=0), create_encoder("tiny-vit", seed=1)
     fa = cached_features(a, demos, "last", tmp_path)
-    assert fa.shape == (5, 16) and len(list((tmp_path / "robot").glob("features-*.npy"))) == 1
+    assert fa.shape == (5, 128) and len(list((tmp_path / "robot").glob("features-*.npy"))) == 1
     np.testing.assert_array_equal(cached_features(a, demos, "last", tmp_path), fa)
     assert not np.array_equal(cached_features(b, demos, "last", tmp_path), fa)
     assert len(list((tmp_path / "robot").glob("features-*.npy"))) == 2
@@ -118,7 +118,7 @@ def test_robot_probe_smoke_with_meta_world(tmp_path):
 @needs_metaworld
 def test_meta_world_rendering_leaves_the_scene_renderer_working():
     """MuJoCo makes its own EGL context current; the synthetic engine's renderer must still draw afterwards."""
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     before = generate_scene(3, SyntheticConfig(image_size=40)).views[0].rgb
     env = robot.MetaWorldTask("reach-v3", "corner", 32)

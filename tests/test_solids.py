@@ -1,12 +1,12 @@
-"""datagen.solids: the support-function measurements agree with the second definitions (surface samples, inside test)."""
+"""datagen.scenes.solids: the support-function measurements agree with the second definitions (surface samples, inside test)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spatialboost.datagen import solids as S
-from spatialboost.datagen.geometry import yaw_rotation
+from spatialboost.datagen.scenes import solids as S
+from spatialboost.datagen.scenes.geometry import yaw_rotation
 
 
 def _random_solid(kind: str, rng: np.random.Generator) -> S.Solid:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from spatialboost.config import ConfigError, load_config
-from spatialboost.datagen import geometry as geo
-from spatialboost.datagen.scene import Scene
-from spatialboost.datagen.synthetic import (
+from spatialboost.datagen.scenes import geometry as geo
+from spatialboost.datagen.scenes.scene import Scene
+from spatialboost.datagen.scenes.synthetic import (
     OBJECT_CLASSES,
     SEMANTIC_CLASSES,
     SIZE_RANGES,
@@ -269,7 +269,7 @@ def test_same_bytes_in_a_fresh_process_with_other_thread_count():
     code = (
         "import sys; sys.path.insert(0, 'tests');"
         "from test_synthetic import scene_digest;"
-        "from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene;"
+        "from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene;"
         "print(scene_digest(generate_scene(11, SyntheticConfig(image_size=64, views=2))))"
     )
     env = dict(os.environ, LP_NUM_THREADS="1")

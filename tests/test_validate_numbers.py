@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from scene_kit import camera, four_boxes, make_scene, random_scene, solid
-from spatialboost.datagen import relations as R
-from spatialboost.datagen.conversations import ConversationConfig, build_conversation
-from spatialboost.datagen.geometry import obb_corners, transform_points
-from spatialboost.datagen.relations import Decision, SceneGraph
-from spatialboost.datagen.templates import TEMPLATES, Context
-from spatialboost.datagen.validate import Rederived, check_fact
+from spatialboost.datagen.dataset.validate import Rederived, check_fact
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation
+from spatialboost.datagen.questions.relations import Decision, SceneGraph
+from spatialboost.datagen.questions.templates import TEMPLATES, Context
+from spatialboost.datagen.scenes.geometry import obb_corners, transform_points
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_right_measurements_pass(g, fn, args):
 
 def test_every_generated_measurement_rederives():
     """No false alarms: every fact of conversations on box scenes and synthetic scenes of every solid."""
-    from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
     scenes = [random_scene(s, num_views=1 + s % 2) for s in range(6)]
     scenes += [generate_scene(s, SyntheticConfig(image_size=64, min_objects=6)) for s in range(6)]

@@ -9,7 +9,7 @@ import pytest
 
 from scene_kit import box, four_boxes, make_scene
 from spatialboost.cli import main
-from spatialboost.datagen.viewer import depth_colorbar, instance_overlay, legend_html
+from spatialboost.datagen.dataset.viewer import depth_colorbar, instance_overlay, legend_html
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,11 @@ N_IMG = (IMAGE_SIZE // PATCH) ** 2
 
 
 class StubEncoder(VisionEncoder):
-    """A one-layer patch embedding that follows the encoder contract (fast, deterministic)."""
+    """A one-block patch embedding that follows the encoder contract (fast, deterministic).
+
+    Kept instead of a registered tiny encoder because these tests need only an 8 px image of 4 tokens and run
+    many VLM steps; it validates layers and sizes as ``HFEncoder`` does (``test_stub_follows_the_contract``).
+    """
 
     def __init__(self, dim: int = 16) -> None:
         super().__init__()
@@ -43,9 +47,26 @@ class StubEncoder(VisionEncoder):
         self.norm = nn.LayerNorm(dim)
 
     def forward_intermediates(self, pixels, layers=None):
+        wanted = [-1] if layers is None else layers
+        if bad := [i for i in wanted if not -1 <= i < 1]:
+            raise IndexError(f"layer {bad[0]} out of range for an encoder with 1 blocks")
+        if pixels.shape[-2] % PATCH or pixels.shape[-1] % PATCH:
+            raise ValueError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {PATCH}")
         x = self.norm(self.patch_embed(pixels).flatten(2).transpose(1, 2))  # (B, N, D)
         h, w = pixels.shape[-2] // PATCH, pixels.shape[-1] // PATCH
-        return [EncoderOutput(x.mean(1), x, (h, w))]
+        return [EncoderOutput(x.mean(1), x, (h, w)) for _ in wanted]  # one output per requested layer
+
+
+def test_stub_follows_the_contract():
+    """Same layer and size rules as the registered encoders: one output per requested layer, in order,
+    duplicates kept; an index past the blocks raises rather than wraps; sizes are multiples of the patch."""
+    enc, pixels = StubEncoder(), torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert len(enc.forward_intermediates(pixels, [0, -1, 0])) == 3
+    for layer in (1, -2):
+        with pytest.raises(IndexError):
+            enc.forward_intermediates(pixels, [layer])
+    with pytest.raises(ValueError):
+        enc.forward_intermediates(torch.zeros(1, 3, IMAGE_SIZE + 1, IMAGE_SIZE))
 
 
 def make_record(i: int, n_images: int) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from spatialboost.cli import generate_images
 from spatialboost.cli.common import add_run_arguments, check_out_dir, load_command_config
-from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
+from spatialboost.datagen.dataset.writer import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.errors import UserError
 

@@ -5,7 +5,7 @@
         [--vocab FILE] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch-size N]
         [--multiview] [--shard i/n] [--workers W] [--shard-size N] [--seed S]
 
-``--input`` is a folder of photos, or an RGB-D folder in the layout of ``datagen.rgbd`` (``color/`` ...):
+``--input`` is a folder of photos, or an RGB-D folder in the layout of ``datagen.real.rgbd`` (``color/`` ...):
 there ``--depth provided`` uses its depth + intrinsics, its instance masks replace detection and
 segmentation when present (``--detector/--segmenter provided``), and ``oracle`` backends read the same
 files (with ``--oracle-depth-noise`` / ``--oracle-erode`` to measure label noise). Sample i is the i-th good
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatialboost.cli.common import add_run_arguments, check_out_dir, load_command_config
-from spatialboost.datagen.conversations import ConversationConfig
-from spatialboost.datagen.dataset import WriteSpec, parse_shard_spec, write_dataset
+from spatialboost.datagen.dataset.writer import WriteSpec, parse_shard_spec, write_dataset
 from spatialboost.datagen.image_source import STAGES, ImagesConfig, ImageSource, Item, collect_items
-from spatialboost.datagen.images import IMAGE_SUFFIXES, ImageLimits
-from spatialboost.datagen.lifting import LiftConfig
-from spatialboost.datagen.perception import DEPTH_BACKENDS, DETECTORS, SEGMENTERS, load_vocabulary
+from spatialboost.datagen.questions.conversations import ConversationConfig
+from spatialboost.datagen.real.images import IMAGE_SUFFIXES, ImageLimits
+from spatialboost.datagen.real.lifting import LiftConfig
+from spatialboost.datagen.real.perception import DEPTH_BACKENDS, DETECTORS, SEGMENTERS, load_vocabulary
 from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def check_ground_truth(cfg: ImagesConfig, items: list[Item]) -> None:
     if needs and not any(it.frames for it in items):
         raise UserError(
             f"{', '.join(needs)} read(s) ground truth from an RGB-D folder (color/, depth/, intrinsic.txt, "
-            f"instance/; see spatialboost.datagen.rgbd), but --input {cfg.input} is a folder of plain photos; "
+            f"instance/; see spatialboost.datagen.real.rgbd), but --input {cfg.input} is a folder of plain photos; "
             "use the models (--depth depth-pro --detector owlv2 --segmenter sam2) for photos"
         )
 

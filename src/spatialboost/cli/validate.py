@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from spatialboost.datagen.validate import validate_dataset
+from spatialboost.datagen.dataset.validate import validate_dataset
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from spatialboost.datagen.viewer import write_report
+from spatialboost.datagen.dataset.viewer import write_report
 from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from spatialboost.config import to_dict
-from spatialboost.datagen import rgbd
-from spatialboost.datagen.dataset import encode_npz
-from spatialboost.datagen.images import ImageEntry, ImageLimits, ImageRejected, load_rgb, scan_folder
-from spatialboost.datagen.lifting import LiftConfig, lift_view
-from spatialboost.datagen.perception import BackendConfig, GroundTruth, build_backend
-from spatialboost.datagen.perception.base import boxes_of
+from spatialboost.datagen.dataset.writer import encode_npz
+from spatialboost.datagen.real import rgbd
+from spatialboost.datagen.real.images import ImageEntry, ImageLimits, ImageRejected, load_rgb, scan_folder
+from spatialboost.datagen.real.lifting import LiftConfig, lift_view
+from spatialboost.datagen.real.perception import BackendConfig, GroundTruth, build_backend
+from spatialboost.datagen.real.perception.base import boxes_of
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file
 

@@ -1,6 +1,6 @@
 """Sample sources for the dataset writer, and the config of ``spatialboost generate synthetic``.
 
-A source turns (sample index, sample seed) into a ``Scene``; the writer (``datagen.dataset``) does the rest.
+A source turns (sample index, sample seed) into a ``Scene``; the writer (``datagen.dataset.writer``) does the rest.
 The real-photo source (``generate images``) plugs in the same way.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from spatialboost.config import ConfigError, to_dict
-from spatialboost.datagen.conversations import ConversationConfig
-from spatialboost.datagen.scene import Scene
-from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+from spatialboost.datagen.questions.conversations import ConversationConfig
+from spatialboost.datagen.scenes.scene import Scene
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
 
 @dataclass
@@ -48,7 +48,7 @@ class GenerateConfig:
 
 @dataclass
 class SyntheticSource:
-    """Procedural scenes from ``datagen.synthetic``; a sample's view count is drawn from its own seed."""
+    """Procedural scenes from ``datagen.scenes.synthetic``; a sample's view count is drawn from its own seed."""
 
     cfg: GenerateConfig
     name: str = "synthetic"

@@ -1,6 +1,6 @@
 """Pure 3D helpers of the multi-view probes: patch-centre points, feature matching, rigid registration.
 
-Frames and units follow ``spatialboost.datagen.geometry`` (metres; OpenCV camera, ``cam_to_world`` poses).
+Frames and units follow ``spatialboost.datagen.scenes.geometry`` (metres; OpenCV camera, ``cam_to_world`` poses).
 A probe image is S x S pixels seen through a (3, 3) ``K`` at that resolution; the encoder's patch grid is
 (h, w) with patches of ``S / h`` x ``S / w`` pixels. The **centre pixel** of patch (i, j) is
 ``(x, y) = (floor((j + 0.5) * S / w), floor((i + 0.5) * S / h))``; its ground-truth 3D point is that pixel
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatialboost.datagen.geometry import unproject_pixel
+from spatialboost.datagen.scenes.geometry import unproject_pixel
 
 # --- the resolution the encoder sees ------------------------------------------------------------------
 
 
 def probe_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
     """(3, 3) K of an (height, width) image after ``eval.features``' resize (shorter side -> size) and centre
-    crop to size x size, in the continuous pixel coordinates of ``datagen.geometry``."""
+    crop to size x size, in the continuous pixel coordinates of ``datagen.scenes.geometry``."""
     scale = size / min(height, width)
     nh, nw = max(size, round(height * scale)), max(size, round(width * scale))
     sx, sy = nw / width, nh / height

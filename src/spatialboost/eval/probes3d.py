@@ -2,7 +2,7 @@
 
 All three read the cached features of a ``MultiViewDataset`` split (``eval.features``: patch tokens plus the
 depth and class maps at the probe resolution S) and the views' cameras; frames and units follow
-``datagen.geometry``; the helpers are in ``eval.geometry3d``.
+``datagen.scenes.geometry``; the helpers are in ``eval.geometry3d``.
 
 - ``corr`` (Probe3D's multi-view correspondence, El Banani et al. 2024): for every pair of views of a test
   scene, mutual nearest neighbours of the valid patches' features (cosine); a match is correct when the
@@ -47,7 +47,12 @@ import torch.nn.functional as F
 
 from spatialboost.config import ConfigError
 from spatialboost.constants import SEG_IGNORE_INDEX
-from spatialboost.datagen.geometry import camera_to_world, project_points, unproject_depth, world_to_camera
+from spatialboost.datagen.scenes.geometry import (
+    camera_to_world,
+    project_points,
+    unproject_depth,
+    world_to_camera,
+)
 from spatialboost.eval.datasets.multiview import MultiViewDataset
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.geometry3d import (

@@ -55,8 +55,8 @@ READING_EXTRA = {"choice_closer_point": 4}  # the reading warm-up's conversation
 
 def step_generate(state: DemoState) -> None:
     """The main conversations, the reading warm-up's (64 px, single view) and held-out ones (image gain)."""
-    from spatialboost.datagen.conversations import ConversationConfig
-    from spatialboost.datagen.synthetic import SyntheticConfig
+    from spatialboost.datagen.questions.conversations import ConversationConfig
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
 
     main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
     reading = ConversationConfig(
@@ -72,9 +72,9 @@ def step_generate(state: DemoState) -> None:
 def _generate(
     state: DemoState, out: Path, scenes: int, seed: int, multiview: float, conv, synthetic=None
 ) -> dict:
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     cfg = GenerateConfig(scenes=scenes, seed=seed, multiview_share=multiview, max_views=3, shard_size=16,
                          conversation=conv, synthetic=synthetic or SyntheticConfig())  # fmt: skip
@@ -83,7 +83,7 @@ def _generate(
 
 
 def step_validate(state: DemoState) -> None:
-    from spatialboost.datagen.validate import validate_dataset
+    from spatialboost.datagen.dataset.validate import validate_dataset
 
     errors, counts = validate_dataset(state.dataset_dir)
     if errors:
@@ -92,7 +92,7 @@ def step_validate(state: DemoState) -> None:
 
 
 def step_view(state: DemoState) -> None:
-    from spatialboost.datagen.viewer import write_report
+    from spatialboost.datagen.dataset.viewer import write_report
 
     state.results["report"] = state.out / "report.html"
     write_report(state.dataset_dir, state.results["report"], max_samples=16)

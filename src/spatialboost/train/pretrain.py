@@ -91,7 +91,7 @@ def pretrain_encoder(cfg: PretrainConfig) -> PretrainResult:
 
 def render_dataset(cfg: PretrainConfig, spec) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(S, 3, H, W) normalised pixels and (S, C + K) multi-hot class/colour labels."""
-    from spatialboost.datagen.synthetic import COLORS, OBJECT_CLASSES, SyntheticConfig, generate_scene
+    from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES, SyntheticConfig, generate_scene
     from spatialboost.models.preprocess import preprocess_images
 
     size = cfg.image_size or spec.image_size

@@ -7,7 +7,7 @@ A ``MultiViewDataset`` is a ``ProbeDataset`` with one sample per view (image, de
 - ``synthetic``: scenes of the synthetic engine (``SyntheticConfig(views=V)``) at the held-out seeds of
   ``datasets.synthetic.split_seeds``, rendered at the probe resolution; exact depth, poses and classes.
   Scenes are pure functions of their seed, re-rendered on demand (a few ms each); features are cached.
-- ``rgbd:PATH``: ``datagen.rgbd``'s ScanNet-style sequence folders (``color/``, ``depth/`` mm PNG,
+- ``rgbd:PATH``: ``datagen.real.rgbd``'s ScanNet-style sequence folders (``color/``, ``depth/`` mm PNG,
   ``intrinsic.txt`` or ``intrinsic/``, ``pose/`` cam_to_world, ``instance/`` + ``labels.json``); one sequence
   is one scene. Sequences sorted by name; the last third (at least one) is ``test``, the rest ``train``.
   Classes are ``["void", *sorted label names of every sequence]``; pixels of instance 0 or of an unlabelled
@@ -68,7 +68,7 @@ class SyntheticMultiView(MultiViewDataset):
     def __init__(
         self, split: str = "test", num_scenes: int = 16, views: int = 4, image_size: int = 64
     ) -> None:
-        from spatialboost.datagen.synthetic import SEMANTIC_CLASSES, SyntheticConfig
+        from spatialboost.datagen.scenes.synthetic import SEMANTIC_CLASSES, SyntheticConfig
 
         if views < 2:
             raise ValueError(f"multi-view scenes need >= 2 views, got {views}")
@@ -83,12 +83,12 @@ class SyntheticMultiView(MultiViewDataset):
         self._layout = lru_cache(maxsize=None)(self._sample_layout)
 
     def _render(self, k: int):
-        from spatialboost.datagen.synthetic import generate_scene
+        from spatialboost.datagen.scenes.synthetic import generate_scene
 
         return generate_scene(self.seeds[k], self.cfg)
 
     def _sample_layout(self, k: int):
-        from spatialboost.datagen.synthetic import sample_layout
+        from spatialboost.datagen.scenes.synthetic import sample_layout
 
         return sample_layout(self.seeds[k], self.cfg)
 
@@ -121,7 +121,7 @@ class RGBDMultiView(MultiViewDataset):
     name = "rgbd"
 
     def __init__(self, root: str | Path, split: str = "test", views: int = 0) -> None:
-        from spatialboost.datagen.rgbd import find_sequences
+        from spatialboost.datagen.real.rgbd import find_sequences
         from spatialboost.errors import UserError
 
         self.root = Path(root)
@@ -154,7 +154,7 @@ class RGBDMultiView(MultiViewDataset):
             )
 
     def _usable(self, seq: Path) -> list:
-        from spatialboost.datagen.rgbd import read_sequence
+        from spatialboost.datagen.real.rgbd import read_sequence
         from spatialboost.errors import UserError
 
         try:
@@ -172,7 +172,7 @@ class RGBDMultiView(MultiViewDataset):
         return usable
 
     def _load(self, index: int) -> ProbeSample:
-        from spatialboost.datagen.rgbd import read_depth_png, read_instance_png
+        from spatialboost.datagen.real.rgbd import read_depth_png, read_instance_png
         from spatialboost.errors import UserError
 
         f = self.frames[index]

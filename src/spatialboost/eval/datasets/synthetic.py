@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from spatialboost.constants import SEG_IGNORE_INDEX
-from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split
 
 SEED_OFFSET = 10_000_000
@@ -46,7 +46,7 @@ class SyntheticSceneFn:
         self.__qualname__ = f"generate_scene@{image_size}px"
 
     def __call__(self, seed: int) -> Scene:
-        from spatialboost.datagen.synthetic import SyntheticConfig, generate_scene
+        from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 
         return generate_scene(seed, SyntheticConfig(image_size=self.image_size, views=self.views))
 

@@ -1,7 +1,7 @@
 """The study's datasets: the main stage-3 data and its variants, written once with the data engine.
 
 Every variant draws its scenes from the same seed, so sample ``i`` is the same scene in every variant
-(``datagen.dataset.sample_seed``): "quarter" and "half" are the first 1/4 and 1/2 of the main scenes,
+(``datagen.dataset.writer.sample_seed``): "quarter" and "half" are the first 1/4 and 1/2 of the main scenes,
 "reverse"/"shuffled" re-order the turns of the same scenes. The view mix is the exception: the number of
 views is drawn per sample from ``multiview_share``, so "single-view" and "multi-view" re-render.
 """
@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from spatialboost.datagen.conversations import ConversationConfig
+from spatialboost.datagen.questions.conversations import ConversationConfig
 from spatialboost.studies.replicate.study import DATA, DataVariant, Sizes
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def ensure_dataset(
     root: Path, name: str, sizes: Sizes, scenes: int | None = None, extra_turns: dict[str, int] | None = None
 ) -> Path:
     """``root/<name>``: the variant's dataset (resumable; an existing complete one is reused)."""
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     variant = DATA[name]
     if variant.extra_turns is not None:
@@ -66,9 +66,9 @@ def ensure_dataset(
 
 def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, int]) -> Path:
     """The reading warm-up's conversations (the main scenes, single-view): terse auxiliary turns only."""
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     out = root / ("reading" + turns_tag(reading_turns))
     if (out / "manifest.json").is_file() and _complete(out):
@@ -83,9 +83,9 @@ def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, in
 
 def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]) -> Path:
     """Held-out conversations (seed 2, the main data's format): where the trainer measures the image gain."""
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     out = root / ("heldout" + turns_tag(extra_turns))
     if (out / "manifest.json").is_file() and _complete(out):
@@ -99,9 +99,9 @@ def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]
 
 def ensure_diag_dataset(root: Path, sizes: Sizes) -> Path:
     """Held-out pixel-level-only conversations (seed 1): the answer-token diagnostic's data."""
-    from spatialboost.datagen.dataset import WriteSpec, write_dataset
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
     from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-    from spatialboost.datagen.synthetic import SyntheticConfig
 
     out = root / "diag-pixel"
     if (out / "manifest.json").is_file() and _complete(out):

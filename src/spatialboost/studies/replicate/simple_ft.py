@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def label_names() -> list[str]:
-    from spatialboost.datagen.synthetic import COLORS, OBJECT_CLASSES
+    from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES
 
     return [f"class:{c}" for c in OBJECT_CLASSES] + [f"colour:{c}" for c in COLORS]
 

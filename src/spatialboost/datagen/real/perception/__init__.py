@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spatialboost.datagen.perception import depth_pro, oracle, owlv2, sam2  # noqa: F401  (registration)
-from spatialboost.datagen.perception.base import (
+from spatialboost.datagen.real.perception import depth_pro, oracle, owlv2, sam2  # noqa: F401  (registration)
+from spatialboost.datagen.real.perception.base import (
     DEFAULT_VOCABULARY,
     DEPTH_BACKENDS,
     DETECTORS,
@@ -20,8 +20,8 @@ from spatialboost.datagen.perception.base import (
     Detection,
     load_vocabulary,
 )
-from spatialboost.datagen.perception.colors import dominant_color
-from spatialboost.datagen.perception.oracle import GroundTruth, TruthLookup
+from spatialboost.datagen.real.perception.colors import dominant_color
+from spatialboost.datagen.real.perception.oracle import GroundTruth, TruthLookup
 
 _KINDS = {"depth": DEPTH_BACKENDS, "detector": DETECTORS, "segmenter": SEGMENTERS}
 

@@ -1,4 +1,5 @@
-"""Dataset writer/reader: determinism across shards and workers, resume after damage, refusal, validation."""
+"""The datagen dataset writer (datagen/dataset/writer.py) and its reader side: determinism across shards and
+workers, resume after damage, refusal, validation."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spatialboost.datagen import dataset
-from spatialboost.datagen.dataset import WriteSpec, encode_npz, load_sample_gt, write_dataset
+from spatialboost.datagen.dataset import writer as dataset
+from spatialboost.datagen.dataset.validate import validate_dataset
+from spatialboost.datagen.dataset.writer import WriteSpec, encode_npz, load_sample_gt, write_dataset
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
-from spatialboost.datagen.validate import validate_dataset
 from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 
@@ -187,7 +188,7 @@ def test_no_helper_for_a_job_shorter_than_its_start_up(reference, tmp_path, monk
             raise AssertionError("a helper was started for a job shorter than its start-up")
 
     monkeypatch.setattr(dataset.mp, "get_context", NoHelpers)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         _write(tmp_path / "ds", workers=2)
     assert "--workers 2: this process wrote all 4 shard(s) itself" in caplog.text
     assert _files(tmp_path / "ds") == _files(reference)
@@ -199,7 +200,7 @@ def test_no_helper_when_no_core_is_idle(reference, tmp_path, monkeypatch, caplog
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 2)
     monkeypatch.setattr(dataset, "HELPER_STARTUP_S", 1e-6)
     monkeypatch.setattr(dataset, "_idle_cores", lambda before, after: 0.3)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         _write(tmp_path / "ds", workers=2)
     assert "wrote all 4 shard(s) itself" in caplog.text and "0.3 idle during the last shard" in caplog.text
     assert _files(tmp_path / "ds") == _files(reference)
@@ -221,7 +222,7 @@ def test_helpers_per_idle_core_and_shard_left(monkeypatch):
 
 def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(dataset, "usable_cpus", lambda: 3)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         assert dataset.choose_workers(8, shards=20) == 3
         assert dataset.choose_workers(8, shards=2) == 2
         assert dataset.choose_workers(2, shards=5) == 2
@@ -233,7 +234,7 @@ def test_fewer_workers_when_they_cannot_help(tmp_path, monkeypatch, caplog):
     cfg = _cfg()
     cfg.scenes = 1  # one shard: no helper is started
     spec = WriteSpec(tmp_path / "one", cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
-    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset"):
+    with caplog.at_level(logging.INFO, logger="spatialboost.datagen.dataset.writer"):
         write_dataset(SyntheticSource(cfg), spec, workers=2, progress=False)
     assert "using 1 worker(s), not 2: 1 shard(s) to write" in caplog.text
 
@@ -245,7 +246,7 @@ def test_kill_9_of_the_parent_stops_helpers_and_resumes(reference, tmp_path):
     here = str(Path(__file__).parent)
     code = (
         f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\n"
-        f"from test_dataset import _write_helper_first\n_write_helper_first(Path({str(out)!r}), delay=0.2)\n"
+        f"from test_datagen_writer import _write_helper_first\n_write_helper_first(Path({str(out)!r}), delay=0.2)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
@@ -336,7 +337,7 @@ def test_kill_9_then_resume_is_byte_identical(reference, tmp_path):
     """A real kill -9 in the middle of a run, then the same command: the same bytes as an uninterrupted run."""
     out = tmp_path / "killed"
     here = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\nfrom test_dataset import _write\n_write(Path({str(out)!r}))\n"
+    code = f"import sys; sys.path.insert(0, {here!r})\nfrom pathlib import Path\nfrom test_datagen_writer import _write\n_write(Path({str(out)!r}))\n"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("images/*.png"))) < 3:

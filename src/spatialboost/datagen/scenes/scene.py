@@ -1,10 +1,10 @@
 """The scene interface: the seam between every 3D-fact source and everything downstream.
 
-Producers: the synthetic engine (``datagen.synthetic``, exact ground truth) and the real-image perception
+Producers: the synthetic engine (``datagen.scenes.synthetic``, exact ground truth) and the real-image perception
 path (depth model + detector + segmenter, or user-provided RGB-D). Consumers: the scene graph /
 relations, the conversation templates, the dataset writer, the validator, the viewer and the probes.
 
-Conventions (pinned by tests in ``tests/test_geometry.py``; the full statement is in ``datagen.geometry``):
+Conventions (pinned by tests in ``tests/test_geometry.py``; the full statement is in ``datagen.scenes.geometry``):
 
 - Units: metres, radians.
 - World frame: gravity-aligned, right-handed, **+z up**, the floor is the plane z = 0 when one exists.
@@ -50,8 +50,8 @@ class View:
 class SceneObject:
     """One object with its 3D extent in the world frame.
 
-    What every answer measures (centre, width, depth, height, volume, gap) is defined in ``datagen.geometry``:
-    the oriented box's centre and the solid ``datagen.solids.Solid.of(obj)``, never the world AABB.
+    What every answer measures (centre, width, depth, height, volume, gap) is defined in ``datagen.scenes.geometry``:
+    the oriented box's centre and the solid ``datagen.scenes.solids.Solid.of(obj)``, never the world AABB.
     """
 
     id: int  # >= 1, the value of its pixels in View.instance
@@ -64,7 +64,9 @@ class SceneObject:
     obb_center: np.ndarray  # (3,) oriented box, world
     obb_extent: np.ndarray  # (3,) full side lengths along the box axes, metres
     obb_rotation: np.ndarray  # (3, 3) columns = box axes in the world frame
-    solid: str = "box"  # the primitive filling the oriented box (datagen.solids); lifted objects are boxes
+    solid: str = (
+        "box"  # the primitive filling the oriented box (datagen.scenes.solids); lifted objects are boxes
+    )
     visible_pixels: list[int] = field(default_factory=list)  # per view
     attributes: dict[str, Any] = field(default_factory=dict)  # e.g. {"size": "small", "class_id": 3}
 

@@ -2,7 +2,7 @@
 
 Steps (``lift_view``):
 
-1. Unproject the z-depth map with K (camera frame, OpenCV, metres; ``datagen.geometry``).
+1. Unproject the z-depth map with K (camera frame, OpenCV, metres; ``datagen.scenes.geometry``).
 2. Fit the floor plane with RANSAC (seeded rng) on valid non-object points whose normal is within
    ``max_floor_tilt_deg`` of the camera's "image up" (-y). Found: the world frame is gravity-aligned with
    +z = the floor normal, the floor at z = 0, the origin under the camera, +x = the camera's right
@@ -11,7 +11,7 @@ Steps (``lift_view``):
 3. Per mask: points with valid depth, depth outliers removed (median +- ``mad_k`` MADs), then the world
    AABB, the gravity-aligned OBB (``obb_from_points_yaw``) and the centroid. The object's solid is that
    oriented box (``SceneObject.solid == "box"``): its centre, width, depth, height, volume and gaps are the
-   box's, as ``datagen.geometry`` defines them for every source.
+   box's, as ``datagen.scenes.geometry`` defines them for every source.
 4. Descriptions: "the <colour> <label>" (colour named from the mask's pixels), disambiguated by position
    ("the leftmost red chair", ...) when repeated, ranked by box centre like every "left of" answer. An
    image with no detections yields a Scene with no objects.
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spatialboost.datagen.geometry import (
+from spatialboost.datagen.real.perception.colors import dominant_color
+from spatialboost.datagen.scenes.geometry import (
     aabb_from_points,
     camera_to_world,
     obb_from_points_yaw,
@@ -32,8 +33,7 @@ from spatialboost.datagen.geometry import (
     unproject_depth,
     viewer_frame,
 )
-from spatialboost.datagen.perception.colors import dominant_color
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 
 
 @dataclass

@@ -2,14 +2,14 @@
 
 Every answer in a conversation comes from one function here, recorded as a *fact*
 ``{"fn": name, "args": {...}, "value": ..., "label": ...}`` so the validator can recompute it from the
-ground truth. Conventions are those of ``datagen.geometry`` (metres; world +z up; OpenCV camera frame;
+ground truth. Conventions are those of ``datagen.scenes.geometry`` (metres; world +z up; OpenCV camera frame;
 pixels ``(x, y)`` = (column, row), origin top-left).
 
 Viewer-relative relations ("left of", "in front of", "above") are decided in the gravity-aligned
 **viewer frame** of a view (+x right, +y forward horizontal, +z up; ``geometry.viewer_frame``). What is
-measured follows the definitions in ``datagen.geometry`` ("Objects"): positions and distances from the
+measured follows the definitions in ``datagen.scenes.geometry`` ("Objects"): positions and distances from the
 oriented box centre; width, depth, height, bottom/top, volume and gaps from the object's solid
-(``datagen.solids``), so a round object is as wide as its diameter from every side and a gap does not
+(``datagen.scenes.solids``), so a round object is as wide as its diameter from every side and a gap does not
 depend on how the room is turned. Every comparison has an explicit margin: inside it the
 decision is ``"about the same"`` (sizes) or ``None`` (directions: unanswerable, the template skips it),
 never a guess. "Left" additionally requires the objects' image columns to agree, so that a 3D decision
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from spatialboost.datagen import solids
-from spatialboost.datagen.geometry import transform_points, viewer_frame
-from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.scenes import solids
+from spatialboost.datagen.scenes.geometry import transform_points, viewer_frame
+from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.registry import Registry
 
 METRIC = "metric"  # label of a plain measurement

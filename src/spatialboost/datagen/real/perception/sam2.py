@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spatialboost.datagen.perception.base import SEGMENTERS, BackendConfig, batched
-from spatialboost.datagen.perception.hf import (
+from spatialboost.datagen.real.perception.base import SEGMENTERS, BackendConfig, batched
+from spatialboost.datagen.real.perception.hf import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     Preprocess,

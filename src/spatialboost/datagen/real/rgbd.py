@@ -30,9 +30,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from spatialboost.datagen.geometry import camera_to_world, unproject_depth
-from spatialboost.datagen.images import ImageLimits, load_rgb
-from spatialboost.datagen.lifting import (
+from spatialboost.datagen.real.images import ImageLimits, load_rgb
+from spatialboost.datagen.real.lifting import (
     LiftConfig,
     LiftedObject,
     clean_object_points,
@@ -40,9 +39,10 @@ from spatialboost.datagen.lifting import (
     gravity_frame,
     scene_object,
 )
-from spatialboost.datagen.perception.colors import dominant_color
-from spatialboost.datagen.perception.oracle import GroundTruth
-from spatialboost.datagen.scene import Camera, Scene, View
+from spatialboost.datagen.real.perception.colors import dominant_color
+from spatialboost.datagen.real.perception.oracle import GroundTruth
+from spatialboost.datagen.scenes.geometry import camera_to_world, unproject_depth
+from spatialboost.datagen.scenes.scene import Camera, Scene, View
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_bytes, atomic_write_json, atomic_write_text, resolve_inside
 

@@ -6,7 +6,7 @@ must match and the answer must contain the fact's ``expect`` strings (the facts 
 
 The numbers taken from the objects' solids (sizes, heights, bottom/top heights, gaps, centre distances,
 volumes) are then re-derived a second way, without the support functions that produced them
-(``Rederived``: surface samples and an inside test of each solid, ``datagen.solids``), so a wrong
+(``Rederived``: surface samples and an inside test of each solid, ``datagen.scenes.solids``), so a wrong
 measurement function cannot validate its own answers.
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 from PIL import Image
 
 from spatialboost.constants import IMAGE_TOKEN
-from spatialboost.datagen import solids
-from spatialboost.datagen import templates as _templates  # noqa: F401  (registers the "caption" fact)
-from spatialboost.datagen.dataset import load_sample_gt, verify_shard
-from spatialboost.datagen.relations import SceneGraph, recompute, values_match
+from spatialboost.datagen.dataset.writer import load_sample_gt, verify_shard
+from spatialboost.datagen.questions import templates as _templates  # noqa: F401  (registers the "caption" fact)
+from spatialboost.datagen.questions.relations import SceneGraph, recompute, values_match
+from spatialboost.datagen.scenes import solids
 from spatialboost.dataset_format import check_dataset_dir, iter_records, read_manifest, record_images
 from spatialboost.errors import UserError
 from spatialboost.io import resolve_inside

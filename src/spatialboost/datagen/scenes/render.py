@@ -3,7 +3,7 @@
 One pass writes two attachments: the shaded RGB (RGBA8) and a "G-buffer" (RGBA32F) holding the view-space
 z-depth written by the fragment shader (exact metric z, not the non-linear depth buffer), the instance id and
 the semantic id (small integers, exact in float32). The projection is built from ``K`` so that a world point
-projected with ``K`` (see ``datagen.geometry``) lands on the pixel where it is rendered. Read-back flips GL's
+projected with ``K`` (see ``datagen.scenes.geometry``) lands on the pixel where it is rendered. Read-back flips GL's
 bottom-up rows into the (x = column, y = row, origin top-left) convention.
 
 Unit meshes (every one fits the box [-0.5, 0.5]^3 exactly) are built once per (shape, tessellation) and
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spatialboost.datagen.geometry import rigid_inverse
+from spatialboost.datagen.scenes.geometry import rigid_inverse
 from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)

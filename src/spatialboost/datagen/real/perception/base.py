@@ -8,7 +8,7 @@ Three kinds of backend, each chosen by name from a ``Registry`` and built from o
 
 ``images`` are (H, W, 3) uint8 RGB arrays; ``keys`` name the images (oracle backends look ground truth up by
 key; model backends ignore them). Every backend works on a list (a batch) and chunks it by ``batch_size``.
-Pixel and frame conventions are those of ``datagen.scene``.
+Pixel and frame conventions are those of ``datagen.scenes.scene``.
 """
 
 from __future__ import annotations

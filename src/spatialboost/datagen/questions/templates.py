@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spatialboost.datagen import relations as R
-from spatialboost.datagen.relations import FACTS, METRIC, SAME, Decision, SceneGraph
-from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.relations import FACTS, METRIC, SAME, Decision, SceneGraph
+from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.registry import Registry
 
 LEVELS = ("pixel", "object", "scene", "caption")

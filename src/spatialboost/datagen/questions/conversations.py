@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from spatialboost.config import ConfigError
 from spatialboost.constants import IMAGE_TOKEN
-from spatialboost.datagen import choices as _choices  # noqa: F401  (registers the auxiliary templates)
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.scene import Scene
-from spatialboost.datagen.templates import COORDS, QA, TEMPLATES, Context, Template
+from spatialboost.datagen.questions import choices as _choices  # noqa: F401  (registers the auxiliary templates)
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.questions.templates import COORDS, QA, TEMPLATES, Context, Template
+from spatialboost.datagen.scenes.scene import Scene
 
 SPATIAL_LEVELS = ("pixel", "object", "scene")
 
@@ -35,7 +35,7 @@ class ConversationConfig:
     coords: Literal["pixels", "norm1000"] = "pixels"  # how (x, y) points are written in questions
     multiview_share: float = 0.4  # share of object/scene turns that are cross-view in multi-view samples
     attempts: int = 8  # templates tried per turn before giving up on it
-    # extra turns of named auxiliary templates (datagen.choices: balanced A/B questions, multi-point
+    # extra turns of named auxiliary templates (datagen.questions.choices: balanced A/B questions, multi-point
     # readouts), each placed after the turns of its level, e.g. {"choice_closer_point": 2}
     extra_turns: dict[str, int] = field(default_factory=dict)
 

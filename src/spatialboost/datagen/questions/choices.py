@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import random
 
-from spatialboost.datagen import relations as R
-from spatialboost.datagen.scene import Scene
-from spatialboost.datagen.templates import (
+from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.templates import (
     QA,
     Context,
     _coord_note,
@@ -44,6 +43,7 @@ from spatialboost.datagen.templates import (
     template,
     xy,
 )
+from spatialboost.datagen.scenes.scene import Scene
 
 CHOICES = ["A", "B"]
 MIN_POINT_GAP = 0.25  # metres between the two points' depths (and 10% of the nearer one)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spatialboost.datagen.perception.base import DEPTH_BACKENDS, BackendConfig, DepthResult, batched
-from spatialboost.datagen.perception.hf import (
+from spatialboost.datagen.real.perception.base import DEPTH_BACKENDS, BackendConfig, DepthResult, batched
+from spatialboost.datagen.real.perception.hf import (
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
     Preprocess,

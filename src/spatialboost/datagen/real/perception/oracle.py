@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from spatialboost.datagen.perception.base import (
+from spatialboost.datagen.real.perception.base import (
     DEPTH_BACKENDS,
     DETECTORS,
     SEGMENTERS,

@@ -31,11 +31,12 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from spatialboost.config import to_dict
-from spatialboost.datagen.conversations import ConversationConfig, build_conversation, to_llava
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation, to_llava
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 from spatialboost.dataset_format import (
     FORMAT,
     commit_shard,
@@ -458,8 +459,6 @@ def write_dataset(
     """Generate (or resume) the shards ``shard[0], shard[0] + shard[1], ...`` of a dataset; returns the manifest.
 
     ``extra``: source-specific JSON-ready fields recorded in the manifest (e.g. skipped input files)."""
-    from tqdm import tqdm
-
     out = spec.out
     config = dataset_config(source, spec)
     _claim_dir(out, config)

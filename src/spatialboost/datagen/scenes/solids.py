@@ -1,6 +1,6 @@
-"""The solid an object is, and every measurement the answers take from it (definitions in ``datagen.geometry``).
+"""The solid an object is, and every measurement the answers take from it (definitions in ``datagen.scenes.geometry``).
 
-A ``Solid`` is a unit primitive filling ``[-0.5, 0.5]^3`` (the shapes ``datagen.render`` draws, here exact
+A ``Solid`` is a unit primitive filling ``[-0.5, 0.5]^3`` (the shapes ``datagen.scenes.render`` draws, here exact
 rather than tessellated), scaled by the object's full extents, rotated by its box rotation and centred at its
 box centre: world point ``p = center + rotation @ (extent * u)`` for ``u`` in the unit solid. Objects lifted
 from images are their oriented box (``kind == "box"``).

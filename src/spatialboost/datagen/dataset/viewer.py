@@ -20,11 +20,13 @@ import html
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
 
 from spatialboost.constants import IMAGE_TOKEN
-from spatialboost.datagen.dataset import encode_png, load_sample_gt
-from spatialboost.datagen.relations import SceneGraph
-from spatialboost.datagen.scene import Scene
+from spatialboost.datagen.dataset.writer import encode_png, load_sample_gt
+from spatialboost.datagen.questions.relations import SceneGraph
+from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_text
@@ -66,8 +68,6 @@ def depth_range(depth: np.ndarray) -> tuple[float, float] | None:
 
 def depth_image(depth: np.ndarray) -> np.ndarray:
     """(H, W) metres -> (H, W, 3) uint8 colour map (near = bright), invalid pixels black."""
-    from matplotlib import colormaps
-
     out = np.zeros((*depth.shape, 3), np.uint8)
     rng = depth_range(depth)
     if rng is not None:
@@ -80,8 +80,6 @@ def depth_image(depth: np.ndarray) -> np.ndarray:
 
 def depth_colorbar(near: float, far: float) -> str:
     """An HTML colour bar for ``depth_image``: near (bright) on the left, far (dark) on the right, metres."""
-    from matplotlib import colormaps
-
     t = np.linspace(1.0, 0.0, 256)  # near -> far, as in depth_image
     bar = (colormaps[DEPTH_CMAP](t)[:, :3] * 255).astype(np.uint8)
     bar = np.repeat(bar[None], 4, axis=0)  # (4, 256, 3)
@@ -125,8 +123,6 @@ def instance_overlay(rgb: np.ndarray, instance: np.ndarray, labels: bool = True)
 
 def _draw_ids(image: np.ndarray, instance: np.ndarray, colors: dict[int, np.ndarray]) -> np.ndarray:
     """The id of each object at its pixel nearest to the mask centroid, black on light / white on dark."""
-    from PIL import Image, ImageDraw
-
     im = Image.fromarray(image)
     draw = ImageDraw.Draw(im)
     for k, c in colors.items():

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spatialboost.datagen.perception.base import (
+from spatialboost.datagen.real.perception.base import (
     DETECTORS,
     BackendConfig,
     Detection,
     batched,
     non_max_suppression,
 )
-from spatialboost.datagen.perception.hf import load_model
+from spatialboost.datagen.real.perception.hf import load_model
 
 
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ Viewer frame
     larger z. It is independent of the camera's pitch and roll, so it never flips with them.
 
 Objects: what every answer measures
-    An object is a *solid* (``datagen.solids``): the primitive ``SceneObject.solid`` (box, sphere, cylinder,
+    An object is a *solid* (``datagen.scenes.solids``): the primitive ``SceneObject.solid`` (box, sphere, cylinder,
     cone, pyramid, torus) filling its oriented box. Synthetic objects are their exact primitive; objects lifted
     from images are their oriented box (``solid == "box"``). The world AABB is kept for reference; no answer
     uses it, so no answer changes when the whole room is turned.

@@ -3,8 +3,8 @@
 A scene is an indoor-like room (checkered floor at z = 0, four walls) holding 3-8 primitive objects (box,
 sphere, cylinder, cone, pyramid, torus) with colour names, size words and yaw poses, each resting on the
 floor or stacked on a box/cylinder top, never interpenetrating (rejection sampling on footprint circles).
-V pinhole cameras (same intrinsics) orbit the scene centre and look at it; ``datagen.render`` rasterises
-RGB, z-depth, instance and semantic maps per view. Frames and units follow ``datagen.geometry``.
+V pinhole cameras (same intrinsics) orbit the scene centre and look at it; ``datagen.scenes.render`` rasterises
+RGB, z-depth, instance and semantic maps per view. Frames and units follow ``datagen.scenes.geometry``.
 
 ``generate_scene(seed, cfg)`` is a pure function of its inputs: it draws from ``np.random.default_rng(seed)``
 only, so the same (seed, cfg) gives byte-identical arrays in any process and any worker order.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spatialboost.config import ConfigError, to_dict
-from spatialboost.datagen import geometry as geo
-from spatialboost.datagen.render import MATERIAL_CHECKER, DrawItem, Light, get_renderer
-from spatialboost.datagen.scene import Camera, Scene, SceneObject, View
+from spatialboost.datagen.scenes import geometry as geo
+from spatialboost.datagen.scenes.render import MATERIAL_CHECKER, DrawItem, Light, get_renderer
+from spatialboost.datagen.scenes.scene import Camera, Scene, SceneObject, View
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "sphere", "cylinder", "cone", "pyramid", "torus")
 SEMANTIC_CLASSES: list[str] = ["void", "floor", "wall", *OBJECT_CLASSES]
