@@ -200,6 +200,9 @@ def _transformers_checkpoint(path: Path) -> bool:
     return isinstance(cfg, dict) and "model_type" in cfg and "spatialboost" not in cfg and "format" not in cfg
 
 
+PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as HF image processors store them
+
+
 def processor_config(spec: EncoderSpec) -> dict[str, Any]:
     """A ``CLIPImageProcessor`` doing ``models.preprocess``'s steps (it has a PIL version: no torchvision needed)."""
     side = patch_multiple(spec.image_size, spec.patch_size)
@@ -208,7 +211,7 @@ def processor_config(spec: EncoderSpec) -> dict[str, Any]:
         "do_convert_rgb": True,
         "do_resize": True,
         "size": {"shortest_edge": side},
-        "resample": 3,  # bicubic
+        "resample": PIL_RESAMPLE[spec.interpolation],
         "do_center_crop": True,
         "crop_size": {"height": side, "width": side},
         "do_rescale": True,
