@@ -137,7 +137,7 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
         model = build_from_config(spec["family"], hf_config)
     model.load_state_dict(base_state_dict(boosted), strict=True)
     base = wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
-                      mean=spec["mean"], std=spec["std"])  # fmt: skip
+                      mean=spec["mean"], std=spec["std"], interpolation=spec.get("interpolation"))  # fmt: skip
     return resolve_encoder(base)
 
 

@@ -255,7 +255,8 @@ def hf_read_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 def load_hf_encoder(path: Path, config: dict[str, Any]) -> VisionEncoder:
     """``load_encoder`` for a folder ``save_hf_encoder`` wrote (``config`` from ``hf_read_config``)."""
     spec, source, boost = config["spec"], config["source"], config["boost"]
-    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
+    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"],
+                       interpolation=spec.get("interpolation"))  # fmt: skip
     if config["hf"].get("base_model") is None:
         encoder = wrap_model(
             model_from_saved_config(path, config), name=spec["name"], source=source, **spec_kwargs
