@@ -10,6 +10,7 @@ from PIL import Image
 from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
+from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.models.preprocess import preprocess_images
 from spatialboost.registry import UnknownNameError
 
@@ -132,12 +133,16 @@ def test_preprocessor_config_is_read_or_refused_never_silently_replaced(tmp_path
     default = create_encoder(str(tmp_path / "ckpt")).spec
     pre = tmp_path / "ckpt" / "preprocessor_config.json"
     pre.write_text(
-        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.5, 0.5, 0.5], "crop_size": {"height": 40}}'
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.5, 0.5, 0.5], "crop_size": {"height": 40}, "resample": 2}'
     )
-    spec = create_encoder(str(tmp_path / "ckpt")).spec
+    loaded = create_encoder(str(tmp_path / "ckpt"))
+    spec = loaded.spec
     assert (
         list(spec.mean) == [0.1, 0.2, 0.3] and spec.image_size == 40 and list(default.mean) != [0.1, 0.2, 0.3]
     )
+    assert spec.interpolation == "bilinear" and default.interpolation == "bicubic"  # PIL's 2 -> bilinear
+    save_encoder(loaded, tmp_path / "saved")  # the spec's preprocessing travels with the weights
+    assert load_encoder(tmp_path / "saved").spec.interpolation == "bilinear"
     pre.write_text('{"image_mean": [0.1, ')
     with pytest.raises(UserError, match="preprocessor_config.json"):
         create_encoder(str(tmp_path / "ckpt"))

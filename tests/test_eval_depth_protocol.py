@@ -22,6 +22,7 @@ from spatialboost.eval.depth_protocol import (
     upsample_bilinear,
 )
 from spatialboost.eval.runner import ProbeConfig, run_probes
+from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoders import create_encoder
 
 H, W = 480, 640
@@ -70,7 +71,7 @@ def test_sliding_crops_cover_the_image_and_average_overlaps():
         def _load(self, index):
             return ProbeSample(image=np.zeros((H, W, 3), np.uint8), depth=np.ones((H, W), np.float32))
 
-    crops = SlidingCrops(One(), 32)
+    crops = SlidingCrops(One(), ImageTransform(32))
     assert crops.resized == (32, 43) and crops.offsets == [0, 11] and len(crops) == 2
     assert crops[1].image.shape == (32, 32, 3)
     stitched = crops.stitch(np.stack([np.full((32, 32), 1.0), np.full((32, 32), 3.0)]))

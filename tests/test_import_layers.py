@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spatialboost"
 
 # lowest first; a package may import its own modules and any package on a lower layer
 LAYERS: list[set[str]] = [
-    {"errors", "constants", "noise"},  # no spatialboost imports at all
+    {"errors", "constants", "noise", "image_transform"},  # no spatialboost imports at all
     {"io", "registry"},
     {"config", "dataset_format"},
     {"datagen", "data"},
@@ -184,6 +184,13 @@ def test_the_command_table_counts_as_imports():
 
     seen = {target for target, _ in imported_modules(SRC / "cli" / "__init__.py")}
     assert {module for module, _ in COMMANDS.values()} <= seen
+
+
+def test_models_import_nothing_from_data():
+    """The encoder owns its preprocessing (``image_transform``), token strings and errors live in their
+    leaf modules: ``models`` needs nothing from the data stage."""
+    uses = [(module_name(p), t) for p in (SRC / "models").rglob("*.py") for t, _ in imported_modules(p)]
+    assert [u for u in uses if package_of(u[1]) == "data"] == []
 
 
 def import_cycles(src: Path) -> list[list[str]]:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from spatialboost.constants import POINT_TOKEN, REGION_TOKEN
 from spatialboost.data.collate import PackedCollator, PaddedCollator
 from spatialboost.data.dataset import ConversationDataset
 from spatialboost.data.refs import (
-    POINT_TOKEN,
-    REGION_TOKEN,
     Ref,
     annotate_question,
     mask_coverage,
@@ -33,7 +32,8 @@ from spatialboost.models.llm import (
     packaged_llm_file,
     ref_token_ids,
 )
-from spatialboost.models.vlm import SpatialVLM, image_transform_for
+from spatialboost.models.preprocess import image_transform_for
+from spatialboost.models.vlm import SpatialVLM
 from spatialboost.train import image_gain as ig
 
 OBJECTS = [
@@ -168,10 +168,8 @@ def test_cached_features_give_the_same_loss(engine_data, vlm_and_tok, tmp_path):
     vlm, tok = vlm_and_tok
     ds = _dataset(engine_data["train"], vlm, tok)
     paths = dataset_images([ds])
-    store = build_feature_store(vlm.encoder, ds.transform, 64, paths, tmp_path)
-    assert (
-        build_feature_store(vlm.encoder, ds.transform, 64, paths, tmp_path).folder == store.folder
-    )  # reused
+    store = build_feature_store(vlm.encoder, ds.transform, paths, tmp_path)
+    assert build_feature_store(vlm.encoder, ds.transform, paths, tmp_path).folder == store.folder  # reused
     items = [ds[i] for i in range(3)]
     ds.feature_store = store
     cached = [ds[i] for i in range(3)]
@@ -182,7 +180,7 @@ def test_cached_features_give_the_same_loss(engine_data, vlm_and_tok, tmp_path):
         b = vlm(**{k: v for k, v in collate(cached).items() if k != "ids"}).loss
     assert abs(float(a) - float(b)) < 1e-5
     other = create_encoder("tiny-vit", seed=1)  # other weights: another cache entry, never a stale read
-    assert cache_key(other, 64, paths) != cache_key(vlm.encoder, 64, paths)
+    assert cache_key(other, ds.transform, paths) != cache_key(vlm.encoder, ds.transform, paths)
 
 
 def test_image_gain_summary_by_hand():

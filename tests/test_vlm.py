@@ -23,8 +23,9 @@ from spatialboost.models.dual_channel import adapter_state_dict
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import TINY_LLMS, build_llm
+from spatialboost.models.preprocess import image_transform_for
 from spatialboost.models.projector import MLPProjector
-from spatialboost.models.vlm import SpatialVLM, causal_lm_loss, image_transform_for
+from spatialboost.models.vlm import SpatialVLM, causal_lm_loss
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.config import AlignStage, EncoderStage, InstructStage
 from spatialboost.train.stages import load_trainable, set_stage_trainable, trainable_named

@@ -4,6 +4,10 @@ and exits 2.
 The family: ``UserError`` itself (bad file, flag or dataset), ``ConfigError`` (a config key, type or value;
 also a ``ValueError``) and ``UnknownNameError`` (a name no registry knows; also a ``KeyError``, its message
 lists the known names). ``spatialboost.config`` and ``spatialboost.registry`` re-export the last two.
+
+``EmptyLabelsError`` is not a user error: a sample (or batch) with no answer token to learn from, raised by
+the data stage (``data.conversation``, ``data.collate``) and the model's loss (``models.vlm``); datasets skip
+such samples.
 """
 
 
@@ -20,3 +24,7 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
+
+
+class EmptyLabelsError(ValueError):
+    """A sample or batch with no answer token to learn from (would give a silent zero loss)."""

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from spatialboost.constants import LM_IGNORE_INDEX
-from spatialboost.data.conversation import EmptyLabelsError
+from spatialboost.errors import EmptyLabelsError
 
 
 def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:

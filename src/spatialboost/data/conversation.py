@@ -34,16 +34,13 @@ from dataclasses import dataclass
 
 from spatialboost.constants import IMAGE_TOKEN, LM_IGNORE_INDEX
 from spatialboost.dataset_format import record_images
+from spatialboost.errors import EmptyLabelsError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 FALLBACK_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-
-
-class EmptyLabelsError(ValueError):
-    """A sample or batch with no answer token to learn from (would give a silent zero loss)."""
 
 
 class TruncatedError(EmptyLabelsError):

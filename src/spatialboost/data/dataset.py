@@ -19,11 +19,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from spatialboost.data.conversation import EmptyLabelsError, TokenizedConversation, tokenize_conversation
-from spatialboost.data.images import ImageTransform, make_image_transform
+from spatialboost.data.conversation import TokenizedConversation, tokenize_conversation
 from spatialboost.data.refs import REF_TOKENS, Ref, annotate_record, ref_weights
 from spatialboost.dataset_format import read_instance, read_meta, read_records, record_images, shard_files
-from spatialboost.errors import UserError
+from spatialboost.errors import EmptyLabelsError, UserError
+from spatialboost.image_transform import ImageTransform
 from spatialboost.io import resolve_inside
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ def tokenize_dataset(
 class ConversationDataset(Dataset):
     """Samples ``{"id", "input_ids", "labels", "turns", "pixel_values"}`` (+ reference weights) for the VLM.
 
+    ``image_transform``: images -> (n, 3, S, S) pixels; training passes the encoder's own
+    (``models.preprocess.image_transform_for``), the default is ``ImageTransform(image_size)`` (ImageNet
+    mean/std, bicubic): the one preprocessing path of ``spatialboost.image_transform`` either way.
     ``num_image_tokens``: patch tokens per image (each ``<image>`` expands to that many ids; 0 drops the
     image tokens, e.g. when reference tokens carry the image).
     ``ref_tokens``: which reference tokens to insert (``data.refs``: "point", "region"); ``ref_grid`` =
@@ -102,7 +105,7 @@ class ConversationDataset(Dataset):
         if ref_tokens and ref_grid is None:
             raise ValueError("ref_tokens need ref_grid=(image side, patch grid side)")
         self.root = Path(root)
-        self.transform = image_transform or make_image_transform(image_size)
+        self.transform = image_transform or ImageTransform(image_size)
         self.ref_tokens, self.ref_grid = tuple(ref_tokens), ref_grid
         self.feature_store = None  # set (train.features) to serve cached "image_features" instead of pixels
         self.records, self.samples, self.metas, self.refs, self.skipped = tokenize_dataset(

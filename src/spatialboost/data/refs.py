@@ -19,8 +19,9 @@ real images alike):
 
 Geometry: a reference is a sparse weight vector over the sample's image tokens (views x h x w, row-major),
 summing to 1. Points are bilinear between patch centres; regions weight each patch by the share of it the
-mask covers. Images go through the encoder's resize-short-side + centre-crop, so the same geometry is applied
-here (``crop_geometry``); a point cut off by the crop is clamped to the nearest patch centre.
+mask covers. Images go through the encoder's resize-short-side + centre-crop (``spatialboost.image_transform``),
+so the same geometry is applied here (``crop_geometry``; masks resize by nearest neighbour as every target
+does); a point cut off by the crop is clamped to the nearest patch centre.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-POINT_TOKEN = "<point>"
-REGION_TOKEN = "<region>"
-REF_TOKENS = {"point": POINT_TOKEN, "region": REGION_TOKEN}
+from spatialboost.constants import REF_TOKENS
+from spatialboost.image_transform import ImageTransform, crop_geometry
+
 REF_KINDS = tuple(REF_TOKENS)
 
 _POINT = re.compile(r"\((\d+), (\d+)\)")
@@ -122,19 +123,13 @@ def _region_spans(text: str, objects: list[dict], taken: list[tuple[int, int]]) 
 # ------------------------------------------------------------------------------------------ refs -> weights
 
 
-def crop_geometry(width: int, height: int, side: int) -> tuple[float, float, float]:
-    """(scale, left, top) of the resize-short-side-to-``side`` + centre-crop the encoders use."""
-    scale = side / min(width, height)
-    new_w, new_h = max(side, round(width * scale)), max(side, round(height * scale))
-    return scale, (new_w - side) // 2, (new_h - side) // 2
-
-
 def point_weights(ref: Ref, size: tuple[int, int], side: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cols, vals) over one image's grid x grid tokens: bilinear between the 4 nearest patch centres."""
-    scale, left, top = crop_geometry(size[0], size[1], side)
+    """(cols, vals) over one image's grid x grid tokens: bilinear between the 4 nearest patch centres.
+
+    ``size``: the view's (width, height), as the sidecar stores it."""
+    px, py = crop_geometry(size[1], size[0], side).to_input(ref.x + 0.5, ref.y + 0.5)  # input pixels
     patch = side / grid
-    gx = ((ref.x + 0.5) * scale - left) / patch - 0.5  # patch-centre coordinates
-    gy = ((ref.y + 0.5) * scale - top) / patch - 0.5
+    gx, gy = px / patch - 0.5, py / patch - 0.5  # patch-centre coordinates
     gx, gy = min(max(gx, 0.0), grid - 1.0), min(max(gy, 0.0), grid - 1.0)
     x0, y0 = math.floor(gx), math.floor(gy)
     x1, y1 = min(x0 + 1, grid - 1), min(y0 + 1, grid - 1)
@@ -150,14 +145,9 @@ def point_weights(ref: Ref, size: tuple[int, int], side: int, grid: int) -> tupl
 
 def mask_coverage(mask: np.ndarray, side: int, grid: int) -> np.ndarray:
     """(grid * grid,) share of each patch a boolean (H, W) mask covers, after the encoders' resize + crop."""
-    h, w = mask.shape
-    scale, left, top = crop_geometry(w, h, side)
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    size = (max(side, round(h * scale)), max(side, round(w * scale)))
-    t = torch.nn.functional.interpolate(t, size=size, mode="nearest")[
-        0, 0, top : top + side, left : left + side
-    ]
-    return torch.nn.functional.adaptive_avg_pool2d(t[None, None], grid)[0, 0].flatten().numpy()
+    cropped = ImageTransform(side).target(mask.astype(np.float32))  # (side, side), nearest
+    t = torch.from_numpy(cropped)[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(t, grid)[0, 0].flatten().numpy()
 
 
 def ref_weights(

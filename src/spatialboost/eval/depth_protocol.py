@@ -5,8 +5,9 @@ centre-cropped to S x S, every valid pixel scored (``eval.probes.depth_probe``).
 
 ``nyu-eigen`` (``nyu:`` data, where it is the default): the protocol of BTS, Monodepth2 and the depth toolbox
 DINOv2 builds on, so the numbers sit beside a paper's. Each test image is seen whole: resized so its shorter
-side is S and covered by overlapping S x S crops along its longer side (sliding-window inference, overlaps
-averaged; the encoder sees the input size it was probed at). The stitched prediction is upsampled bilinearly
+side is S (by the encoder's own transform, as in the probe's training features) and covered by overlapping
+S x S crops along its longer side (sliding-window inference, overlaps averaged; the encoder sees the input
+size it was probed at). The stitched prediction is upsampled bilinearly
 to the ground truth's own resolution (480 x 640), clipped to [1e-3, 10] m, and scored on the pixels inside the
 Eigen crop (rows 45:471, cols 41:601) whose ground truth lies in (1e-3, 10) m; per image, then averaged.
 """
@@ -18,7 +19,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets import parse_data_spec
@@ -26,6 +26,7 @@ from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.metrics import depth_metrics
 from spatialboost.eval.probes import ProbeResult, depth_protocol_fields, fit_depth_head, predict_depth
+from spatialboost.image_transform import ImageTransform
 
 PROTOCOLS = ("auto", "probe", "nyu-eigen")
 NYU_SHAPE = (480, 640)  # (H, W) of NYUv2 ground truth
@@ -63,32 +64,24 @@ def crop_offsets(length: int, size: int) -> list[int]:
     return [round(i * (length - size) / (k - 1)) for i in range(k)]
 
 
-def _resize_short_side(arr: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
-    """Shorter side to ``size`` (as ``eval.features`` resizes before its centre crop), no crop."""
-    h, w = arr.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    im = Image.fromarray(arr) if arr.dtype == np.uint8 else Image.fromarray(arr.astype(np.float32), mode="F")
-    return np.asarray(im.resize((nw, nh), resample))
-
-
 class SlidingCrops(ProbeDataset):
     """The S x S crops covering each whole image of a dataset (shorter side resized to S), image by image.
 
-    Every image must have the first one's size (NYUv2: 480 x 640); crop ``j`` is crop ``j % k`` of image
-    ``j // k``, at ``offsets[j % k]`` along the longer side (``axis``) of the resized image ``resized``.
+    The resize is the encoder's (``transform``: its interpolation for the image, nearest for depth), so a crop
+    holds exactly the pixels the encoder would see there; crops come as (S, S, 3) float32 in [0, 1] (no
+    rounding back to uint8). Every image must have the first one's size (NYUv2: 480 x 640); crop ``j`` is crop
+    ``j % k`` of image ``j // k``, at ``offsets[j % k]`` along the longer side (``axis``) of the resized image
+    ``resized``.
     """
 
-    def __init__(self, base: ProbeDataset, size: int) -> None:
-        self.base, self.size = base, size
+    def __init__(self, base: ProbeDataset, transform: ImageTransform) -> None:
+        self.base, self.transform, self.size = base, transform, transform.side
         self.name, self.split, self.tasks = base.name, base.split, base.tasks
         self.seg_classes, self.cls_classes = base.seg_classes, base.cls_classes
-        self.shape = base[0].image.shape[:2] if len(base) else (size, size)
-        h, w = self.shape
-        scale = size / min(h, w)
-        self.resized = (max(size, round(h * scale)), max(size, round(w * scale)))
+        self.shape = base[0].image.shape[:2] if len(base) else (self.size, self.size)
+        self.resized = transform.geometry(*self.shape).resized
         self.axis = 0 if self.resized[0] > self.resized[1] else 1
-        self.offsets = crop_offsets(self.resized[self.axis], size)
+        self.offsets = crop_offsets(self.resized[self.axis], self.size)
 
     def __len__(self) -> int:
         return len(self.base) * len(self.offsets)
@@ -100,10 +93,10 @@ class SlidingCrops(ProbeDataset):
             raise UserError(
                 f"{self.base.identity}: image {i} is {s.image.shape[:2]}, the first is {self.shape}"
             )
-        image = self.crop(_resize_short_side(s.image, self.size, Image.Resampling.BILINEAR), k)
+        image = self.crop(self.transform.resize(s.image).permute(1, 2, 0).numpy(), k)  # (S, S, 3) in [0, 1]
         depth = None
         if s.depth is not None:
-            depth = self.crop(_resize_short_side(s.depth, self.size, Image.Resampling.NEAREST), k)
+            depth = self.crop(self.transform.resize_target(s.depth), k)
         return ProbeSample(image=np.ascontiguousarray(image), depth=depth)
 
     def crop(self, arr: np.ndarray, k: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Frozen features, extracted once per (encoder, weights, dataset split, layers, resolution) and cached.
+"""Frozen features, extracted once per (encoder, weights, dataset split, layers, image transform) and cached.
 
 A cache entry is a folder of ``.npy`` files opened memory-mapped (``mmap_mode="r"``):
 
@@ -10,8 +10,11 @@ A cache entry is a folder of ``.npy`` files opened memory-mapped (``mmap_mode="r
 - ``meta.json`` with the key's ingredients, written last.
 
 Entries are written into a temporary folder and renamed into place, so a half-written cache is never read.
-Images and dense targets are resized so the shorter side is S, then centre-cropped to S x S (image:
-bilinear; depth and labels: nearest), so targets stay aligned with the image the encoder sees.
+Images go through the encoder's own preprocessing (``models.preprocess.transform_for(spec, S)``: shorter
+side to S with the spec's interpolation, centre crop S x S, normalised), the pixels it was trained on; depth
+and labels go through the same geometry by nearest neighbour, so targets stay aligned with what the encoder
+sees. The key holds the transform (``ImageTransform.identity``), so features made by other preprocessing are
+never read back.
 """
 
 from __future__ import annotations
@@ -28,17 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
+from spatialboost.image_transform import ImageTransform
 from spatialboost.io import atomic_write_json, dir_mode
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.preprocess import transform_for
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images through the encoder's transform (was PIL bilinear), the transform in the key
 LAYER_CHOICES = ("last", "last4")
 
 
@@ -91,7 +95,7 @@ def encoder_identity(encoder: VisionEncoder) -> dict[str, object]:
 
 
 def cache_key(
-    encoder_id: dict[str, object], dataset_id: str, layers: str, image_size: int, dtype: str
+    encoder_id: dict[str, object], dataset_id: str, layers: str, transform: ImageTransform, dtype: str
 ) -> str:
     blob = json.dumps(
         {
@@ -99,7 +103,7 @@ def cache_key(
             "enc": encoder_id,
             "data": dataset_id,
             "layers": layers,
-            "size": image_size,
+            "transform": transform.identity(),
             "dt": dtype,
         },
         sort_keys=True,
@@ -107,38 +111,18 @@ def cache_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-# --- resizing -----------------------------------------------------------------------------------
+# --- preprocessing --------------------------------------------------------------------------------
 
 
-def _resize_crop(arr: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
-    h, w = arr.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if arr.dtype == np.uint8:
-        im = Image.fromarray(arr)
-    else:
-        im = Image.fromarray(arr.astype(np.float32), mode="F")
-    out = np.asarray(im.resize((nw, nh), resample))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return out[top : top + size, left : left + size]
-
-
-def resize_sample(sample: ProbeSample, size: int) -> ProbeSample:
-    """Shorter side to ``size`` then centre crop; bilinear for the image, nearest for targets."""
+def resize_sample(sample: ProbeSample, transform: ImageTransform) -> ProbeSample:
+    """A sample at the encoder's input: the image (S, S, 3) float32 in [0, 1] through ``transform`` (not
+    normalised), depth and labels (S, S) through the same geometry by nearest neighbour."""
     return ProbeSample(
-        image=_resize_crop(sample.image, size, Image.Resampling.BILINEAR),
-        depth=None if sample.depth is None else _resize_crop(sample.depth, size, Image.Resampling.NEAREST),
-        seg=None if sample.seg is None else _resize_crop(sample.seg, size, Image.Resampling.NEAREST),
+        image=transform.resize_crop(sample.image).permute(1, 2, 0).numpy(),
+        depth=None if sample.depth is None else transform.target(sample.depth),
+        seg=None if sample.seg is None else transform.target(sample.seg),
         label=sample.label,
     )
-
-
-def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 normalised with the encoder's mean/std."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
 
 
 # --- extraction -----------------------------------------------------------------------------------
@@ -146,11 +130,13 @@ def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[flo
 
 @torch.inference_mode()
 def encode_batch(
-    encoder: VisionEncoder, images: np.ndarray, layers: list[int]
+    encoder: VisionEncoder, images, layers: list[int], transform: ImageTransform | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """(B, S, S, 3) uint8 -> cls (B, L*D), patch (B, N, L*D) float32 numpy, grid (h, w)."""
-    pixels = normalize_images(images, encoder.spec.mean, encoder.spec.std)
-    outs = encoder.forward_intermediates(pixels, layers)
+    """Images ((B, H, W, 3) or a list) -> cls (B, L*D), patch (B, N, L*D) float32 numpy, grid (h, w).
+
+    ``transform``: the preprocessing (default: the encoder's at the first image's height)."""
+    transform = transform or transform_for(encoder.spec, int(np.shape(images[0])[0]))
+    outs = encoder.forward_intermediates(transform(list(images)), layers)
     cls = torch.cat([o.cls for o in outs], dim=-1)
     patch = torch.cat([o.patch for o in outs], dim=-1)
     return cls.float().numpy(), patch.float().numpy(), tuple(outs[-1].grid)
@@ -170,7 +156,8 @@ def extract_features(
     if image_size % encoder.spec.patch_size:
         raise ValueError(f"image size {image_size} is not a multiple of patch size {encoder.spec.patch_size}")
     encoder_id = encoder_id or encoder_identity(encoder)
-    key = cache_key(encoder_id, dataset.identity, layers, image_size, dtype)
+    transform = transform_for(encoder.spec, image_size)
+    key = cache_key(encoder_id, dataset.identity, layers, transform, dtype)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{encoder.spec.name}-{dataset.name}-{dataset.split}")[-60:]
     final = Path(cache_dir) / f"{slug}-{key}"
     if (final / "meta.json").is_file():
@@ -182,10 +169,11 @@ def extract_features(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would survive the rename
     try:
-        _write_entry(tmp, encoder, dataset, layer_indices(layers, encoder.spec.num_layers), image_size, batch_size,
+        _write_entry(tmp, encoder, dataset, layer_indices(layers, encoder.spec.num_layers), transform, batch_size,
                      dtype)  # fmt: skip
         meta = {"key": key, "encoder": encoder_id, "dataset": dataset.identity, "layers": layers,
-                "image_size": image_size, "dtype": dtype, "n": len(dataset)}  # fmt: skip
+                "image_size": image_size, "transform": transform.identity(), "dtype": dtype,
+                "n": len(dataset)}  # fmt: skip
         atomic_write_json(tmp / "meta.json", meta)
         try:
             os.rename(tmp, final)
@@ -202,7 +190,7 @@ def _write_entry(
     encoder: VisionEncoder,
     dataset: ProbeDataset,
     layers: list[int],
-    size: int,
+    transform: ImageTransform,
     batch_size: int,
     dtype: str,
 ) -> None:
@@ -215,15 +203,17 @@ def _write_entry(
         for start in tqdm(
             range(0, n, batch_size), desc=f"features {dataset.name}/{dataset.split}", unit="batch"
         ):
-            samples = [resize_sample(dataset[i], size) for i in range(start, min(n, start + batch_size))]
-            cls, patch, grid = encode_batch(encoder, np.stack([s.image for s in samples]), layers)
+            samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+            cls, patch, grid = encode_batch(encoder, [s.image for s in samples], layers, transform)
             if not arrays:
-                arrays = _open_arrays(out, n, cls.shape[1:], patch.shape[1:], size, dataset.tasks, dtype)
+                arrays = _open_arrays(
+                    out, n, cls.shape[1:], patch.shape[1:], transform.side, dataset.tasks, dtype
+                )
             sl = slice(start, start + len(samples))
             arrays["cls"][sl] = cls
             arrays["patch"][sl] = patch
             for s_i, s in enumerate(samples):
-                _store_targets(arrays, start + s_i, s)
+                _store_targets(arrays, start + s_i, s, transform)
     finally:
         encoder.train(was_training)
     for a in arrays.values():
@@ -248,11 +238,11 @@ def _open_arrays(
     return arrays
 
 
-def _store_targets(arrays: dict[str, np.ndarray], i: int, s: ProbeSample) -> None:
+def _store_targets(arrays: dict[str, np.ndarray], i: int, s: ProbeSample, transform: ImageTransform) -> None:
     if "depth" in arrays:
-        arrays["depth"][i] = s.depth if s.depth is not None else 0.0
+        arrays["depth"][i] = transform.target(s.depth) if s.depth is not None else 0.0
     if "seg" in arrays:
-        arrays["seg"][i] = s.seg if s.seg is not None else SEG_IGNORE_INDEX
+        arrays["seg"][i] = transform.target(s.seg) if s.seg is not None else SEG_IGNORE_INDEX
     if "label" in arrays:
         arrays["label"][i] = -1 if s.label is None else s.label
 

@@ -13,22 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from spatialboost.datagen.scenes.geometry import unproject_pixel
+from spatialboost.image_transform import crop_geometry
 
 # --- the resolution the encoder sees ------------------------------------------------------------------
 
 
 def probe_intrinsics(K: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
-    """(3, 3) K of an (height, width) image after ``eval.features``' resize (shorter side -> size) and centre
-    crop to size x size, in the continuous pixel coordinates of ``datagen.scenes.geometry``."""
-    scale = size / min(height, width)
-    nh, nw = max(size, round(height * scale)), max(size, round(width * scale))
-    sx, sy = nw / width, nh / height
-    top, left = (nh - size) // 2, (nw - size) // 2
+    """(3, 3) K of an (height, width) image after the encoder's resize (shorter side -> size) and centre crop
+    to size x size (``spatialboost.image_transform.crop_geometry``), in the continuous pixel coordinates of
+    ``datagen.scenes.geometry``."""
+    g = crop_geometry(height, width, size)
+    sy, sx = g.scale
     out = np.array(K, dtype=np.float64, copy=True)
     out[0, :] *= sx
     out[1, :] *= sy
-    out[0, 2] -= left
-    out[1, 2] -= top
+    out[0, 2] -= g.left
+    out[1, 2] -= g.top
     out[2] = (0.0, 0.0, 1.0)
     return out
 

@@ -27,7 +27,9 @@ from spatialboost.eval.features import FeatureSet, encoder_identity, extract_fea
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.robot import RobotConfig
+from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.preprocess import transform_for
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
         model = build_from_config(spec["family"], hf_config)
     model.load_state_dict(base_state_dict(boosted), strict=True)
     base = wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
-                      mean=spec["mean"], std=spec["std"])  # fmt: skip
+                      mean=spec["mean"], std=spec["std"], interpolation=spec.get("interpolation"))  # fmt: skip
     return resolve_encoder(base)
 
 
@@ -240,14 +242,16 @@ def run_probes(
             for split, ds in (("train", train_ds), ("test", test_ds))
         }
         if scoring == "nyu-eigen":  # the whole test images, by sliding crops (eval.depth_protocol)
-            crops = SlidingCrops(test_ds, side)
+            crops = SlidingCrops(test_ds, transform_for(enc.spec, side))
             feats["test-eigen"] = extract_features(enc, crops, cache_dir, cfg.features.layers, side,
                                                    cfg.features.batch_size, cfg.features.dtype, identities[name])  # fmt: skip
         for probe in probe_names:
             for seed in seeds:
                 runs.append(_one_run(name, probe, feats, cfg, seed, previews, crops))
     previews["test"] = (
-        _preview_targets(crops or test_ds, size, cfg.probes.depth.preview) if "depth" in probe_names else None
+        _preview_targets(crops or test_ds, transform_for(probed.spec, size), cfg.probes.depth.preview)
+        if "depth" in probe_names
+        else None
     )
     summary = {
         "dataset": {
@@ -289,9 +293,11 @@ def _spec_dict(enc: VisionEncoder) -> dict[str, Any]:
             "image_size": s.image_size, "num_layers": s.num_layers}  # fmt: skip
 
 
-def _preview_targets(test_ds: ProbeDataset, size: int, k: int) -> dict[str, np.ndarray]:
-    samples = [resize_sample(test_ds[i], size) for i in range(min(k, len(test_ds)))]
-    return {"image": np.stack([s.image for s in samples]), "depth": np.stack([s.depth for s in samples])}
+def _preview_targets(test_ds: ProbeDataset, transform: ImageTransform, k: int) -> dict[str, np.ndarray]:
+    """The first ``k`` test images (uint8) and depth maps as the encoder sees them."""
+    samples = [resize_sample(test_ds[i], transform) for i in range(min(k, len(test_ds)))]
+    image = np.stack([np.round(s.image * 255.0).astype(np.uint8) for s in samples])
+    return {"image": image, "depth": np.stack([s.depth for s in samples])}
 
 
 PROPORTIONS = {"top1"}  # metrics that are a fraction of the n_test images: they carry a sampling s.e.

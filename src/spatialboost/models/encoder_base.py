@@ -26,6 +26,7 @@ class EncoderSpec:
     num_prefix_tokens: int = 1  # CLS (+ registers) before the patch tokens
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"  # image resampling of its preprocessing (``models.preprocess``)
     extra: dict = field(default_factory=dict)
 
 

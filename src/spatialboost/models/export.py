@@ -110,7 +110,8 @@ def load_encoder(path: str | Path) -> VisionEncoder:
         return load_hf_encoder(path, config)
     spec = config["spec"]
     source = config["source"]
-    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
+    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"],
+                       interpolation=spec.get("interpolation"))  # fmt: skip
     if config["files"].get("base"):
         model = model_from_saved_config(path, config)
         model.load_state_dict(load_tensors(path / BASE), strict=True)

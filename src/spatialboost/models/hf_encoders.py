@@ -61,7 +61,15 @@ class HFEncoder(VisionEncoder):
     default_mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
     default_std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
 
-    def __init__(self, model: PreTrainedModel, name: str, image_size: int | None = None, mean=None, std=None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        name: str,
+        image_size: int | None = None,
+        mean=None,
+        std=None,
+        interpolation: str | None = None,
+    ):
         super().__init__()
         self.model = model
         cfg = model.config
@@ -76,6 +84,7 @@ class HFEncoder(VisionEncoder):
             num_prefix_tokens=self.prefix_tokens(cfg),
             mean=tuple(mean or self.default_mean),
             std=tuple(std or self.default_std),
+            interpolation=interpolation or "bicubic",
         )
 
     # -- family hooks -------------------------------------------------------------------------
@@ -335,22 +344,30 @@ def load_pretrained(
     kind = "path" if local else "hub"
     ref = str(Path(name_or_path).resolve()) if local else name_or_path
     source = {"kind": kind, "ref": ref, "family": family.family, "pretrained": pretrained}
-    mean, std, size = _processor_conventions(name_or_path, local)
-    return wrap_model(model, name=name_or_path, source=source, mean=mean, std=std, image_size=size)
+    mean, std, size, interpolation = _processor_conventions(name_or_path, local)
+    return wrap_model(model, name=name_or_path, source=source, mean=mean, std=std, image_size=size,
+                      interpolation=interpolation)  # fmt: skip
 
 
-def _processor_conventions(name_or_path: str, local: bool) -> tuple[Any, Any, int | None]:
-    """mean/std/crop size from a checkpoint's ``preprocessor_config.json``; the family's defaults only when the
-    checkpoint has none (said in the log). A file that exists but cannot be read is a UserError."""
+PIL_INTERPOLATION = {2: "bilinear", 3: "bicubic"}  # a preprocessor config's ``resample`` (PIL codes)
+
+
+def _processor_conventions(name_or_path: str, local: bool) -> tuple[Any, Any, int | None, str | None]:
+    """mean/std/crop size/interpolation from a checkpoint's ``preprocessor_config.json``; the family's defaults
+    only when the checkpoint has none (said in the log). A file that exists but cannot be read is a UserError."""
     file = _preprocessor_file(name_or_path, local)
     if file is None:
         log.info("%s has no preprocessor_config.json: the family's mean/std/size apply", name_or_path)
-        return None, None, None
+        return None, None, None, None
     try:
         pre = json.loads(file.read_text(encoding="utf-8"))
         size = pre.get("crop_size") or pre.get("size") or {}
         side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-        return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None
+        resample = pre.get("resample")
+        if resample is not None and resample not in PIL_INTERPOLATION:
+            log.info("%s: resample %s has no torch equivalent here; bicubic applies", file, resample)
+        interpolation = PIL_INTERPOLATION.get(resample)
+        return pre.get("image_mean"), pre.get("image_std"), int(side) if side else None, interpolation
     except (ValueError, AttributeError, TypeError) as e:
         raise UserError(f"{file}: unreadable preprocessor config ({e}); fix or remove the file") from None
 

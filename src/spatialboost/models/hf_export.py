@@ -200,6 +200,9 @@ def _transformers_checkpoint(path: Path) -> bool:
     return isinstance(cfg, dict) and "model_type" in cfg and "spatialboost" not in cfg and "format" not in cfg
 
 
+PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as HF image processors store them
+
+
 def processor_config(spec: EncoderSpec) -> dict[str, Any]:
     """A ``CLIPImageProcessor`` doing ``models.preprocess``'s steps (it has a PIL version: no torchvision needed)."""
     side = patch_multiple(spec.image_size, spec.patch_size)
@@ -208,7 +211,7 @@ def processor_config(spec: EncoderSpec) -> dict[str, Any]:
         "do_convert_rgb": True,
         "do_resize": True,
         "size": {"shortest_edge": side},
-        "resample": 3,  # bicubic
+        "resample": PIL_RESAMPLE[spec.interpolation],
         "do_center_crop": True,
         "crop_size": {"height": side, "width": side},
         "do_rescale": True,
@@ -252,7 +255,8 @@ def hf_read_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 def load_hf_encoder(path: Path, config: dict[str, Any]) -> VisionEncoder:
     """``load_encoder`` for a folder ``save_hf_encoder`` wrote (``config`` from ``hf_read_config``)."""
     spec, source, boost = config["spec"], config["source"], config["boost"]
-    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"])
+    spec_kwargs = dict(image_size=spec["image_size"], mean=spec["mean"], std=spec["std"],
+                       interpolation=spec.get("interpolation"))  # fmt: skip
     if config["hf"].get("base_model") is None:
         encoder = wrap_model(
             model_from_saved_config(path, config), name=spec["name"], source=source, **spec_kwargs

@@ -39,8 +39,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from spatialboost.constants import IMAGE_TOKEN
-from spatialboost.data.refs import REF_TOKENS
+from spatialboost.constants import IMAGE_TOKEN, REF_TOKENS
 from spatialboost.errors import UserError
 from spatialboost.registry import Registry
 

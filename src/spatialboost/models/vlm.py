@@ -33,15 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatialboost.constants import LM_IGNORE_INDEX
-from spatialboost.data.conversation import EmptyLabelsError
-from spatialboost.data.images import ImageTransform
+from spatialboost.errors import EmptyLabelsError
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
 from spatialboost.models.config import VLMConfig
 from spatialboost.models.dual_channel import add_dual_channel, check_layers
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
-from spatialboost.models.preprocess import patch_multiple, preprocess_images
+from spatialboost.models.preprocess import transform_for
 from spatialboost.models.projector import MLPProjector
 
 log = logging.getLogger(__name__)
@@ -160,9 +159,7 @@ class SpatialVLM(nn.Module):
 
     def num_image_tokens(self, image_size: int | None = None) -> int:
         """Patch tokens per image at ``image_size`` (default: the encoder's) = ids per ``<image>``."""
-        spec = self.encoder.spec
-        side = patch_multiple(image_size or spec.image_size, spec.patch_size) // spec.patch_size
-        return side * side
+        return transform_for(self.encoder.spec, image_size).tokens_per_image
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, N, D_enc) encoder patch tokens (zeros when ``blind``)."""
@@ -297,19 +294,6 @@ class SpatialVLM(nn.Module):
             eos_token_id=eos_token_id,
             pad_token_id=self.llm.config.pad_token_id or 0,
         )
-
-
-def image_transform_for(encoder: VisionEncoder, size: int | None = None) -> ImageTransform:
-    """The encoder's preprocessing (``models.preprocess``) as the dataset's image transform."""
-    spec = encoder.spec
-    side = patch_multiple(size or spec.image_size, spec.patch_size)
-
-    def transform(images: list) -> torch.Tensor:  # -> (n, 3, side, side)
-        if not images:
-            return torch.empty(0, 3, side, side)
-        return preprocess_images(images, spec, size=side)
-
-    return transform
 
 
 def encoder_from_config(

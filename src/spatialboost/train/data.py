@@ -25,6 +25,7 @@ from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PackedCollator, PaddedCollator
 from spatialboost.data.dataset import ConversationDataset
 from spatialboost.errors import UserError
+from spatialboost.models.preprocess import image_transform_for
 from spatialboost.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,13 @@ class TrainData:
 
 def dataset_options(cfg: DataConfig, vlm) -> dict:
     """``ConversationDataset`` keyword arguments for ``vlm``'s encoder under data config ``cfg``."""
-    from spatialboost.models.vlm import image_transform_for
-
-    spec = vlm.encoder.spec
-    image_size = cfg.image_size or spec.image_size
-    tokens = vlm.num_image_tokens(image_size)
-    side = image_size - image_size % spec.patch_size
+    transform = image_transform_for(vlm.encoder, cfg.image_size)
     return {
-        "num_image_tokens": tokens if cfg.image_tokens else 0,
-        "image_transform": image_transform_for(vlm.encoder, image_size),
+        "num_image_tokens": transform.tokens_per_image if cfg.image_tokens else 0,
+        "image_transform": transform,
         "max_length": cfg.max_length,
         "ref_tokens": tuple(cfg.refs),
-        "ref_grid": (side, side // spec.patch_size),
+        "ref_grid": (transform.side, transform.grid),
     }
 
 

@@ -7,8 +7,9 @@ instead of ``pixel_values`` (``SpatialVLM.embed`` takes either; the outputs are 
 
 Layout: ``<cache_dir>/<key>/features.npy`` (n_images, N, D) float32 and ``index.json`` (image path ->
 row), written into a temporary sibling and renamed, so a half-written cache is never read. The key hashes
-the encoder's weights and spec, the input size and every image file's path, size and mtime: a changed
-encoder or image makes a new entry, never a stale read.
+the encoder's weights and spec, the image transform (``ImageTransform.identity``: side, mean/std,
+interpolation, its version) and every image file's path, size and mtime: a changed encoder, preprocessing
+or image makes a new entry, never a stale read.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from spatialboost.dataset_format import record_images
+from spatialboost.image_transform import ImageTransform
 from spatialboost.io import resolve_inside
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,9 @@ def dataset_images(datasets) -> list[Path]:
     return list(seen.values())
 
 
-def cache_key(encoder, image_size: int, paths: list[Path]) -> str:
+def cache_key(encoder, transform: ImageTransform, paths: list[Path]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([encoder.spec.name, encoder.spec.family, image_size]).encode())
+    h.update(json.dumps([encoder.spec.name, encoder.spec.family, transform.identity()]).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -72,12 +75,10 @@ def cache_key(encoder, image_size: int, paths: list[Path]) -> str:
 
 @torch.no_grad()
 def build_feature_store(
-    encoder, transform, image_size: int, paths: list[Path], cache_dir: Path, batch_size: int = 32
+    encoder, transform: ImageTransform, paths: list[Path], cache_dir: Path, batch_size: int = 32
 ) -> FeatureStore:
-    """Encode every image of ``paths`` once (cached under ``cache_dir``) and return the store."""
-    from PIL import Image
-
-    folder = Path(cache_dir) / cache_key(encoder, image_size, paths)
+    """Encode every image of ``paths`` once, preprocessed by ``transform`` (cached under ``cache_dir``)."""
+    folder = Path(cache_dir) / cache_key(encoder, transform, paths)
     if (folder / "index.json").is_file():
         log.info("encoder features cached at %s", folder)
         return FeatureStore(folder)

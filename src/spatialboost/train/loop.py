@@ -236,14 +236,13 @@ def attach_feature_cache(cfg: TrainConfig, stage: str, vlm, data, env: DistEnv) 
     dcfg = cfg.stage_data(stage)
     parts = data.dataset.datasets
     paths = dataset_images(parts)
-    image_size = dcfg.image_size or vlm.encoder.spec.image_size
     cache_dir = Path(dcfg.feature_cache_dir or Path(cfg.run_dir) / "features")
     transform = parts[0].transform
     if env.is_main:
-        store = build_feature_store(vlm.encoder, transform, image_size, paths, cache_dir)
+        store = build_feature_store(vlm.encoder, transform, paths, cache_dir)
     dist_utils.barrier(env)
     if not env.is_main:
-        store = FeatureStore(cache_dir / cache_key(vlm.encoder, image_size, paths))
+        store = FeatureStore(cache_dir / cache_key(vlm.encoder, transform, paths))
     for part in parts:
         part.feature_store = store
 

@@ -24,7 +24,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ProbeSample:
-    image: np.ndarray  # (H, W, 3) uint8
+    image: np.ndarray  # (H, W, 3) uint8, or float32 in [0, 1] (already resized: ``eval.depth_protocol``)
     depth: np.ndarray | None = None  # (H, W) float32, metres, 0 = invalid
     seg: np.ndarray | None = None  # (H, W) class ids, SEG_IGNORE_INDEX = not scored
     label: int | None = None  # image-level class id

@@ -78,7 +78,9 @@ def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseDat
 
     from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
     from spatialboost.io import resolve_inside
-    from spatialboost.models.preprocess import preprocess_images
+    from spatialboost.models.preprocess import transform_for
+
+    transform = transform_for(encoder.spec)  # images and their maps through one geometry
 
     images, depth, seg, groups, classes = [], [], [], [], 1
     for record in iter_records(dataset_dir):
@@ -88,18 +90,13 @@ def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseDat
         for k, rel in enumerate(record_images(record)):
             with Image.open(resolve_inside(dataset_dir, rel)) as im:
                 images.append(np.asarray(im.convert("RGB")))
-            depth.append(arrays["depth"][k])
-            s = arrays["semantic"][k].astype(np.int64)
+            depth.append(transform.target(arrays["depth"][k]))
+            s = transform.target(arrays["semantic"][k]).astype(np.int64)
             s[s == 0] = SEG_IGNORE_INDEX
             seg.append(s)
             group.append(len(images) - 1)
         groups.append(group)
-    pixels = preprocess_images(images, encoder.spec)
-    side = pixels.shape[-1]
-    if depth[0].shape[-1] != side:
-        raise ValueError(
-            f"dataset maps are {depth[0].shape}, the encoder sees {side} px: render at {side} px"
-        )
+    pixels = transform(images)
     return DenseData(
         pixels, torch.from_numpy(np.stack(depth)), torch.from_numpy(np.stack(seg)), groups, classes
     )
