@@ -1,0 +1,84 @@
+"""The image gain (train.image_gain): by hand, on a tiny VLM, the blind twin, stage 3's check, new numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from refs_fixtures import conversation_dataset
+from spatialboost.errors import UserError
+from spatialboost.train import image_gain as ig
+
+
+def test_image_gain_summary_by_hand():
+    per_sample = [
+        {"levels": {"all": (2.0, 3.0, 2), "pixel": (1.0, 2.0, 1)}, "choice": [(True, False)]},
+        {"levels": {"all": (4.0, 4.0, 2)}, "choice": [(True, True), (False, True)]},
+    ]
+    out = ig.summarize(per_sample)
+    assert out["all"]["loss_right"] == 1.5 and out["all"]["loss_other"] == 1.75 and out["all"]["gain"] == 0.25
+    assert math.isclose(out["all"]["stderr"], math.sqrt(((0.5 - 0.25) ** 2 + (0 - 0.25) ** 2) / 1 / 2))
+    assert out["pixel"]["gain"] == 1.0 and "object" not in out
+    assert out["choice"]["acc_right"] == 2 / 3 and out["choice"]["acc_other"] == 2 / 3
+    assert ig.partners([1, 2, 1, 2, 3]) == [2, 3, 0, 1, 4]
+
+
+def test_image_gain_measures_dependence_and_blind_is_zero(engine_data, vlm_and_tok):
+    vlm, tok = vlm_and_tok
+    ds = conversation_dataset(engine_data["heldout"], vlm, tok)
+    seeing = ig.measure_image_gain(vlm, ds, tok, max_samples=4, batch_size=2)
+    assert {"all", "pixel", "object", "scene", "caption", "choice"} <= set(seeing)
+    assert seeing["all"]["gain"] != 0.0  # a random LM still reacts to the image a little
+    vlm.blind = True
+    try:
+        blind = ig.measure_image_gain(vlm, ds, tok, max_samples=4, batch_size=2)
+    finally:
+        vlm.blind = False
+    assert blind["all"]["gain"] == 0.0 and blind["choice"]["acc_right"] == blind["choice"]["acc_other"]
+    assert "within noise" in ig.describe(blind)
+    hurt = {"all": {"gain": -0.06, "stderr": 0.014}}  # other images give lower loss than the right ones
+    assert "within noise" not in ig.describe(hurt) and "negative beyond noise" in ig.describe(hurt)
+
+
+def test_stage3_warns_or_refuses_on_a_low_image_gain(tmp_path, caplog):
+    from spatialboost.train.config import TrainConfig
+    from spatialboost.train.loop import GAIN_FILE, check_stage2_image_gain
+    from spatialboost.train.stages import stage_dir
+
+    cfg = TrainConfig(run_dir=tmp_path)
+    check_stage2_image_gain(cfg)  # nothing measured: a warning
+    assert "not measured" in caplog.text
+    path = stage_dir(tmp_path, "instruct") / GAIN_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"all": {"gain": 0.001, "stderr": 0.002}}))
+    check_stage2_image_gain(cfg)
+    assert "barely reads the image" in caplog.text
+    cfg.image_gain.on_low = "refuse"
+    with pytest.raises(UserError, match="image_gain.min_gain"):
+        check_stage2_image_gain(cfg)
+    path.write_text(json.dumps({"all": {"gain": 0.4, "stderr": 0.01}}))
+    check_stage2_image_gain(cfg)  # a clear gain passes
+
+
+def test_new_number_mask_marks_only_numbers_the_text_cannot_supply(vlm_and_tok):
+    from spatialboost.data.conversation import tokenize_conversation
+
+    _, tok = vlm_and_tok
+    record = {"id": "x", "image": ["a.png"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the depth at (34, 26)?"},
+        {"from": "gpt", "value": "The depth at (34, 26) is 2.94 m."},
+        {"from": "human", "value": "And at (10, 12)?"},
+        {"from": "gpt", "value": "Also 2.94 m, and (10, 12) is 1.5 m."},
+    ]}  # fmt: skip
+    sample = tokenize_conversation(record, tok)
+    ids, turns = torch.tensor(sample.input_ids), torch.tensor(sample.turns)
+    labelled = torch.tensor(sample.labels) != ig.LM_IGNORE_INDEX
+    mask = ig.new_number_mask(ids, turns, labelled, ig.TokenText(tok))
+    text = ig.TokenText(tok)
+    marked = ["".join(text(int(t)) for t in ids[turns == a][mask[turns == a]]) for a in (0, 1)]
+    # the first answer's new value only; the second answer repeats 2.94 (seen before) and states 1.5 new
+    assert marked == ["2.94", "1.5"]
+    assert not (mask & ~labelled).any()
