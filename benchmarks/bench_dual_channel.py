@@ -7,9 +7,9 @@ Random-weight ViT-S/14 (and ViT-B/16) shapes at 224x224. Three models run in one
 (one run of each per repeat, in a rotating order) so drift on a shared machine hits all of them:
 
 - ``base``: the encoder as built;
-- ``boosted``: ``add_dual_channel`` (the fused path: cached (6D, D) QKV, one SDPA call over 2H heads,
+- ``boosted``: ``boost_encoder`` (the fused path: cached (6D, D) QKV, one SDPA call over 2H heads,
   the gate folded into one (D, 2D) output projection; under autograd per-channel QKV and SDPA);
-- ``naive``: ``add_dual_channel(fused=False)``, the copy-and-call wrapper (the deep-copied attention
+- ``naive``: ``boost_encoder(fused=False)``, the copy-and-call wrapper (the deep-copied attention
   module called after the original, outputs mixed per channel with ``lerp``).
 
 Each ratio is the median over repeats of the per-repeat ratio of wall times, with its interquartile
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from spatialboost.models.dual_channel import add_dual_channel, trainable_parameters
+from spatialboost.models.dual_channel import boost_encoder, trainable_parameters
 from spatialboost.models.encoders import create_encoder
 
 TARGETS = {"inference": {"base": 1.40, "naive": 0.95}, "train fwd+bwd": {"naive": 0.90}}
@@ -88,8 +88,8 @@ def _wall(fn: Callable) -> float:
 # -- the models ------------------------------------------------------------------------------------------
 def build(shape: str) -> dict[str, torch.nn.Module]:
     base = create_encoder(shape, seed=0).requires_grad_(False)
-    boosted = add_dual_channel(create_encoder(shape, seed=0))
-    naive = add_dual_channel(create_encoder(shape, seed=0), fused=False)
+    boosted = boost_encoder(create_encoder(shape, seed=0))
+    naive = boost_encoder(create_encoder(shape, seed=0), fused=False)
     return {"base": base, "boosted": boosted, "naive": naive}
 
 

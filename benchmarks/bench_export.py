@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spatialboost.models.dual_channel import add_dual_channel
+from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.hf_export import ADAPTER_WEIGHTS, WEIGHTS, save_hf_encoder
 
@@ -26,7 +26,7 @@ def bench(name: str, layers: str, repeats: int, root: Path) -> dict:
     create_encoder(name, seed=0).model.save_pretrained(root / f"{name}-base")
     encoder = create_encoder(str(root / f"{name}-base"))
     n = encoder.spec.num_layers
-    add_dual_channel(encoder, layers=None if layers == "all" else list(range(n - 4, n)))
+    boost_encoder(encoder, layers=None if layers == "all" else list(range(n - 4, n)))
     result = {"blocks_boosted": n if layers == "all" else 4}
     for kind, adapter_only, file in (("full", False, WEIGHTS), ("adapter_only", True, ADAPTER_WEIGHTS)):
         times = []

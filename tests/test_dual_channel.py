@@ -16,8 +16,8 @@ from spatialboost.models.dual_channel import (
     DualChannelAttention,
     adapter_keys,
     adapter_state_dict,
-    add_dual_channel,
     base_state_dict,
+    boost_encoder,
     load_adapter_state_dict,
     mark_only_adapter_trainable,
     trainable_parameters,
@@ -34,7 +34,7 @@ def pixels(encoder, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 def pair(name: str, **boost):
     base = create_encoder(name, seed=0)
-    boosted = add_dual_channel(create_encoder(name, seed=0), **boost)
+    boosted = boost_encoder(create_encoder(name, seed=0), **boost)
     return base, boosted
 
 
@@ -310,16 +310,16 @@ def test_layer_subset():
     assert kinds == [False, True, False, True]
     assert all(".layer.1." in n or ".layer.3." in n for n in trainable_parameters(boosted))
     with pytest.raises(ValueError, match="out of range"):
-        add_dual_channel(create_encoder("tiny-vit"), layers=[4])
+        boost_encoder(create_encoder("tiny-vit"), layers=[4])
 
 
 def test_bad_options_and_double_boost():
     enc = create_encoder("tiny-dinov2")
     with pytest.raises(ValueError, match="gate"):
-        add_dual_channel(enc, gate="row")
-    add_dual_channel(enc)
+        boost_encoder(enc, gate="row")
+    boost_encoder(enc)
     with pytest.raises(ValueError, match="already boosted"):
-        add_dual_channel(enc)
+        boost_encoder(enc)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -385,7 +385,14 @@ def test_mode_aliases_and_a_config_object():
     )
     with pytest.raises(ConfigError, match="full_finetune"):
         BoostConfig(mode="finetune")
-    enc = add_dual_channel(create_encoder("tiny-vit", seed=0), BoostConfig(mode="full_finetune"))
+    enc = boost_encoder(create_encoder("tiny-vit", seed=0), BoostConfig(mode="full_finetune"))
     assert enc.boost_config == BoostConfig(mode="full")
     with pytest.raises(TypeError, match="either"):
-        add_dual_channel(create_encoder("tiny-vit", seed=0), BoostConfig(), gate="head")
+        boost_encoder(create_encoder("tiny-vit", seed=0), BoostConfig(), gate="head")
+
+
+def test_the_former_name_is_the_same_function():
+    import spatialboost
+    from spatialboost.models import dual_channel
+
+    assert spatialboost.add_dual_channel is dual_channel.boost_encoder is spatialboost.boost_encoder

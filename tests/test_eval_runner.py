@@ -82,10 +82,10 @@ def test_aggregate_mean_std_and_protocol():
 def test_saved_boosted_encoder_brings_its_base(tmp_path):
     from spatialboost.eval.runner import pair_encoders
     from spatialboost.models import export
-    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.dual_channel import boost_encoder
 
     base = create_encoder("tiny-dinov2", seed=0)
-    boosted = add_dual_channel(create_encoder("tiny-dinov2", seed=0))
+    boosted = boost_encoder(create_encoder("tiny-dinov2", seed=0))
     with torch.no_grad():
         for name, p in boosted.named_parameters():
             if "plus" in name or "gate" in name:

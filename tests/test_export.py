@@ -10,7 +10,7 @@ import torch
 
 from spatialboost.cli import main
 from spatialboost.errors import UserError
-from spatialboost.models.dual_channel import add_dual_channel, trainable_parameters
+from spatialboost.models.dual_channel import boost_encoder, trainable_parameters
 from spatialboost.models.encoders import create_encoder, list_encoders
 from spatialboost.models.export import load_encoder, save_encoder
 
@@ -27,7 +27,7 @@ def boosted(name: str, seed: int = 1, **boost):
 
 
 def boosted_from(encoder, seed: int = 1, **boost):
-    enc = add_dual_channel(encoder, **boost)
+    enc = boost_encoder(encoder, **boost)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in trainable_parameters(enc).values():
@@ -78,7 +78,7 @@ def test_save_load_ablation_modes(tmp_path, boost):
 
 def test_reobtainable_base_is_referenced_not_copied(tmp_path):
     create_encoder("tiny-clip", seed=0).model.save_pretrained(tmp_path / "hf")
-    enc = add_dual_channel(create_encoder(str(tmp_path / "hf")))
+    enc = boost_encoder(create_encoder(str(tmp_path / "hf")))
     save_encoder(enc, tmp_path / "adapter-only", include_base=False)
     assert not (tmp_path / "adapter-only" / "base.safetensors").exists()
     loaded = load_encoder(tmp_path / "adapter-only")

@@ -23,7 +23,7 @@ import spatialboost
 from spatialboost.cli import main
 from spatialboost.errors import UserError
 from spatialboost.models.config import GATES
-from spatialboost.models.dual_channel import add_dual_channel, trainable_parameters
+from spatialboost.models.dual_channel import boost_encoder, trainable_parameters
 from spatialboost.models.encoders import create_encoder, list_encoders
 from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.models.hf_export import ADAPTER_WEIGHTS, WEIGHTS, save_hf_encoder
@@ -53,20 +53,20 @@ def _cases(root: Path) -> dict[str, tuple]:
     for i, name in enumerate(FAMILIES):
         layers = [-1] if name == "tiny-dinov3" else None  # one boosted block of two
         cases[name] = (
-            _perturbed(add_dual_channel(create_encoder(name, seed=0), gate=GATES[i % 3], layers=layers)),
+            _perturbed(boost_encoder(create_encoder(name, seed=0), gate=GATES[i % 3], layers=layers)),
             True,
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # peft draws LoRA's A from the global RNG
-        lora = add_dual_channel(create_encoder("tiny-dinov2", seed=0), mode="lora", lora_rank=2)
+        lora = boost_encoder(create_encoder("tiny-dinov2", seed=0), mode="lora", lora_rank=2)
     cases["lora"] = (
         _perturbed(lora),
         False,
     )
-    cases["full"] = (_perturbed(add_dual_channel(create_encoder("tiny-clip", seed=0), mode="full")), False)
+    cases["full"] = (_perturbed(boost_encoder(create_encoder("tiny-clip", seed=0), mode="full")), False)
     cases["plain"] = (create_encoder("tiny-vit", seed=0), False)
     create_encoder("tiny-dinov2-reg", seed=5).model.save_pretrained(root / "base-ckpt")
-    cases["adapter-only"] = (_perturbed(add_dual_channel(create_encoder(str(root / "base-ckpt")))), True)
+    cases["adapter-only"] = (_perturbed(boost_encoder(create_encoder(str(root / "base-ckpt")))), True)
     return cases
 
 
@@ -167,12 +167,12 @@ def test_adapter_only_holds_only_attn_plus_and_gates(isolated):
 
 
 def test_adapter_only_refuses_a_base_transformers_cannot_load(tmp_path):
-    enc = add_dual_channel(create_encoder("tiny-dinov2", seed=0))  # random registered config: no checkpoint
+    enc = boost_encoder(create_encoder("tiny-dinov2", seed=0))  # random registered config: no checkpoint
     with pytest.raises(UserError, match="export the full model"):
         save_hf_encoder(enc, tmp_path / "a", adapter_only=True)
     with pytest.raises(UserError, match="needs a dual-channel"):
         save_hf_encoder(
-            add_dual_channel(create_encoder("tiny-dinov2"), mode="full"), tmp_path / "b", adapter_only=True
+            boost_encoder(create_encoder("tiny-dinov2"), mode="full"), tmp_path / "b", adapter_only=True
         )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -206,7 +206,7 @@ def probed_run(tmp_path_factory):
     base = root / "base-ckpt"
     create_encoder("tiny-dinov2", seed=0).model.save_pretrained(base)
     (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a base\n")
-    enc = _perturbed(add_dual_channel(create_encoder(str(base))))
+    enc = _perturbed(boost_encoder(create_encoder(str(base))))
     save_encoder(enc, root / "train" / "encoder", include_base=False)
     (root / "train" / "config.yaml").write_text(
         "run_dir: RUN\nseed: 7\ndata:\n  datasets: [" + str(root / "data") + "]\nmodel:\n  encoder: " + str(base)
@@ -266,7 +266,7 @@ def test_card_without_a_matching_probe_says_so_and_hub_bases_are_named(tmp_path)
     from spatialboost.models.card import model_card
     from spatialboost.models.hf_export import hf_config
 
-    enc = add_dual_channel(create_encoder("tiny-dinov3", seed=0), gate="scalar")
+    enc = boost_encoder(create_encoder("tiny-dinov3", seed=0), gate="scalar")
     config = hf_config(enc)
     config["spatialboost"]["source"] = {"kind": "hub", "ref": "facebook/dinov3-vits16-pretrain-lvd1689m"}
     card = ModelCard(model_card(config, tmp_path))
@@ -279,16 +279,14 @@ def test_card_without_a_matching_probe_says_so_and_hub_bases_are_named(tmp_path)
 
 def test_probe_results_of_other_weights_are_refused(probed_run, tmp_path, capsys):
     other = tmp_path / "other-run"
-    save_encoder(
-        _perturbed(add_dual_channel(create_encoder("tiny-dinov2", seed=0)), seed=9), other / "encoder"
-    )
+    save_encoder(_perturbed(boost_encoder(create_encoder("tiny-dinov2", seed=0)), seed=9), other / "encoder")
     args = ["export", str(other), "--out", str(tmp_path / "o"), "--probe-results", str(probed_run / "probes")]
     assert main(args) == 2
     assert "no probed encoder there has this export's weights" in capsys.readouterr().err
 
 
 def test_public_api_exports_hf(tmp_path):
-    enc = add_dual_channel(create_encoder("tiny-clip", seed=0))
+    enc = boost_encoder(create_encoder("tiny-clip", seed=0))
     spatialboost.save_hf_encoder(enc, tmp_path / "e")
     assert (tmp_path / "e" / "modeling_spatialboost.py").is_file()
 

@@ -18,13 +18,13 @@ from spatialboost.cli import main
 from spatialboost.errors import UserError
 from spatialboost.io import OWNER_FILE, OutputDir, atomic_write_text, is_complete
 from spatialboost.models import export
-from spatialboost.models.dual_channel import add_dual_channel
+from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
 
 
 def _boosted():
-    enc = add_dual_channel(create_encoder("tiny-dinov2", seed=0))
+    enc = boost_encoder(create_encoder("tiny-dinov2", seed=0))
     with torch.no_grad():
         for name, p in enc.named_parameters():
             if p.requires_grad:

@@ -135,10 +135,10 @@ def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseDa
 
 @pytest.mark.parametrize("target", ["depth", "seg"])
 def test_dense_head_trainer_trains_only_head_attn_plus_and_gates(target):
-    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.dual_channel import boost_encoder
     from spatialboost.models.encoders import create_encoder
 
-    enc = add_dual_channel(create_encoder("tiny-dinov2", pretrained=False, seed=0), gate="channel")
+    enc = boost_encoder(create_encoder("tiny-dinov2", pretrained=False, seed=0), gate="channel")
     before = {n: p.detach().clone() for n, p in enc.named_parameters()}
     cfg = DenseConfig(target=target, steps=3, head_warmup_steps=2, batch_size=2, lr=1e-2, lr_gates=1e-1)
     head, result = train_dense_head(enc, _dense_data(), cfg)

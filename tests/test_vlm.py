@@ -260,9 +260,9 @@ def test_generate_greedy_matches_argmax(tokenizer):
 
 def test_stage3_with_boosted_tiny_vit(tokenizer):
     """The real registry encoder + dual-channel adapter: only Attn+/gates and the projector move."""
-    from spatialboost import add_dual_channel
+    from spatialboost import boost_encoder
 
-    encoder = add_dual_channel(create_encoder("tiny-vit", seed=0))
+    encoder = boost_encoder(create_encoder("tiny-vit", seed=0))
     torch.manual_seed(0)
     vlm = SpatialVLM(encoder, build_llm("tiny-qwen2", tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
     n_tokens = vlm.num_image_tokens()

@@ -3,7 +3,7 @@
 Public API (imported lazily so that ``import spatialboost`` stays light):
 
 - ``create_encoder(x)``: a registered name, a hub name or local path, or a built transformers vision model.
-- ``add_dual_channel(encoder, BoostConfig(...))`` (or ``**options``): the boosted encoder (paper Eq. 1;
+- ``boost_encoder(encoder, BoostConfig(...))`` (or ``**options``): the boosted encoder (paper Eq. 1;
   LoRA and full fine-tuning are its other two modes).
 - ``save_encoder(encoder, dir)`` / ``load_encoder(dir)``.
 - ``save_hf_encoder(encoder, dir)``: a folder ``transformers.AutoModel.from_pretrained(dir, trust_remote_code=True)``
@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_encoder": "spatialboost.models.encoders",
     "list_encoders": "spatialboost.models.encoders",
-    "add_dual_channel": "spatialboost.models.dual_channel",
+    "boost_encoder": "spatialboost.models.dual_channel",
+    "add_dual_channel": "spatialboost.models.dual_channel",  # the former name of boost_encoder
     "save_encoder": "spatialboost.models.export",
     "load_encoder": "spatialboost.models.export",
     "save_hf_encoder": "spatialboost.models.hf_export",

@@ -2,7 +2,7 @@
 
 ``VLMConfig`` is the ``model:`` section of a training config (YAML keys ``model.encoder``, ``model.llm``,
 ``model.dual_channel.*``, ``model.llm_options.*`` ...); ``BoostConfig`` says how stage 3 boosts the
-encoder (``dual_channel.add_dual_channel``) and ``LLMOptions`` shapes a tiny random LLM
+encoder (``dual_channel.boost_encoder``) and ``LLMOptions`` shapes a tiny random LLM
 (``llm.build_llm``). Every field is typed, so ``spatialboost.config.load_config`` refuses a bad key or
 value when the config loads, naming it and the allowed values, before anything is built. No torch here:
 loading a config stays cheap.
@@ -41,7 +41,7 @@ def canonical_mode(mode: str) -> str:
 
 @dataclass
 class BoostConfig:
-    """The options of ``add_dual_channel``; also the ``model.dual_channel`` section of a training config."""
+    """The options of ``boost_encoder``; also the ``model.dual_channel`` section of a training config."""
 
     mode: str = "dual"  # MODES (or an alias in MODE_ALIASES): dual-channel | LoRA | full fine-tuning
     gate: Gate = "channel"
@@ -107,7 +107,7 @@ class VLMConfig:
     llm: str = "tiny-qwen2"  # tiny config name, hub id or local path (build_llm)
     tokenizer: str | None = None  # tokenizer dir; None: the LLM's own, or trained on the corpus for tiny LLMs
     tokenizer_vocab_size: int = 1024  # when training one on the corpus
-    dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's add_dual_channel(...) options
+    dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's boost_encoder(...) options
     llm_options: LLMOptions = field(default_factory=LLMOptions)  # tiny LLMs' shape (build_llm overrides)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     projector_norm: bool = False  # LayerNorm on the projector's output at the token embeddings' RMS

@@ -38,7 +38,7 @@ block of output channels; "scalar" (1,). ``mode="lora"`` (peft LoRA on the atten
 What each mode trains is declared once, in ``adapter_keys`` (peft's ``adapter_layer_names``: Attn+ and the
 gates, LoRA's layers, or every weight); freezing, optimiser groups and state dicts all follow it.
 
-``add_dual_channel(encoder, BoostConfig)`` modifies the encoder IN PLACE and returns the same object, with
+``boost_encoder(encoder, BoostConfig)`` modifies the encoder IN PLACE and returns the same object, with
 the options recorded as ``encoder.boost_config`` so ``models.export`` can rebuild it.
 """
 
@@ -245,9 +245,11 @@ def _dropout_p(attn: nn.Module) -> float:
     return 0.0
 
 
-def add_dual_channel(encoder: VisionEncoder, config: BoostConfig | None = None, **options) -> VisionEncoder:
-    """Boost ``encoder`` IN PLACE (returns the same object) by ``config`` (or ``BoostConfig(**options)``):
-    dual-channel attention, LoRA or full fine-tuning; everything but the adapter is frozen."""
+def boost_encoder(encoder: VisionEncoder, config: BoostConfig | None = None, **options) -> VisionEncoder:
+    """Boost ``encoder`` IN PLACE (returns the same object) by ``config`` (or ``BoostConfig(**options)``), in one
+    of three modes (``BoostConfig.mode``): ``dual`` (the paper's dual-channel attention, Attn+ beside the
+    frozen Attn), ``lora`` (low-rank adapters on the attention projections) or ``full`` (every weight trains);
+    everything but the adapter is frozen."""
     if getattr(encoder, "boost_config", None) is not None:
         raise ValueError(f"encoder is already boosted ({encoder.boost_config}); build a fresh one")
     if config is not None and options:
@@ -269,8 +271,12 @@ def add_dual_channel(encoder: VisionEncoder, config: BoostConfig | None = None, 
     return encoder
 
 
+# the name before the three modes shared one entry point; kept so that code written against it still runs
+add_dual_channel = boost_encoder
+
+
 def check_layers(encoder: VisionEncoder, layers: list[int] | None) -> None:
-    """ConfigError when ``layers`` names blocks the encoder does not have (what add_dual_channel would raise)."""
+    """ConfigError when ``layers`` names blocks the encoder does not have (what boost_encoder would raise)."""
     _selected_slots(encoder, layers)
 
 
@@ -311,7 +317,7 @@ def adapter_keys(encoder: nn.Module) -> dict[str, str]:
     weight (full fine-tuning). Raises if the encoder is not boosted."""
     cfg: BoostConfig | None = getattr(encoder, "boost_config", None)
     if cfg is None:
-        raise ValueError("encoder is not boosted (call add_dual_channel first)")
+        raise ValueError("encoder is not boosted (call boost_encoder first)")
     keys = encoder.state_dict().keys()
     if cfg.mode == "full":
         return dict.fromkeys(keys, ADAPTER)

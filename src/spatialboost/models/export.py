@@ -38,8 +38,8 @@ from spatialboost.io import OutputDir, is_complete
 from spatialboost.models.card import model_card, run_facts, weights_sha256
 from spatialboost.models.dual_channel import (
     adapter_state_dict,
-    add_dual_channel,
     base_state_dict,
+    boost_encoder,
     boost_options,
     load_adapter_state_dict,
 )
@@ -132,7 +132,7 @@ def load_encoder(path: str | Path) -> VisionEncoder:
     else:
         raise EncoderFormatError(f"{path / BASE}: missing, and the base ({source}) cannot be re-obtained")
     if config["boost"] is not None:
-        add_dual_channel(encoder, **config["boost"])
+        boost_encoder(encoder, **config["boost"])
         try:
             load_adapter_state_dict(encoder, load_tensors(path / ADAPTER))
         except ValueError as e:

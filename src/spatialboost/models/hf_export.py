@@ -39,8 +39,8 @@ from spatialboost.models.card import model_card
 from spatialboost.models.dual_channel import (
     DualChannelAttention,
     adapter_state_dict,
-    add_dual_channel,
     base_state_dict,
+    boost_encoder,
     boost_options,
     load_adapter_state_dict,
 )
@@ -262,7 +262,7 @@ def load_hf_encoder(path: Path, config: dict[str, Any]) -> VisionEncoder:
             model_from_saved_config(path, config), name=spec["name"], source=source, **spec_kwargs
         )
         if boost is not None:
-            add_dual_channel(encoder, **boost)
+            boost_encoder(encoder, **boost)
         try:
             encoder.model.load_state_dict(load_tensors(path / WEIGHTS), strict=True)
         except RuntimeError as e:
@@ -275,7 +275,7 @@ def load_hf_encoder(path: Path, config: dict[str, Any]) -> VisionEncoder:
         encoder = load_pretrained(base, pretrained=True, overrides={}, local=Path(base).is_dir())
         encoder.spec = EncoderSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"]),
                                       "extra": {**spec.get("extra", {}), "source": source}})  # fmt: skip
-        add_dual_channel(encoder, **boost)
+        boost_encoder(encoder, **boost)
         state = {f"model.{k}": v for k, v in load_file(str(path / ADAPTER_WEIGHTS)).items()}
         try:
             load_adapter_state_dict(encoder, state)

@@ -36,7 +36,7 @@ from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.errors import EmptyLabelsError
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
 from spatialboost.models.config import VLMConfig
-from spatialboost.models.dual_channel import add_dual_channel, check_layers
+from spatialboost.models.dual_channel import boost_encoder, check_layers
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
@@ -309,7 +309,7 @@ def encoder_from_config(
     if boosted:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)  # LoRA inits draw random numbers
-            add_dual_channel(encoder, cfg.dual_channel)
+            boost_encoder(encoder, cfg.dual_channel)
     return encoder
 
 

@@ -139,9 +139,9 @@ def train_dense_head(
     """Train the head alone, then head + the encoder's dual-channel adapter; the base stays frozen."""
     from spatialboost.models.dual_channel import trainable_parameters
 
-    adapter = trainable_parameters(encoder)  # Attn+ and gates (add_dual_channel froze the rest)
+    adapter = trainable_parameters(encoder)  # Attn+ and gates (boost_encoder froze the rest)
     if not adapter:
-        raise ValueError("the encoder has no trainable adapter: call add_dual_channel first")
+        raise ValueError("the encoder has no trainable adapter: call boost_encoder first")
     head = make_head(encoder, data, cfg)
     result = DenseResult()
     side = data.pixels.shape[-1]

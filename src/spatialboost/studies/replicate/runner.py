@@ -264,7 +264,7 @@ def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
 
 def train_dense(study: Study, arm: Arm, seed: int):
     """A linear depth/seg head + dual-channel Attn+ on ground truth (same images and steps as stage 3)."""
-    from spatialboost.models.dual_channel import add_dual_channel
+    from spatialboost.models.dual_channel import boost_encoder
     from spatialboost.studies.replicate.dense import DenseConfig, load_dense_data, train_dense_head
     from spatialboost.studies.replicate.diagnostics import adapter_stats
 
@@ -273,7 +273,7 @@ def train_dense(study: Study, arm: Arm, seed: int):
     reused = _reuse(out)
     if reused is not None:
         return reused
-    encoder = add_dual_channel(create_encoder(str(study.base_path)), gate="channel", gate_init=r["gate_init"])
+    encoder = boost_encoder(create_encoder(str(study.base_path)), gate="channel", gate_init=r["gate_init"])
     if "main" not in study._dense:
         study._dense["main"] = load_dense_data(study.data(arm.data), encoder)
     dcfg = DenseConfig(target=arm.target, steps=r["encoder_steps"], head_warmup_steps=s.head_warmup_steps,

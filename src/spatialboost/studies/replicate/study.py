@@ -145,7 +145,7 @@ class Arm:
     name: str
     label: str
     trainer: Trainer
-    mode: str = "dual"  # dual | full | lora (add_dual_channel)
+    mode: str = "dual"  # dual | full | lora (boost_encoder)
     data: str = "main"
     target: str = ""  # dense arms: depth | seg
     encoder_lr: float | None = None  # None: the recipe's
