@@ -13,7 +13,11 @@ import json
 import logging
 from pathlib import Path
 
+from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
 from spatialboost.datagen.questions.conversations import ConversationConfig
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig
+from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
+from spatialboost.dataset_format import read_manifest
 from spatialboost.studies.replicate.study import DATA, DataVariant, Sizes
 
 log = logging.getLogger(__name__)
@@ -43,9 +47,6 @@ def ensure_dataset(
     root: Path, name: str, sizes: Sizes, scenes: int | None = None, extra_turns: dict[str, int] | None = None
 ) -> Path:
     """``root/<name>``: the variant's dataset (resumable; an existing complete one is reused)."""
-    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
-    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
-    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 
     variant = DATA[name]
     if variant.extra_turns is not None:
@@ -66,9 +67,6 @@ def ensure_dataset(
 
 def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, int]) -> Path:
     """The reading warm-up's conversations (the main scenes, single-view): terse auxiliary turns only."""
-    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
-    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
-    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 
     out = root / ("reading" + turns_tag(reading_turns))
     if (out / "manifest.json").is_file() and _complete(out):
@@ -83,9 +81,6 @@ def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, in
 
 def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]) -> Path:
     """Held-out conversations (seed 2, the main data's format): where the trainer measures the image gain."""
-    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
-    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
-    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 
     out = root / ("heldout" + turns_tag(extra_turns))
     if (out / "manifest.json").is_file() and _complete(out):
@@ -99,9 +94,6 @@ def ensure_heldout_dataset(root: Path, sizes: Sizes, extra_turns: dict[str, int]
 
 def ensure_diag_dataset(root: Path, sizes: Sizes) -> Path:
     """Held-out pixel-level-only conversations (seed 1): the answer-token diagnostic's data."""
-    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
-    from spatialboost.datagen.scenes.synthetic import SyntheticConfig
-    from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 
     out = root / "diag-pixel"
     if (out / "manifest.json").is_file() and _complete(out):
@@ -114,6 +106,5 @@ def ensure_diag_dataset(root: Path, sizes: Sizes) -> Path:
 
 
 def _complete(out: Path) -> bool:
-    from spatialboost.dataset_format import read_manifest
 
     return bool(read_manifest(out).get("complete", False))

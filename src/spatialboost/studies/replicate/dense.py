@@ -25,7 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from spatialboost.constants import SEG_IGNORE_INDEX
+from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
+from spatialboost.io import resolve_inside
+from spatialboost.models.dual_channel import trainable_parameters
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.preprocess import transform_for
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +79,6 @@ class PatchHead(nn.Module):
 def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseData:
     """Every view of every sample of a data-engine dataset, with its depth and semantic maps."""
     from PIL import Image
-
-    from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
-    from spatialboost.io import resolve_inside
-    from spatialboost.models.preprocess import transform_for
 
     transform = transform_for(encoder.spec)  # images and their maps through one geometry
 
@@ -137,7 +137,6 @@ def train_dense_head(
     encoder: VisionEncoder, data: DenseData, cfg: DenseConfig
 ) -> tuple[PatchHead, DenseResult]:
     """Train the head alone, then head + the encoder's dual-channel adapter; the base stays frozen."""
-    from spatialboost.models.dual_channel import trainable_parameters
 
     adapter = trainable_parameters(encoder)  # Attn+ and gates (boost_encoder froze the rest)
     if not adapter:

@@ -22,13 +22,24 @@ from typing import Any
 import torch
 
 from spatialboost.constants import LM_IGNORE_INDEX
+from spatialboost.data.collate import PaddedCollator
+from spatialboost.data.dataset import ConversationDataset
+from spatialboost.data.refs import Ref, annotate_question, ref_weights
+from spatialboost.dataset_format import iter_records, read_instance, read_meta, record_images
+from spatialboost.models.dual_channel import DualChannelAttention
+from spatialboost.models.preprocess import preprocess_images
+from spatialboost.train.checkpoint import load_weights
+from spatialboost.train.data import dataset_options
+from spatialboost.train.distributed import DistEnv
+from spatialboost.train.image_gain import partners
+from spatialboost.train.pipeline import prepare_tokenizer
+from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
 
 POINT = re.compile(r"\((\d+), (\d+)\)")
 
 
 def adapter_stats(encoder: torch.nn.Module) -> dict[str, Any]:
     """Gate weight on the frozen channel and Attn+'s relative move, per dual-channel layer (mean too)."""
-    from spatialboost.models.dual_channel import DualChannelAttention
 
     alphas, moves = [], []
     with torch.no_grad():
@@ -66,7 +77,6 @@ def loss_curve(stage_dir: Path) -> list[list[float]]:
 
 def spatial_content(dataset_dir: str | Path) -> dict[str, float]:
     """Points queried per image, digits share of the answers, turns and answer characters per sample."""
-    from spatialboost.dataset_format import iter_records, record_images
 
     images = points = turns = chars = digits = samples = 0
     for record in iter_records(dataset_dir):
@@ -92,13 +102,6 @@ def answer_accuracy(
     ``shuffle_images``: each conversation gets the next sample's image (single-view data) -- how much of
     the answer the LLM reads from the image at all.
     """
-    from spatialboost.data.collate import PaddedCollator
-    from spatialboost.data.dataset import ConversationDataset
-    from spatialboost.train.checkpoint import load_weights
-    from spatialboost.train.data import dataset_options
-    from spatialboost.train.distributed import DistEnv
-    from spatialboost.train.pipeline import prepare_tokenizer
-    from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
 
     tok = prepare_tokenizer(cfg, DistEnv())  # the run's tokenizer, reference tokens included
     vlm = build_vlm(cfg, tok, "encoder")
@@ -145,10 +148,6 @@ def record_features(encoder, dataset_dir: str | Path, side: int) -> tuple[list[d
     sample with as many views, as the image gain uses)."""
     from PIL import Image
 
-    from spatialboost.dataset_format import iter_records, record_images
-    from spatialboost.models.preprocess import preprocess_images
-    from spatialboost.train.image_gain import partners
-
     records = list(iter_records(dataset_dir))
     feats = []
     with torch.no_grad():
@@ -171,8 +170,6 @@ def _pool(feats: torch.Tensor, weights: tuple) -> torch.Tensor:
 def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
     """Every balanced A/B question of a dataset: the frozen features of its two places (right images and
     another sample's with as many views), the answer and the template."""
-    from spatialboost.data.refs import annotate_question, ref_weights
-    from spatialboost.dataset_format import read_instance, read_meta
 
     records, feats, other = record_features(encoder, dataset_dir, side)
     items = []
@@ -201,8 +198,6 @@ def depth_facts(fact: dict) -> list[dict]:
 def depth_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
     """Every distinct point whose depth a conversation states: its frozen feature (bilinear at the point;
     right images and another sample's), its coordinates in [0, 1] (what the text gives) and the depth."""
-    from spatialboost.data.refs import Ref, ref_weights
-    from spatialboost.dataset_format import read_meta
 
     records, feats, other = record_features(encoder, dataset_dir, side)
     items = []

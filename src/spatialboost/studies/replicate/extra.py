@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from spatialboost.eval.benches import build_benches
+from spatialboost.eval.probes3d import Probe3DConfig
+from spatialboost.eval.robot import RobotConfig
 from spatialboost.studies.replicate.study import TABLES, Sizes
 
 EXTRA_TABLE = "A"
@@ -34,8 +37,6 @@ def extra_arms() -> tuple[str, ...]:
 
 def extra_configs(sizes: Sizes):
     """``(Probe3DConfig, RobotConfig)`` for a study preset: the eval defaults, shrunk for the quick preset."""
-    from spatialboost.eval.probes3d import Probe3DConfig
-    from spatialboost.eval.robot import RobotConfig
 
     p3d, robot = Probe3DConfig(), RobotConfig()
     if sizes.probe_test < 16:  # the quick preset: mechanics only
@@ -49,7 +50,6 @@ class ExtraProbes:
     """The benches of the extra tasks, built once per study (demos, scenes, caches) and run per arm and seed."""
 
     def __init__(self, tasks: list[str], sizes: Sizes, cache_dir: str | Path) -> None:
-        from spatialboost.eval.benches import build_benches
 
         p3d, robot = extra_configs(sizes)
         self.benches = build_benches(tasks, "synthetic", p3d, robot, sizes.image_size, cache_dir)

@@ -26,9 +26,26 @@ from tqdm import tqdm
 
 from spatialboost.config import to_dict
 from spatialboost.io import atomic_write_json
+from spatialboost.models.config import VLMConfig
+from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms
+from spatialboost.train.config import (
+    AlignStage,
+    CheckpointConfig,
+    DataConfig,
+    EncoderStage,
+    ImageGainConfig,
+    InstructStage,
+    LogConfig,
+    StagesConfig,
+    TrainConfig,
+)
+from spatialboost.train.loop import GAIN_FILE
+from spatialboost.train.pipeline import run_training
+from spatialboost.train.pretrain import PretrainConfig, pretrain_encoder
+from spatialboost.train.stages import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +138,6 @@ def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
 
 
 def prepare_base(study: Study) -> None:
-    from spatialboost.train.pretrain import PretrainConfig, pretrain_encoder
 
     s = study.cfg.sizes
     pcfg = PretrainConfig(encoder="tiny-vit", scenes=s.pretrain_scenes, epochs=s.pretrain_epochs,
@@ -220,8 +236,6 @@ def train_none(study: Study, arm: Arm, seed: int):
 def train_llm(study: Study, arm: Arm, seed: int):
     """Stage 3 through the frozen LLM, on top of this seed's shared stages 1+2."""
     from spatialboost.studies.replicate.diagnostics import adapter_stats, loss_curve, weight_change
-    from spatialboost.train.pipeline import run_training
-    from spatialboost.train.stages import stage_dir
 
     r = recipe_dict(study, arm)
     shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"])
@@ -244,8 +258,6 @@ ANSWER_ARMS = ("sb-dual", "sb-tuned", "sb-full", "val-stage2-5x")  # seed 0: ans
 
 
 def _read_gain(run_dir: str | Path, stage: str) -> dict[str, Any]:
-    from spatialboost.train.loop import GAIN_FILE
-    from spatialboost.train.stages import stage_dir
 
     path = stage_dir(run_dir, stage) / GAIN_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -264,7 +276,6 @@ def answer_diagnostics(study: Study, cfg) -> dict[str, Any]:
 
 def train_dense(study: Study, arm: Arm, seed: int):
     """A linear depth/seg head + dual-channel Attn+ on ground truth (same images and steps as stage 3)."""
-    from spatialboost.models.dual_channel import boost_encoder
     from spatialboost.studies.replicate.dense import DenseConfig, load_dense_data, train_dense_head
     from spatialboost.studies.replicate.diagnostics import adapter_stats
 
@@ -326,7 +337,6 @@ def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
 
 def ensure_shared(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0) -> Path:
     """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length)."""
-    from spatialboost.train.pipeline import run_training
 
     cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
@@ -338,7 +348,6 @@ def _llm_options(width: int) -> dict[str, int]:
 
 
 def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0):
-    from spatialboost.train.config import AlignStage, InstructStage, StagesConfig
 
     s, r = study.cfg.sizes, study.cfg.recipe
     stages = StagesConfig(
@@ -368,7 +377,6 @@ def _recipe_tag(study: Study) -> str:
 
 
 def train_config(study: Study, arm: Arm, seed: int, shared: Path):
-    from spatialboost.train.config import EncoderStage, StagesConfig
 
     r = recipe_dict(study, arm)
     stage = EncoderStage(max_steps=r["encoder_steps"], batch_size=r["batch_size"], lr=r["encoder_lr"],
@@ -382,14 +390,6 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 
 
 def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer, llm_width, boost):
-    from spatialboost.models.config import VLMConfig
-    from spatialboost.train.config import (
-        CheckpointConfig,
-        DataConfig,
-        ImageGainConfig,
-        LogConfig,
-        TrainConfig,
-    )
 
     r = study.cfg.recipe
     model = VLMConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None

@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES
+from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
+from spatialboost.io import resolve_inside
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.preprocess import preprocess_images
 from spatialboost.train.pretrain import PretrainConfig, PretrainResult, fit
 
 log = logging.getLogger(__name__)
 
 
 def label_names() -> list[str]:
-    from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES
 
     return [f"class:{c}" for c in OBJECT_CLASSES] + [f"colour:{c}" for c in COLORS]
 
@@ -29,10 +32,6 @@ def label_names() -> list[str]:
 def load_labelled_images(dataset_dir: str | Path, encoder: VisionEncoder, min_pixels: int = 4):
     """(M, 3, S, S) pixels of every view and (M, C + K) class/colour presence labels (pretrain's rule)."""
     from PIL import Image
-
-    from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
-    from spatialboost.io import resolve_inside
-    from spatialboost.models.preprocess import preprocess_images
 
     names = label_names()
     images, rows = [], []
