@@ -199,6 +199,15 @@ for _arm in (
         data="choices-points",
         steps_scale=5.0,
     ),
+    # the second val round (gate init -2 on the two A/B data variants) picked this one, then run on test
+    Arm(
+        "sb-dual-choices-points-5x-gate-2",
+        "stage 3 on A/B point turns only, 5x steps, gate init -2 (picked on val)",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        gate_init=-2.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -306,7 +315,8 @@ TABLES: tuple[Table, ...] = (
           ("base", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
-          ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x", "head-depth",
+          ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x",
+           "sb-dual-choices-points-5x-gate-2", "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
