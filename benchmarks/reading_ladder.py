@@ -166,9 +166,10 @@ def main() -> None:
 
 def probe_bound(base: str, data: Path, heldout: Path) -> dict:
     from spatialboost.models.encoders import create_encoder
-    from spatialboost.studies.replicate.diagnostics import choice_probe
+    from spatialboost.studies.replicate.diagnostics import choice_probe, record_features
 
-    return choice_probe(create_encoder(base).eval(), data, heldout, 64, 8)
+    encoder = create_encoder(base).eval()
+    return choice_probe(record_features(encoder, data, 64), record_features(encoder, heldout, 64), 8)
 
 
 def full_recipe(args, base: str) -> dict:

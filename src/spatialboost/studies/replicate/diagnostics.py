@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,21 @@ def _token_counts(logits: torch.Tensor, labels: torch.Tensor, digit_ids: torch.T
 # --- rung 1 of the reading ladder: what the frozen features can answer ------------------------------------------
 
 
-def record_features(encoder, dataset_dir: str | Path, side: int) -> tuple[list[dict], list, list[int]]:
-    """A dataset's records, each one's frozen patch features (views flattened) and its swap partner (another
-    sample with as many views, as the image gain uses)."""
+@dataclass(frozen=True)
+class RecordFeatures:
+    """A dataset's records, each one's frozen patch features (views flattened, at ``side`` px) and its swap
+    partner (another sample with as many views, as the image gain uses): computed once, read by every rung-1
+    probe."""
+
+    root: Path
+    side: int
+    records: list[dict]
+    feats: list[torch.Tensor]
+    other: list[int]
+
+
+def record_features(encoder, dataset_dir: str | Path, side: int) -> RecordFeatures:
+    """The frozen features of every record of ``dataset_dir`` (one encoder pass per record)."""
     from PIL import Image
 
     records = list(iter_records(dataset_dir))
@@ -159,7 +172,8 @@ def record_features(encoder, dataset_dir: str | Path, side: int) -> tuple[list[d
             feats.append(
                 encoder.forward_features(preprocess_images(images, encoder.spec, side)).patch.flatten(0, 1)
             )
-    return records, feats, partners([len(record_images(r)) for r in records])
+    other = partners([len(record_images(r)) for r in records])
+    return RecordFeatures(Path(dataset_dir), side, records, feats, other)
 
 
 def _pool(feats: torch.Tensor, weights: tuple) -> torch.Tensor:
@@ -167,14 +181,13 @@ def _pool(feats: torch.Tensor, weights: tuple) -> torch.Tensor:
     return (torch.from_numpy(vals)[:, None] * feats[torch.from_numpy(cols)]).sum(0)
 
 
-def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
+def choice_items(data: RecordFeatures, grid: int) -> list[dict[str, Any]]:
     """Every balanced A/B question of a dataset: the frozen features of its two places (right images and
     another sample's with as many views), the answer and the template."""
-
-    records, feats, other = record_features(encoder, dataset_dir, side)
+    feats, other, side = data.feats, data.other, data.side
     items = []
-    for i, record in enumerate(records):
-        meta = read_meta(dataset_dir, record["id"])
+    for i, record in enumerate(data.records):
+        meta = read_meta(data.root, record["id"])
         questions = [c["value"] for c in record["conversations"] if c["from"] == "human"]
         for fact, question in zip(meta["facts"], questions, strict=False):
             if not fact.get("choices"):
@@ -182,7 +195,7 @@ def choice_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list
             _, refs = annotate_question(question, fact, meta["sizes"], meta["objects"], ("point", "region"))
             if len(refs) != 2:
                 continue
-            weights = ref_weights(refs, meta["sizes"], read_instance(dataset_dir, record["id"]), side, grid)
+            weights = ref_weights(refs, meta["sizes"], read_instance(data.root, record["id"]), side, grid)
             pooled = [[_pool(f, w) for w in weights] for f in (feats[i], feats[other[i]])]
             items.append({"right": torch.cat(pooled[0]), "other": torch.cat(pooled[1]),
                           "label": float(fact["answer_choice"] == "A"), "template": fact.get("template", "")})  # fmt: skip
@@ -195,21 +208,20 @@ def depth_facts(fact: dict) -> list[dict]:
     return own + [d for s in fact.get("support", []) for d in depth_facts(s)]
 
 
-def depth_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[dict[str, Any]]:
+def depth_items(data: RecordFeatures, grid: int) -> list[dict[str, Any]]:
     """Every distinct point whose depth a conversation states: its frozen feature (bilinear at the point;
     right images and another sample's), its coordinates in [0, 1] (what the text gives) and the depth."""
-
-    records, feats, other = record_features(encoder, dataset_dir, side)
+    feats, other = data.feats, data.other
     items = []
-    for i, record in enumerate(records):
-        meta = read_meta(dataset_dir, record["id"])
+    for i, record in enumerate(data.records):
+        meta = read_meta(data.root, record["id"])
         points = {}
         for fact in meta["facts"]:
             for d in depth_facts(fact):
                 a = d["args"]
                 points[(int(a.get("view", 0)), float(a["x"]), float(a["y"]))] = float(d["value"])
         for (view, x, y), depth in points.items():
-            (w,) = ref_weights([Ref("point", view, x, y)], meta["sizes"], None, side, grid)
+            (w,) = ref_weights([Ref("point", view, x, y)], meta["sizes"], None, data.side, grid)
             width, height = meta["sizes"][view]
             items.append({"right": _pool(feats[i], w), "other": _pool(feats[other[i]], w),
                           "coords": torch.tensor([x / width, y / height]), "depth": depth})  # fmt: skip
@@ -217,11 +229,11 @@ def depth_items(encoder, dataset_dir: str | Path, side: int, grid: int) -> list[
 
 
 def choice_probe(
-    encoder, train_dir, eval_dir, side: int, grid: int, steps: int = 2000, seed: int = 0
+    train_data: RecordFeatures, eval_data: RecordFeatures, grid: int, steps: int = 2000, seed: int = 0
 ) -> dict:
     """Rung 1: an MLP on the two places' frozen features answers the A/B questions (held-out accuracy with
     the right images and with another scene's): the upper bound of what the image tokens carry for them."""
-    train, test = choice_items(encoder, train_dir, side, grid), choice_items(encoder, eval_dir, side, grid)
+    train, test = choice_items(train_data, grid), choice_items(eval_data, grid)
     if not train or not test:
         return {}
     gen = torch.Generator().manual_seed(seed)
@@ -291,7 +303,7 @@ def _fit_gaussian(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int):
 
 
 def depth_value_probe(
-    encoder, train_dir, eval_dir, side: int, grid: int, steps: int = 2000, seed: int = 0
+    train_data: RecordFeatures, eval_data: RecordFeatures, grid: int, steps: int = 2000, seed: int = 0
 ) -> dict:
     """Rung 1 for the numbers: how many nats per stated depth the frozen features can save at most.
 
@@ -301,7 +313,7 @@ def depth_value_probe(
     divided by the tokens a depth is printed with ("2.94": 4) it bounds the image gain a stage-2 VLM on these
     features can reach on those tokens (``pixel_numbers`` in the image gain). Also: the feature model fed
     another scene's feature at the same point, and each model's RMSE."""
-    train, test = depth_items(encoder, train_dir, side, grid), depth_items(encoder, eval_dir, side, grid)
+    train, test = depth_items(train_data, grid), depth_items(eval_data, grid)
     return depth_bound(train, test, steps, seed) if train and test else {}
 
 

@@ -153,7 +153,7 @@ def reading_bound(study: Study) -> dict[str, Any]:
     A/B question names (``diagnostics.choice_probe``) and, under ``depth``, the nats a point's feature adds to
     its coordinates about its depth (``diagnostics.depth_value_probe``); ``OUT/reading-bound.json``. A file
     from before the depth bound existed gets it added."""
-    from spatialboost.studies.replicate.diagnostics import choice_probe, depth_value_probe
+    from spatialboost.studies.replicate.diagnostics import choice_probe, depth_value_probe, record_features
 
     path = study.out / "reading-bound.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
@@ -162,9 +162,13 @@ def reading_bound(study: Study) -> dict[str, Any]:
     encoder = create_encoder(str(study.base_path)).eval()
     side = study.cfg.sizes.image_size - study.cfg.sizes.image_size % encoder.spec.patch_size
     grid, steps = side // encoder.spec.patch_size, 50 if study.cfg.quick else 2000
+    train, test = (
+        record_features(encoder, study.data("main"), side),
+        record_features(encoder, study.heldout, side),
+    )
     if not result:
-        result = choice_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
-    result["depth"] = depth_value_probe(encoder, study.data("main"), study.heldout, side, grid, steps)
+        result = choice_probe(train, test, grid, steps)
+    result["depth"] = depth_value_probe(train, test, grid, steps)
     atomic_write_json(path, result)
     return result
 
