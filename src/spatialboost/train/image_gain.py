@@ -74,7 +74,8 @@ def choice_tokens(tokenizer, meta: dict | None) -> dict[int, tuple[int, int]]:
 
 
 class TokenText:
-    """Each token id's text (special tokens: ''), cached: char offsets of numbers -> token positions."""
+    """Each token id's text (special tokens: ''), decoded once per id: lets ``new_number_mask`` map the
+    numbers it finds in the text back to token positions."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -164,19 +165,14 @@ def _sample_scores(
     targets = batch["labels"][r, 1:]
     turns = batch["turns"][r, 1:] if "turns" in batch else torch.full_like(targets, -1)
     keep = targets != LM_IGNORE_INDEX
-    numbers = new_number_mask(batch["input_ids"][r, 1:], turns, keep, text)
-    pixel_ids = torch.tensor([t for t, lv in enumerate(levels) if lv == "pixel"], dtype=turns.dtype)
+    masks = {"all": keep}
+    for level in LEVELS:
+        ids = torch.tensor([t for t, lv in enumerate(levels) if lv == level], dtype=turns.dtype)
+        masks[level] = keep & torch.isin(turns, ids)
+    masks["numbers"] = new_number_mask(batch["input_ids"][r, 1:], turns, keep, text)
+    masks["pixel_numbers"] = masks["numbers"] & masks["pixel"]
     out: dict[str, Any] = {"levels": {}, "choice": []}
-    for level in ("all", *LEVELS, *VALUE_LEVELS):
-        if level == "all":
-            mask = keep
-        elif level == "numbers":
-            mask = numbers
-        elif level == "pixel_numbers":
-            mask = numbers & torch.isin(turns, pixel_ids)
-        else:
-            ids = [t for t, lv in enumerate(levels) if lv == level]
-            mask = keep & torch.isin(turns, torch.tensor(ids, dtype=turns.dtype)) if ids else keep & False
+    for level, mask in masks.items():
         if mask.any():
             out["levels"][level] = (
                 float(loss_right[mask].sum()),
