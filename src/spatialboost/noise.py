@@ -20,3 +20,10 @@ def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NO
     var = base["std"] ** 2 + boosted["std"] ** 2
     var += base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2
     return k * math.sqrt(var)
+
+
+def binomial_se(p: float, n: int) -> float:
+    """The sampling standard error sqrt(p (1 - p) / n) of a proportion ``p`` measured over ``n`` items (an
+    accuracy over its test images): a row's ``sampling_se``."""
+    p = min(max(p, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / n)

@@ -30,6 +30,7 @@ from spatialboost.eval.robot import RobotConfig
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import transform_for
+from spatialboost.noise import binomial_se
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +325,7 @@ def aggregate(runs: list[dict[str, Any]], n_test: int | None = None) -> list[dic
             "lower_is_better": metric in LOWER_IS_BETTER, "protocol": protocols[(enc, probe)],
         })  # fmt: skip
         if n_test and metric in PROPORTIONS:
-            p = min(max(rows[-1]["mean"], 0.0), 1.0)
-            rows[-1]["sampling_se"] = float(np.sqrt(p * (1 - p) / n_test))
+            rows[-1]["sampling_se"] = binomial_se(rows[-1]["mean"], n_test)
     return rows
 
 

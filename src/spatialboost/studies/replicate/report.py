@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
-from spatialboost.noise import noise_threshold
+from spatialboost.noise import binomial_se, noise_threshold
 from spatialboost.studies.replicate.extra import extra_columns, extra_table
 from spatialboost.studies.replicate.probing import COLUMNS, LOWER_IS_BETTER
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
@@ -129,7 +128,7 @@ def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) 
         b, a = dict(base[col]), dict(arm[col])
         if metric == "top1" and n_test:
             for row in (b, a):
-                row["sampling_se"] = math.sqrt(max(row["mean"] * (1 - row["mean"]), 0.0) / n_test)
+                row["sampling_se"] = binomial_se(row["mean"], n_test)
         delta = a["mean"] - b["mean"]
         if abs(delta) > noise_threshold(b, a):
             better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
