@@ -30,10 +30,8 @@ def variant_scenes(variant: DataVariant, sizes: Sizes) -> int:
 def conversation_config(
     variant: DataVariant, extra_turns: dict[str, int] | None = None
 ) -> ConversationConfig:
-    if variant.extra_turns is not None:
-        extra_turns = dict(variant.extra_turns)
     return ConversationConfig(order=variant.order, coords=variant.coords, turns=dict(variant.turns),
-                              caption=variant.caption, extra_turns=dict(extra_turns or {}))  # fmt: skip
+                              caption=variant.caption, extra_turns=variant.extra_turns_for(extra_turns))  # fmt: skip
 
 
 def turns_tag(extra_turns: dict[str, int]) -> str:
@@ -49,9 +47,7 @@ def ensure_dataset(
     """``root/<name>``: the variant's dataset (resumable; an existing complete one is reused)."""
 
     variant = DATA[name]
-    if variant.extra_turns is not None:
-        extra_turns = dict(variant.extra_turns)
-    out = root / (name + turns_tag(extra_turns or {}))
+    out = root / (name + turns_tag(variant.extra_turns_for(extra_turns)))
     if (out / "manifest.json").is_file() and _complete(out):
         return out
     share = sizes.multiview_share if variant.multiview_share is None else variant.multiview_share

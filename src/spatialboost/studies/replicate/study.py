@@ -113,6 +113,10 @@ class DataVariant:
     caption: bool = True
     extra_turns: tuple[tuple[str, int], ...] | None = None  # None: the recipe's
 
+    def extra_turns_for(self, recipe_turns: dict[str, int] | None) -> dict[str, int]:
+        """The auxiliary turns this variant's conversations get: its own, else the recipe's."""
+        return dict(self.extra_turns) if self.extra_turns is not None else dict(recipe_turns or {})
+
 
 DATA: dict[str, DataVariant] = {
     "main": DataVariant(),
