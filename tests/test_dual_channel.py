@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from spatialboost.config import ConfigError
+from spatialboost.models import dual_channel
 from spatialboost.models.config import GATES, BoostConfig
 from spatialboost.models.dual_channel import (
     ADAPTER,
     GATE,
+    LINEAR_KERNELS,
     DualChannelAttention,
     adapter_keys,
     adapter_state_dict,
@@ -20,6 +22,8 @@ from spatialboost.models.dual_channel import (
     boost_encoder,
     load_adapter_state_dict,
     mark_only_adapter_trainable,
+    onednn_linear_works,
+    pick_inference_kernel,
     trainable_parameters,
 )
 from spatialboost.models.encoders import create_encoder, list_encoders
@@ -287,6 +291,70 @@ def test_inference_cache_follows_in_place_edits_and_conversions():
     check("after drop_weight_cache")
 
 
+def _cached_kernel(w: DualChannelAttention) -> str:
+    return w._folded._key[0]  # the tag the folded weights were built for
+
+
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])
+@pytest.mark.parametrize("name", ["tiny-dinov2", "tiny-dinov3"])  # biased k / no k bias
+def test_inference_kernels_equal_the_naive_reference(name, kernel):
+    if kernel == "onednn" and not onednn_linear_works():
+        pytest.skip("this torch build has no working oneDNN linear")
+    _, boosted = pair(name, inference_kernel=kernel)
+    perturb_adapter(boosted)
+    x = pixels(boosted)
+    with torch.inference_mode():
+        got = boosted(x).patch
+    assert {_cached_kernel(w) for w in wrappers(boosted)} == {kernel}
+    close(got.clone(), naive_patch(boosted, x), msg=kernel)
+    if kernel == "onednn":  # a packed weight is a oneDNN tensor, not the dense one
+        (w_qkv, _), _ = wrappers(boosted)[0]._folded._value
+        assert w_qkv.is_mkldnn
+
+
+def test_auto_kernel_choice_follows_device_dtype_autograd_and_platform(monkeypatch):
+    x = torch.zeros(2, 3)
+    monkeypatch.setattr(dual_channel, "onednn_linear_works", lambda: True)
+    monkeypatch.setattr(dual_channel.platform, "machine", lambda: "x86_64")
+    with torch.no_grad():
+        assert pick_inference_kernel("auto", x) is LINEAR_KERNELS["onednn"]
+        assert pick_inference_kernel("aten", x) is LINEAR_KERNELS["aten"]
+        assert (
+            pick_inference_kernel("auto", x.double()) is LINEAR_KERNELS["aten"]
+        )  # oneDNN path: float32 only
+    assert pick_inference_kernel("onednn", x) is LINEAR_KERNELS["aten"], "autograd needs the aten op"
+    monkeypatch.setattr(dual_channel.platform, "machine", lambda: "aarch64")
+    with torch.no_grad():
+        assert pick_inference_kernel("auto", x) is LINEAR_KERNELS["aten"]  # measured on x86 only
+        assert pick_inference_kernel("onednn", x) is LINEAR_KERNELS["onednn"]  # asked for explicitly
+    monkeypatch.setattr(dual_channel, "onednn_linear_works", lambda: False)
+    with torch.no_grad():
+        assert pick_inference_kernel("onednn", x) is LINEAR_KERNELS["aten"]
+
+
+def test_inference_kernel_option_is_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="inference_kernel"):
+        BoostConfig(inference_kernel="mkl").validate()
+    monkeypatch.setattr(dual_channel, "onednn_linear_works", lambda: False)
+    with pytest.raises(ConfigError, match="oneDNN"):
+        boost_encoder(create_encoder("tiny-vit", seed=0), inference_kernel="onednn")
+    boost_encoder(
+        create_encoder("tiny-vit", seed=0), inference_kernel="onednn", mode="lora"
+    )  # dual mode only
+
+
+def test_encoder_built_under_inference_mode():
+    """Inference tensors carry no version counter: the cache must still build (and key on the rest)."""
+    with torch.inference_mode():
+        _, boosted = pair("tiny-dinov2")
+        assert wrappers(boosted)[0].base.q_proj.weight.is_inference()
+        perturb_adapter(boosted)
+        x = pixels(boosted)
+        close(boosted(x).patch, naive_patch(boosted, x))
+        boosted(x)  # the second call reuses what the first built
+        assert all(w._folded._value is not None for w in wrappers(boosted))
+
+
 def test_frozen_encoder_backprops_to_its_input_after_inference_mode():
     """Cache built under inference_mode, then used with an input that requires grad (saliency, attacks)."""
     _, boosted = pair("tiny-siglip2")
@@ -302,6 +370,9 @@ def test_frozen_encoder_backprops_to_its_input_after_inference_mode():
         dummy_loss(boosted(xg)).backward()
         grads.append(xg.grad)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    assert {_cached_kernel(w) for w in wrappers(boosted)} == {"aten"}, (
+        "autograd to the input runs aten's linear"
+    )
 
 
 def test_layer_subset():

@@ -27,3 +27,22 @@ def binomial_se(p: float, n: int) -> float:
     accuracy over its test images): a row's ``sampling_se``."""
     p = min(max(p, 0.0), 1.0)
     return math.sqrt(p * (1 - p) / n)
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(low, median, high): the median of ``values`` and its distribution-free confidence interval, the
+    order statistics x_(k) and x_(n+1-k) with k the largest for which P(Binomial(n, 1/2) < k) <= (1 - level) / 2
+    (no assumption on the shape of the noise; a repeated timing's ratios are skewed by other processes).
+    Below 6 values no k qualifies at 95% and the interval is the whole range."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_ci of no values")
+    tail, below, k = (1 - level) / 2, 0.0, 1
+    for j in range(n):
+        below += math.comb(n, j) / 2**n  # P(Bin(n, 1/2) <= j) = P(Bin < j + 1)
+        if below > tail:
+            break
+        k = j + 1
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    return xs[k - 1], median, xs[n - k]

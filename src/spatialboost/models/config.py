@@ -28,6 +28,10 @@ MODE_TITLES = {
 MODE_ALIASES = {"dual_channel": "dual", "full_finetune": "full"}
 Gate = Literal["channel", "head", "scalar"]  # (D,) | (num_heads,) | (1,)
 GATES: tuple[str, ...] = typing.get_args(Gate)
+# the dual channel's inference linear maps on CPU (models.dual_channel.LINEAR_KERNELS): "auto" = oneDNN's
+# pre-packed linear for float32 on x86 where the build has it, else aten's F.linear
+InferenceKernel = Literal["auto", "onednn", "aten"]
+INFERENCE_KERNELS: tuple[str, ...] = typing.get_args(InferenceKernel)
 
 
 def canonical_mode(mode: str) -> str:
@@ -51,6 +55,8 @@ class BoostConfig:
     lora_alpha: float = 16.0
     lora_targets: list[str] | None = None  # projection names; None = the family's q, k, v, out
     fused: bool = True  # dual mode: fused forward (False = naive copy-and-call reference)
+    # dual mode, inference on CPU: "auto" (oneDNN pre-packed linear on x86 float32), "onednn" or "aten"
+    inference_kernel: InferenceKernel = "auto"
 
     def __post_init__(self) -> None:
         self.mode = canonical_mode(self.mode)
@@ -63,6 +69,10 @@ class BoostConfig:
         self.mode = canonical_mode(self.mode)
         if self.gate not in GATES:
             raise ConfigError(f"gate must be one of {list(GATES)}, got {self.gate!r}")
+        if self.inference_kernel not in INFERENCE_KERNELS:
+            raise ConfigError(
+                f"inference_kernel must be one of {list(INFERENCE_KERNELS)}, got {self.inference_kernel!r}"
+            )
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
