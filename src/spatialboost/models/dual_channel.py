@@ -206,8 +206,9 @@ class WeightCache:
     or converted tensor has another address, dtype or device. The cache keeps the sources' storages
     alive, so a freed address cannot come back under another tensor with an equal version count. Writes
     through ``.data`` or numpy views bypass version counting by design, and inference tensors (weights
-    created under ``inference_mode``) have no counter (``drop_weight_cache`` after editing those). The derived tensors are built outside autograd and outside inference mode, so they serve
-    ``no_grad``, ``inference_mode`` and backward-to-the-input alike; copies and pickles start empty.
+    created under ``inference_mode``) have no counter (``drop_weight_cache`` after editing those). The
+    derived tensors are built outside autograd and outside inference mode, so they serve ``no_grad``,
+    ``inference_mode`` and backward-to-the-input alike; copies and pickles start empty.
     """
 
     def __init__(self) -> None:
