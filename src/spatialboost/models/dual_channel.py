@@ -141,7 +141,10 @@ class DualChannelAttention(nn.Module):
     def _attend(self, qkv, heads: int, attention_mask, position_embeddings) -> torch.Tensor:
         """(B, T, 3 * heads * hd) laid out q, k, v -> attention output (B, T, heads * hd)."""
         b, t, _ = qkv.shape
-        query, key, value = qkv.view(b, t, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # unbind the q/k/v axis in place (dim 2), then move heads forward: under autograd the gradient
+        # is stacked straight back into qkv's (B, T, 3, heads, hd) layout, one copy (permuting first
+        # stacks on a new leading axis and needs a second copy to lay it out again)
+        query, key, value = (u.transpose(1, 2) for u in qkv.view(b, t, 3, heads, self.head_dim).unbind(2))
         if self.rope is not None and position_embeddings is not None:
             query, key = self.rope(query, key, position_embeddings)  # (B, heads, T, hd)
         dropout = _dropout_p(self.base) if self.training else 0.0
