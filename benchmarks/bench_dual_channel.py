@@ -11,7 +11,7 @@ over a repeat cancels from every ratio (ABBA pairing):
 - ``base``: the encoder as built;
 - ``boosted``: ``boost_encoder`` (the fused path: cached (6D, D) QKV, one SDPA call over 2H heads,
   the gate folded into one (D, 2D) output projection, both run by oneDNN with pre-packed weights where
-  ``inference_kernel="auto"`` picks it; under autograd per-channel QKV and SDPA);
+  ``inference_kernel="auto"`` picks it (width >= 256); under autograd per-channel QKV and SDPA);
 - ``boosted-aten``: the same fused path with ``inference_kernel="aten"`` (``F.linear`` on the cached
   dense weights), so the kernel's share of the gain is printed apart from the fusion's;
 - ``naive``: ``boost_encoder(fused=False)``, the copy-and-call wrapper (the deep-copied attention

@@ -312,8 +312,8 @@ def test_inference_kernels_equal_the_naive_reference(name, kernel):
         assert w_qkv.is_mkldnn
 
 
-def test_auto_kernel_choice_follows_device_dtype_autograd_and_platform(monkeypatch):
-    x = torch.zeros(2, 3)
+def test_auto_kernel_choice_follows_device_dtype_autograd_platform_and_width(monkeypatch):
+    x = torch.zeros(2, dual_channel.ONEDNN_MIN_DIM)
     monkeypatch.setattr(dual_channel, "onednn_linear_works", lambda: True)
     monkeypatch.setattr(dual_channel.platform, "machine", lambda: "x86_64")
     with torch.no_grad():
@@ -322,6 +322,11 @@ def test_auto_kernel_choice_follows_device_dtype_autograd_and_platform(monkeypat
         assert (
             pick_inference_kernel("auto", x.double()) is LINEAR_KERNELS["aten"]
         )  # oneDNN path: float32 only
+        narrow = x[:, : dual_channel.ONEDNN_MIN_DIM - 1]
+        assert pick_inference_kernel("auto", narrow) is LINEAR_KERNELS["aten"], (
+            "small maps: aten measured faster"
+        )
+        assert pick_inference_kernel("onednn", narrow) is LINEAR_KERNELS["onednn"]  # asked for explicitly
     assert pick_inference_kernel("onednn", x) is LINEAR_KERNELS["aten"], "autograd needs the aten op"
     monkeypatch.setattr(dual_channel.platform, "machine", lambda: "aarch64")
     with torch.no_grad():

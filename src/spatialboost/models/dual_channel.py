@@ -22,8 +22,9 @@ module (RoPE applied to both channels, as DINOv3 does):
   they hold 8 D^2 numbers per layer (as many as both channels' attention weights) and are freed by the
   next training forward or ``drop_weight_cache()``. Without autograd on a CPU in float32, the two linear
   maps run through oneDNN with the weights pre-packed once in its blocked layout (``LINEAR_KERNELS``,
-  ``BoostConfig.inference_kernel``: "auto" | "onednn" | "aten"); measured ~10% faster than the per-call
-  aten matmul on an AVX2 host (``benchmarks/bench_dual_channel.py`` times both beside the naive wrapper).
+  ``BoostConfig.inference_kernel``: "auto" | "onednn" | "aten"; "auto" from a width of 256 up); measured
+  ~10% faster than the per-call aten matmul at ViT-S size on an AVX2 host
+  (``benchmarks/bench_dual_channel.py`` times both beside the naive wrapper).
   The fold sums both channels in one matmul: at init the output equals the base's up to float32
   rounding (a few ulp), not bit for bit;
 - training (autograd needs the weights) -- per channel one (3D, D) QKV matmul (the frozen channel's
@@ -270,12 +271,21 @@ class OneDNNLinear(AtenLinear):
 LINEAR_KERNELS: dict[str, AtenLinear] = {k.name: k for k in (AtenLinear(), OneDNNLinear())}
 
 
+# "auto" uses oneDNN from this width up. Measured on an AVX2 host (2 threads; oneDNN/aten time of the
+# (6D, D) QKV and (D, 2D) output maps at 130-2056 tokens): 0.80-1.01 at D = 384, 0.88-1.00 at D = 256,
+# 0.86-1.15 at D = 192, 0.95-1.25 at D = 128, up to 2.2 at D <= 64 (the per-call overhead dominates)
+ONEDNN_MIN_DIM = 256
+
+
 def pick_inference_kernel(choice: str, x: torch.Tensor) -> AtenLinear:
     """The kernel for this call: oneDNN where it applies (``"auto"`` and ``"onednn"``: a float32 CPU input
-    without autograd, on a torch build whose oneDNN linear works; ``"auto"`` only on x86), else aten."""
+    without autograd, on a torch build whose oneDNN linear works; ``"auto"`` only on x86 and for a width of
+    at least ``ONEDNN_MIN_DIM``), else aten."""
     if choice == "aten" or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
         return LINEAR_KERNELS["aten"]
-    if choice == "auto" and platform.machine().lower() not in ("x86_64", "amd64"):
+    if choice == "auto" and (
+        platform.machine().lower() not in ("x86_64", "amd64") or x.shape[-1] < ONEDNN_MIN_DIM
+    ):
         return LINEAR_KERNELS["aten"]
     return LINEAR_KERNELS["onednn" if onednn_linear_works() else "aten"]
 
