@@ -10,6 +10,7 @@ Leaf module: it imports nothing from spatialboost.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 NOISE_K = 2.0
@@ -44,5 +45,4 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, f
         if below > tail:
             break
         k = j + 1
-    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-    return xs[k - 1], median, xs[n - k]
+    return xs[k - 1], statistics.median(xs), xs[n - k]

@@ -352,12 +352,13 @@ def boost_encoder(encoder: VisionEncoder, config: BoostConfig | None = None, **o
     cfg = dataclasses.replace(config) if config is not None else BoostConfig(**options)
     cfg.validate()
     slots = _selected_slots(encoder, cfg.layers)
-    if cfg.mode == "dual" and cfg.inference_kernel == "onednn" and not onednn_linear_works():
-        raise ConfigError(
-            "inference_kernel 'onednn': this torch build has no working oneDNN linear "
-            f"(torch {torch.__version__}, mkldnn available: {torch.backends.mkldnn.is_available()}); use 'auto' or 'aten'"
-        )
     if cfg.mode == "dual":
+        if cfg.inference_kernel == "onednn" and not onednn_linear_works():
+            raise ConfigError(
+                "inference_kernel 'onednn': this torch build has no working oneDNN linear "
+                f"(torch {torch.__version__}, mkldnn available: {torch.backends.mkldnn.is_available()}); "
+                "use 'auto' or 'aten'"
+            )
         rope = getattr(type(encoder), "rope", None)
         for block, attr in slots:
             wrapped = DualChannelAttention(
