@@ -138,7 +138,11 @@ def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
 
 
 def prepare_base(study: Study) -> None:
-
+    """The base every arm starts from: the recipe's pre-trained encoder, or the tiny ViT pre-trained here."""
+    if study.cfg.recipe.encoder:
+        study.base_path = Path(study.cfg.recipe.encoder)  # a registered name (create_encoder resolves it)
+        study.pretrain = {"encoder": study.cfg.recipe.encoder}
+        return
     s = study.cfg.sizes
     pcfg = PretrainConfig(encoder="tiny-vit", scenes=s.pretrain_scenes, epochs=s.pretrain_epochs,
                           cache_dir=study.cache / "pretrain")  # fmt: skip
@@ -396,7 +400,7 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer, llm_width, boost):
 
     r = study.cfg.recipe
-    model = VLMConfig(encoder=str(study.base_path), llm="tiny-qwen2", tokenizer=None if tokenizer is None
+    model = VLMConfig(encoder=str(study.base_path), llm=r.llm, tokenizer=None if tokenizer is None
                       else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
     data_cfg = DataConfig(datasets=[str(data)], max_length=_max_length(r), refs=list(r.refs),
                           image_tokens=r.image_tokens, cache_features=r.cache_features,

