@@ -300,6 +300,20 @@ for _arm in (
         search=True,
         candidate=False,
     ),
+    # the real encoder's stage-3 learning rate, picked on val (recipe dinov2-s: 2e-5; the pilot's 1e-3 wrecked it)
+    *(
+        Arm(
+            f"val-choices-points-5x-lr{_tag}",
+            f"stage 3 on A/B point turns only, 5x steps, lr {_tag}",
+            "llm",
+            data="choices-points",
+            steps_scale=5.0,
+            encoder_lr=_lr,
+            search=True,
+            candidate=False,
+        )
+        for _tag, _lr in (("5e-6", 5e-6), ("1e-4", 1e-4))
+    ),
     Arm(
         "val-stage2-5x",
         "5x stage-2 steps (diagnostic, not a tuning candidate)",
