@@ -213,7 +213,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "encoder_steps": stage3_steps(study, arm), "batch_size": s.batch_size, "data": arm.data,
             "llm_width": arm.llm_scale * r.llm_width, "mode": arm.mode,
             "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale)),
-            "recipe": study.cfg.recipe_name, "refs": list(r.refs)}  # fmt: skip
+            "recipe": study.cfg.recipe_name, "refs": list(r.refs),
+            "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
