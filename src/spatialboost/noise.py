@@ -2,7 +2,8 @@
 
 A difference counts as beyond noise only when ``|Δ| > NOISE_K * sqrt(std_base² + std_boosted² + se_base² +
 se_boosted²)``: ``std`` is the sample std (ddof=1) over seeds, ``se`` a row's ``sampling_se`` (an accuracy's
-binomial standard error over its test images; 0 where the row has none).
+binomial standard error over its test images; 0 where the row has none). Which way is "better" is owned here
+too: ``lower_is_better`` (a row's own ``lower_is_better`` first, else ``LOWER_IS_BETTER``).
 
 Leaf module: it imports nothing from spatialboost.
 """
@@ -14,6 +15,16 @@ import statistics
 from typing import Any
 
 NOISE_K = 2.0
+# the metrics (every probe's, 2D and 3D) for which a lower value is better; every other metric: higher
+LOWER_IS_BETTER = frozenset({"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"})
+
+
+def lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
+    """Whether a lower ``metric`` is better: the row's own ``lower_is_better`` when it has one (the probe that
+    wrote it knew), else ``LOWER_IS_BETTER``."""
+    if row is not None and "lower_is_better" in row:
+        return bool(row["lower_is_better"])
+    return metric in LOWER_IS_BETTER
 
 
 def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NOISE_K) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spatialboost.io import OutputDir, atomic_open
-from spatialboost.noise import noise_threshold
+from spatialboost.noise import lower_is_better, noise_threshold
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     for probe, metric in _metric_keys(summary):
         if headline_only and metric not in HEADLINE.get(probe, []):
             continue
-        cells = [probe, f"{metric} {'↓' if _lower_is_better(metric) else '↑'}"]
+        cells = [probe, f"{metric} {'↓' if lower_is_better(metric) else '↑'}"]
         for enc in encoders:
             r = rows.get((enc, probe, metric))
             cells.append("-" if r is None else _mean_std(r))
@@ -107,20 +107,11 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
-
-
 def _mean_std(row: dict[str, Any]) -> str:
     """'mean ± std'; a single seed has no std to show (not '± 0.0000')."""
     if row.get("n", 2) < 2:
         return f"{row['mean']:.4f} (1 seed)"
     return f"{row['mean']:.4f} ± {row['std']:.4f}"
-
-
-def _lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
-    if row is not None and "lower_is_better" in row:
-        return bool(row["lower_is_better"])
-    return metric in LOWER_IS_BETTER
 
 
 def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
@@ -142,7 +133,7 @@ def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:
         return f"{d:+.4f}{rel} (1 seed: no noise estimate)"
     if not verdict:
         return f"{d:+.4f}{rel} within noise"
-    better = (d < 0) if _lower_is_better(base.get("metric", ""), base) else (d > 0)
+    better = (d < 0) if lower_is_better(base.get("metric", ""), base) else (d > 0)
     return f"{d:+.4f}{rel} {'better' if better else 'worse'}"
 
 
@@ -244,7 +235,7 @@ def bars_figure(summary: dict[str, Any]):
         ax.set_ylim(*_zoomed_limits(means, stds))
         ax.set_xticks(range(len(encoders)), encoders, rotation=20)
         row = next((v for v in vals if v), None)
-        direction = "lower is better" if _lower_is_better(metric, row) else "higher is better"
+        direction = "lower is better" if lower_is_better(metric, row) else "higher is better"
         ax.set_title(f"{probe}: {metric}\n({direction})", fontsize=9)
     fig.suptitle(f"mean ± std over {n} seed(s); y axis not from 0", fontsize=8)
     fig.tight_layout()

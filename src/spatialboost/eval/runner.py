@@ -30,13 +30,12 @@ from spatialboost.eval.robot import RobotConfig
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import transform_for
-from spatialboost.noise import binomial_se
+from spatialboost.noise import LOWER_IS_BETTER, binomial_se
 
 log = logging.getLogger(__name__)
 
 TASK_PROBES = {"depth": ["depth"], "seg": ["seg"], "cls": ["cls-linear", "cls-knn"]}
 PROBE_TASK = {"depth": "depth", "seg": "seg", "cls-linear": "cls", "cls-knn": "cls"}
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from spatialboost.errors import UserError
-from spatialboost.noise import noise_threshold
+from spatialboost.noise import lower_is_better, noise_threshold
 
 # hub id prefix -> the license metadata of those checkpoints' own model cards
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
@@ -44,17 +44,17 @@ FAMILY_NAMES = {
     "siglip2": "SigLIP2 vision",
 }
 NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted² [+ each accuracy's binomial s.e.²])"
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
 
 
 def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) -> str:
-    """``NOISE_RULE`` applied to two rows of a probe summary (mean, std over ``seeds`` probe seeds)."""
+    """``NOISE_RULE`` applied to two rows of a probe summary (mean, std over ``seeds`` probe seeds); the better
+    direction is the rows' own ``lower_is_better``, else ``spatialboost.noise.LOWER_IS_BETTER``."""
     if seeds < 2:
         return "unknown (1 seed)"
     diff = boosted["mean"] - base["mean"]
     if abs(diff) <= noise_threshold(base, boosted):
         return "no (within noise)"
-    better = diff < 0 if boosted.get("metric") in LOWER_IS_BETTER else diff > 0
+    better = diff < 0 if lower_is_better(boosted.get("metric", ""), boosted) else diff > 0
     return "yes, better" if better else "yes, worse"
 
 
@@ -358,9 +358,9 @@ def _probes(facts: RunFacts | None) -> str:
     head = ["probe", "metric", *names] + (["Δ", "beyond noise?"] if base else [])
     lines = ["## Probe results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for probe, metric in keys:
-        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        cells = [probe, f"{metric} {arrow}"]
         got = [rows.get((n, probe, metric)) for n in names]
+        arrow = "↓" if lower_is_better(metric, next((r for r in got if r), None)) else "↑"
+        cells = [probe, f"{metric} {arrow}"]
         cells += ["-" if r is None else _mean_std(r, len(seeds)) for r in got]
         if base and all(got):
             cells += [f"{got[1]['mean'] - got[0]['mean']:+.4f}", beyond_noise(got[0], got[1], len(seeds))]

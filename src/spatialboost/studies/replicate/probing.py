@@ -28,7 +28,6 @@ COLUMNS = {
     ("cls-linear", "top1"): "cls linear",
     ("cls-knn", "top1"): "cls kNN",
 }
-LOWER_IS_BETTER = {"rmse", "absrel"}
 
 
 class ProbeBench:
