@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from spatialboost.io import OutputDir, atomic_open
-from spatialboost.noise import lower_is_better, noise_threshold
+from spatialboost.noise import NOISE_RULE, lower_is_better, verdict
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
                                        METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
 
 
-NOISE_RULE = (
-    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
-    "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
-    "one seed gives no noise estimate"
-)
 PAIRED_RULE = (
     "3D probes (corr has no seed noise): a Δ must also exceed 2 standard errors of the paired per-unit "
     "difference (seed 0, the same view pairs / test scenes; the table in the 3D section)"
@@ -118,7 +113,7 @@ def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
     """The module's noise rule on two rows (mean, std, n); None when either has a single seed."""
     if min(base.get("n", 0), boosted.get("n", 0)) < 2:
         return None
-    seeds_say = abs(boosted["mean"] - base["mean"]) > noise_threshold(base, boosted)
+    seeds_say = verdict(base, boosted) != "within noise"
 
     paired = paired_difference(base, boosted)  # 3D probes: the data's noise too
     return seeds_say if paired is None else seeds_say and paired["beyond_noise"]
@@ -128,13 +123,12 @@ def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:
     """'+0.0200 (+2.5%) worse' / '... within noise' / '... (1 seed: no noise estimate)'."""
     d = boosted["mean"] - base["mean"]
     rel = f" ({100 * d / abs(base['mean']):+.1f}%)" if base["mean"] else ""
-    verdict = beyond_noise(base, boosted)
-    if verdict is None:
+    beyond = beyond_noise(base, boosted)
+    if beyond is None:
         return f"{d:+.4f}{rel} (1 seed: no noise estimate)"
-    if not verdict:
+    if not beyond:
         return f"{d:+.4f}{rel} within noise"
-    better = (d < 0) if lower_is_better(base.get("metric", ""), base) else (d > 0)
-    return f"{d:+.4f}{rel} {'better' if better else 'worse'}"
+    return f"{d:+.4f}{rel} {verdict(base, boosted)}"
 
 
 REPORT_KIND = "probe report"  # the OutputDir kind of a probe --out directory

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
@@ -29,6 +28,7 @@ from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.robot import RobotConfig
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.export import load_saved_base
 from spatialboost.models.preprocess import transform_for
 from spatialboost.noise import LOWER_IS_BETTER, binomial_se
 
@@ -115,30 +115,10 @@ def resolve_encoder(x: VisionEncoder | str | Path, seed: int = 0) -> VisionEncod
 
 
 def saved_base(path: str | Path) -> VisionEncoder | None:
-    """The base of a saved boosted encoder directory (None when ``path`` is not a boosted save)."""
-    if not Path(path).is_dir():
-        return None
-    from spatialboost.models import export
-
-    if not export.is_saved_encoder(path):
-        return None
-    config = export.read_config(Path(path))
-    if config.get("boost") is None:
-        return None
-    from spatialboost.models.dual_channel import base_state_dict
-    from spatialboost.models.hf_encoders import build_from_config, wrap_model
-
-    boosted = export.load_encoder(path)
-    spec = config["spec"]
-    hf_config = {
-        k: v for k, v in config["hf_config"].items() if k not in ("model_type", "transformers_version")
-    }
-    with torch.random.fork_rng(devices=[]):
-        model = build_from_config(spec["family"], hf_config)
-    model.load_state_dict(base_state_dict(boosted), strict=True)
-    base = wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
-                      mean=spec["mean"], std=spec["std"], interpolation=spec.get("interpolation"))  # fmt: skip
-    return resolve_encoder(base)
+    """The frozen base of a saved boosted encoder directory (``export.load_saved_base``); None when ``path``
+    is not a boosted save."""
+    base = load_saved_base(path)
+    return None if base is None else resolve_encoder(base)
 
 
 def pair_encoders(

@@ -13,17 +13,15 @@ The license is inherited from the base when the base is a hub checkpoint whose l
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from spatialboost.errors import UserError
-from spatialboost.noise import lower_is_better, noise_threshold
+from spatialboost.noise import lower_is_better, verdict
 
 # hub id prefix -> the license metadata of those checkpoints' own model cards
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
@@ -43,31 +41,15 @@ FAMILY_NAMES = {
     "clip": "CLIP vision",
     "siglip2": "SigLIP2 vision",
 }
-NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted² [+ each accuracy's binomial s.e.²])"
 
 
 def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) -> str:
-    """``NOISE_RULE`` applied to two rows of a probe summary (mean, std over ``seeds`` probe seeds); the better
-    direction is the rows' own ``lower_is_better``, else ``spatialboost.noise.LOWER_IS_BETTER``."""
+    """``spatialboost.noise``'s rule (``verdict``) applied to two rows of a probe summary (mean, std over
+    ``seeds`` probe seeds), in the rows' own direction (``lower_is_better``), worded for the card."""
     if seeds < 2:
         return "unknown (1 seed)"
-    diff = boosted["mean"] - base["mean"]
-    if abs(diff) <= noise_threshold(base, boosted):
-        return "no (within noise)"
-    better = diff < 0 if lower_is_better(boosted.get("metric", ""), boosted) else diff > 0
-    return "yes, better" if better else "yes, worse"
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes), sorted by name.
-
-    The same digest ``spatialboost probe`` records as an encoder's ``weights_sha256``."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    said = verdict(base, boosted, boosted.get("metric", ""))
+    return "no (within noise)" if said == "within noise" else f"yes, {said}"
 
 
 @dataclass

@@ -37,13 +37,12 @@ from transformers import (
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
 from spatialboost.errors import UnknownNameError, UserError
+from spatialboost.image_transform import IMAGENET_MEAN, IMAGENET_STD
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
 from spatialboost.models.encoder_files import CONFIG, EncoderFormatError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from spatialboost.constants import SEG_IGNORE_INDEX
-from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, read_rgb
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, parse_data_spec, read_rgb
 from spatialboost.eval.datasets.synthetic import split_seeds
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,8 @@ def build_multiview(spec: str, split: str, num_scenes: int, views: int, image_si
     """``synthetic`` or ``rgbd:PATH`` as a multi-view split; other specs raise a UserError."""
     from spatialboost.errors import UserError
 
-    name, sep, path = spec.partition(":")
-    if name == "synthetic" and not sep:
+    name, path = parse_data_spec(spec)
+    if name == "synthetic" and path is None:
         return SyntheticMultiView(split, num_scenes=num_scenes, views=views, image_size=image_size)
     if name == "rgbd":
         if not path or not Path(path).expanduser().exists():

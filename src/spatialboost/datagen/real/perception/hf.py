@@ -23,8 +23,7 @@ from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+# ImageNet's own mean/std: spatialboost.image_transform.IMAGENET_MEAN / IMAGENET_STD
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
