@@ -18,6 +18,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,8 +76,6 @@ def load_config(
 
 def packaged_config(name: str) -> Path:
     """The file of a config shipped inside the package; a missing one means a broken install (raises)."""
-    from importlib.resources import files
-
     resource = files("spatialboost").joinpath("resources", f"{name}.yaml")
     if not resource.is_file():
         raise FileNotFoundError(

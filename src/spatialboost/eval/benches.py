@@ -19,6 +19,7 @@ from spatialboost.eval.datasets.multiview import build_multiview
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features
 from spatialboost.eval.probes import ProbeResult
 from spatialboost.eval.probes3d import Probe3DConfig, SceneFeatures, run_probe_3d
+from spatialboost.eval.robot import RobotBench
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.registry import Registry
 
@@ -100,8 +101,6 @@ class RobotBenchAdapter:
     kind = "robot"
 
     def __init__(self, cfg, image_size: int, cache_dir: str | Path, layers: str = "last") -> None:
-        from spatialboost.eval.robot import RobotBench
-
         self.probes = ["robot", *(f"robot/{t}" for t in cfg.tasks)]
         self.bench = RobotBench(cfg, image_size, cache_dir, layers)
         self.blind: dict[int, dict[str, ProbeResult]] = {}

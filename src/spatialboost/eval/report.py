@@ -182,9 +182,11 @@ def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str
 
 
 def _figure():
+    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
     import matplotlib.pyplot as plt
 
     return plt

@@ -39,6 +39,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ def import_metaworld():
     """``(env classes by name, expert policy classes by name, mujoco)``, or a UserError saying what to install."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
+        # lazy: optional extra [robot] (Meta-World), needed only by the robot probe
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         from metaworld.policies import ENV_POLICY_MAP
@@ -114,8 +116,6 @@ def import_metaworld():
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("metaworld", "mujoco"):
         try:

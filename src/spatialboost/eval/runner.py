@@ -25,12 +25,15 @@ from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_d
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import Probe3DConfig
+from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.robot import RobotConfig
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_saved_base
 from spatialboost.models.preprocess import transform_for
 from spatialboost.noise import LOWER_IS_BETTER, binomial_se
+from spatialboost.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +105,6 @@ def resolve_encoder(x: VisionEncoder | str | Path, seed: int = 0) -> VisionEncod
     so the same name gives the same network in every run and in both arms of a comparison.
     """
     if not isinstance(x, VisionEncoder):
-        from spatialboost.models.encoders import create_encoder
-        from spatialboost.registry import UnknownNameError
-
         try:
             x = create_encoder(str(x), seed=seed)
         except UnknownNameError as e:
@@ -325,8 +325,6 @@ def probe_before_after(
     ``cfg`` defaults to ``ProbeConfig()`` (synthetic benchmark, all tasks, 3 seeds). With ``out`` the full
     report (results.json, results.md, plots) is written there too.
     """
-    from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
-
     cfg = cfg or ProbeConfig()
     report = None
     if out is not None:

@@ -187,6 +187,7 @@ class _seeded:
 def timm_encoder(name: str) -> VisionEncoder:
     """timm models are an optional extra (they need a torchvision that matches torch)."""
     try:
+        # lazy: optional extra [timm]
         import timm  # noqa: F401
     except Exception as e:
         raise ImportError(
@@ -198,6 +199,7 @@ def timm_encoder(name: str) -> VisionEncoder:
 def open_clip_encoder(name: str) -> VisionEncoder:
     """open_clip models are an optional extra; OpenCLIP checkpoints in HF format work via ``create_encoder``."""
     try:
+        # lazy: optional extra [open_clip]
         import open_clip  # noqa: F401
     except Exception as e:
         raise ImportError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, parse_data_spec
 from spatialboost.eval.datasets.imagefolder import ImageFolderDataset
+from spatialboost.eval.datasets.multiview import RGBDMultiView
 from spatialboost.eval.datasets.nyu import NYUFolderDataset, NYUMatDataset, nyu_dataset
 from spatialboost.eval.datasets.segmentation import ADE20KDataset, VOCSegDataset
 from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset
@@ -57,8 +58,6 @@ def _voc(path: str | None, split: str, **_: object) -> ProbeDataset:
 
 @DATASETS.register("rgbd")
 def _rgbd(path: str | None, split: str, **_: object) -> ProbeDataset:
-    from spatialboost.eval.datasets.multiview import RGBDMultiView
-
     return RGBDMultiView(_needs_path("rgbd", path), split)
 
 

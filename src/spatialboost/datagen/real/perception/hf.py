@@ -90,6 +90,7 @@ def read_preprocessor_config(model: str) -> dict[str, Any]:
     if Path(model).exists():
         return {}
     try:
+        # lazy: transformers' hub helpers, read only for a hub checkpoint's preprocessor
         from transformers.utils import cached_file
 
         path = cached_file(model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)

@@ -25,6 +25,7 @@ DEFAULT_PREPROCESS = Preprocess(1024, 1024, IMAGENET_MEAN, IMAGENET_STD)
 @SEGMENTERS.register("sam2")
 class Sam2Segmenter:
     def __init__(self, cfg: BackendConfig) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import Sam2Model
 
         self.cfg = cfg
