@@ -305,7 +305,7 @@ def _recipe(facts: RunFacts | None) -> str:
     lines = ["## Training data and recipe", "",
              f"From `{facts.run_dir / 'config.yaml'}` (the run's resolved config). Seed {cfg.get('seed')}; "
              f"LLM `{model.get('llm')}`; encoder `{model.get('encoder')}`; dual-channel options "
-             f"`{json.dumps(model.get('dual_channel') or {})}`.", "",
+             f"`{json.dumps(model.get('boost') or model.get('dual_channel') or {})}`.", "",
              "| dataset | source | samples | views | turns | seed |", "|---|---|---|---|---|---|"]  # fmt: skip
     for d in facts.datasets:
         if not d["found"]:

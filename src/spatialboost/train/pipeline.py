@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
 
 import yaml
@@ -153,7 +154,10 @@ def _resolved(saved: dict) -> dict:
     """A saved config read through today's ``TrainConfig`` (defaults filled in, retired keys dropped), so a
     run saved by an older version compares by what it computes."""
     try:
-        return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
+        # a key renamed since it was saved (model.dual_channel) is no mistake of the user's: no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
     except ConfigError:
         return saved
 
