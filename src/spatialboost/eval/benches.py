@@ -40,7 +40,8 @@ TASKS.add("all3d", Task("3d", ("corr", "register", "sem3d")))
 TASKS.add("robot", Task("robot", ("robot",)))
 
 
-def is_extra(task: str) -> bool:
+def is_bench_task(task: str) -> bool:
+    """Whether ``task`` runs on a bench (3D, robot) rather than as a 2D probe of ``eval.runner``."""
     return task in TASKS
 
 
@@ -122,10 +123,10 @@ class RobotBenchAdapter:
 
 def build_benches(tasks: list[str], spec: str, probes3d: Probe3DConfig, robot, image_size: int,
                   cache_dir: str | Path, layers: str = "last") -> list:  # fmt: skip
-    """One bench per kind for the extra tasks among ``tasks`` (2D task names are ignored)."""
+    """One bench per kind for the bench tasks among ``tasks`` (2D task names are ignored)."""
     probes: dict[str, list[str]] = {}
     for name in tasks:
-        if is_extra(name):
+        if is_bench_task(name):
             task = TASKS.get(name)
             probes.setdefault(task.bench, [])
             probes[task.bench] += [p for p in task.probes if p not in probes[task.bench]]

@@ -19,7 +19,7 @@ import numpy as np
 
 from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
-from spatialboost.eval.benches import TASKS as EXTRA_TASKS
+from spatialboost.eval.benches import TASKS as BENCH_TASKS
 from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
 from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_depth_probe, resolve_protocol
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
@@ -80,10 +80,10 @@ class ProbeConfig:
     def validate(self) -> None:
         if self.seeds <= 0:
             raise ConfigError(f"seeds must be > 0, got {self.seeds}")
-        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all", *EXTRA_TASKS)]
+        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all", *BENCH_TASKS)]
         if bad:
             raise ConfigError(
-                f"unknown task(s) {bad}; known: depth, seg, cls, all, {', '.join(EXTRA_TASKS.names())}"
+                f"unknown task(s) {bad}; known: depth, seg, cls, all, {', '.join(BENCH_TASKS.names())}"
             )
 
 
