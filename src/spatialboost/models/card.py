@@ -8,7 +8,7 @@ commands that reproduce it. ``RunFacts`` gathers the run side (file reads only);
 pure function of what it is given.
 
 The license is inherited from the base when the base is a hub checkpoint whose license is known here
-(``KNOWN_LICENSES``) or a local checkpoint whose own README.md states one; otherwise the card says so.
+(``KNOWN_LICENSES``, from each family's ``FamilyInfo.licenses``) or a local checkpoint whose own README.md states one; otherwise the card says so.
 """
 
 from __future__ import annotations
@@ -21,26 +21,14 @@ from typing import Any
 import yaml
 
 from spatialboost.errors import UserError
+from spatialboost.models.hf_encoders import FAMILIES
 from spatialboost.noise import lower_is_better, verdict
 
-# hub id prefix -> the license metadata of those checkpoints' own model cards
+# hub id prefix -> the license metadata of those checkpoints' own model cards (each family's descriptor)
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
-    "facebook/dinov2-": {"license": "apache-2.0"},
-    "facebook/dinov3-": {
-        "license": "other",
-        "license_name": "dinov3-license",
-        "license_link": "https://ai.meta.com/resources/models-and-libraries/dinov3-license/",
-    },  # fmt: skip
-    "google/siglip2-": {"license": "apache-2.0"},
-    "laion/CLIP-": {"license": "mit"},
+    k: v for f in FAMILIES.values() for k, v in f.info.licenses.items()
 }
-FAMILY_NAMES = {
-    "dinov2": "DINOv2",
-    "dinov2-registers": "DINOv2 with registers",
-    "dinov3": "DINOv3 ViT",
-    "clip": "CLIP vision",
-    "siglip2": "SigLIP2 vision",
-}
+FAMILY_NAMES = {name: f.info.display_name for name, f in FAMILIES.items()}
 
 
 def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) -> str:
@@ -260,13 +248,7 @@ def _not_plain(meta: dict[str, Any]) -> str:
     return ""
 
 
-_HF_CLASS = {
-    "dinov2": "Dinov2Model",
-    "dinov2-registers": "Dinov2WithRegistersModel",
-    "dinov3": "DINOv3ViTModel",
-    "clip": "CLIPVisionModel",
-    "siglip2": "Siglip2VisionModel",
-}
+_HF_CLASS = {name: f.model_class.__name__ for name, f in FAMILIES.items()}
 
 
 def load_lines(out_dir: str | Path, remote: bool) -> list[str]:
