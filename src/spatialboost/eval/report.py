@@ -23,33 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from spatialboost.eval.specs import METRIC_ORDER as SPEC_METRIC_ORDER
+from spatialboost.eval.specs import SPECS
 from spatialboost.io import OutputDir, atomic_open
 from spatialboost.noise import NOISE_RULE, lower_is_better, verdict
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {
-    "depth": ["rmse", "absrel", "delta1"],
-    "seg": ["miou", "pixel_acc"],
-    "cls-linear": ["top1"],
-    "cls-knn": ["top1"],
-    "corr": ["recall@0.1m", "recall@0.2m", "recall@0.4m"],  # the default thresholds (eval.probes3d)
-    "register": ["rr@0.2m", "rte", "rre"],
-    "sem3d": ["acc", "miou"],
-    "robot": ["success"],
-}
-METRIC_ORDER = [
-    "rmse",
-    "absrel",
-    "log10",
-    "log10_rmse",
-    "delta1",
-    "delta2",
-    "delta3",
-    "miou",
-    "pixel_acc",
-    "top1",
-]
+# probe -> headline metrics, in report order; the 2D probes' metrics in table order (eval.specs); other
+# metrics follow by name
+HEADLINE = {name: list(spec.headline) for name, spec in SPECS.items()}
+METRIC_ORDER = SPEC_METRIC_ORDER
 
 
 def _rows_by_key(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -27,18 +27,18 @@ from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.robot import RobotConfig
+from spatialboost.eval.specs import SPECS, TASK_PROBES, metric_lower_is_better
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_saved_base
 from spatialboost.models.preprocess import transform_for
-from spatialboost.noise import LOWER_IS_BETTER, binomial_se
+from spatialboost.noise import binomial_se
 from spatialboost.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
-TASK_PROBES = {"depth": ["depth"], "seg": ["seg"], "cls": ["cls-linear", "cls-knn"]}
-PROBE_TASK = {"depth": "depth", "seg": "seg", "cls-linear": "cls", "cls-knn": "cls"}
+PROBE_TASK = {name: spec.task for name, spec in SPECS.items() if spec.bench == "2d"}
 
 
 @dataclass
@@ -301,7 +301,7 @@ def aggregate(runs: list[dict[str, Any]], n_test: int | None = None) -> list[dic
             "encoder": enc, "probe": probe, "metric": metric,
             "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "n": len(values), "seeds": [s for s, _ in vals], "values": values.tolist(),
-            "lower_is_better": metric in LOWER_IS_BETTER, "protocol": protocols[(enc, probe)],
+            "lower_is_better": metric_lower_is_better(probe, metric), "protocol": protocols[(enc, probe)],
         })  # fmt: skip
         if n_test and metric in PROPORTIONS:
             rows[-1]["sampling_se"] = binomial_se(rows[-1]["mean"], n_test)
