@@ -11,7 +11,8 @@ line that made it.
 
 Library imports sit at the top of their module: an import inside a library function is allowed only for a
 third-party dependency that is optional or heavy, with its reason on a ``# lazy: ...`` comment line right above
-it (or on its own line); never for a spatialboost module.
+it, or a reason as the import line's own comment (``import onnx  # optional dependency: ...``); never for a
+spatialboost module.
 
 Inside ``datagen`` (the largest package) the same holds between its parts: synthetic ``scenes`` at the bottom;
 ``real`` images (perception, lifting) and ``questions`` each on top of ``scenes`` alone, so neither imports the
@@ -285,9 +286,8 @@ LAZY_REASON = "# lazy:"
 
 
 def lazy_imports(path: Path) -> list[tuple[int, str, bool]]:
-    """(line, module, explained) of every import inside a function of ``path``; explained when a
-    ``# lazy: reason`` comment sits on the import's first line or on the line above it (or above the import
-    run it starts)."""
+    """(line, module, explained) of every import inside a function of ``path``; explained when its first line
+    ends in a reason comment, or a ``# lazy: reason`` line sits above it (or above the import run it starts)."""
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     found = []
@@ -305,11 +305,18 @@ def lazy_imports(path: Path) -> list[tuple[int, str, bool]]:
         above = line - 2
         while above >= 0 and lines[above].lstrip().startswith(("import ", "from ")):
             above -= 1  # a run of lazy imports shares the comment above its first one
-        explained = LAZY_REASON in lines[line - 1] or (
+        explained = _gives_a_reason(lines[line - 1]) or (
             above >= 0 and lines[above].strip().startswith(LAZY_REASON)
         )
         out.append((line, module, explained))
     return out
+
+
+def _gives_a_reason(line: str) -> bool:
+    """A trailing comment that says something (not only a tool directive such as ``# noqa: F401``)."""
+    _, sep, comment = line.partition("#")
+    words = comment.strip()
+    return bool(sep and words) and not words.startswith(("noqa", "type:", "fmt:", "pragma"))
 
 
 def unexplained_lazy_imports(src: Path) -> list[str]:
@@ -341,6 +348,8 @@ def test_library_imports_sit_at_the_top():
         ("def f():\n    import json\n", True),
         ("def f():\n    # lazy: optional extra [x]\n    import x\n    from x import y\n", False),
         ("def f():\n    import x  # lazy: optional extra [x]\n", False),
+        ("def f():\n    import x  # optional dependency: only the converter needs it\n", False),
+        ("def f():\n    import x  # noqa: F401\n", True),
     ],
 )
 def test_an_unexplained_lazy_import_is_caught(tmp_path, body, caught):
