@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from spatialboost.config import to_dict
 from spatialboost.eval.benches import build_benches, is_bench_task
 from spatialboost.eval.features import encoder_identity
-from spatialboost.eval.runner import ProbeResults, _spec_dict, aggregate, resolve_encoder, run_probes
+from spatialboost.eval.runner import (
+    ProbeResults,
+    _spec_dict,
+    aggregate,
+    feature_cache_dir,
+    probed_encoder,
+    resolve_encoder,
+    run_probes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +37,8 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
     if not bench_tasks:
         return results
     seeds = results.summary["seeds"] if results else list(range(cfg.seeds))
-    probed = (
-        encs[next(iter(pairs))] if pairs else next(iter(encs.values()))
-    )  # not the baseline (runner's rule)
-    size = cfg.features.image_size or probed.spec.image_size
-    cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+    size = cfg.features.image_size or probed_encoder(encs, pairs).spec.image_size
+    cache_dir = feature_cache_dir(cfg)
     benches = build_benches(
         bench_tasks, cfg.data.spec, cfg.probes3d, cfg.robot, size, cache_dir, cfg.features.layers
     )

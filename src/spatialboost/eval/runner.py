@@ -182,6 +182,17 @@ def probes_for(tasks: list[str], dataset: ProbeDataset) -> list[str]:
 # --- the job ----------------------------------------------------------------------------------------------
 
 
+def probed_encoder(encs: dict[str, VisionEncoder], pairs: dict[str, str]) -> VisionEncoder:
+    """The encoder whose input size a job uses (``features.image_size`` 0): the first boosted one, not its
+    baseline; the first encoder when nothing is paired."""
+    return encs[next(iter(pairs))] if pairs else next(iter(encs.values()))
+
+
+def feature_cache_dir(cfg: ProbeConfig) -> Path:
+    """``features.cache_dir``, or ``OUT/feature-cache``."""
+    return Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+
+
 def run_probes(
     encoders: dict[str, VisionEncoder | str | Path],
     cfg: ProbeConfig,
@@ -194,13 +205,13 @@ def run_probes(
     for boosted, base in pairs.items():
         if boosted not in encs or base not in encs:
             raise ValueError(f"pair {boosted} -> {base}: both must be among the encoders {list(encs)}")
-    probed = encs[next(iter(pairs))] if pairs else next(iter(encs.values()))  # not the baseline
+    probed = probed_encoder(encs, pairs)
     size = cfg.features.image_size or probed.spec.image_size
     train_ds, test_ds = build_splits(cfg.data, size, scene_fn)
     probe_names = probes_for(cfg.tasks, train_ds)
     scoring = resolve_protocol(cfg.probes.depth.protocol, cfg.data.spec) if "depth" in probe_names else None
     crops: SlidingCrops | None = None
-    cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+    cache_dir = feature_cache_dir(cfg)
     seeds = list(range(cfg.seeds))
     runs: list[dict[str, Any]] = []
     previews: dict[str, Any] = {}
