@@ -73,7 +73,7 @@ CASES = [
     (["view", "{w}/ds", "--out", "{w}/r.html", "--max-samples", "0"], "--max-samples"),
     (["train", "--config", "{w}/nothere.yaml"], "not found"),
     (["train", "--config", "{w}/notes.txt"], "mapping"),
-    (["train", "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.dual_channel.gate=chanel"], "channel"),
+    (["train", "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.boost.gate=chanel"], "channel"),
     (["train", "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.llm_options.width=3"], "llm_options"),
     (["train", "run_dir={w}/T", "data.datasets=[{w}/ds]", "crash_after_steps=1"], "unknown config key"),
     (["train", "run_dir={w}/notes.txt", "data.datasets=[{w}/ds]"], "not a directory"),

@@ -18,8 +18,9 @@ from spatialboost.datagen.questions.conversations import (
     level_sequence,
     to_llava,
 )
+from spatialboost.datagen.questions.phrasing import from_coords
 from spatialboost.datagen.questions.relations import SceneGraph
-from spatialboost.datagen.questions.templates import TEMPLATES, from_coords
+from spatialboost.datagen.questions.templates import TEMPLATES
 
 RANK = {"pixel": 0, "object": 1, "scene": 2, "caption": 3}
 
@@ -172,7 +173,7 @@ def test_norm1000_coordinates_round_trip(corpus):
             if qa.fact["fn"] == "depth_at":
                 assert "0-1000" in qa.question
                 cx, cy = map(int, re.search(r"\((\d+), (\d+)\)", qa.question).groups())
-                from spatialboost.datagen.questions.templates import Context
+                from spatialboost.datagen.questions.phrasing import Context
 
                 ctx = Context(graph=g, coords="norm1000")
                 assert from_coords(ctx, 0, cx, cy) == (qa.fact["args"]["x"], qa.fact["args"]["y"])

@@ -8,9 +8,11 @@ import torch
 from PIL import Image
 
 from spatialboost.errors import UserError
+from spatialboost.models import modeling_spatialboost
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
 from spatialboost.models.export import load_encoder, save_encoder
+from spatialboost.models.hf_encoders import FAMILIES as HF_FAMILIES
 from spatialboost.models.preprocess import preprocess_images
 from spatialboost.registry import UnknownNameError
 
@@ -35,7 +37,25 @@ def test_registry_lists_every_family_and_presets():
         assert required in names
     assert {"vit-s14", "vit-b16", "dinov2-large"} <= set(names)
     families = {create_encoder(n).spec.family for n in FAMILIES}
-    assert families == {"dinov2", "dinov2-registers", "dinov3", "siglip2", "clip"}
+    assert families == set(HF_FAMILIES)  # every family has its tiny config (and tiny-vit is a dinov2)
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_every_family_has_a_complete_descriptor(family):
+    """What the card, the registry and the hf export read about a family, all on its class (``FamilyInfo``)."""
+    cls = HF_FAMILIES[family]
+    assert "info" in vars(cls), f"{family}: declare its own FamilyInfo (not inherit its parent's)"
+    info = cls.info
+    assert info.display_name and info.hub and info.licenses, f"{family}: empty FamilyInfo field"
+    assert all(v.get("license") for v in info.licenses.values())
+    assert all(hub.count("/") == 1 for hub in info.hub.values())
+    name, config = info.tiny
+    assert name.startswith("tiny-") and create_encoder(name, seed=0).spec.family == family and config
+    assert len(cls.default_mean) == len(cls.default_std) == 3
+    config_name, model_name = cls.remote_classes()  # built by modeling_spatialboost's table
+    remote_model = getattr(modeling_spatialboost, model_name)
+    assert issubclass(remote_model, cls.model_class) and remote_model.config_class.__name__ == config_name
+    assert remote_model.config_class.model_type == f"spatialboost_{cls.config_class.model_type}"
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -210,7 +210,7 @@ def probed_run(tmp_path_factory):
     save_encoder(enc, root / "train" / "encoder", include_base=False)
     (root / "train" / "config.yaml").write_text(
         "run_dir: RUN\nseed: 7\ndata:\n  datasets: [" + str(root / "data") + "]\nmodel:\n  encoder: " + str(base)
-        + "\n  llm: tiny-qwen2\n  dual_channel: {gate: channel}\nstages:\n  run: [align, instruct, encoder]\n"
+        + "\n  llm: tiny-qwen2\n  boost: {gate: channel}\nstages:\n  run: [align, instruct, encoder]\n"
         "  encoder: {max_steps: 60, batch_size: 8, grad_accum: 1, lr: 0.0001, lr_gates: 0.01}\n"
     )  # fmt: skip
     (root / "data").mkdir()

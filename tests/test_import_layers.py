@@ -9,6 +9,11 @@ those names count as imports here. No two modules import each other, directly or
 inside functions (a lazy import hides a cycle; it does not remove it). A backwards import fails here with the
 line that made it.
 
+Library imports sit at the top of their module: an import inside a library function is allowed only for a
+third-party dependency that is optional or heavy, with its reason on a ``# lazy: ...`` comment line right above
+it, or a reason as the import line's own comment (``import onnx  # optional dependency: ...``); never for a
+spatialboost module.
+
 Inside ``datagen`` (the largest package) the same holds between its parts: synthetic ``scenes`` at the bottom;
 ``real`` images (perception, lifting) and ``questions`` each on top of ``scenes`` alone, so neither imports the
 other and the synthetic path never loads a perception backend; ``dataset`` I/O over ``scenes`` and
@@ -275,3 +280,79 @@ def test_a_backwards_import_is_caught(tmp_path, module, line, why):
     (copy / module).write_text(line)
     bad = violations(copy)
     assert len(bad) == 1 and why in bad[0], bad
+
+
+LAZY_REASON = "# lazy:"
+
+
+def lazy_imports(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, module, explained) of every import inside a function of ``path``; explained when its first line
+    ends in a reason comment, or a ``# lazy: reason`` line sits above it (or above the import run it starts)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom):
+                module = child.names[0].name if isinstance(child, ast.Import) else (child.module or "")
+                found.append((child.lineno, module if not getattr(child, "level", 0) else "." + module))
+            visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    visit(ast.parse(text), False)
+    out = []
+    for line, module in found:
+        above = line - 2
+        while above >= 0 and lines[above].lstrip().startswith(("import ", "from ")):
+            above -= 1  # a run of lazy imports shares the comment above its first one
+        explained = _gives_a_reason(lines[line - 1]) or (
+            above >= 0 and lines[above].strip().startswith(LAZY_REASON)
+        )
+        out.append((line, module, explained))
+    return out
+
+
+def _gives_a_reason(line: str) -> bool:
+    """A trailing comment that says something (not only a tool directive such as ``# noqa: F401``)."""
+    _, sep, comment = line.partition("#")
+    words = comment.strip()
+    return bool(sep and words) and not words.startswith(("noqa", "type:", "fmt:", "pragma"))
+
+
+def unexplained_lazy_imports(src: Path) -> list[str]:
+    bad = []
+    for path in sorted(src.rglob("*.py")):
+        if package_of(module_name(path, src)) not in LIBRARY:
+            continue
+        for line, module, explained in lazy_imports(path):
+            where = f"{path.relative_to(src.parent)}:{line}: import of {module} inside a function"
+            if module.startswith((".", "spatialboost")):
+                bad.append(f"{where} (import spatialboost modules at the top of the module)")
+            elif not explained:
+                bad.append(
+                    f"{where} (move it to the top, or say why it is lazy: '{LAZY_REASON} <reason>' above it)"
+                )
+    return bad
+
+
+def test_library_imports_sit_at_the_top():
+    bad = unexplained_lazy_imports(SRC)
+    assert not bad, "in-function imports in the library:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "caught"),
+    [
+        ("def f():\n    from spatialboost.errors import UserError\n", True),
+        ("def f():\n    # lazy: we like it\n    from spatialboost.errors import UserError\n", True),
+        ("def f():\n    import json\n", True),
+        ("def f():\n    # lazy: optional extra [x]\n    import x\n    from x import y\n", False),
+        ("def f():\n    import x  # lazy: optional extra [x]\n", False),
+        ("def f():\n    import x  # optional dependency: only the converter needs it\n", False),
+        ("def f():\n    import x  # noqa: F401\n", True),
+    ],
+)
+def test_an_unexplained_lazy_import_is_caught(tmp_path, body, caught):
+    (tmp_path / "spatialboost" / "models").mkdir(parents=True)
+    (tmp_path / "spatialboost" / "models" / "extra.py").write_text(body)
+    assert bool(unexplained_lazy_imports(tmp_path / "spatialboost")) is caught

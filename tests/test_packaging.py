@@ -34,7 +34,7 @@ def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):
     state = demo.DemoState(out=tmp_path / "d", scenes=4, quick=True)
     state.results["pretrain"] = type("P", (), {"path": tmp_path / "enc"})()
     cfg = demo.demo_train_config(state)
-    assert cfg.stages.instruct.lr == 1e-3 and cfg.model.dual_channel.gate == "channel"
+    assert cfg.stages.instruct.lr == 1e-3 and cfg.model.boost.gate == "channel"
 
 
 @pytest.mark.slow

@@ -288,7 +288,7 @@ def test_3d_probe_runs_at_a_non_multiple_size(tmp_path):
 
 
 def test_paired_differences_over_units_say_whether_beyond_noise():
-    from spatialboost.eval.report_extra import paired_differences, paired_lines
+    from spatialboost.eval.report_benches import paired_differences, paired_lines
 
     def row(enc, values):
         unit = {"unit": "view pair", "values": {"recall@0.2m": values}}

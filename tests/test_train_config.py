@@ -19,12 +19,12 @@ from train_fixtures import write_records
     "override, match",
     [
         (
-            "model.dual_channel.gate=chanel",
-            r"model\.dual_channel\.gate: 'chanel' is not one of \['channel', 'head', 'scalar'\]",
+            "model.boost.gate=chanel",
+            r"model\.boost\.gate: 'chanel' is not one of \['channel', 'head', 'scalar'\]",
         ),
-        ("model.dual_channel.mode=duel", r"model\.dual_channel\.mode: .*'dual', 'lora', 'full'"),
-        ("model.dual_channel.nope=1", r"unknown config key.*model\.dual_channel\.nope"),
-        ("model.dual_channel.lora_rank=0", "lora_rank"),
+        ("model.boost.mode=duel", r"model\.boost\.mode: .*'dual', 'lora', 'full'"),
+        ("model.boost.nope=1", r"unknown config key.*model\.boost\.nope"),
+        ("model.boost.lora_rank=0", "lora_rank"),
         ("model.llm_options.width=3", r"unknown config key.*model\.llm_options\.width"),
         ("model.llm_options.hidden_size=-4", r"model\.llm_options\.hidden_size must be >= 1"),
         ("model.attn_implementation=flash", "attn_implementation"),
@@ -49,26 +49,45 @@ def test_llm_options_shape_only_tiny_llms(caplog):
 
 
 def test_code_may_pass_plain_dicts_and_they_are_checked():
-    m = VLMConfig(dual_channel={"gate": "head", "gate_init": 1.0}, llm_options={"hidden_size": 32})
-    assert m.dual_channel == BoostConfig(gate="head", gate_init=1.0)
+    m = VLMConfig(boost={"gate": "head", "gate_init": 1.0}, llm_options={"hidden_size": 32})
+    assert m.boost == BoostConfig(gate="head", gate_init=1.0)
     assert m.llm_options == LLMOptions(hidden_size=32)
-    with pytest.raises(ConfigError, match="model.dual_channel.gate"):
-        VLMConfig(dual_channel={"gate": "chanel"})
+    with pytest.raises(ConfigError, match="model.boost.gate"):
+        VLMConfig(boost={"gate": "chanel"})
+
+
+def test_the_old_dual_channel_key_still_loads_with_a_warning(tmp_path):
+    """``model.dual_channel`` was renamed ``model.boost`` (it holds every mode: dual, lora, full)."""
+    with pytest.warns(FutureWarning, match="model.dual_channel is deprecated: use model.boost"):
+        cfg = load_config(
+            TrainConfig, overrides=["model.dual_channel.gate=head", "model.dual_channel.mode=lora"]
+        )
+    assert cfg.model.boost == BoostConfig(gate="head", mode="lora")
+    yaml_file = tmp_path / "old.yaml"
+    yaml_file.write_text("model:\n  boost: {gate: scalar, gate_init: 1.0}\n  dual_channel: {gate: head}\n")
+    with pytest.warns(FutureWarning):
+        cfg = load_config(TrainConfig, yaml_file)
+    assert (cfg.model.boost.gate, cfg.model.boost.gate_init) == ("head", 1.0)  # merged, the old key's on top
+    with pytest.warns(FutureWarning, match="VLMConfig.dual_channel is deprecated"):
+        assert cfg.model.dual_channel is cfg.model.boost
+    with pytest.raises(ConfigError, match=r"model\.boost\.gate: 'chanel'"), pytest.warns(FutureWarning):
+        load_config(TrainConfig, overrides=["model.dual_channel.gate=chanel"])
 
 
 def test_saved_config_has_no_test_hooks(tmp_path):
     save_config(TrainConfig(), tmp_path / "c.yaml")
     text = (tmp_path / "c.yaml").read_text()
     assert "crash_after_steps" not in text and "fail_on_nonfinite" not in text
-    assert yaml.safe_load(text)["model"]["dual_channel"]["gate"] == "channel"
+    assert yaml.safe_load(text)["model"]["boost"]["gate"] == "channel"
 
 
 def test_a_run_saved_before_typing_still_resumes(tmp_path):
     """A config.yaml written by the untyped version (dict sections, test hooks) compares by what it computes."""
     data = write_records(tmp_path / "ds", [{}])
     cfg = load_config(TrainConfig, overrides=[f"run_dir={tmp_path / 'run'}", f"data.datasets=[{data}]",
-                                              "model.dual_channel={gate: channel, gate_init: 0.0}"])  # fmt: skip
+                                              "model.boost={gate: channel, gate_init: 0.0}"])  # fmt: skip
     old = to_dict(cfg)
+    old["model"]["dual_channel"] = old["model"].pop("boost")  # the key's name before it was model.boost
     old["model"]["dual_channel"] = {"gate": "channel", "gate_init": 0.0}
     old["model"]["llm_options"] = {}
     old.update(crash_after_steps=0, fail_on_nonfinite=True)
@@ -78,16 +97,16 @@ def test_a_run_saved_before_typing_still_resumes(tmp_path):
     check_config(cfg, env)  # no "different config" refusal
     old["model"]["dual_channel"]["gate"] = "head"
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
-    with pytest.raises(Exception, match="model.dual_channel.gate"):
+    with pytest.raises(Exception, match="model.boost.gate"):
         check_config(cfg, env)
 
 
-def test_bad_dual_channel_layers_stop_before_stage_one_trains(tmp_path, capsys):
+def test_bad_boost_layers_stop_before_stage_one_trains(tmp_path, capsys):
     from spatialboost.cli import main
     from train_fixtures import make_dataset, tiny_overrides
 
     data = make_dataset(tmp_path / "data", n=8)
-    argv = ["train", *tiny_overrides(tmp_path / "run", data, steps=2), "model.dual_channel.layers=[7]"]
+    argv = ["train", *tiny_overrides(tmp_path / "run", data, steps=2), "model.boost.layers=[7]"]
     assert main(argv) == 2
     assert "layers [7] out of range" in capsys.readouterr().err
     assert not list((tmp_path / "run").glob("stage1-align/checkpoints/*"))

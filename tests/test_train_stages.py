@@ -158,7 +158,7 @@ def test_projector_norm_starts_at_the_token_embeddings_scale(setup):
 def test_full_finetune_stage_trains_every_encoder_weight(setup):
     cfg, tok = setup
     boost = BoostConfig(mode="full_finetune")  # the long name of mode "full"
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dual_channel=boost))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, boost=boost))
     vlm = build_vlm(cfg, tok, "encoder")
     summary = set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
     assert set(summary) == {"projector", "adapter"}
@@ -169,7 +169,7 @@ def test_from_config_rebuilds_bit_identical_models(setup):
     cfg, tok = setup
     a = SpatialVLM.from_config(cfg.model, tok, seed=3, boosted=True)
     b = SpatialVLM.from_config(cfg.model, tok, seed=3, boosted=True)
-    assert a.encoder.boost_config == cfg.model.dual_channel
+    assert a.encoder.boost_config == cfg.model.boost
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     c = SpatialVLM.from_config(cfg.model, tok, seed=4)

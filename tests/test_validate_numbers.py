@@ -13,8 +13,9 @@ from scene_kit import camera, four_boxes, make_scene, random_scene, solid
 from spatialboost.datagen.dataset.validate import Rederived, check_fact
 from spatialboost.datagen.questions import relations as R
 from spatialboost.datagen.questions.conversations import ConversationConfig, build_conversation
+from spatialboost.datagen.questions.phrasing import Context
 from spatialboost.datagen.questions.relations import Decision, SceneGraph
-from spatialboost.datagen.questions.templates import TEMPLATES, Context
+from spatialboost.datagen.questions.templates import TEMPLATES
 from spatialboost.datagen.scenes.geometry import obb_corners, transform_points
 
 

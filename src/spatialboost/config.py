@@ -5,7 +5,8 @@ Every config is a (possibly nested) dataclass. ``load_config(Cls, path, override
 (``values``: dotted key -> Python value, what a command's flags set; ``spatialboost.cli.common.
 load_command_config`` is how every command calls it); override values are parsed with ``yaml.safe_load``
 (never ``eval``), and types are checked against the dataclass field types.
-A config class may define ``validate(self) -> None`` that raises ``ConfigError`` for impossible values.
+A config class may define ``validate(self) -> None`` that raises ``ConfigError`` for impossible values, and
+``RENAMED = {"old_key": "new_key"}`` for keys it still reads under an old name (with a ``FutureWarning``).
 ``save_config`` writes the resolved config next to an output (atomically). ``packaged_config(name)`` is a
 config shipped inside the package (``spatialboost/resources/<name>.yaml``: what commands read at run time,
 present in a plain ``pip install``); ``config_path("demo")`` resolves such a name where no file of that name
@@ -17,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,8 +78,6 @@ def load_config(
 
 def packaged_config(name: str) -> Path:
     """The file of a config shipped inside the package; a missing one means a broken install (raises)."""
-    from importlib.resources import files
-
     resource = files("spatialboost").joinpath("resources", f"{name}.yaml")
     if not resource.is_file():
         raise FileNotFoundError(
@@ -100,6 +101,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         raise TypeError(f"{cls} is not a dataclass")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _renamed(cls, data, where)
     unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(
@@ -107,6 +109,24 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         )
     kwargs = {name: _coerce(hints[name], value, where + name) for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with the old keys ``cls.RENAMED`` lists moved to their new names (a FutureWarning each); a
+    section given under both names is merged, the old name's keys on top (an old-style override wins)."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(old in data for old in renamed):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        warnings.warn(f"config key {where}{old} is deprecated: use {where}{new}", FutureWarning, stacklevel=4)
+        value = data.pop(old)
+        if isinstance(value, dict) and isinstance(data.get(new), dict):
+            value = {**data[new], **value}
+        data[new] = value
+    return data
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

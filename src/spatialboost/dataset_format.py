@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 
+import spatialboost
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_bytes, atomic_write_json, resolve_inside, sha256_bytes
 
@@ -137,10 +139,6 @@ def write_manifest(
 
 
 def _versions() -> dict[str, str]:
-    import PIL
-
-    import spatialboost
-
     return {
         "spatialboost": spatialboost.__version__,
         "python": platform.python_version(),

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -103,6 +104,58 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, tmp: str | Path | None = None, durable: bool = False) -> Iterator[Path]:
+    """A temporary directory beside ``path`` to fill; on clean exit it is renamed to ``path``, so a
+    half-written directory is never read under its final name (a feature cache entry, a checkpoint).
+
+    ``tmp``: the temporary's path (default a fresh ``.<name>.*.tmp`` sibling); one left there by a killed
+    writer is removed first. ``durable``: fsync every file and both directories around the rename. When
+    ``path`` appeared meanwhile (another writer finished first), that complete copy is kept and the temporary
+    removed. Any exception removes the temporary. The directory gets the user's normal permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tmp is None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        tmp = Path(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would survive the rename
+    try:
+        yield tmp
+        if durable:
+            _fsync_tree(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer's complete entry won the race
+        if durable:
+            fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(path)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a directory's entries (a rename, a removal) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_dirs(path: str | Path) -> Path:

@@ -2,7 +2,9 @@
 
 A difference counts as beyond noise only when ``|Δ| > NOISE_K * sqrt(std_base² + std_boosted² + se_base² +
 se_boosted²)``: ``std`` is the sample std (ddof=1) over seeds, ``se`` a row's ``sampling_se`` (an accuracy's
-binomial standard error over its test images; 0 where the row has none).
+binomial standard error over its test images; 0 where the row has none). ``verdict`` applies it to two rows
+and ``NOISE_RULE`` is its wording for a table's footnote. Which way is "better" is owned here too:
+``lower_is_better`` (a row's own ``lower_is_better`` first, else ``LOWER_IS_BETTER``).
 
 Leaf module: it imports nothing from spatialboost.
 """
@@ -14,6 +16,21 @@ import statistics
 from typing import Any
 
 NOISE_K = 2.0
+NOISE_RULE = (
+    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
+    "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
+    "one seed gives no noise estimate"
+)
+# the metrics (every probe's, 2D and 3D) for which a lower value is better; every other metric: higher
+LOWER_IS_BETTER = frozenset({"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"})
+
+
+def lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
+    """Whether a lower ``metric`` is better: the row's own ``lower_is_better`` when it has one (the probe that
+    wrote it knew), else ``LOWER_IS_BETTER``."""
+    if row is not None and "lower_is_better" in row:
+        return bool(row["lower_is_better"])
+    return metric in LOWER_IS_BETTER
 
 
 def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NOISE_K) -> float:
@@ -21,6 +38,17 @@ def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NO
     var = base["std"] ** 2 + boosted["std"] ** 2
     var += base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2
     return k * math.sqrt(var)
+
+
+def verdict(base: dict[str, Any], boosted: dict[str, Any], metric: str | None = None) -> str:
+    """Says "better", "worse" or "within noise": ``boosted`` against ``base`` (rows with ``mean``, ``std`` and an
+    optional ``sampling_se``) by the noise rule, in ``metric``'s direction (default: the rows' ``metric``).
+    How many seeds make a std worth reading is the caller's to say."""
+    delta = boosted["mean"] - base["mean"]
+    if abs(delta) <= noise_threshold(base, boosted):
+        return "within noise"
+    lower = lower_is_better(base.get("metric", "") if metric is None else metric, base)
+    return "better" if (delta < 0 if lower else delta > 0) else "worse"
 
 
 def binomial_se(p: float, n: int) -> float:

@@ -24,7 +24,7 @@ from spatialboost.errors import UserError
 from spatialboost.eval.benches import TASKS
 from spatialboost.eval.job import run_job
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
-from spatialboost.eval.report_extra import write_extra
+from spatialboost.eval.report_benches import write_bench_sections
 from spatialboost.eval.runner import TASK_PROBES, ProbeConfig, pair_encoders
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     encoders, pairs = pair_encoders(cfg.encoder, cfg.baseline or None, cfg.encoder_seed)
     results = run_job(encoders, cfg, pairs)
     write_report(results, out)
-    write_extra(results, out)
+    write_bench_sections(results, out)
     save_config(cfg, out.path("config.yaml"))
     out.finish()
     log.info("probe results:\n%s", markdown_table(results.summary, headline_only=True))

@@ -19,6 +19,7 @@ from spatialboost.eval.datasets.multiview import build_multiview
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features
 from spatialboost.eval.probes import ProbeResult
 from spatialboost.eval.probes3d import Probe3DConfig, SceneFeatures, run_probe_3d
+from spatialboost.eval.robot import RobotBench
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.registry import Registry
 
@@ -39,7 +40,8 @@ TASKS.add("all3d", Task("3d", ("corr", "register", "sem3d")))
 TASKS.add("robot", Task("robot", ("robot",)))
 
 
-def is_extra(task: str) -> bool:
+def is_bench_task(task: str) -> bool:
+    """Whether ``task`` runs on a bench (3D, robot) rather than as a 2D probe of ``eval.runner``."""
     return task in TASKS
 
 
@@ -100,8 +102,6 @@ class RobotBenchAdapter:
     kind = "robot"
 
     def __init__(self, cfg, image_size: int, cache_dir: str | Path, layers: str = "last") -> None:
-        from spatialboost.eval.robot import RobotBench
-
         self.probes = ["robot", *(f"robot/{t}" for t in cfg.tasks)]
         self.bench = RobotBench(cfg, image_size, cache_dir, layers)
         self.blind: dict[int, dict[str, ProbeResult]] = {}
@@ -123,10 +123,10 @@ class RobotBenchAdapter:
 
 def build_benches(tasks: list[str], spec: str, probes3d: Probe3DConfig, robot, image_size: int,
                   cache_dir: str | Path, layers: str = "last") -> list:  # fmt: skip
-    """One bench per kind for the extra tasks among ``tasks`` (2D task names are ignored)."""
+    """One bench per kind for the bench tasks among ``tasks`` (2D task names are ignored)."""
     probes: dict[str, list[str]] = {}
     for name in tasks:
-        if is_extra(name):
+        if is_bench_task(name):
             task = TASKS.get(name)
             probes.setdefault(task.bench, [])
             probes[task.bench] += [p for p in task.probes if p not in probes[task.bench]]

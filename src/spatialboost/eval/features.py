@@ -22,10 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +33,8 @@ from tqdm import tqdm
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
 from spatialboost.image_transform import ImageTransform
-from spatialboost.io import atomic_write_json, dir_mode
-from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.io import atomic_dir, atomic_write_json
+from spatialboost.models.encoder_base import VisionEncoder, weights_sha256
 from spatialboost.models.preprocess import transform_for
 
 log = logging.getLogger(__name__)
@@ -72,16 +69,6 @@ def layer_indices(layers: str, num_layers: int) -> list[int]:
     raise ValueError(f"unknown layers {layers!r}; known: {', '.join(LAYER_CHOICES)}")
 
 
-def weights_hash(module: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes), sorted by name."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def encoder_identity(encoder: VisionEncoder) -> dict[str, object]:
     s = encoder.spec
     return {
@@ -90,7 +77,7 @@ def encoder_identity(encoder: VisionEncoder) -> dict[str, object]:
         "embed_dim": s.embed_dim,
         "patch_size": s.patch_size,
         "num_layers": s.num_layers,
-        "weights_sha256": weights_hash(encoder),
+        "weights_sha256": weights_sha256(encoder),
     }
 
 
@@ -165,23 +152,13 @@ def extract_features(
         return load_feature_set(final)
     log.info("extracting %s features of %s/%s (%d images) -> %s", encoder.spec.name, dataset.name, dataset.split,
              len(dataset), final)  # fmt: skip
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would survive the rename
-    try:
+    with atomic_dir(final) as tmp:  # another writer that wins the race leaves its complete entry
         _write_entry(tmp, encoder, dataset, layer_indices(layers, encoder.spec.num_layers), transform, batch_size,
                      dtype)  # fmt: skip
         meta = {"key": key, "encoder": encoder_id, "dataset": dataset.identity, "layers": layers,
                 "image_size": image_size, "transform": transform.identity(), "dtype": dtype,
                 "n": len(dataset)}  # fmt: skip
         atomic_write_json(tmp / "meta.json", meta)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another writer won the race; its entry is complete
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_feature_set(final)
 
 

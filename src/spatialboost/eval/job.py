@@ -1,4 +1,4 @@
-"""One ``spatialboost probe`` job: the 2D tasks and the extra benches (3D, robot) on the same encoders and seeds.
+"""One ``spatialboost probe`` job: the 2D tasks and the bench tasks (3D, robot) on the same encoders and seeds.
 
 ``run_job`` runs the 2D tasks through ``runner.run_probes`` and the others through ``benches.build_benches``, and
 merges everything into one summary (``runs``/``rows`` as in ``runner``, plus ``benches`` with each bench's data,
@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from spatialboost.config import to_dict
-from spatialboost.eval.benches import build_benches, is_extra
+from spatialboost.eval.benches import build_benches, is_bench_task
 from spatialboost.eval.features import encoder_identity
-from spatialboost.eval.runner import ProbeResults, _spec_dict, aggregate, resolve_encoder, run_probes
+from spatialboost.eval.runner import (
+    ProbeResults,
+    _spec_dict,
+    aggregate,
+    feature_cache_dir,
+    probed_encoder,
+    resolve_encoder,
+    run_probes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +31,16 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
     """Every task of ``cfg.tasks`` (a ``runner.ProbeConfig``) for every encoder, the same seeds for all."""
     encs = {name: resolve_encoder(e, cfg.encoder_seed) for name, e in encoders.items()}
     pairs = dict(pairs or {})
-    tasks_2d = [t for t in cfg.tasks if not is_extra(t)]
-    extra = [t for t in cfg.tasks if is_extra(t)]
+    tasks_2d = [t for t in cfg.tasks if not is_bench_task(t)]
+    bench_tasks = [t for t in cfg.tasks if is_bench_task(t)]
     results = run_probes(encs, replace(cfg, tasks=tasks_2d), pairs, scene_fn) if tasks_2d else None
-    if not extra:
+    if not bench_tasks:
         return results
     seeds = results.summary["seeds"] if results else list(range(cfg.seeds))
-    probed = (
-        encs[next(iter(pairs))] if pairs else next(iter(encs.values()))
-    )  # not the baseline (runner's rule)
-    size = cfg.features.image_size or probed.spec.image_size
-    cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+    size = cfg.features.image_size or probed_encoder(encs, pairs).spec.image_size
+    cache_dir = feature_cache_dir(cfg)
     benches = build_benches(
-        extra, cfg.data.spec, cfg.probes3d, cfg.robot, size, cache_dir, cfg.features.layers
+        bench_tasks, cfg.data.spec, cfg.probes3d, cfg.robot, size, cache_dir, cfg.features.layers
     )
     runs = []
     try:
@@ -53,7 +57,7 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
             bench.close()
     infos = {b.kind: b.info() for b in benches}
     if results is None:
-        summary = _extra_summary(encs, cfg, pairs, seeds, infos)
+        summary = _bench_summary(encs, cfg, pairs, seeds, infos)
         results = ProbeResults(summary=summary)
     results.summary["runs"] += runs
     results.summary["rows"] = aggregate(results.summary["runs"])
@@ -61,7 +65,7 @@ def run_job(encoders: dict[str, Any], cfg, pairs: dict[str, str] | None = None, 
     return results
 
 
-def _extra_summary(encs, cfg, pairs, seeds, infos) -> dict[str, Any]:
+def _bench_summary(encs, cfg, pairs, seeds, infos) -> dict[str, Any]:
     first = next(iter(infos.values()))
     if first["kind"] == "robot":  # train = expert episodes, test = rollouts per evaluation
         tasks = first["tasks"]

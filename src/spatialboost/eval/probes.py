@@ -36,6 +36,7 @@ from spatialboost.eval.metrics import (
     segmentation_metrics_from_confusion,
     top1_accuracy,
 )
+from spatialboost.eval.specs import SPECS
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class ProbeResult:
 
 Probe = Callable[[FeatureSet, FeatureSet, Any, int], ProbeResult]
 PROBES: Registry[Probe] = Registry("probe")
-CONFIG_FIELD = {"depth": "depth", "seg": "seg", "cls-linear": "cls_linear", "cls-knn": "cls_knn"}
+CONFIG_FIELD = {name: s.config_field for name, s in SPECS.items() if s.config_field}  # probe -> ProbeConfigs
 
 
 def run_probe(name: str, train: FeatureSet, test: FeatureSet, cfgs: ProbeConfigs, seed: int) -> ProbeResult:

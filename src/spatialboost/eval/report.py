@@ -23,33 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from spatialboost.eval.specs import METRIC_ORDER as SPEC_METRIC_ORDER
+from spatialboost.eval.specs import SPECS
 from spatialboost.io import OutputDir, atomic_open
-from spatialboost.noise import noise_threshold
+from spatialboost.noise import NOISE_RULE, lower_is_better, verdict
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {
-    "depth": ["rmse", "absrel", "delta1"],
-    "seg": ["miou", "pixel_acc"],
-    "cls-linear": ["top1"],
-    "cls-knn": ["top1"],
-    "corr": ["recall@0.1m", "recall@0.2m", "recall@0.4m"],  # the default thresholds (eval.probes3d)
-    "register": ["rr@0.2m", "rte", "rre"],
-    "sem3d": ["acc", "miou"],
-    "robot": ["success"],
-}
-METRIC_ORDER = [
-    "rmse",
-    "absrel",
-    "log10",
-    "log10_rmse",
-    "delta1",
-    "delta2",
-    "delta3",
-    "miou",
-    "pixel_acc",
-    "top1",
-]
+# probe -> headline metrics, in report order; the 2D probes' metrics in table order (eval.specs); other
+# metrics follow by name
+HEADLINE = {name: list(spec.headline) for name, spec in SPECS.items()}
+METRIC_ORDER = SPEC_METRIC_ORDER
 
 
 def _rows_by_key(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -63,11 +47,6 @@ def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
                                        METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
 
 
-NOISE_RULE = (
-    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
-    "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
-    "one seed gives no noise estimate"
-)
 PAIRED_RULE = (
     "3D probes (corr has no seed noise): a Δ must also exceed 2 standard errors of the paired per-unit "
     "difference (seed 0, the same view pairs / test scenes; the table in the 3D section)"
@@ -84,7 +63,7 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     for probe, metric in _metric_keys(summary):
         if headline_only and metric not in HEADLINE.get(probe, []):
             continue
-        cells = [probe, f"{metric} {'↓' if _lower_is_better(metric) else '↑'}"]
+        cells = [probe, f"{metric} {'↓' if lower_is_better(metric) else '↑'}"]
         for enc in encoders:
             r = rows.get((enc, probe, metric))
             cells.append("-" if r is None else _mean_std(r))
@@ -107,9 +86,6 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
-
-
 def _mean_std(row: dict[str, Any]) -> str:
     """'mean ± std'; a single seed has no std to show (not '± 0.0000')."""
     if row.get("n", 2) < 2:
@@ -117,17 +93,11 @@ def _mean_std(row: dict[str, Any]) -> str:
     return f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
-def _lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
-    if row is not None and "lower_is_better" in row:
-        return bool(row["lower_is_better"])
-    return metric in LOWER_IS_BETTER
-
-
 def beyond_noise(base: dict[str, Any], boosted: dict[str, Any]) -> bool | None:
     """The module's noise rule on two rows (mean, std, n); None when either has a single seed."""
     if min(base.get("n", 0), boosted.get("n", 0)) < 2:
         return None
-    seeds_say = abs(boosted["mean"] - base["mean"]) > noise_threshold(base, boosted)
+    seeds_say = verdict(base, boosted) != "within noise"
 
     paired = paired_difference(base, boosted)  # 3D probes: the data's noise too
     return seeds_say if paired is None else seeds_say and paired["beyond_noise"]
@@ -137,13 +107,12 @@ def delta_text(base: dict[str, Any], boosted: dict[str, Any]) -> str:
     """'+0.0200 (+2.5%) worse' / '... within noise' / '... (1 seed: no noise estimate)'."""
     d = boosted["mean"] - base["mean"]
     rel = f" ({100 * d / abs(base['mean']):+.1f}%)" if base["mean"] else ""
-    verdict = beyond_noise(base, boosted)
-    if verdict is None:
+    beyond = beyond_noise(base, boosted)
+    if beyond is None:
         return f"{d:+.4f}{rel} (1 seed: no noise estimate)"
-    if not verdict:
+    if not beyond:
         return f"{d:+.4f}{rel} within noise"
-    better = (d < 0) if _lower_is_better(base.get("metric", ""), base) else (d > 0)
-    return f"{d:+.4f}{rel} {'better' if better else 'worse'}"
+    return f"{d:+.4f}{rel} {verdict(base, boosted)}"
 
 
 REPORT_KIND = "probe report"  # the OutputDir kind of a probe --out directory
@@ -197,9 +166,11 @@ def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str
 
 
 def _figure():
+    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
     import matplotlib.pyplot as plt
 
     return plt
@@ -244,7 +215,7 @@ def bars_figure(summary: dict[str, Any]):
         ax.set_ylim(*_zoomed_limits(means, stds))
         ax.set_xticks(range(len(encoders)), encoders, rotation=20)
         row = next((v for v in vals if v), None)
-        direction = "lower is better" if _lower_is_better(metric, row) else "higher is better"
+        direction = "lower is better" if lower_is_better(metric, row) else "higher is better"
         ax.set_title(f"{probe}: {metric}\n({direction})", fontsize=9)
     fig.suptitle(f"mean ± std over {n} seed(s); y axis not from 0", fontsize=8)
     fig.tight_layout()

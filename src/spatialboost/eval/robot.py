@@ -39,6 +39,7 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,11 @@ from torch import nn
 
 from spatialboost.config import ConfigError
 from spatialboost.errors import UserError
-from spatialboost.eval.features import encode_batch, layer_indices, weights_hash
+from spatialboost.eval.features import encode_batch, layer_indices
 from spatialboost.eval.heads import Standardize, feature_stats
 from spatialboost.eval.probes import ProbeResult
 from spatialboost.io import atomic_open
-from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.encoder_base import VisionEncoder, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def import_metaworld():
     """``(env classes by name, expert policy classes by name, mujoco)``, or a UserError saying what to install."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
+        # lazy: optional extra [robot] (Meta-World), needed only by the robot probe
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         from metaworld.policies import ENV_POLICY_MAP
@@ -114,8 +116,6 @@ def import_metaworld():
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("metaworld", "mujoco"):
         try:
@@ -274,7 +274,7 @@ def frame_features(
 
 def cached_features(encoder: VisionEncoder, demos: Demos, layers: str, cache_dir: Path,
                     weights: str | None = None) -> np.ndarray:  # fmt: skip
-    blob = json.dumps({"v": CACHE_VERSION, "demos": demos.key, "weights": weights or weights_hash(encoder),
+    blob = json.dumps({"v": CACHE_VERSION, "demos": demos.key, "weights": weights or weights_sha256(encoder),
                        "name": encoder.spec.name, "layers": layers}, sort_keys=True)  # fmt: skip
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     path = Path(cache_dir) / "robot" / f"features-{key}.npy"

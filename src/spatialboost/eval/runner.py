@@ -16,27 +16,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from spatialboost.config import ConfigError, to_dict
 from spatialboost.errors import UserError
-from spatialboost.eval.benches import TASKS as EXTRA_TASKS
+from spatialboost.eval.benches import TASKS as BENCH_TASKS
 from spatialboost.eval.datasets import ProbeDataset, build_dataset, parse_data_spec
 from spatialboost.eval.depth_protocol import DESCRIPTIONS, SlidingCrops, eigen_depth_probe, resolve_protocol
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features, resize_sample
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import Probe3DConfig
+from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.robot import RobotConfig
+from spatialboost.eval.specs import SPECS, TASK_PROBES, metric_lower_is_better
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoder_base import VisionEncoder
+from spatialboost.models.encoders import create_encoder
+from spatialboost.models.export import load_saved_base
 from spatialboost.models.preprocess import transform_for
 from spatialboost.noise import binomial_se
+from spatialboost.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
-TASK_PROBES = {"depth": ["depth"], "seg": ["seg"], "cls": ["cls-linear", "cls-knn"]}
-PROBE_TASK = {"depth": "depth", "seg": "seg", "cls-linear": "cls", "cls-knn": "cls"}
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"}
+PROBE_TASK = {name: spec.task for name, spec in SPECS.items() if spec.bench == "2d"}
 
 
 @dataclass
@@ -78,10 +80,10 @@ class ProbeConfig:
     def validate(self) -> None:
         if self.seeds <= 0:
             raise ConfigError(f"seeds must be > 0, got {self.seeds}")
-        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all", *EXTRA_TASKS)]
+        bad = [t for t in self.tasks if t not in (*TASK_PROBES, "all", *BENCH_TASKS)]
         if bad:
             raise ConfigError(
-                f"unknown task(s) {bad}; known: depth, seg, cls, all, {', '.join(EXTRA_TASKS.names())}"
+                f"unknown task(s) {bad}; known: depth, seg, cls, all, {', '.join(BENCH_TASKS.names())}"
             )
 
 
@@ -103,9 +105,6 @@ def resolve_encoder(x: VisionEncoder | str | Path, seed: int = 0) -> VisionEncod
     so the same name gives the same network in every run and in both arms of a comparison.
     """
     if not isinstance(x, VisionEncoder):
-        from spatialboost.models.encoders import create_encoder
-        from spatialboost.registry import UnknownNameError
-
         try:
             x = create_encoder(str(x), seed=seed)
         except UnknownNameError as e:
@@ -116,30 +115,10 @@ def resolve_encoder(x: VisionEncoder | str | Path, seed: int = 0) -> VisionEncod
 
 
 def saved_base(path: str | Path) -> VisionEncoder | None:
-    """The base of a saved boosted encoder directory (None when ``path`` is not a boosted save)."""
-    if not Path(path).is_dir():
-        return None
-    from spatialboost.models import export
-
-    if not export.is_saved_encoder(path):
-        return None
-    config = export.read_config(Path(path))
-    if config.get("boost") is None:
-        return None
-    from spatialboost.models.dual_channel import base_state_dict
-    from spatialboost.models.hf_encoders import build_from_config, wrap_model
-
-    boosted = export.load_encoder(path)
-    spec = config["spec"]
-    hf_config = {
-        k: v for k, v in config["hf_config"].items() if k not in ("model_type", "transformers_version")
-    }
-    with torch.random.fork_rng(devices=[]):
-        model = build_from_config(spec["family"], hf_config)
-    model.load_state_dict(base_state_dict(boosted), strict=True)
-    base = wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
-                      mean=spec["mean"], std=spec["std"], interpolation=spec.get("interpolation"))  # fmt: skip
-    return resolve_encoder(base)
+    """The frozen base of a saved boosted encoder directory (``export.load_saved_base``); None when ``path``
+    is not a boosted save."""
+    base = load_saved_base(path)
+    return None if base is None else resolve_encoder(base)
 
 
 def pair_encoders(
@@ -203,6 +182,17 @@ def probes_for(tasks: list[str], dataset: ProbeDataset) -> list[str]:
 # --- the job ----------------------------------------------------------------------------------------------
 
 
+def probed_encoder(encs: dict[str, VisionEncoder], pairs: dict[str, str]) -> VisionEncoder:
+    """The encoder whose input size a job uses (``features.image_size`` 0): the first boosted one, not its
+    baseline; the first encoder when nothing is paired."""
+    return encs[next(iter(pairs))] if pairs else next(iter(encs.values()))
+
+
+def feature_cache_dir(cfg: ProbeConfig) -> Path:
+    """``features.cache_dir``, or ``OUT/feature-cache``."""
+    return Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+
+
 def run_probes(
     encoders: dict[str, VisionEncoder | str | Path],
     cfg: ProbeConfig,
@@ -215,13 +205,13 @@ def run_probes(
     for boosted, base in pairs.items():
         if boosted not in encs or base not in encs:
             raise ValueError(f"pair {boosted} -> {base}: both must be among the encoders {list(encs)}")
-    probed = encs[next(iter(pairs))] if pairs else next(iter(encs.values()))  # not the baseline
+    probed = probed_encoder(encs, pairs)
     size = cfg.features.image_size or probed.spec.image_size
     train_ds, test_ds = build_splits(cfg.data, size, scene_fn)
     probe_names = probes_for(cfg.tasks, train_ds)
     scoring = resolve_protocol(cfg.probes.depth.protocol, cfg.data.spec) if "depth" in probe_names else None
     crops: SlidingCrops | None = None
-    cache_dir = Path(cfg.features.cache_dir or Path(cfg.out) / "feature-cache")
+    cache_dir = feature_cache_dir(cfg)
     seeds = list(range(cfg.seeds))
     runs: list[dict[str, Any]] = []
     previews: dict[str, Any] = {}
@@ -322,7 +312,7 @@ def aggregate(runs: list[dict[str, Any]], n_test: int | None = None) -> list[dic
             "encoder": enc, "probe": probe, "metric": metric,
             "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "n": len(values), "seeds": [s for s, _ in vals], "values": values.tolist(),
-            "lower_is_better": metric in LOWER_IS_BETTER, "protocol": protocols[(enc, probe)],
+            "lower_is_better": metric_lower_is_better(probe, metric), "protocol": protocols[(enc, probe)],
         })  # fmt: skip
         if n_test and metric in PROPORTIONS:
             rows[-1]["sampling_se"] = binomial_se(rows[-1]["mean"], n_test)
@@ -346,8 +336,6 @@ def probe_before_after(
     ``cfg`` defaults to ``ProbeConfig()`` (synthetic benchmark, all tasks, 3 seeds). With ``out`` the full
     report (results.json, results.md, plots) is written there too.
     """
-    from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
-
     cfg = cfg or ProbeConfig()
     report = None
     if out is not None:

@@ -8,66 +8,36 @@ commands that reproduce it. ``RunFacts`` gathers the run side (file reads only);
 pure function of what it is given.
 
 The license is inherited from the base when the base is a hub checkpoint whose license is known here
-(``KNOWN_LICENSES``) or a local checkpoint whose own README.md states one; otherwise the card says so.
+(``KNOWN_LICENSES``, from each family's ``FamilyInfo.licenses``) or a local checkpoint whose own README.md states one; otherwise the card says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from spatialboost.errors import UserError
-from spatialboost.noise import noise_threshold
+from spatialboost.models.hf_encoders import FAMILIES
+from spatialboost.noise import lower_is_better, verdict
 
-# hub id prefix -> the license metadata of those checkpoints' own model cards
+# hub id prefix -> the license metadata of those checkpoints' own model cards (each family's descriptor)
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
-    "facebook/dinov2-": {"license": "apache-2.0"},
-    "facebook/dinov3-": {
-        "license": "other",
-        "license_name": "dinov3-license",
-        "license_link": "https://ai.meta.com/resources/models-and-libraries/dinov3-license/",
-    },  # fmt: skip
-    "google/siglip2-": {"license": "apache-2.0"},
-    "laion/CLIP-": {"license": "mit"},
+    k: v for f in FAMILIES.values() for k, v in f.info.licenses.items()
 }
-FAMILY_NAMES = {
-    "dinov2": "DINOv2",
-    "dinov2-registers": "DINOv2 with registers",
-    "dinov3": "DINOv3 ViT",
-    "clip": "CLIP vision",
-    "siglip2": "SigLIP2 vision",
-}
-NOISE_RULE = "|Δ| > 2·sqrt(std_base² + std_boosted² [+ each accuracy's binomial s.e.²])"
-LOWER_IS_BETTER = {"rmse", "absrel", "log10", "log10_rmse"}
+FAMILY_NAMES = {name: f.info.display_name for name, f in FAMILIES.items()}
 
 
 def beyond_noise(base: dict[str, float], boosted: dict[str, float], seeds: int) -> str:
-    """``NOISE_RULE`` applied to two rows of a probe summary (mean, std over ``seeds`` probe seeds)."""
+    """``spatialboost.noise``'s rule (``verdict``) applied to two rows of a probe summary (mean, std over
+    ``seeds`` probe seeds), in the rows' own direction (``lower_is_better``), worded for the card."""
     if seeds < 2:
         return "unknown (1 seed)"
-    diff = boosted["mean"] - base["mean"]
-    if abs(diff) <= noise_threshold(base, boosted):
-        return "no (within noise)"
-    better = diff < 0 if boosted.get("metric") in LOWER_IS_BETTER else diff > 0
-    return "yes, better" if better else "yes, worse"
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes), sorted by name.
-
-    The same digest ``spatialboost probe`` records as an encoder's ``weights_sha256``."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    said = verdict(base, boosted, boosted.get("metric", ""))
+    return "no (within noise)" if said == "within noise" else f"yes, {said}"
 
 
 @dataclass
@@ -294,13 +264,7 @@ def _not_plain(meta: dict[str, Any]) -> str:
     return ""
 
 
-_HF_CLASS = {
-    "dinov2": "Dinov2Model",
-    "dinov2-registers": "Dinov2WithRegistersModel",
-    "dinov3": "DINOv3ViTModel",
-    "clip": "CLIPVisionModel",
-    "siglip2": "Siglip2VisionModel",
-}
+_HF_CLASS = {name: f.model_class.__name__ for name, f in FAMILIES.items()}
 
 
 def load_lines(out_dir: str | Path, remote: bool) -> list[str]:
@@ -339,7 +303,7 @@ def _recipe(facts: RunFacts | None) -> str:
     lines = ["## Training data and recipe", "",
              f"From `{facts.run_dir / 'config.yaml'}` (the run's resolved config). Seed {cfg.get('seed')}; "
              f"LLM `{model.get('llm')}`; encoder `{model.get('encoder')}`; dual-channel options "
-             f"`{json.dumps(model.get('dual_channel') or {})}`.", "",
+             f"`{json.dumps(model.get('boost') or model.get('dual_channel') or {})}`.", "",
              "| dataset | source | samples | views | turns | seed |", "|---|---|---|---|---|---|"]  # fmt: skip
     for d in facts.datasets:
         if not d["found"]:
@@ -374,9 +338,9 @@ def _probes(facts: RunFacts | None) -> str:
     head = ["probe", "metric", *names] + (["Δ", "beyond noise?"] if base else [])
     lines = ["## Probe results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for probe, metric in keys:
-        arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        cells = [probe, f"{metric} {arrow}"]
         got = [rows.get((n, probe, metric)) for n in names]
+        arrow = "↓" if lower_is_better(metric, next((r for r in got if r), None)) else "↑"
+        cells = [probe, f"{metric} {arrow}"]
         cells += ["-" if r is None else _mean_std(r, len(seeds)) for r in got]
         if base and all(got):
             cells += [f"{got[1]['mean'] - got[0]['mean']:+.4f}", beyond_noise(got[0], got[1], len(seeds))]

@@ -1,7 +1,7 @@
 """The models' typed configs (nanoVLM's ``models/config.py``): what ``SpatialVLM.from_config`` builds.
 
 ``VLMConfig`` is the ``model:`` section of a training config (YAML keys ``model.encoder``, ``model.llm``,
-``model.dual_channel.*``, ``model.llm_options.*`` ...); ``BoostConfig`` says how stage 3 boosts the
+``model.boost.*``, ``model.llm_options.*`` ...); ``BoostConfig`` says how stage 3 boosts the
 encoder (``dual_channel.boost_encoder``) and ``LLMOptions`` shapes a tiny random LLM
 (``llm.build_llm``). Every field is typed, so ``spatialboost.config.load_config`` refuses a bad key or
 value when the config loads, naming it and the allowed values, before anything is built. No torch here:
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from spatialboost.config import ConfigError, from_dict
 
@@ -42,13 +43,14 @@ def canonical_mode(mode: str) -> str:
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         known = [*MODES, *MODE_ALIASES]
-        raise ConfigError(f"model.dual_channel.mode: {mode!r} is not one of {known}")
+        raise ConfigError(f"model.boost.mode: {mode!r} is not one of {known}")
     return mode
 
 
 @dataclass
 class BoostConfig:
-    """The options of ``boost_encoder``; also the ``model.dual_channel`` section of a training config."""
+    """The options of ``boost_encoder``; also the ``model.boost`` section of a training config
+    (``model.dual_channel`` before; that key still loads, with a FutureWarning)."""
 
     mode: str = "dual"  # MODES (or an alias in MODE_ALIASES): dual-channel | LoRA | full fine-tuning
     gate: Gate = "channel"
@@ -127,17 +129,27 @@ class VLMConfig:
     llm: str = "tiny-qwen2"  # tiny config name, hub id or local path (build_llm)
     tokenizer: str | None = None  # tokenizer dir; None: the LLM's own, or trained on the corpus for tiny LLMs
     tokenizer_vocab_size: int = 1024  # when training one on the corpus
-    dual_channel: BoostConfig = field(default_factory=BoostConfig)  # stage 3's boost_encoder(...) options
+    boost: BoostConfig = field(default_factory=BoostConfig)  # stage 3's boost_encoder(...): dual/lora/full
     llm_options: LLMOptions = field(default_factory=LLMOptions)  # tiny LLMs' shape (build_llm overrides)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     projector_norm: bool = False  # LayerNorm on the projector's output at the token embeddings' RMS
 
+    RENAMED: ClassVar[dict[str, str]] = {"dual_channel": "boost"}  # old key -> new (config.from_dict)
+
     def __post_init__(self) -> None:
         # code that builds a config may pass plain dicts; they are checked like YAML
-        if isinstance(self.dual_channel, dict):
-            self.dual_channel = from_dict(BoostConfig, self.dual_channel, "model.dual_channel.")
+        if isinstance(self.boost, dict):
+            self.boost = from_dict(BoostConfig, self.boost, "model.boost.")
         if isinstance(self.llm_options, dict):
             self.llm_options = from_dict(LLMOptions, self.llm_options, "model.llm_options.")
+
+    @property
+    def dual_channel(self) -> BoostConfig:
+        """Deprecated name of ``boost`` (it holds every boost mode, not only the dual channel)."""
+        warnings.warn(
+            "VLMConfig.dual_channel is deprecated: use VLMConfig.boost", FutureWarning, stacklevel=2
+        )
+        return self.boost
 
     def validate(self) -> None:
         ignored = sorted(set(self.llm_options.overrides()) - set(self.llm_options.for_llm(self.llm)))

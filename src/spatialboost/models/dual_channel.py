@@ -399,6 +399,7 @@ def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tu
 
 
 def _inject_lora(encoder: VisionEncoder, slots: list[tuple[nn.Module, str]], cfg: BoostConfig) -> None:
+    # lazy: peft is heavy and only the LoRA mode uses it
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = cfg.lora_targets or list(encoder.proj_names)
@@ -429,6 +430,7 @@ def adapter_keys(encoder: nn.Module) -> dict[str, str]:
     if cfg.mode == "full":
         return dict.fromkeys(keys, ADAPTER)
     if cfg.mode == "lora":
+        # lazy: peft is heavy and only the LoRA mode uses it
         from peft.tuners.lora import LoraLayer
 
         names = set(LoraLayer.adapter_layer_names)

@@ -6,10 +6,13 @@ internals. Shapes: B batch, D embed dim, (h, w) patch grid, N = h * w patch toke
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from spatialboost.image_transform import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -24,8 +27,8 @@ class EncoderSpec:
     num_layers: int
     num_heads: int
     num_prefix_tokens: int = 1  # CLS (+ registers) before the patch tokens
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"  # image resampling of its preprocessing (``models.preprocess``)
     extra: dict = field(default_factory=dict)
 
@@ -61,3 +64,15 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
         return self.forward_features(pixels)
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes), sorted by name: the identity of
+    a set of weights (an encoder's ``weights_sha256`` in probe results, feature-cache keys, the model card's
+    match of a probe to an export). Any dtype, bfloat16 included (the bytes are read as uint8)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

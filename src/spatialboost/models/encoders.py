@@ -31,7 +31,13 @@ from torch import nn
 from spatialboost.errors import UserError
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.export import is_saved_encoder, load_encoder
-from spatialboost.models.hf_encoders import HFEncoder, build_from_config, load_pretrained, wrap_model
+from spatialboost.models.hf_encoders import (
+    FAMILIES,
+    HFEncoder,
+    build_from_config,
+    load_pretrained,
+    wrap_model,
+)
 from spatialboost.models.packaged import PACKAGED_ENCODERS, load_packaged
 from spatialboost.registry import Registry, UnknownNameError
 
@@ -51,7 +57,6 @@ class EncoderEntry:
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder")
 
-_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4)
 ENCODERS.add(
     "tiny-vit",  # the demo's encoder: small enough to pre-train on CPU in minutes
     EncoderEntry(
@@ -66,14 +71,6 @@ ENCODERS.add(
         ),
     ),
 )
-ENCODERS.add("tiny-dinov2", EncoderEntry("dinov2", dict(_TINY, image_size=32, mlp_ratio=2)))
-ENCODERS.add(
-    "tiny-dinov2-reg",
-    EncoderEntry("dinov2-registers", dict(_TINY, image_size=32, mlp_ratio=2, num_register_tokens=2)),
-)
-ENCODERS.add("tiny-dinov3", EncoderEntry("dinov3", dict(_TINY, image_size=32, num_register_tokens=2)))
-ENCODERS.add("tiny-siglip2", EncoderEntry("siglip2", dict(_TINY, num_patches=64)))
-ENCODERS.add("tiny-clip", EncoderEntry("clip", dict(_TINY, image_size=32)))
 ENCODERS.add(
     "vit-s14",
     EncoderEntry(
@@ -88,33 +85,10 @@ ENCODERS.add(
         dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224),
     ),
 )
-for _size in ("small", "base", "large", "giant"):
-    ENCODERS.add(f"dinov2-{_size}", EncoderEntry("dinov2", hub_id=f"facebook/dinov2-{_size}"))
-    ENCODERS.add(
-        f"dinov2-reg-{_size}",
-        EncoderEntry("dinov2-registers", hub_id=f"facebook/dinov2-with-registers-{_size}"),
-    )
-_HUB_IDS = {  # family -> short name -> hub id
-    "dinov3": {
-        "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
-        "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
-        "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
-        "dinov3-vit7b16": "facebook/dinov3-vit7b16-pretrain-lvd1689m",
-    },
-    "siglip2": {
-        "siglip2-base": "google/siglip2-base-patch16-naflex",
-        "siglip2-so400m": "google/siglip2-so400m-patch16-naflex",
-        "siglip2-giant": "google/siglip2-giant-opt-patch16-256",
-    },
-    "clip": {
-        "clip-vit-l14": "openai/clip-vit-large-patch14",
-        "openclip-vit-h14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-        "openclip-vit-bigg14": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
-    },
-}
-for _family, _ids in _HUB_IDS.items():
-    for _short, _hub in _ids.items():
-        ENCODERS.add(_short, EncoderEntry(_family, hub_id=_hub))
+for _family in FAMILIES.values():  # each family's tiny test config and hub short names (its FamilyInfo)
+    ENCODERS.add(_family.info.tiny[0], EncoderEntry(_family.family, dict(_family.info.tiny[1])))
+    for _short, _hub in _family.info.hub.items():
+        ENCODERS.add(_short, EncoderEntry(_family.family, hub_id=_hub))
 for _name in PACKAGED_ENCODERS.names():
     ENCODERS.add(_name, EncoderEntry(PACKAGED_ENCODERS.get(_name).family, packaged=True))
 
@@ -195,6 +169,7 @@ class _seeded:
 def timm_encoder(name: str) -> VisionEncoder:
     """timm models are an optional extra (they need a torchvision that matches torch)."""
     try:
+        # lazy: optional extra [timm]
         import timm  # noqa: F401
     except Exception as e:
         raise ImportError(
@@ -206,6 +181,7 @@ def timm_encoder(name: str) -> VisionEncoder:
 def open_clip_encoder(name: str) -> VisionEncoder:
     """open_clip models are an optional extra; OpenCLIP checkpoints in HF format work via ``create_encoder``."""
     try:
+        # lazy: optional extra [open_clip]
         import open_clip  # noqa: F401
     except Exception as e:
         raise ImportError(

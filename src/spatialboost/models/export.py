@@ -35,7 +35,7 @@ from typing import Any
 
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir, is_complete
-from spatialboost.models.card import model_card, run_facts, weights_sha256
+from spatialboost.models.card import model_card, run_facts
 from spatialboost.models.dual_channel import (
     adapter_state_dict,
     base_state_dict,
@@ -43,7 +43,7 @@ from spatialboost.models.dual_channel import (
     boost_options,
     load_adapter_state_dict,
 )
-from spatialboost.models.encoder_base import EncoderSpec, VisionEncoder
+from spatialboost.models.encoder_base import EncoderSpec, VisionEncoder, weights_sha256
 from spatialboost.models.encoder_files import (
     ADAPTER,
     BASE,
@@ -150,6 +150,23 @@ def load_base(source: dict[str, Any]) -> VisionEncoder:
     if source["kind"] == "path" and is_saved_encoder(ref):
         return load_encoder(ref)
     return load_pretrained(ref, pretrained=True, overrides={}, local=Path(ref).is_dir())
+
+
+def load_saved_base(path: str | Path) -> VisionEncoder | None:
+    """The base of a saved boosted encoder directory, in eval mode: the family's model with the boosted
+    encoder's frozen ``Attn`` weights (``base_state_dict``), named ``<name> (base)``; None when ``path`` is
+    not a boosted save."""
+    path = Path(path)
+    if not path.is_dir() or not is_saved_encoder(path):
+        return None
+    config = read_config(path)
+    if config.get("boost") is None:
+        return None
+    spec = config["spec"]
+    model = model_from_saved_config(path, config)
+    model.load_state_dict(base_state_dict(load_encoder(path)), strict=True)
+    return wrap_model(model, name=f"{spec['name']} (base)", source=config["source"], image_size=spec["image_size"],
+                      mean=spec["mean"], std=spec["std"], interpolation=spec.get("interpolation"))  # fmt: skip
 
 
 def is_saved_encoder(path: str | Path) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,22 +38,39 @@ from transformers import (
 from transformers.models.dinov3_vit.modeling_dinov3_vit import apply_rotary_pos_emb
 
 from spatialboost.errors import UnknownNameError, UserError
+from spatialboost.image_transform import IMAGENET_MEAN, IMAGENET_STD
 from spatialboost.models.encoder_base import EncoderOutput, EncoderSpec, VisionEncoder
 from spatialboost.models.encoder_files import CONFIG, EncoderFormatError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
+# the shape of every family's tiny random test config (``tiny-*``: what tests parametrise over)
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4)
+APACHE = {"license": "apache-2.0"}
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """What code outside the encoder needs to know about a family, kept beside its encoder class: the model
+    card (``display_name``, ``licenses``), the registry (``hub`` short names, the ``tiny`` test config) and,
+    from the class itself, the hf export's remote-code classes (``HFEncoder.remote_classes``), the
+    transformers class a plain export loads as (``model_class``) and preprocessing (``default_mean`` /
+    ``default_std`` / ``default_image_size``). ``tests/test_encoders.py`` fails for a family missing any."""
+
+    display_name: str  # "DINOv2", "CLIP vision": how the model card names the family
+    licenses: dict[str, dict[str, str]]  # hub id prefix -> license metadata of those checkpoints' own cards
+    hub: dict[str, str]  # registered short name -> hub id
+    tiny: tuple[str, dict[str, Any]]  # registered random test config: (name, config fields)
 
 
 class HFEncoder(VisionEncoder):
     """Common loop: embed -> blocks -> final norm -> (cls, patch). Subclasses fill the family details."""
 
     family: ClassVar[str]
+    info: ClassVar[FamilyInfo]
     config_class: ClassVar[type[PretrainedConfig]]
     model_class: ClassVar[type[PreTrainedModel]]
     model_types: ClassVar[tuple[str, ...]]
@@ -86,6 +104,12 @@ class HFEncoder(VisionEncoder):
             std=tuple(std or self.default_std),
             interpolation=interpolation or "bicubic",
         )
+
+    @classmethod
+    def remote_classes(cls) -> tuple[str, str]:
+        """(config class, model class) names of the family in ``modeling_spatialboost.py`` (its table builds
+        ``SpatialBoost<transformers class name>`` for each)."""
+        return f"SpatialBoost{cls.config_class.__name__}", f"SpatialBoost{cls.model_class.__name__}"
 
     # -- family hooks -------------------------------------------------------------------------
     @staticmethod
@@ -155,6 +179,12 @@ def _int(v: Any) -> int:
 
 class Dinov2Encoder(HFEncoder):
     family = "dinov2"
+    info = FamilyInfo(
+        display_name="DINOv2",
+        licenses={"facebook/dinov2-": APACHE},
+        hub={f"dinov2-{s}": f"facebook/dinov2-{s}" for s in ("small", "base", "large", "giant")},
+        tiny=("tiny-dinov2", dict(TINY, image_size=32, mlp_ratio=2)),
+    )
     config_class = Dinov2Config
     model_class = Dinov2Model
     model_types = ("dinov2",)
@@ -177,6 +207,15 @@ class Dinov2Encoder(HFEncoder):
 
 class Dinov2RegistersEncoder(Dinov2Encoder):
     family = "dinov2-registers"
+    info = FamilyInfo(
+        display_name="DINOv2 with registers",
+        licenses={"facebook/dinov2-with-registers-": APACHE},
+        hub={
+            f"dinov2-reg-{s}": f"facebook/dinov2-with-registers-{s}"
+            for s in ("small", "base", "large", "giant")
+        },
+        tiny=("tiny-dinov2-reg", dict(TINY, image_size=32, mlp_ratio=2, num_register_tokens=2)),
+    )
     config_class = Dinov2WithRegistersConfig
     model_class = Dinov2WithRegistersModel
     model_types = ("dinov2_with_registers",)
@@ -190,6 +229,23 @@ class Dinov3Encoder(HFEncoder):
     """DINOv3 ViT: CLS + registers, RoPE on the patch tokens' queries and keys (``rope`` below)."""
 
     family = "dinov3"
+    info = FamilyInfo(
+        display_name="DINOv3 ViT",
+        licenses={
+            "facebook/dinov3-": {
+                "license": "other",
+                "license_name": "dinov3-license",
+                "license_link": "https://ai.meta.com/resources/models-and-libraries/dinov3-license/",
+            }
+        },
+        hub={
+            "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
+            "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+            "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
+            "dinov3-vit7b16": "facebook/dinov3-vit7b16-pretrain-lvd1689m",
+        },
+        tiny=("tiny-dinov3", dict(TINY, image_size=32, num_register_tokens=2)),
+    )
     config_class = DINOv3ViTConfig
     model_class = DINOv3ViTModel
     model_types = ("dinov3_vit",)
@@ -237,6 +293,16 @@ class ClipEncoder(_ClipLayout):
     """CLIP / OpenCLIP (HF format). Tokens after ``post_layernorm`` (applied to every token, not only CLS)."""
 
     family = "clip"
+    info = FamilyInfo(
+        display_name="CLIP vision",
+        licenses={"laion/CLIP-": {"license": "mit"}},
+        hub={
+            "clip-vit-l14": "openai/clip-vit-large-patch14",
+            "openclip-vit-h14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+            "openclip-vit-bigg14": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+        },
+        tiny=("tiny-clip", dict(TINY, image_size=32)),
+    )
     config_class = CLIPVisionConfig
     model_class = CLIPVisionModel
     model_types = ("clip_vision_model", "clip")
@@ -256,6 +322,16 @@ class Siglip2Encoder(_ClipLayout):
     """
 
     family = "siglip2"
+    info = FamilyInfo(
+        display_name="SigLIP2 vision",
+        licenses={"google/siglip2-": APACHE},
+        hub={
+            "siglip2-base": "google/siglip2-base-patch16-naflex",
+            "siglip2-so400m": "google/siglip2-so400m-patch16-naflex",
+            "siglip2-giant": "google/siglip2-giant-opt-patch16-256",
+        },
+        tiny=("tiny-siglip2", dict(TINY, num_patches=64)),
+    )
     config_class = Siglip2VisionConfig
     model_class = Siglip2VisionModel
     model_types = ("siglip2_vision_model", "siglip2")

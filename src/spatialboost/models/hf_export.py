@@ -52,7 +52,7 @@ from spatialboost.models.encoder_files import (
     load_tensors,
     save_tensors,
 )
-from spatialboost.models.hf_encoders import load_pretrained, model_from_saved_config, wrap_model
+from spatialboost.models.hf_encoders import FAMILIES, load_pretrained, model_from_saved_config, wrap_model
 from spatialboost.models.preprocess import patch_multiple
 
 HF_FORMAT = "spatialboost-hf"
@@ -65,13 +65,7 @@ PROCESSOR = "preprocessor_config.json"
 CARD = "README.md"
 
 # family -> (config class, model class) in modeling_spatialboost.py
-REMOTE_CLASSES = {
-    "dinov2": ("SpatialBoostDinov2Config", "SpatialBoostDinov2Model"),
-    "dinov2-registers": ("SpatialBoostDinov2WithRegistersConfig", "SpatialBoostDinov2WithRegistersModel"),
-    "dinov3": ("SpatialBoostDINOv3ViTConfig", "SpatialBoostDINOv3ViTModel"),
-    "clip": ("SpatialBoostCLIPVisionConfig", "SpatialBoostCLIPVisionModel"),
-    "siglip2": ("SpatialBoostSiglip2VisionConfig", "SpatialBoostSiglip2VisionModel"),
-}
+REMOTE_CLASSES = {name: f.remote_classes() for name, f in FAMILIES.items()}
 _NOT_HF_KEYS = (
     "model_type",
     "transformers_version",

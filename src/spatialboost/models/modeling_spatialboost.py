@@ -88,6 +88,10 @@ class SpatialBoostMixin:
     attn_attr: str  # the attention module's attribute inside a block
     family_class: type  # the base family's model class
 
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.boost()
+
     def boost(self) -> None:
         opts = self.config.spatialboost
         blocks = self.get_submodule(self.blocks_path)
@@ -147,69 +151,11 @@ def _has_file(repo: str, name: str, kwargs: dict) -> bool:
     return cached_file(repo, name, _raise_exceptions_for_missing_entries=False, **hub) is not None
 
 
-# -- DINOv2 and DINOv2 with registers ----------------------------------------------------------------------
+# -- per-family behaviour beyond the table ---------------------------------------------------------------------
 
 
-class SpatialBoostDinov2Config(Dinov2Config):
-    model_type = "spatialboost_dinov2"
-
-
-class SpatialBoostDinov2Model(SpatialBoostMixin, Dinov2Model):
-    config_class = SpatialBoostDinov2Config
-    family_class = Dinov2Model
-    blocks_path, attn_attr = "encoder.layer", "attention"
-
-    def __init__(self, config: SpatialBoostDinov2Config) -> None:
-        super().__init__(config)
-        self.boost()
-
-
-class SpatialBoostDinov2WithRegistersConfig(Dinov2WithRegistersConfig):
-    model_type = "spatialboost_dinov2_with_registers"
-
-
-class SpatialBoostDinov2WithRegistersModel(SpatialBoostMixin, Dinov2WithRegistersModel):
-    config_class = SpatialBoostDinov2WithRegistersConfig
-    family_class = Dinov2WithRegistersModel
-    blocks_path, attn_attr = "encoder.layer", "attention"
-
-    def __init__(self, config: SpatialBoostDinov2WithRegistersConfig) -> None:
-        super().__init__(config)
-        self.boost()
-
-
-# -- DINOv3 ViT (RoPE: the layer hands position_embeddings to both channels) ----------------------------------
-
-
-class SpatialBoostDINOv3ViTConfig(DINOv3ViTConfig):
-    model_type = "spatialboost_dinov3_vit"
-
-
-class SpatialBoostDINOv3ViTModel(SpatialBoostMixin, DINOv3ViTModel):
-    config_class = SpatialBoostDINOv3ViTConfig
-    family_class = DINOv3ViTModel
-    blocks_path, attn_attr = "model.layer", "attention"
-
-    def __init__(self, config: SpatialBoostDINOv3ViTConfig) -> None:
-        super().__init__(config)
-        self.boost()
-
-
-# -- CLIP vision: SpatialBoost's tokens are post_layernorm of every token ------------------------------------
-
-
-class SpatialBoostCLIPVisionConfig(CLIPVisionConfig):
-    model_type = "spatialboost_clip_vision_model"
-
-
-class SpatialBoostCLIPVisionModel(SpatialBoostMixin, CLIPVisionModel):
-    config_class = SpatialBoostCLIPVisionConfig
-    family_class = CLIPVisionModel
-    blocks_path, attn_attr = "encoder.layers", "self_attn"
-
-    def __init__(self, config: SpatialBoostCLIPVisionConfig) -> None:
-        super().__init__(config)
-        self.boost()
+class _ClipFeatures:
+    """CLIP vision: SpatialBoost's tokens are post_layernorm of every token."""
 
     def forward_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         other_size = tuple(pixel_values.shape[-2:]) != (self.config.image_size,) * 2
@@ -218,21 +164,8 @@ class SpatialBoostCLIPVisionModel(SpatialBoostMixin, CLIPVisionModel):
         return normed[:, 0], normed[:, 1:]
 
 
-# -- SigLIP2 vision (NaFlex): also takes (B, 3, H, W) pixels and patchifies them itself -------------------------
-
-
-class SpatialBoostSiglip2VisionConfig(Siglip2VisionConfig):
-    model_type = "spatialboost_siglip2_vision_model"
-
-
-class SpatialBoostSiglip2VisionModel(SpatialBoostMixin, Siglip2VisionModel):
-    config_class = SpatialBoostSiglip2VisionConfig
-    family_class = Siglip2VisionModel
-    blocks_path, attn_attr = "encoder.layers", "self_attn"
-
-    def __init__(self, config: SpatialBoostSiglip2VisionConfig) -> None:
-        super().__init__(config)
-        self.boost()
+class _Siglip2Pixels:
+    """SigLIP2 vision (NaFlex): also takes (B, 3, H, W) pixels and patchifies them itself; no CLS token."""
 
     def forward(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **kwargs):
         """NaFlex inputs as the family takes them, or (B, 3, H, W) pixels (a square-crop processor's)."""
@@ -255,3 +188,38 @@ class SpatialBoostSiglip2VisionModel(SpatialBoostMixin, Siglip2VisionModel):
         tokens = out.last_hidden_state  # (B, N, D), no CLS token
         cls = out.pooler_output if self.config.vision_use_head else tokens.mean(dim=1)
         return cls, tokens
+
+
+# -- the families: one row each -> SpatialBoost<Config> (model_type spatialboost_<type>) and SpatialBoost<Model> --
+
+# (family config class, family model class, dotted path of its blocks, attention attribute, extra behaviour)
+FAMILIES = (
+    (Dinov2Config, Dinov2Model, "encoder.layer", "attention", ()),
+    (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, "encoder.layer", "attention", ()),
+    (
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+        "model.layer",
+        "attention",
+        (),
+    ),  # RoPE: the layer hands both channels it
+    (CLIPVisionConfig, CLIPVisionModel, "encoder.layers", "self_attn", (_ClipFeatures,)),
+    (Siglip2VisionConfig, Siglip2VisionModel, "encoder.layers", "self_attn", (_Siglip2Pixels,)),
+)
+
+
+def _boosted_pair(
+    config_base: type, model_base: type, blocks_path: str, attn_attr: str, extra: tuple
+) -> tuple:
+    """The remote-code classes of one family: a config with its own model type, a model that boosts."""
+    config_cls = type(f"SpatialBoost{config_base.__name__}", (config_base,),
+                      {"model_type": f"spatialboost_{config_base.model_type}", "__module__": __name__})  # fmt: skip
+    model_cls = type(f"SpatialBoost{model_base.__name__}", (*extra, SpatialBoostMixin, model_base),
+                     {"config_class": config_cls, "family_class": model_base, "blocks_path": blocks_path,
+                      "attn_attr": attn_attr, "__module__": __name__})  # fmt: skip
+    return config_cls, model_cls
+
+
+for _row in FAMILIES:
+    for _cls in _boosted_pair(*_row):
+        globals()[_cls.__name__] = _cls  # what config.json's auto_map names

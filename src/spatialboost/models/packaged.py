@@ -32,8 +32,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 
 from spatialboost.errors import UserError
-from spatialboost.io import dir_mode, sha256_file
+from spatialboost.io import atomic_dir, sha256_file
 from spatialboost.models.hf_encoders import (
     CLIP_MEAN,
     CLIP_STD,
@@ -293,20 +291,9 @@ def write_folder(
     model: torch.nn.Module, entry: PackagedEncoder, record: dict[str, Any], target: Path
 ) -> None:
     """config.json + model.safetensors + preprocessor + provenance in a temporary folder, then renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors",
                   metadata={"format": "pt"})  # fmt: skip
         (tmp / "preprocessor_config.json").write_text(json.dumps(entry.preprocessor, indent=2))
-        (tmp / PROVENANCE).write_text(json.dumps(record, indent=2))  # last: marks the folder complete
-        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would survive the rename
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / PROVENANCE).is_file():  # not another process finishing the same conversion first
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / PROVENANCE).write_text(json.dumps(record, indent=2))  # marks a finished folder

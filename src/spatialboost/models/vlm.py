@@ -137,7 +137,7 @@ class SpatialVLM(nn.Module):
     def from_config(
         cls, cfg: VLMConfig, tokenizer, seed: int = 0, boosted: bool = False, check_boost_layers: bool = False
     ) -> SpatialVLM:
-        """Encoder (``boosted``: with ``cfg.dual_channel``'s adapter) -> projector -> LLM, as training builds it.
+        """Encoder (``boosted``: with ``cfg.boost``'s adapter) -> projector -> LLM, as training builds it.
 
         ``tokenizer`` sizes the LLM's embeddings and gets ``<image>`` (and the reference tokens' ids come
         from it). Random inits are seeded from ``seed``: the encoder from ``seed``, its adapter from
@@ -301,15 +301,15 @@ def encoder_from_config(
 ) -> VisionEncoder:
     """The encoder alone, as ``SpatialVLM.from_config`` builds it (``boosted``: with its adapter).
 
-    ``check_boost_layers``: refuse ``cfg.dual_channel.layers`` the encoder lacks even when not boosting now
+    ``check_boost_layers``: refuse ``cfg.boost.layers`` the encoder lacks even when not boosting now
     (a run that boosts in a later stage fails before its first stage trains)."""
     encoder = create_encoder(cfg.encoder, seed=seed)
     if check_boost_layers:
-        check_layers(encoder, cfg.dual_channel.layers)
+        check_layers(encoder, cfg.boost.layers)
     if boosted:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)  # LoRA inits draw random numbers
-            boost_encoder(encoder, cfg.dual_channel)
+            boost_encoder(encoder, cfg.boost)
     return encoder
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from spatialboost.io import file_mode
+from spatialboost.io import atomic_dir, file_mode
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,13 @@ def save_checkpoint(
     final = root / step_dir_name(step)
     if final.exists():  # a resumed deterministic run reached the same step: identical content
         return final
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-    os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes 0600 whatever the umask
-    torch.save(optim_state, tmp / OPTIM)
-    (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
-    if write_extra is not None:
-        write_extra(tmp)
-    _fsync_tree(tmp)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    with atomic_dir(final, tmp=root / f".tmp-{final.name}-{os.getpid()}", durable=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes 0600 whatever the umask
+        torch.save(optim_state, tmp / OPTIM)
+        (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
+        if write_extra is not None:
+            write_extra(tmp)
     prune(root, keep_last)
     return final
 
@@ -130,19 +125,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,7 +2,7 @@
 
 ``spatialboost train --config configs/demo.yaml stages.encoder.max_steps=20`` builds a ``TrainConfig``
 with ``spatialboost.config.load_config``; the resolved tree is written to ``<run_dir>/config.yaml``.
-Every section is typed, ``model`` included (``models.config.VLMConfig``, with ``model.dual_channel`` a
+Every section is typed, ``model`` included (``models.config.VLMConfig``, with ``model.boost`` a
 ``BoostConfig`` and ``model.llm_options`` an ``LLMOptions``), so a bad key or value fails when the config
 loads, naming the key and the allowed values, before any stage trains.
 

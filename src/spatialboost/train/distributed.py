@@ -95,6 +95,7 @@ def wrap_distributed(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module
 
 def shard_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
     """FSDP2: shard each LLM decoder layer, then the root (projector, encoder, embeddings)."""
+    # lazy: FSDP-only modules, loaded only when a model is sharded
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

@@ -6,8 +6,8 @@ the (N, D) patch tokens in one memory-mapped ``.npy`` and the dataset then serve
 instead of ``pixel_values`` (``SpatialVLM.embed`` takes either; the outputs are the same).
 
 Layout: ``<cache_dir>/<key>/features.npy`` (n_images, N, D) float32 and ``index.json`` (image path ->
-row), written into a temporary sibling and renamed, so a half-written cache is never read. The key hashes
-the encoder's weights and spec, the image transform (``ImageTransform.identity``: side, mean/std,
+row), written into a temporary sibling and renamed (``io.atomic_dir``), so a half-written cache is never
+read. The key hashes the encoder's weights (``weights_sha256``, the digest probes record) and spec, the image transform (``ImageTransform.identity``: side, mean/std,
 interpolation, its version) and every image file's path, size and mtime: a changed encoder, preprocessing
 or image makes a new entry, never a stale read.
 """
@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,8 @@ from tqdm import tqdm
 
 from spatialboost.dataset_format import record_images
 from spatialboost.image_transform import ImageTransform
-from spatialboost.io import resolve_inside
+from spatialboost.io import atomic_dir, resolve_inside
+from spatialboost.models.encoder_base import weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +62,7 @@ def dataset_images(datasets) -> list[Path]:
 def cache_key(encoder, transform: ImageTransform, paths: list[Path]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([encoder.spec.name, encoder.spec.family, transform.identity()]).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(weights_sha256(encoder).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -82,9 +78,7 @@ def build_feature_store(
     if (folder / "index.json").is_file():
         log.info("encoder features cached at %s", folder)
         return FeatureStore(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         was_training = encoder.training
         encoder.eval()
         array = None
@@ -106,10 +100,5 @@ def build_feature_store(
             array.flush()
             del array
         (tmp / "index.json").write_text(json.dumps({str(p): i for i, p in enumerate(paths)}))
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("encoded %d images once -> %s", len(paths), folder)
     return FeatureStore(folder)

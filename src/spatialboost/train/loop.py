@@ -35,6 +35,8 @@ from spatialboost.train import distributed as dist_utils
 from spatialboost.train.config import DataConfig, StageConfig, TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
+from spatialboost.train.features import FeatureStore, build_feature_store, cache_key, dataset_images
+from spatialboost.train.image_gain import describe, load_eval_dataset, measure_image_gain
 from spatialboost.train.metrics import MetricsLogger, read_metrics
 from spatialboost.train.stages import (
     STAGES,
@@ -140,8 +142,6 @@ def gain_due(cfg: TrainConfig, stage: str, step: int, total: int) -> bool:
 
 def measure_stage_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, step: int) -> dict:
     """The image gain of ``vlm`` on every ``image_gain.datasets`` (the first one's at the top level)."""
-    from spatialboost.train.image_gain import load_eval_dataset, measure_image_gain
-
     gcfg = cfg.image_gain
     vlm = dist_utils.unwrap(vlm)
     results = {}
@@ -156,8 +156,6 @@ def measure_stage_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, step: int) 
 
 def log_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict:
     """Measure now and log the gains (all levels, A/B accuracy) to metrics.jsonl / TensorBoard."""
-    from spatialboost.train.image_gain import describe
-
     result = measure_stage_gain(cfg, stage, vlm, tokenizer, step)
     log.info("stage %s step %d: %s", stage, step, describe(result))
     flat = {f"image_gain/{k}": v["gain"] for k, v in result.items() if isinstance(v, dict) and "gain" in v}
@@ -231,8 +229,6 @@ def plan_data(dcfg: DataConfig, scfg: StageConfig, seed: int, vlm, tokenizer, en
 
 def attach_feature_cache(cfg: TrainConfig, stage: str, vlm, data, env: DistEnv) -> None:
     """Frozen encoder: encode every image once (rank 0 writes the cache) and serve cached features."""
-    from spatialboost.train.features import FeatureStore, build_feature_store, cache_key, dataset_images
-
     dcfg = cfg.stage_data(stage)
     parts = data.dataset.datasets
     paths = dataset_images(parts)
@@ -273,6 +269,7 @@ def find_resume(out_dir: Path, vlm, total: int) -> tuple[int, dict | None]:
 
 def restore_optimizer(model, opt, sched, state: dict, strategy: str) -> None:
     if strategy == "fsdp" and dist_utils.unwrap(model) is model and _is_sharded(model):
+        # lazy: FSDP-only modules, loaded only when a model is sharded
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(
@@ -372,6 +369,7 @@ def save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step, total, loss,
 
 def _optimizer_state(model, opt, strategy: str) -> dict:
     if strategy == "fsdp" and _is_sharded(model):
+        # lazy: FSDP-only modules, loaded only when a model is sharded
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)

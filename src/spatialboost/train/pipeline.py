@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
 
 import yaml
 
 from spatialboost.config import ConfigError, from_dict, save_config, to_dict
+from spatialboost.data.tokenizer import corpus_from_records, load_tokenizer, save_tokenizer, train_tokenizer
 from spatialboost.dataset_format import read_manifest, read_records
 from spatialboost.errors import UserError
-from spatialboost.io import OutputDir
+from spatialboost.io import OutputDir, atomic_write_json
 from spatialboost.models.export import save_encoder
+from spatialboost.models.llm import TINY_LLMS, ensure_image_token, ensure_ref_tokens, load_llm_tokenizer
 from spatialboost.train import distributed as dist_utils
+from spatialboost.train.checkpoint import load_weights
 from spatialboost.train.config import STAGE_NAMES, TrainConfig
-from spatialboost.train.loop import StageResult, train_stage
-from spatialboost.train.stages import STAGES, build_encoder, finished_output, load_encoder_weights
+from spatialboost.train.loop import GAIN_FILE, StageResult, stage2_image_gain, train_stage
+from spatialboost.train.stages import STAGES, build_encoder, finished_output, load_encoder_weights, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,6 @@ def blind_config(cfg: TrainConfig) -> TrainConfig:
 
 def train_blind_baseline(cfg: TrainConfig, env, tokenizer) -> None:
     """Train the blind baseline (``<run_dir>/blind``) and add its held-out loss to stage 2's image gain."""
-    from spatialboost.io import atomic_write_json
-    from spatialboost.train.loop import GAIN_FILE, stage2_image_gain, train_stage
-    from spatialboost.train.stages import stage_dir
-
     blind = blind_config(cfg)
     log.info("== text-only baseline (images zeroed) for the image gain: %s ==", blind.run_dir)
     check_config(blind, env)
@@ -154,7 +154,10 @@ def _resolved(saved: dict) -> dict:
     """A saved config read through today's ``TrainConfig`` (defaults filled in, retired keys dropped), so a
     run saved by an older version compares by what it computes."""
     try:
-        return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
+        # a key renamed since it was saved (model.dual_channel) is no mistake of the user's: no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
     except ConfigError:
         return saved
 
@@ -171,9 +174,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def prepare_tokenizer(cfg: TrainConfig, env):
     """The configured tokenizer; for a tiny LLM without one, a BPE trained on the corpus (cached)."""
-    from spatialboost.data.tokenizer import load_tokenizer
-    from spatialboost.models.llm import TINY_LLMS, ensure_image_token, ensure_ref_tokens, load_llm_tokenizer
-
     if cfg.model.tokenizer:
         tok = load_tokenizer(cfg.model.tokenizer)
     elif cfg.model.llm not in TINY_LLMS:
@@ -191,8 +191,6 @@ def prepare_tokenizer(cfg: TrainConfig, env):
 
 
 def train_corpus_tokenizer(cfg: TrainConfig, path: Path) -> None:
-    from spatialboost.data.tokenizer import corpus_from_records, save_tokenizer, train_tokenizer
-
     roots = sorted({root for stage in cfg.stages.run for root in cfg.stage_data(stage).datasets})
     if not roots:
         raise UserError("data.datasets is empty: list dataset dirs made by `spatialboost generate`")
@@ -214,6 +212,4 @@ def write_final_encoder(cfg: TrainConfig) -> Path:
 
 
 def _load(out: Path):
-    from spatialboost.train.checkpoint import load_weights
-
     return load_weights(out)

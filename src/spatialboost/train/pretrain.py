@@ -24,8 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from spatialboost.config import ConfigError, to_dict
+from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES, SyntheticConfig, generate_scene
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import save_encoder
+from spatialboost.models.preprocess import preprocess_images
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,6 @@ def pretrain_encoder(cfg: PretrainConfig) -> PretrainResult:
 
 def render_dataset(cfg: PretrainConfig, spec) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(S, 3, H, W) normalised pixels and (S, C + K) multi-hot class/colour labels."""
-    from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES, SyntheticConfig, generate_scene
-    from spatialboost.models.preprocess import preprocess_images
-
     size = cfg.image_size or spec.image_size
     scfg = SyntheticConfig(**{"image_size": size, "views": 1, **cfg.scene_options})
     names = [f"class:{c}" for c in OBJECT_CLASSES] + [f"colour:{c}" for c in COLORS]

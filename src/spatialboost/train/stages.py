@@ -156,7 +156,7 @@ def set_stage_trainable(vlm: SpatialVLM, stage: str, stage_cfg: StageConfig) -> 
         mark_only_adapter_trainable(vlm.encoder)
     summary = trainable_summary(vlm)
     if not summary:
-        raise UserError(f"stage {stage}: nothing to train (check model.dual_channel and train_projector)")
+        raise UserError(f"stage {stage}: nothing to train (check model.boost and train_projector)")
     lines = [f"  {g:<9} {s['tensors']:>5} tensors {s['params']:>12,} params" for g, s in summary.items()]
     log.info("stage %d %s: trainable parameters\n%s", spec.index, spec.title, "\n".join(lines))
     log.debug("trainable tensors: %s", ", ".join(trainable_named(vlm)))

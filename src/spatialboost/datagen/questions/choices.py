@@ -27,22 +27,22 @@ from __future__ import annotations
 import random
 
 from spatialboost.datagen.questions import relations as R
-from spatialboost.datagen.questions.templates import (
+from spatialboost.datagen.questions.phrasing import (
     QA,
     Context,
-    _coord_note,
-    _depth_fact,
-    _fact,
-    _in_view,
-    _size,
-    _snap,
+    coord_note,
+    depth_fact,
     desc,
+    in_view_text,
     m,
+    make_fact,
     pick_pair,
     sample_point,
-    template,
+    snap_point,
+    view_size,
     xy,
 )
+from spatialboost.datagen.questions.templates import template
 from spatialboost.datagen.scenes.scene import Scene
 
 CHOICES = ["A", "B"]
@@ -52,7 +52,7 @@ READOUT_POINTS = 6
 
 
 def _choice_fact(fn: str, args: dict, d: R.Decision, letter: str, support: list | None = None) -> dict:
-    fact = _fact(fn, args, d, [f"{letter}."], support)
+    fact = make_fact(fn, args, d, [f"{letter}."], support)
     fact.update(choices=list(CHOICES), answer_choice=letter)
     return fact
 
@@ -68,12 +68,12 @@ def _same_row_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, in
     depth = ctx.graph.scene.views[view].depth
     if depth is None:
         return None
-    w, h = _size(ctx, view)
+    w, h = view_size(ctx, view)
     for _ in range(40):
         y = rng.randrange(h)
         x1, x2 = rng.randrange(w), rng.randrange(w)
         y2 = min(h - 1, max(0, y + rng.choice((-1, 0, 1))))
-        (x1, y1), (x2, y2) = _snap(ctx, view, x1, y), _snap(ctx, view, x2, y2)
+        (x1, y1), (x2, y2) = snap_point(ctx, view, x1, y), snap_point(ctx, view, x2, y2)
         d1, d2 = float(depth[y1, x1]), float(depth[y2, x2])
         if abs(x1 - x2) < w / 8 or d1 <= 0 or d2 <= 0:
             continue
@@ -97,10 +97,10 @@ def t_choice_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA 
         d = R.closer_point(ctx.graph, v, x1, y1, x2, y2)
     letter = "A" if d.label == "first" else "B"
     sa, sb = xy(ctx, v, x1, y1), xy(ctx, v, x2, y2)
-    q = f"Which point is closer to the camera: (A) {sa} or (B) {sb}? Answer with A or B. {_coord_note(ctx)}"
+    q = f"Which point is closer to the camera: (A) {sa} or (B) {sb}? Answer with A or B. {coord_note(ctx)}"
     args = {"view": v, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
     fact = _choice_fact("closer_point", args, d, letter)
-    return QA("pixel", "choice_closer_point", _in_view(ctx, v, q), f"{letter}.", fact)
+    return QA("pixel", "choice_closer_point", in_view_text(ctx, v, q), f"{letter}.", fact)
 
 
 def _object_choice(ctx: Context, rng: random.Random, decide, first_label: str, min_gap: float = 0.0):
@@ -128,7 +128,7 @@ def _object_qa(ctx: Context, rng: random.Random, name: str, relation: str, decid
     q = question.format(A=desc(ctx, a), B=desc(ctx, b))
     args = {"view": ctx.view, "a": a, "b": b} if in_view else {"a": a, "b": b}
     fact = _choice_fact(relation, args, d, letter)
-    return QA("object", name, _in_view(ctx, ctx.view, q), f"{letter}.", fact)
+    return QA("object", name, in_view_text(ctx, ctx.view, q), f"{letter}.", fact)
 
 
 @template("choice_closer_object", "object", auxiliary=True)
@@ -169,10 +169,10 @@ def t_depth_readout(scene: Scene, ctx: Context, rng: random.Random) -> QA | None
     if len(points) < 2:
         return None
     listed = ", ".join(xy(ctx, v, p.x, p.y) for p in points)
-    q = f"What is the depth at each of these points, in order: {listed}? {_coord_note(ctx)}"
+    q = f"What is the depth at each of these points, in order: {listed}? {coord_note(ctx)}"
     answer = ", ".join(m(p.depth) for p in points) + "."
     first, rest = points[0], points[1:]
-    fact = _fact("depth_at", {"view": v, "x": first.x, "y": first.y}, R.Decision(first.depth, R.METRIC),
-                 [m(first.depth)], [_depth_fact(p) for p in rest])  # fmt: skip
+    fact = make_fact("depth_at", {"view": v, "x": first.x, "y": first.y}, R.Decision(first.depth, R.METRIC),
+                      [m(first.depth)], [depth_fact(p) for p in rest])  # fmt: skip
     ctx.points += points
-    return QA("pixel", "depth_readout", _in_view(ctx, v, q), answer, fact)
+    return QA("pixel", "depth_readout", in_view_text(ctx, v, q), answer, fact)

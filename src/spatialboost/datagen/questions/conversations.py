@@ -17,8 +17,9 @@ from typing import Any, Literal
 from spatialboost.config import ConfigError
 from spatialboost.constants import IMAGE_TOKEN
 from spatialboost.datagen.questions import choices as _choices  # noqa: F401  (registers the auxiliary templates)
+from spatialboost.datagen.questions.phrasing import QA, Context
 from spatialboost.datagen.questions.relations import SceneGraph
-from spatialboost.datagen.questions.templates import COORDS, QA, TEMPLATES, Context, Template
+from spatialboost.datagen.questions.templates import COORDS, TEMPLATES, Template
 from spatialboost.datagen.scenes.scene import Scene
 
 SPATIAL_LEVELS = ("pixel", "object", "scene")

@@ -11,7 +11,8 @@ the substrings the answer must contain (``expect``), and the facts cited in the 
 A template returns ``None`` when its question cannot be answered without guessing (near-ties, no depth,
 too few objects); the conversation builder then tries another.
 
-Coordinates in questions: ``ctx.coords == "pixels"``: integer ``(x, y)`` = (column, row), origin top-left;
+The QA and context types and the phrasing templates share (numbers, points, facts, picking points and
+pairs) live in ``phrasing``; this module holds the registry and the templates. Coordinates in questions: ``ctx.coords == "pixels"``: integer ``(x, y)`` = (column, row), origin top-left;
 ``"norm1000"``: ``(x, y)`` scaled to 0-1000 over the width/height, origin top-left (pixel = floor(v * W / 1000)).
 The convention is stated in every question that gives a point. Distances: metres with 2 decimals (``"2.13 m"``).
 """
@@ -20,45 +21,31 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from spatialboost.datagen.questions import relations as R
+from spatialboost.datagen.questions.phrasing import (
+    QA,
+    Context,
+    cap,
+    coord_note,
+    decided_pair,
+    depth_fact,
+    depth_rationale,
+    desc,
+    in_view_text,
+    m,
+    make_fact,
+    pick_object,
+    sample_point,
+    xy,
+)
 from spatialboost.datagen.questions.relations import FACTS, METRIC, SAME, Decision, SceneGraph
 from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.registry import Registry
 
 LEVELS = ("pixel", "object", "scene", "caption")
 COORDS = ("pixels", "norm1000")
-
-
-@dataclass
-class QA:
-    level: str
-    template: str
-    question: str
-    answer: str
-    fact: dict[str, Any]
-
-
-@dataclass
-class PointNote:
-    """A pixel-level answer already given in the conversation (for object-level rationales)."""
-
-    view: int
-    x: int
-    y: int
-    depth: float
-    obj: int  # 0 = background
-
-
-@dataclass
-class Context:
-    graph: SceneGraph
-    view: int = 0
-    coords: str = "pixels"
-    focus: list[int] = field(default_factory=list)  # object ids pixel-level turns should land on
-    points: list[PointNote] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -84,176 +71,6 @@ def template(
     return deco
 
 
-# ----------------------------------------------------------------------------------------------- formatting
-
-
-def m(x: float) -> str:
-    """Metres with 2 decimals: ``2.13 m``."""
-    return f"{x:.2f} m"
-
-
-def cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _fact(fn: str, args: dict[str, Any], d: Decision, expect: list[str], support: list | None = None) -> dict:
-    return {
-        "fn": fn,
-        "args": args,
-        "value": d.value,
-        "label": d.label,
-        "expect": expect,
-        "support": support or [],
-    }
-
-
-def _in_view(ctx: Context, view: int, q: str = "") -> str:
-    """``q`` prefixed with "In view k, " in multi-view samples (1-based in text)."""
-    if ctx.graph.num_views > 1:
-        return f"In view {view + 1}, {q[:1].lower()}{q[1:]}"
-    return q
-
-
-def _coord_note(ctx: Context) -> str:
-    if ctx.coords == "norm1000":
-        return "(x, y are normalised to 0-1000 across the width and height, origin at the top-left)"
-    return "(x, y in pixels, origin at the top-left)"
-
-
-def _size(ctx: Context, view: int) -> tuple[int, int]:
-    cam = ctx.graph.scene.views[view].camera
-    return cam.width, cam.height
-
-
-def to_coords(ctx: Context, view: int, x: int, y: int) -> tuple[int, int]:
-    if ctx.coords == "pixels":
-        return x, y
-    w, h = _size(ctx, view)
-    return round((x + 0.5) * 1000 / w), round((y + 0.5) * 1000 / h)
-
-
-def from_coords(ctx: Context, view: int, cx: int, cy: int) -> tuple[int, int]:
-    if ctx.coords == "pixels":
-        return cx, cy
-    w, h = _size(ctx, view)
-    return min(cx * w // 1000, w - 1), min(cy * h // 1000, h - 1)
-
-
-def xy(ctx: Context, view: int, x: int, y: int) -> str:
-    cx, cy = to_coords(ctx, view, x, y)
-    return f"({cx}, {cy})"
-
-
-def desc(ctx: Context, obj: int) -> str:
-    return ctx.graph.objects[obj].description
-
-
-# ----------------------------------------------------------------------------------------------- point sampling
-
-
-def _snap(ctx: Context, view: int, x: int, y: int) -> tuple[int, int]:
-    """The pixel a question's coordinates refer to (identity for pixels; exact round trip for W, H <= 1000)."""
-    if ctx.coords == "pixels":
-        return x, y
-    return from_coords(ctx, view, *to_coords(ctx, view, x, y))
-
-
-def sample_point(ctx: Context, rng: random.Random, view: int, obj: int | None = None) -> PointNote | None:
-    """A pixel with valid depth: on ``obj`` if given, else on a focus object (often), else anywhere."""
-    g = ctx.graph
-    depth = g.scene.views[view].depth
-    if depth is None:
-        return None
-    pixels = g.object_pixels(view)
-    if obj is not None and obj not in pixels:
-        return None
-    if obj is None and pixels and rng.random() < 0.8:
-        cands = [o for o in ctx.focus if o in pixels] or sorted(pixels)
-        cited = {p.obj for p in ctx.points if p.view == view}
-        fresh = [o for o in cands if o not in cited]
-        obj = rng.choice(fresh or cands)
-    if obj is not None and obj in pixels:
-        xs, ys = pixels[obj]
-        i = rng.randrange(len(xs))
-        x, y = _snap(ctx, view, int(xs[i]), int(ys[i]))
-    else:
-        h, w = depth.shape
-        for _ in range(20):
-            x, y = _snap(ctx, view, rng.randrange(w), rng.randrange(h))
-            if depth[y, x] > 0:
-                break
-        else:
-            return None
-    d = float(depth[y, x])
-    if d <= 0:
-        return None
-    inst = g.scene.views[view].instance
-    return PointNote(view, x, y, R.depth_at(g, view, x, y).value, int(inst[y, x]) if inst is not None else 0)
-
-
-def cite(ctx: Context, rng: random.Random, view: int, obj: int) -> PointNote | None:
-    """A point on ``obj`` for a rationale: one already asked about if any, else a fresh one."""
-    for p in reversed(ctx.points):
-        if p.view == view and p.obj == obj:
-            return p
-    return sample_point(ctx, rng, view, obj)
-
-
-def _depth_fact(p: PointNote) -> dict:
-    args = {"view": p.view, "x": p.x, "y": p.y}
-    return {
-        "fn": "depth_at",
-        "args": args,
-        "value": p.depth,
-        "label": METRIC,
-        "expect": [m(p.depth)],
-        "support": [],
-    }
-
-
-def _rationale(ctx: Context, rng: random.Random, view: int, a: int, b: int) -> tuple[str, list, tuple]:
-    """ "The point (x1, y1) on A is at 2.10 m and the point (x2, y2) on B is at 3.40 m." plus support facts."""
-    pa, pb = cite(ctx, rng, view, a), cite(ctx, rng, view, b)
-    if pa is None or pb is None:
-        return "", [], (pa, pb)
-    text = (
-        f"The point {xy(ctx, view, pa.x, pa.y)} on {desc(ctx, a)} is at a depth of {m(pa.depth)} and "
-        f"the point {xy(ctx, view, pb.x, pb.y)} on {desc(ctx, b)} is at {m(pb.depth)}. "
-    )
-    return text, [_depth_fact(pa), _depth_fact(pb)], (pa, pb)
-
-
-def pick_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, int] | None:
-    """Two distinct visible objects, preferring the conversation's focus objects."""
-    vis = ctx.graph.visible(view)
-    if len(vis) < 2:
-        return None
-    focus = [o for o in ctx.focus if o in vis]
-    pool = focus if len(focus) >= 2 and rng.random() < 0.7 else vis
-    a, b = rng.sample(pool, 2)
-    return a, b
-
-
-def decided_pair(
-    ctx: Context, rng: random.Random, decide: Callable[[int, int], Decision], need_ok: bool = True
-) -> tuple[int, int, Decision, str, str] | None:
-    """Two visible objects of the current view, the relation ``decide(a, b)`` between them, and their
-    descriptions; None when no pair exists or (with ``need_ok``) the relation is a near-tie."""
-    pair = pick_pair(ctx, rng, ctx.view)
-    if pair is None:
-        return None
-    a, b = pair
-    d = decide(a, b)
-    if need_ok and not d.ok:
-        return None
-    return a, b, d, desc(ctx, a), desc(ctx, b)
-
-
-def pick_object(ctx: Context, rng: random.Random, view: int) -> int | None:
-    vis = ctx.graph.visible(view)
-    return rng.choice(vis) if vis else None
-
-
 # ----------------------------------------------------------------------------------------------- pixel level
 
 
@@ -273,9 +90,9 @@ def t_depth_at(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     )
     ctx.points.append(p)
     d = Decision(p.depth, METRIC)
-    fact = _fact("depth_at", {"view": v, "x": p.x, "y": p.y}, d, [m(p.depth)])
+    fact = make_fact("depth_at", {"view": v, "x": p.x, "y": p.y}, d, [m(p.depth)])
     answer = f"The depth at {pt} is {m(p.depth)}."
-    return QA("pixel", "depth_at", _in_view(ctx, v, f"{q} {_coord_note(ctx)}"), answer, fact)
+    return QA("pixel", "depth_at", in_view_text(ctx, v, f"{q} {coord_note(ctx)}"), answer, fact)
 
 
 @template("closer_point", "pixel")
@@ -299,8 +116,8 @@ def t_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     verdict = f"so {win} is closer"
     answer = f"{s1} is at {m(p1.depth)} and {s2} is at {m(p2.depth)}, {verdict}."
     args = {"view": v, "x1": p1.x, "y1": p1.y, "x2": p2.x, "y2": p2.y}
-    fact = _fact("closer_point", args, d, [verdict], [_depth_fact(p1), _depth_fact(p2)])
-    return QA("pixel", "closer_point", _in_view(ctx, v, f"{q} {_coord_note(ctx)}"), answer, fact)
+    fact = make_fact("closer_point", args, d, [verdict], [depth_fact(p1), depth_fact(p2)])
+    return QA("pixel", "closer_point", in_view_text(ctx, v, f"{q} {coord_note(ctx)}"), answer, fact)
 
 
 @template("point_3d", "pixel")
@@ -320,9 +137,9 @@ def t_point_3d(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     ctx.points.append(p)
     pos = "(" + ", ".join(f"{c:.2f}" for c in d.value) + ") m"
     answer = f"The point at {pt} is at {pos} (x right, y down, z forward)."
-    fact = _fact("point_3d", {"view": v, "x": p.x, "y": p.y}, d, [pos])
-    note = f"{_coord_note(ctx)[:-1]}; answer in metres with x right, y down, z forward)"
-    return QA("pixel", "point_3d", _in_view(ctx, v, f"{q} {note}"), answer, fact)
+    fact = make_fact("point_3d", {"view": v, "x": p.x, "y": p.y}, d, [pos])
+    note = f"{coord_note(ctx)[:-1]}; answer in metres with x right, y down, z forward)"
+    return QA("pixel", "point_3d", in_view_text(ctx, v, f"{q} {note}"), answer, fact)
 
 
 # ----------------------------------------------------------------------------------------------- object level
@@ -347,14 +164,14 @@ def t_left_right(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
             f"From the camera's viewpoint, is {A} {asked} of {B}?",
         )
     )
-    why, support, _ = _rationale(ctx, rng, v, a, b)
+    why, support, _ = depth_rationale(ctx, rng, v, a, b)
     statement = f"{A} is to the {d.label} of {B}"
     answer = (
         f"{why}In 3D their centres are {m(abs(d.value))} apart sideways. "
         f"{_yes_no(asked, d.label)}, {statement}."
     )
-    fact = _fact("left_right", {"view": v, "a": a, "b": b}, d, [statement, m(abs(d.value))], support)
-    return QA("object", "left_right", _in_view(ctx, v, q), answer, fact)
+    fact = make_fact("left_right", {"view": v, "a": a, "b": b}, d, [statement, m(abs(d.value))], support)
+    return QA("object", "left_right", in_view_text(ctx, v, q), answer, fact)
 
 
 @template("front_behind", "object", weight=1.5)
@@ -364,7 +181,7 @@ def t_front_behind(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     if got is None:
         return None
     a, b, d, A, B = got
-    why, support, (pa, pb) = _rationale(ctx, rng, v, a, b)
+    why, support, (pa, pb) = depth_rationale(ctx, rng, v, a, b)
     if pa is not None and pb is not None and (pa.depth < pb.depth) != (d.label == "in front of"):
         why, support = (
             "",
@@ -380,8 +197,8 @@ def t_front_behind(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     )
     statement = f"{A} is {d.label} {B}"
     answer = f"{why}{_yes_no(asked, d.label)}, {statement}."
-    fact = _fact("front_behind", {"view": v, "a": a, "b": b}, d, [statement], support)
-    return QA("object", "front_behind", _in_view(ctx, v, q), answer, fact)
+    fact = make_fact("front_behind", {"view": v, "a": a, "b": b}, d, [statement], support)
+    return QA("object", "front_behind", in_view_text(ctx, v, q), answer, fact)
 
 
 @template("above_below", "object", weight=0.5)
@@ -397,9 +214,11 @@ def t_above_below(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     q = rng.choice((f"Is {A} {asked} {B}?", f"Is {A} located {asked} {B}?"))
     statement = f"{A} is {d.label} {B}"
     answer = f"{cap(A)} spans heights {sa} and {B} {sb}. {_yes_no(asked, d.label)}, {statement}."
-    support = [_fact("vertical_span", {"a": o}, s, [t]) for o, s, t in ((a, spans[0], sa), (b, spans[1], sb))]
-    fact = _fact("above_below", {"a": a, "b": b}, d, [statement], support)
-    return QA("object", "above_below", _in_view(ctx, v, q), answer, fact)
+    support = [
+        make_fact("vertical_span", {"a": o}, s, [t]) for o, s, t in ((a, spans[0], sa), (b, spans[1], sb))
+    ]
+    fact = make_fact("above_below", {"a": a, "b": b}, d, [statement], support)
+    return QA("object", "above_below", in_view_text(ctx, v, q), answer, fact)
 
 
 @template("bigger_smaller", "object")
@@ -413,9 +232,11 @@ def t_bigger_smaller(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     va, vb = (f"{v.value:.3f} m^3" for v in vols)
     statement = f"{A} and {B} are about the same size" if d.label == SAME else f"{A} is {d.label} than {B}"
     answer = f"{cap(A)} has a volume of {va} and {B} {vb}, so {statement}."
-    support = [_fact("object_volume", {"a": o}, v, [t]) for o, v, t in ((a, vols[0], va), (b, vols[1], vb))]
-    fact = _fact("bigger_smaller", {"a": a, "b": b}, d, [statement], support)
-    return QA("object", "bigger_smaller", _in_view(ctx, ctx.view, q), answer, fact)
+    support = [
+        make_fact("object_volume", {"a": o}, v, [t]) for o, v, t in ((a, vols[0], va), (b, vols[1], vb))
+    ]
+    fact = make_fact("bigger_smaller", {"a": a, "b": b}, d, [statement], support)
+    return QA("object", "bigger_smaller", in_view_text(ctx, ctx.view, q), answer, fact)
 
 
 @template("taller_shorter", "object")
@@ -429,11 +250,11 @@ def t_taller_shorter(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     statement = f"{A} and {B} are about the same height" if d.label == SAME else f"{A} is {d.label} than {B}"
     answer = f"{cap(A)} is {m(ha)} tall and {B} is {m(hb)} tall, so {statement}."
     heights = [
-        _fact("object_height", {"a": o}, R.object_height(ctx.graph, o), [f"{m(h)} tall"])
+        make_fact("object_height", {"a": o}, R.object_height(ctx.graph, o), [f"{m(h)} tall"])
         for o, h in ((a, ha), (b, hb))
     ]
-    fact = _fact("taller_shorter", {"a": a, "b": b}, d, [statement], heights)
-    return QA("object", "taller_shorter", _in_view(ctx, ctx.view, q), answer, fact)
+    fact = make_fact("taller_shorter", {"a": a, "b": b}, d, [statement], heights)
+    return QA("object", "taller_shorter", in_view_text(ctx, ctx.view, q), answer, fact)
 
 
 # ----------------------------------------------------------------------------------------------- scene level
@@ -453,7 +274,7 @@ def t_center_distance(scene: Scene, ctx: Context, rng: random.Random) -> QA | No
         )
     )
     answer = f"The centres of {A} and {B} are {m(d.value)} apart."
-    fact = _fact("center_distance", {"a": a, "b": b}, d, [m(d.value)])
+    fact = make_fact("center_distance", {"a": a, "b": b}, d, [m(d.value)])
     return QA("scene", "center_distance", q, answer, fact)
 
 
@@ -471,7 +292,7 @@ def t_surface_distance(scene: Scene, ctx: Context, rng: random.Random) -> QA | N
         if d.value == 0
         else f"Their closest surfaces are {m(d.value)} apart."
     )
-    fact = _fact("surface_distance", {"a": a, "b": b}, d, [m(d.value)])
+    fact = make_fact("surface_distance", {"a": a, "b": b}, d, [m(d.value)])
     return QA("scene", "surface_distance", q, answer, fact)
 
 
@@ -495,9 +316,9 @@ def t_object_size(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     A = desc(ctx, a)
     q = rng.choice((f"How {adj} is {A}?", f"What is the {noun} of {A} in metres?"))
     if fn != "object_height":
-        q = _in_view(ctx, v, f"{q} (as seen from the camera)")
+        q = in_view_text(ctx, v, f"{q} (as seen from the camera)")
     answer = f"{cap(A)} is {m(d.value)} {adj}."
-    return QA("scene", "object_size", q, answer, _fact(fn, args, d, [m(d.value)]))
+    return QA("scene", "object_size", q, answer, make_fact(fn, args, d, [m(d.value)]))
 
 
 def _count_text(n: int) -> str:
@@ -513,9 +334,9 @@ def t_object_count(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     return QA(
         "scene",
         "object_count",
-        _in_view(ctx, v, q),
+        in_view_text(ctx, v, q),
         f"There are {text}.",
-        _fact("object_count", {"view": v}, d, [text]),
+        make_fact("object_count", {"view": v}, d, [text]),
     )
 
 
@@ -532,8 +353,8 @@ def t_closest_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     q = rng.choice((f"Which object is {word} the camera?", f"Name the object {word} the viewer."))
     statement = f"{cap(desc(ctx, obj))} is {word} the camera, {m(dist)} away"
     answer = f"{statement} (the next one is at {m(other)})."
-    fact = _fact(fn, {"view": v}, d, [statement, f"next one is at {m(other)}"])
-    return QA("scene", "closest_object", _in_view(ctx, v, q), answer, fact)
+    fact = make_fact(fn, {"view": v}, d, [statement, f"next one is at {m(other)}"])
+    return QA("scene", "closest_object", in_view_text(ctx, v, q), answer, fact)
 
 
 def _layout_text(ctx: Context, ids: list[int]) -> str:
@@ -553,9 +374,9 @@ def t_layout(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     return QA(
         "scene",
         "layout",
-        _in_view(ctx, v, q),
+        in_view_text(ctx, v, q),
         text + ".",
-        _fact("left_to_right", {"view": v}, d, [text]),
+        make_fact("left_to_right", {"view": v}, d, [text]),
     )
 
 
@@ -597,9 +418,9 @@ def t_caption(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
     return QA(
         "caption",
         "caption",
-        _in_view(ctx, ctx.view, q),
+        in_view_text(ctx, ctx.view, q),
         d.value,
-        _fact("caption", {"view": ctx.view}, d, [d.value]),
+        make_fact("caption", {"view": ctx.view}, d, [d.value]),
     )
 
 
@@ -637,7 +458,7 @@ def t_mv_closer_view(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
         "mv_closer_view",
         q,
         answer,
-        _fact("closer_view", {"a": a, "v1": v1, "v2": v2}, d, [verdict]),
+        make_fact("closer_view", {"a": a, "v1": v1, "v2": v2}, d, [verdict]),
     )
 
 
@@ -668,7 +489,7 @@ def t_mv_camera_motion(scene: Scene, ctx: Context, rng: random.Random) -> QA | N
     )
     answer = f"The camera moved {motion} (in the horizontal frame of view {v1 + 1})."
     return QA(
-        "scene", "mv_camera_motion", q, answer, _fact("camera_motion", {"v1": v1, "v2": v2}, d, [motion])
+        "scene", "mv_camera_motion", q, answer, make_fact("camera_motion", {"v1": v1, "v2": v2}, d, [motion])
     )
 
 
@@ -686,16 +507,18 @@ def t_mv_same_object(scene: Scene, ctx: Context, rng: random.Random) -> QA | Non
     if p1 is None or p2 is None or p1.obj != a or p2.obj != a:
         return None
     s1, s2 = xy(ctx, v1, p1.x, p1.y), xy(ctx, v2, p2.x, p2.y)
-    q = f"The point {s1} in view {v1 + 1} lies on an object. Where does that object appear in view {v2 + 1}? {_coord_note(ctx)}"
+    q = f"The point {s1} in view {v1 + 1} lies on an object. Where does that object appear in view {v2 + 1}? {coord_note(ctx)}"
     answer = f"It is {desc(ctx, a)}; in view {v2 + 1} it is visible, for example at {s2}."
     d = R.instance_at(ctx.graph, v1, p1.x, p1.y)
     support = [
-        _fact("instance_at", {"view": v2, "x": p2.x, "y": p2.y}, R.instance_at(ctx.graph, v2, p2.x, p2.y), [])
+        make_fact(
+            "instance_at", {"view": v2, "x": p2.x, "y": p2.y}, R.instance_at(ctx.graph, v2, p2.x, p2.y), []
+        )
     ]
     return QA(
         "object",
         "mv_same_object",
         q,
         answer,
-        _fact("instance_at", {"view": v1, "x": p1.x, "y": p1.y}, d, [desc(ctx, a), s2], support),
+        make_fact("instance_at", {"view": v1, "x": p1.x, "y": p1.y}, d, [desc(ctx, a), s2], support),
     )

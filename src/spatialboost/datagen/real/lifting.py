@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import ConvexHull, QhullError
 
 from spatialboost.datagen.real.perception.colors import dominant_color
 from spatialboost.datagen.scenes.geometry import (
@@ -193,8 +194,6 @@ def _box_support(p: np.ndarray) -> np.ndarray:
 
     ``obb_from_points_yaw`` only depends on these, and its pure-Python hull is slow on thousands of points.
     """
-    from scipy.spatial import ConvexHull, QhullError
-
     try:
         idx = ConvexHull(p[:, :2]).vertices
     except (QhullError, ValueError):  # collinear or too few points: keep them all

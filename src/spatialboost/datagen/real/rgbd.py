@@ -277,6 +277,7 @@ VGGT_INSTALL_HINT = (
 def vggt_reconstructor(model: str = "facebook/VGGT-1B", device: str = "cpu") -> UnposedReconstructor:
     """A VGGT-backed reconstructor when ``import vggt`` works, else a UserError saying what to install."""
     try:
+        # lazy: optional dependency (VGGT), needed only to reconstruct unposed images
         import vggt  # noqa: F401
     except ImportError:
         raise UserError(VGGT_INSTALL_HINT) from None
@@ -287,12 +288,14 @@ class _VGGT:
     """Adapter over the ``vggt`` package (not importable here; exercised only where it is installed)."""
 
     def __init__(self, model: str, device: str) -> None:
+        # lazy: optional dependency (VGGT), needed only to reconstruct unposed images
         from vggt.models.vggt import VGGT
 
         self.device = device
         self.net = VGGT.from_pretrained(model).to(device).eval()
 
     def reconstruct(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        # lazy: only the VGGT adapter needs torch; reading RGB-D folders does not
         import torch
         from vggt.utils.pose_enc import pose_encoding_to_extri_intri
 

@@ -277,6 +277,7 @@ class Renderer:
 
     def __init__(self, segments: int = 32) -> None:
         try:
+            # lazy: optional OpenGL renderer; without a GL context the CPU rasteriser is used
             import moderngl
 
             self.ctx = moderngl.create_standalone_context(backend="egl")

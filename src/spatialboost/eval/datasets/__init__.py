@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spatialboost.errors import UserError
-from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, parse_data_spec
 from spatialboost.eval.datasets.imagefolder import ImageFolderDataset
+from spatialboost.eval.datasets.multiview import RGBDMultiView
 from spatialboost.eval.datasets.nyu import NYUFolderDataset, NYUMatDataset, nyu_dataset
 from spatialboost.eval.datasets.segmentation import ADE20KDataset, VOCSegDataset
 from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset
@@ -57,19 +58,12 @@ def _voc(path: str | None, split: str, **_: object) -> ProbeDataset:
 
 @DATASETS.register("rgbd")
 def _rgbd(path: str | None, split: str, **_: object) -> ProbeDataset:
-    from spatialboost.eval.datasets.multiview import RGBDMultiView
-
     return RGBDMultiView(_needs_path("rgbd", path), split)
 
 
 @DATASETS.register("imagefolder")
 def _imagefolder(path: str | None, split: str, **_: object) -> ProbeDataset:
     return ImageFolderDataset(_needs_path("imagefolder", path), split)
-
-
-def parse_data_spec(spec: str) -> tuple[str, str | None]:
-    name, sep, path = spec.partition(":")
-    return name.strip(), (path if sep else None)
 
 
 def build_dataset(spec: str, split: str, **options: object) -> ProbeDataset:

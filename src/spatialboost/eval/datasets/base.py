@@ -22,6 +22,12 @@ from spatialboost.io import resolve_inside
 SPLITS = ("train", "val", "test")
 
 
+def parse_data_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME`` -> (NAME, None); ``NAME:PATH`` -> (NAME, PATH): the one reading of a ``--data`` spec."""
+    name, sep, path = spec.partition(":")
+    return name.strip(), (path if sep else None)
+
+
 @dataclass
 class ProbeSample:
     image: np.ndarray  # (H, W, 3) uint8, or float32 in [0, 1] (already resized: ``eval.depth_protocol``)

@@ -25,9 +25,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from spatialboost.constants import SEG_IGNORE_INDEX
-from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, read_rgb
+from spatialboost.datagen.real.rgbd import find_sequences, read_depth_png, read_instance_png, read_sequence
+from spatialboost.datagen.scenes.synthetic import (
+    SEMANTIC_CLASSES,
+    SyntheticConfig,
+    generate_scene,
+    sample_layout,
+)
+from spatialboost.errors import UserError
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, parse_data_spec, read_rgb
 from spatialboost.eval.datasets.synthetic import split_seeds
 
 log = logging.getLogger(__name__)
@@ -68,8 +77,6 @@ class SyntheticMultiView(MultiViewDataset):
     def __init__(
         self, split: str = "test", num_scenes: int = 16, views: int = 4, image_size: int = 64
     ) -> None:
-        from spatialboost.datagen.scenes.synthetic import SEMANTIC_CLASSES, SyntheticConfig
-
         if views < 2:
             raise ValueError(f"multi-view scenes need >= 2 views, got {views}")
         self.split = check_split(split)
@@ -83,13 +90,9 @@ class SyntheticMultiView(MultiViewDataset):
         self._layout = lru_cache(maxsize=None)(self._sample_layout)
 
     def _render(self, k: int):
-        from spatialboost.datagen.scenes.synthetic import generate_scene
-
         return generate_scene(self.seeds[k], self.cfg)
 
     def _sample_layout(self, k: int):
-        from spatialboost.datagen.scenes.synthetic import sample_layout
-
         return sample_layout(self.seeds[k], self.cfg)
 
     def _load(self, index: int) -> ProbeSample:
@@ -121,9 +124,6 @@ class RGBDMultiView(MultiViewDataset):
     name = "rgbd"
 
     def __init__(self, root: str | Path, split: str = "test", views: int = 0) -> None:
-        from spatialboost.datagen.real.rgbd import find_sequences
-        from spatialboost.errors import UserError
-
         self.root = Path(root)
         self.split = check_split(split)
         self.views = views
@@ -154,9 +154,6 @@ class RGBDMultiView(MultiViewDataset):
             )
 
     def _usable(self, seq: Path) -> list:
-        from spatialboost.datagen.real.rgbd import read_sequence
-        from spatialboost.errors import UserError
-
         try:
             frames = read_sequence(seq, key_prefix=f"{seq.name}/")
         except (UserError, ValueError, OSError) as e:
@@ -172,9 +169,6 @@ class RGBDMultiView(MultiViewDataset):
         return usable
 
     def _load(self, index: int) -> ProbeSample:
-        from spatialboost.datagen.real.rgbd import read_depth_png, read_instance_png
-        from spatialboost.errors import UserError
-
         f = self.frames[index]
         image = read_rgb(f.color)
         depth = read_depth_png(f.depth)
@@ -193,8 +187,6 @@ class RGBDMultiView(MultiViewDataset):
 
     def camera(self, index: int) -> ViewCamera:
         f = self.frames[index]
-        from PIL import Image
-
         with Image.open(f.color) as im:
             w, h = im.size
         return ViewCamera(np.asarray(f.K, np.float64), np.asarray(f.pose, np.float64), h, w)
@@ -208,8 +200,6 @@ def _labels(seq: Path) -> dict[int, str]:
     path = seq / "labels.json"
     if not path.is_file():
         return {}
-    from spatialboost.errors import UserError
-
     try:
         return {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
     except (ValueError, AttributeError) as e:
@@ -218,10 +208,8 @@ def _labels(seq: Path) -> dict[int, str]:
 
 def build_multiview(spec: str, split: str, num_scenes: int, views: int, image_size: int) -> MultiViewDataset:
     """``synthetic`` or ``rgbd:PATH`` as a multi-view split; other specs raise a UserError."""
-    from spatialboost.errors import UserError
-
-    name, sep, path = spec.partition(":")
-    if name == "synthetic" and not sep:
+    name, path = parse_data_spec(spec)
+    if name == "synthetic" and path is None:
         return SyntheticMultiView(split, num_scenes=num_scenes, views=views, image_size=image_size)
     if name == "rgbd":
         if not path or not Path(path).expanduser().exists():

@@ -68,6 +68,7 @@ class NYUMatDataset(ProbeDataset):
 def _load_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise UserError(f"{path}: NYUv2 .mat file not found")
+    # lazy: only NYUv2 .mat files need scipy.io
     import scipy.io
 
     try:
@@ -88,6 +89,7 @@ def _load_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 def _load_mat_h5(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     try:
+        # lazy: optional dependency, only for v7.3 (HDF5) .mat files
         import h5py
     except ImportError:
         raise UserError(f"{path} is a MATLAB v7.3 (HDF5) file: `pip install h5py` to read it") from None
@@ -100,6 +102,7 @@ def _load_mat_h5(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 def _split_indices(splits_path: Path, n: int, which: str) -> list[int]:
     if splits_path.is_file():
+        # lazy: only NYUv2 .mat files need scipy.io
         import scipy.io
 
         try:

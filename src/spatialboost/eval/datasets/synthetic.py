@@ -22,6 +22,7 @@ import numpy as np
 
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.datagen.scenes.scene import Scene
+from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split
 
 SEED_OFFSET = 10_000_000
@@ -46,8 +47,6 @@ class SyntheticSceneFn:
         self.__qualname__ = f"generate_scene@{image_size}px"
 
     def __call__(self, seed: int) -> Scene:
-        from spatialboost.datagen.scenes.synthetic import SyntheticConfig, generate_scene
-
         return generate_scene(seed, SyntheticConfig(image_size=self.image_size, views=self.views))
 
 

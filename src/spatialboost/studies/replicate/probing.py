@@ -13,12 +13,13 @@ from pathlib import Path
 from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset, SyntheticSceneFn
 from spatialboost.eval.features import encoder_identity, extract_features
 from spatialboost.eval.probes import ProbeConfigs, run_probe
+from spatialboost.eval.specs import SPECS
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.studies.replicate.study import Sizes
 
 log = logging.getLogger(__name__)
 
-PROBES = ("depth", "seg", "cls-linear", "cls-knn")
+PROBES = tuple(name for name, spec in SPECS.items() if spec.bench == "2d")  # depth, seg, cls-linear, cls-knn
 # (probe, metric) -> column of the study's tables
 COLUMNS = {
     ("depth", "rmse"): "depth RMSE (m)",
@@ -28,7 +29,6 @@ COLUMNS = {
     ("cls-linear", "top1"): "cls linear",
     ("cls-knn", "top1"): "cls kNN",
 }
-LOWER_IS_BETTER = {"rmse", "absrel"}
 
 
 class ProbeBench:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
-from spatialboost.noise import binomial_se, noise_threshold
+from spatialboost.noise import binomial_se, verdict
 from spatialboost.studies.replicate.extra import extra_columns, extra_table
-from spatialboost.studies.replicate.probing import COLUMNS, LOWER_IS_BETTER
+from spatialboost.studies.replicate.probing import COLUMNS
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,9 @@ def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) 
         if metric == "top1" and n_test:
             for row in (b, a):
                 row["sampling_se"] = binomial_se(row["mean"], n_test)
-        delta = a["mean"] - b["mean"]
-        if abs(delta) > noise_threshold(b, a):
-            better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
-            out.append(f"{col} {'better' if better else 'worse'}")
+        said = verdict(b, a, metric)
+        if said != "within noise":
+            out.append(f"{col} {said}")
     return ", ".join(out) or "none"
 
 

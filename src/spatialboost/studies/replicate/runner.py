@@ -402,7 +402,7 @@ def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer,
 
     r = study.cfg.recipe
     model = VLMConfig(encoder=str(study.base_path), llm=r.llm, tokenizer=None if tokenizer is None
-                      else str(tokenizer), dual_channel=boost, llm_options=_llm_options(llm_width))  # fmt: skip
+                      else str(tokenizer), boost=boost, llm_options=_llm_options(llm_width))  # fmt: skip
     data_cfg = DataConfig(datasets=[str(data)], max_length=_max_length(r), refs=list(r.refs),
                           image_tokens=r.image_tokens, cache_features=r.cache_features,
                           feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip

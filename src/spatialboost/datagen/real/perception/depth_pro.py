@@ -41,6 +41,7 @@ def intrinsics_from_fov_deg(width: int, height: int, fov_deg: float) -> tuple[np
 @DEPTH_BACKENDS.register("depth-pro")
 class DepthProBackend:
     def __init__(self, cfg: BackendConfig) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import DepthProForDepthEstimation
 
         self.cfg = cfg

@@ -23,8 +23,7 @@ from spatialboost.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+# ImageNet's own mean/std: spatialboost.image_transform.IMAGENET_MEAN / IMAGENET_STD
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
@@ -91,6 +90,7 @@ def read_preprocessor_config(model: str) -> dict[str, Any]:
     if Path(model).exists():
         return {}
     try:
+        # lazy: transformers' hub helpers, read only for a hub checkpoint's preprocessor
         from transformers.utils import cached_file
 
         path = cached_file(model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)

@@ -37,6 +37,7 @@ class _PromptedDetector:
     one forward pass of a chunk of images against one tokenised prompt."""
 
     def __init__(self, cfg: BackendConfig, model_class: type, default_model: str) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import AutoImageProcessor, AutoTokenizer
 
         self.cfg = cfg
@@ -64,6 +65,7 @@ class Owlv2Detector(_PromptedDetector):
     """OWLv2: each vocabulary word is a text query; boxes are relative to the image padded to a square."""
 
     def __init__(self, cfg: BackendConfig) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import Owlv2ForObjectDetection
 
         super().__init__(cfg, Owlv2ForObjectDetection, "google/owlv2-base-patch16-ensemble")
@@ -103,6 +105,7 @@ class GroundingDinoDetector(_PromptedDetector):
     highest (max over the phrase's tokens), its score the query's best token score."""
 
     def __init__(self, cfg: BackendConfig) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import GroundingDinoForObjectDetection
 
         super().__init__(cfg, GroundingDinoForObjectDetection, "IDEA-Research/grounding-dino-base")

@@ -15,20 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from spatialboost.datagen.real.perception.base import SEGMENTERS, BackendConfig, batched
-from spatialboost.datagen.real.perception.hf import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    Preprocess,
-    load_model,
-)
+from spatialboost.datagen.real.perception.hf import Preprocess, load_model
+from spatialboost.image_transform import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_MODEL = "facebook/sam2.1-hiera-large"
-DEFAULT_PREPROCESS = Preprocess(1024, 1024, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+DEFAULT_PREPROCESS = Preprocess(1024, 1024, IMAGENET_MEAN, IMAGENET_STD)
 
 
 @SEGMENTERS.register("sam2")
 class Sam2Segmenter:
     def __init__(self, cfg: BackendConfig) -> None:
+        # lazy: this backend's model code loads only when the backend is built
         from transformers import Sam2Model
 
         self.cfg = cfg

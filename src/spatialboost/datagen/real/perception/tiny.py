@@ -7,6 +7,7 @@ numbers they produce are meaningless, the plumbing (loading, batching, shapes, c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ def _seed(seed: int) -> None:
 
 
 def _word_tokenizer(vocab: dict[str, int], cls: str, sep: str, pad: str, unk: str, lowercase: bool = True):
+    # lazy: builds a test checkpoint's tokenizer only when one is made
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -55,6 +57,7 @@ def _word_tokenizer(vocab: dict[str, int], cls: str, sep: str, pad: str, unk: st
 
 
 def tiny_depth_pro(directory: Path, seed: int = 0) -> None:
+    # lazy: this backend's model code loads only when the backend is built
     from transformers import DepthProConfig, DepthProForDepthEstimation
 
     _seed(seed)
@@ -73,6 +76,7 @@ def tiny_depth_pro(directory: Path, seed: int = 0) -> None:
 
 
 def tiny_sam2(directory: Path, seed: int = 0) -> None:
+    # lazy: this backend's model code loads only when the backend is built
     from transformers import Sam2Config, Sam2Model
 
     _seed(seed)
@@ -94,6 +98,7 @@ def tiny_sam2(directory: Path, seed: int = 0) -> None:
 
 
 def tiny_owlv2(directory: Path, seed: int = 0) -> None:
+    # lazy: this backend's model code loads only when the backend is built
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
 
     _seed(seed)
@@ -119,6 +124,7 @@ def tiny_owlv2(directory: Path, seed: int = 0) -> None:
 
 
 def tiny_grounding_dino(directory: Path, seed: int = 0) -> None:
+    # lazy: this backend's model code loads only when the backend is built
     from transformers import (
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
@@ -146,8 +152,6 @@ def tiny_grounding_dino(directory: Path, seed: int = 0) -> None:
 
 
 def _preprocessor(directory: Path, cls_name: str, size: int, mean, std) -> None:
-    import json
-
     cfg = {"image_processor_type": cls_name, "size": {"height": size, "width": size}, "image_mean": list(mean),
            "image_std": list(std)}  # fmt: skip
     (Path(directory) / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2))

@@ -1,4 +1,5 @@
-"""Report sections of the 3D and robot probes: appended to results.md, plus ``corr_rotation.png``.
+"""Report sections of the benches (``eval.benches``: the 3D and robot probes): appended to results.md, plus
+``corr_rotation.png``.
 
 The numbers are in ``results.json`` (``rows``, like every probe); these sections add what a reader needs to
 judge them: the data and thresholds, the encoder-independent references (the view pairs' overlap, the
@@ -133,7 +134,7 @@ def plot_corr_rotation(summary: dict[str, Any], path: str | Path) -> Path | None
         plt.close(fig)
 
 
-def write_extra(results: Any, out: OutputDir, plots: bool = True) -> dict[str, Path]:
+def write_bench_sections(results: Any, out: OutputDir, plots: bool = True) -> dict[str, Path]:
     """Append the 3D/robot sections to ``results.md`` (written by ``report.write_report``) and plot, both
     through the report's ``OutputDir`` (so the files are recorded as ours)."""
     text = section_3d(results.summary) + section_robot(results.summary)

@@ -1,0 +1,82 @@
+"""What each probe is, declared once: its task, its config, its metrics and their direction, its headline
+metrics, the targets it needs and whether it trains on a train split.
+
+``SPECS`` lists every probe in report order (the 2D probes of ``eval.probes``, the 3D probes of
+``eval.probes3d``, the robot probe of ``eval.robot``); the functions stay in their modules' registries
+(``PROBES``, ``PROBES_3D``), keyed by the same names (``tests/test_eval_probes.py`` checks both agree). The
+runner (task -> probes, the rows' ``lower_is_better``), the report (headlines, table order) and the replicate
+study read them from here. A metric whose name carries a threshold (``recall@0.1m``, ``rr@0.2m``) is listed at
+the defaults; the model card, which cannot import ``eval``, reads a row's ``lower_is_better`` and otherwise
+``spatialboost.noise.LOWER_IS_BETTER``, which the test keeps equal to the directions here.
+
+A new 2D probe: its function (``@PROBES.register``) and config in ``eval/probes.py``, its ``ProbeSpec`` here,
+and its test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spatialboost.errors import UnknownNameError
+from spatialboost.noise import lower_is_better as default_lower_is_better
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    task: str  # the --task that selects it ("all" adds every 2D task the dataset has targets for)
+    bench: str  # "2d" (eval.runner on cached features), "3d" or "robot" (eval.benches)
+    metrics: tuple[str, ...]  # what it reports; for 2D probes also their order in the tables
+    headline: tuple[str, ...]  # the metrics bars.png and headline tables show
+    lower_is_better: frozenset[str] = frozenset()  # those of ``metrics`` where lower is better
+    config_field: str | None = None  # its field of ``ProbeConfigs`` (2D probes)
+    targets: tuple[str, ...] = ()  # the dataset targets it trains and scores on ("depth", "seg", "label")
+    needs_train: bool = True  # fits (or stores) something on a train split
+
+    def is_lower_better(self, metric: str) -> bool:
+        return metric in self.lower_is_better
+
+
+_DEPTH = ("rmse", "absrel", "log10", "log10_rmse", "delta1", "delta2", "delta3")
+_DEPTH_ERRORS = frozenset({"rmse", "absrel", "log10", "log10_rmse"})
+
+SPECS: dict[str, ProbeSpec] = {
+    s.name: s
+    for s in (
+        ProbeSpec("depth", "depth", "2d", _DEPTH, ("rmse", "absrel", "delta1"), _DEPTH_ERRORS, "depth", ("depth",)),
+        ProbeSpec("seg", "seg", "2d", ("miou", "pixel_acc"), ("miou", "pixel_acc"), config_field="seg",
+                  targets=("seg",)),
+        ProbeSpec("cls-linear", "cls", "2d", ("top1",), ("top1",), config_field="cls_linear", targets=("label",)),
+        ProbeSpec("cls-knn", "cls", "2d", ("top1",), ("top1",), config_field="cls_knn", targets=("label",)),
+        ProbeSpec("corr", "corr", "3d", ("recall@0.1m", "recall@0.2m", "recall@0.4m"),
+                  ("recall@0.1m", "recall@0.2m", "recall@0.4m"), targets=("depth",), needs_train=False),
+        ProbeSpec("register", "register", "3d", ("rr@0.2m", "rte", "rre", "rmse_median"), ("rr@0.2m", "rte", "rre"),
+                  frozenset({"rte", "rre", "rmse_median"}), targets=("depth",), needs_train=False),
+        ProbeSpec("sem3d", "sem3d", "3d", ("acc", "miou"), ("acc", "miou"), targets=("depth", "seg")),
+        ProbeSpec("robot", "robot", "robot", ("success",), ("success",)),
+    )
+}  # fmt: skip
+TASK_PROBES = {  # 2D task -> its probes, in report order
+    task: [s.name for s in SPECS.values() if s.task == task] for task in dict.fromkeys(
+        s.task for s in SPECS.values() if s.bench == "2d")
+}  # fmt: skip
+METRIC_ORDER = list(dict.fromkeys(m for s in SPECS.values() if s.bench == "2d" for m in s.metrics))
+
+
+def probe_spec(name: str) -> ProbeSpec:
+    if name not in SPECS:
+        raise UnknownNameError(f"unknown probe {name!r}; known: {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def headline(probe: str) -> tuple[str, ...]:
+    """The probe's headline metrics; none for a probe without a spec (a robot task's own row)."""
+    return SPECS[probe].headline if probe in SPECS else ()
+
+
+def metric_lower_is_better(probe: str, metric: str) -> bool:
+    """The direction of ``probe``'s ``metric``: its spec's when it declares the metric, else the shared set."""
+    spec = SPECS.get(probe)
+    if spec is not None and metric in spec.metrics:
+        return spec.is_lower_better(metric)
+    return default_lower_is_better(metric)
