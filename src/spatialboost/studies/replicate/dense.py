@@ -76,11 +76,12 @@ class PatchHead(nn.Module):
         return F.interpolate(out, size=(side, side), mode="bilinear", align_corners=False)  # (B, K, S, S)
 
 
-def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder) -> DenseData:
-    """Every view of every sample of a data-engine dataset, with its depth and semantic maps."""
+def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder, side: int | None = None) -> DenseData:
+    """Every view of every sample of a data-engine dataset, with its depth and semantic maps, at ``side``
+    (default the encoder's own input size)."""
     from PIL import Image
 
-    transform = transform_for(encoder.spec)  # images and their maps through one geometry
+    transform = transform_for(encoder.spec, side)  # images and their maps through one geometry
 
     images, depth, seg, groups, classes = [], [], [], [], 1
     for record in iter_records(dataset_dir):

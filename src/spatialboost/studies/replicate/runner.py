@@ -295,7 +295,7 @@ def train_dense(study: Study, arm: Arm, seed: int):
         return reused
     encoder = boost_encoder(create_encoder(str(study.base_path)), gate="channel", gate_init=r["gate_init"])
     if "main" not in study._dense:
-        study._dense["main"] = load_dense_data(study.data(arm.data), encoder)
+        study._dense["main"] = load_dense_data(study.data(arm.data), encoder, s.image_size)
     dcfg = DenseConfig(target=arm.target, steps=r["encoder_steps"], head_warmup_steps=s.head_warmup_steps,
                        batch_size=s.batch_size, lr=r["encoder_lr"], lr_gates=r["lr_gates"],
                        head_lr=study.cfg.recipe.head_lr, seed=seed)  # fmt: skip
@@ -315,7 +315,7 @@ def train_simple_ft(study: Study, arm: Arm, seed: int):
         return reused
     encoder = create_encoder(str(study.base_path))
     res = simple_finetune(encoder, study.data(arm.data), stage3_steps(study, arm), study.cfg.recipe.simple_ft_lr,
-                          seed)  # fmt: skip
+                          seed, study.cfg.sizes.image_size)  # fmt: skip
     diag = {"loss": [res.loss_start, res.loss_end], "label_accuracy": res.val_accuracy,
             "weight_rel_change": weight_change(encoder, create_encoder(str(study.base_path)))}  # fmt: skip
     return _save(out, encoder, diag, include_base=True)
@@ -403,7 +403,9 @@ def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer,
     r = study.cfg.recipe
     model = VLMConfig(encoder=str(study.base_path), llm=r.llm, tokenizer=None if tokenizer is None
                       else str(tokenizer), boost=boost, llm_options=_llm_options(llm_width))  # fmt: skip
-    data_cfg = DataConfig(datasets=[str(data)], max_length=_max_length(r), refs=list(r.refs),
+    # the encoder sees the rendered side (a real encoder's own default, e.g. DINOv2's 224, would upsample)
+    data_cfg = DataConfig(datasets=[str(data)], image_size=study.cfg.sizes.image_size,
+                          max_length=_max_length(r), refs=list(r.refs),
                           image_tokens=r.image_tokens, cache_features=r.cache_features,
                           feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip
     gain = ImageGainConfig(datasets=[str(study.heldout)], max_samples=study.cfg.sizes.heldout_scenes)

@@ -29,7 +29,9 @@ def label_names() -> list[str]:
     return [f"class:{c}" for c in OBJECT_CLASSES] + [f"colour:{c}" for c in COLORS]
 
 
-def load_labelled_images(dataset_dir: str | Path, encoder: VisionEncoder, min_pixels: int = 4):
+def load_labelled_images(
+    dataset_dir: str | Path, encoder: VisionEncoder, min_pixels: int = 4, side: int | None = None
+):
     """(M, 3, S, S) pixels of every view and (M, C + K) class/colour presence labels (pretrain's rule)."""
     from PIL import Image
 
@@ -47,14 +49,14 @@ def load_labelled_images(dataset_dir: str | Path, encoder: VisionEncoder, min_pi
                     if f"colour:{obj['color']}" in names:
                         row[names.index(f"colour:{obj['color']}")] = 1
             rows.append(row)
-    return preprocess_images(images, encoder.spec), torch.stack(rows)
+    return preprocess_images(images, encoder.spec, side), torch.stack(rows)
 
 
 def simple_finetune(
-    encoder: VisionEncoder, dataset_dir: str | Path, steps: int, lr: float, seed: int
+    encoder: VisionEncoder, dataset_dir: str | Path, steps: int, lr: float, seed: int, side: int | None = None
 ) -> PretrainResult:
-    """Continue the 2D objective for about ``steps`` optimiser steps (one pass over the images)."""
-    pixels, labels = load_labelled_images(dataset_dir, encoder)
+    """Continue the 2D objective for about ``steps`` optimiser steps (one pass over the images, at ``side``)."""
+    pixels, labels = load_labelled_images(dataset_dir, encoder, side=side)
     n_train = len(pixels) - max(1, len(pixels) // 10)  # pretrain.fit holds out 10%
     batch = max(1, n_train // max(1, steps))
     cfg = PretrainConfig(scenes=len(pixels), epochs=1, batch_size=batch, lr=lr, seed=seed)
