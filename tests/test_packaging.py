@@ -27,12 +27,19 @@ def test_packaged_demo_config_is_configs_demo_yaml():
     assert config_path("demo") == packaged and config_path("configs/demo.yaml") == Path("configs/demo.yaml")
 
 
+def test_packaged_demo_recipe_is_configs_demo_dinov2_yaml():
+    packaged = packaged_config("demo-dinov2")
+    assert packaged.read_bytes() == (REPO / "configs" / "demo-dinov2.yaml").read_bytes(), (
+        "src/spatialboost/resources/demo-dinov2.yaml and configs/demo-dinov2.yaml differ: copy one onto the other"
+    )
+
+
 def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):
     from spatialboost.studies import demo
 
     monkeypatch.chdir(tmp_path)  # no configs/ around, as for an installed package
     state = demo.DemoState(out=tmp_path / "d", scenes=4, quick=True)
-    state.results["pretrain"] = type("P", (), {"path": tmp_path / "enc"})()
+    state.results["base"] = str(tmp_path / "enc")
     cfg = demo.demo_train_config(state)
     assert cfg.stages.instruct.lr == 1e-3 and cfg.model.dual_channel.gate == "channel"
 
