@@ -60,9 +60,12 @@ def test_installed_wheel_has_the_demo_config(tmp_path):
     probe = (
         "import spatialboost, spatialboost.config as c; from spatialboost.train.config import TrainConfig; "
         "cfg = c.load_config(TrainConfig, c.packaged_config('demo')); "
-        "print(spatialboost.__file__); print(cfg.stages.instruct.lr)"
+        "from spatialboost.studies.demo import load_recipe; "
+        "print(spatialboost.__file__); print(cfg.stages.instruct.lr); print(load_recipe().train.stages.encoder.lr)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=300, check=True).stdout.split()  # fmt: skip
-    assert out[0].startswith(str(site)) and float(out[1]) == 1e-3
+    assert (
+        out[0].startswith(str(site)) and float(out[1]) == 1e-3 and float(out[2]) == 2e-5
+    )  # demo-dinov2.yaml

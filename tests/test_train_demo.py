@@ -42,7 +42,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     assert (tmp_path / "boosted-encoder" / "config.json").is_file()
     card = (tmp_path / "boosted-encoder" / "README.md").read_text()
     assert "## Probe results" in card and "No probe of these weights" not in card  # the demo's probes
-    assert "frozen-feature probes, base -> boosted" in out and "| depth | rmse ↓ |" in out
+    assert "frozen-feature probes on held-out scenes, base -> boosted" in out and "| depth | rmse ↓ |" in out
     assert out.count("| depth | rmse ↓ |") == 1  # the table is printed once
 
 

@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.scenes is not None and args.scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
-    if args.quick and args.full:
-        raise UserError("--quick and --full exclude each other; choose one")
+    if args.full and (args.quick or args.tiny):
+        raise UserError("--full is the bigger DINOv2 run: it excludes --quick and --tiny; choose one")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     scenes = min(args.scenes, 16) if args.quick and args.scenes else args.scenes

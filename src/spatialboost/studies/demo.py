@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spatialboost.config import ConfigError
 from spatialboost.errors import UserError
 from spatialboost.train.config import TrainConfig
 
@@ -55,7 +56,7 @@ class DemoSizes:
     def validate(self) -> None:
         if min(self.image_size, self.scenes, self.reading_scenes, self.choice_scenes, self.choice_turns,
                self.heldout_scenes, self.probe_train, self.probe_test, self.probe_seeds) < 1:  # fmt: skip
-            raise UserError(f"demo sizes must be >= 1, got {self}")
+            raise ConfigError(f"demo sizes must be >= 1, got {self}")
 
 
 @dataclass
@@ -95,6 +96,7 @@ class DemoState:
     quick: bool = False
     recipe: DemoRecipe | None = None  # None: the tiny path (resources/demo.yaml)
     fallback: str = ""  # why the demo runs the tiny path although the real encoder was asked for
+    started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -344,7 +346,10 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
     out["ab_accuracy_right_after_stage3"] = choice3.get("acc_right")
     out["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": _threads()}
     out["timings"] = {k: round(v, 1) for k, v in state.timings.items()}
-    out["seconds"] = round(time.perf_counter() - state.results["t0"], 1)
+    out["seconds_per_step"] = {
+        r.stage: step_seconds(state.out / "train", r.stage) for r in state.results["train"]
+    }
+    out["seconds"] = round(time.perf_counter() - state.started, 1)
     return out
 
 
@@ -358,6 +363,17 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def step_seconds(run_dir: Path, stage: str) -> float | None:
+    """The median optimiser-step time of a stage (metrics.jsonl's ``step_time_s``), None when not logged."""
+    from statistics import median
+
+    from spatialboost.train.metrics import read_metrics
+    from spatialboost.train.stages import stage_dir
+
+    times = [r["step_time_s"] for r in read_metrics(stage_dir(run_dir, stage)) if "step_time_s" in r]
+    return round(median(times), 3) if times else None
 
 
 def stage_gain(run_dir: Path, stage: str) -> dict[str, Any]:
@@ -392,7 +408,8 @@ def training_summary(state: DemoState) -> list[str]:
     lines = [f"  base encoder: {_base_description(state)}"]
     for r in state.results.get("train", []):
         groups = ", ".join(f"{g} {c['params']:,}" for g, c in r.trainable.items())
-        per_step = f", {_batch(state, r.stage) / r.samples_per_s:.2f} s/step" if r.samples_per_s > 0 else ""
+        dt = step_seconds(state.out / "train", r.stage)
+        per_step = "" if dt is None else f", median {dt:.2f} s/step"
         lines.append(
             f"  stage {r.stage:<8}: {r.steps} steps, loss {r.loss_start:.3f} -> {r.loss_end:.3f}, "
             f"{r.tokens_per_s:,.0f} tokens/s{per_step}, trains {groups}"
@@ -417,10 +434,6 @@ def _base_description(state: DemoState) -> str:
         f"held-out label accuracy {pre.val_accuracy:.3f} (majority {pre.val_baseline:.3f})"
         + (" [cached]" if pre.cached else "")
     )
-
-
-def _batch(state: DemoState, stage: str) -> int:
-    return getattr(demo_train_config(state).stages, stage).batch_size
 
 
 def headline_lines(state: DemoState) -> list[str]:
@@ -500,13 +513,14 @@ def run_demo(
     from spatialboost.io import OutputDir
 
     OutputDir.claim(out, DEMO_KIND, overwrite=overwrite, legacy=_legacy_demo).finish(prune=False)
+    started = time.perf_counter()  # summary.json's seconds include the wheel's one-time conversion
     recipe, fallback = choose_recipe(quick, full, tiny)
     if fallback:
         log.warning("%s", fallback)
     if scenes is None:
         scenes = recipe.sizes.scenes if recipe else (16 if quick else 64)
-    state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick, recipe=recipe, fallback=fallback)
-    state.results["t0"] = time.perf_counter()
+    state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick, recipe=recipe, fallback=fallback,
+                      started=started)  # fmt: skip
     for name, step in STEPS:
         t0 = time.perf_counter()
         log.info("demo step: %s", name)

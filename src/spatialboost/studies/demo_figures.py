@@ -4,8 +4,9 @@
   boosted encoder's depth *as the linear depth probe predicts it* (seed 0 of the probe table, the same
   protocol and test images), and the two absolute error maps. The four depth columns share one colour
   bar and the two error columns another, both in metres, over all rows.
-- ``pca.png``: the patch features of the same scenes, base vs boosted: the top 3 principal components of
-  each encoder's patch tokens (fitted over the 4 scenes together) shown as RGB.
+- ``pca.png``: the patch features of the same scenes, base vs boosted, along the top 3 principal components
+  of the base's patch tokens (fitted over the 4 scenes together) shown as RGB: one basis and one colour
+  range for both, so a colour means the same direction in either (each encoder's tokens centred on their mean).
 - ``losses.png``: the training loss of each stage (``metrics.jsonl``).
 - ``demo.html``: the printed table and lines, and these pictures (``report.html`` links it).
 """
@@ -104,25 +105,33 @@ def patch_features(encoder: VisionEncoder, images: np.ndarray) -> tuple[np.ndarr
     return out.patch.float().numpy(), out.grid
 
 
-def pca_rgb(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(k, N, D) -> (k, h, w, 3) in [0, 1]: the top 3 principal components over all k*N tokens, each
-    stretched between its 1st and 99th percentile."""
-    k, n, d = tokens.shape
-    flat = tokens.reshape(k * n, d).astype(np.float64)
+def pca_basis(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top 3 principal directions (3, D) of (k, N, D) tokens, and the 1st / 99th percentiles (3,) of the
+    centred tokens along them (the colour range)."""
+    flat = tokens.reshape(-1, tokens.shape[-1]).astype(np.float64)
     flat -= flat.mean(axis=0)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)
     proj = flat @ vt[:3].T  # (k*N, 3)
-    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    return vt[:3], np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+
+
+def pca_rgb(
+    tokens: np.ndarray, grid: tuple[int, int], basis: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """(k, N, D) tokens, centred on their own mean, along ``basis`` -> (k, h, w, 3) RGB in [0, 1]."""
+    directions, lo, hi = basis
+    flat = tokens.reshape(-1, tokens.shape[-1]).astype(np.float64)
+    proj = (flat - flat.mean(axis=0)) @ directions.T
     rgb = np.clip((proj - lo) / np.maximum(hi - lo, 1e-9), 0, 1)
-    return rgb.reshape(k, *grid, 3)
+    return rgb.reshape(len(tokens), *grid, 3)
 
 
 def plot_pca(images: np.ndarray, encoders: dict[str, VisionEncoder], path: Path) -> Path:
+    """One PCA basis, the first encoder's (the base), for every encoder: the same colour, the same direction."""
     plt = _figure()
-    maps = {}
-    for name, enc in encoders.items():
-        tokens, grid = patch_features(enc, images)
-        maps[name] = pca_rgb(tokens, grid)
+    feats = {name: patch_features(enc, images) for name, enc in encoders.items()}
+    basis = pca_basis(next(iter(feats.values()))[0])
+    maps = {name: pca_rgb(tokens, grid, basis) for name, (tokens, grid) in feats.items()}
     k, cols = len(images), 1 + len(maps)
     fig, axes = plt.subplots(k, cols, figsize=(2.0 * cols, 2.0 * k + 0.4), squeeze=False)
     for i in range(k):
@@ -132,7 +141,10 @@ def plot_pca(images: np.ndarray, encoders: dict[str, VisionEncoder], path: Path)
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    fig.suptitle("Patch features: top 3 principal components as RGB (each encoder its own PCA)", fontsize=10)
+    first = next(iter(maps))
+    fig.suptitle(
+        f"Patch features on the top 3 principal components of the {first} features, as RGB", fontsize=10
+    )
     try:
         return _save(fig, path)
     finally:
@@ -162,8 +174,9 @@ def plot_losses(losses: dict[str, tuple[list[int], list[float]]], path: Path) ->
         ax.plot(steps, values, marker="." if len(steps) < 20 else None)
         ax.set_title(f"stage {stage}", fontsize=9)
         ax.set_xlabel("optimiser step", fontsize=8)
-        ax.set_ylabel("loss (nats / answer token)", fontsize=8)
         ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("training loss (nats / answer token)", fontsize=8)
+    fig.tight_layout()
     try:
         return _save(fig, path)
     finally:
