@@ -41,7 +41,8 @@ RECIPE_CONFIG = "demo-dinov2"  # resources/demo-dinov2.yaml (= configs/demo-dino
 
 @dataclass
 class DemoSizes:
-    """The data and probes of a DINOv2 demo run (the training steps and lrs: ``DemoRecipe.train``)."""
+    """The data and probes of a DINOv2 demo run (the training steps and lrs: ``DemoRecipe.train``). The demo
+    reads them from resources/demo-dinov2.yaml; these defaults only fill keys that file leaves out."""
 
     image_size: int = 112  # rendered scenes = the encoder's input side
     scenes: int = 128  # main conversations (stage 2)
@@ -71,7 +72,7 @@ class DemoRecipe:
 # --quick: the same recipe at smoke size on a random tiny DINOv2 (no wheel needed; seconds)
 QUICK_OVERRIDES = [
     "sizes.image_size=64", "sizes.scenes=8", "sizes.reading_scenes=16", "sizes.choice_scenes=8",
-    "sizes.heldout_scenes=8", "sizes.probe_train=8", "sizes.probe_test=4", "sizes.probe_seeds=2",
+    "sizes.heldout_scenes=8", "sizes.probe_train=16", "sizes.probe_test=4", "sizes.probe_seeds=2",
     "train.model.encoder=tiny-dinov2", "train.image_gain.max_samples=8", "train.checkpoint.every=3",
     *(f"train.stages.{s}.{k}" for s in ("align", "instruct", "encoder") for k in ("max_steps=3", "batch_size=4")),
 ]  # fmt: skip
@@ -115,11 +116,6 @@ class DemoState:
     @property
     def heldout_dir(self) -> Path:
         return self.out / "heldout"
-
-    @property
-    def image_size(self) -> int | None:
-        """The rendered side of every dataset (None: the tiny path's sizes)."""
-        return self.recipe.sizes.image_size if self.recipe else None
 
 
 MAIN_EXTRA = {"choice_closer_point": 2, "choice_closer_object": 1}  # balanced A/B turns in every conversation
