@@ -295,7 +295,11 @@ def step_summary(state: DemoState) -> None:
     pictures = dict(state.results.get("figures", {}))
     if (state.out / "probes" / "bars.png").is_file():
         pictures["probe bars"] = state.out / "probes" / "bars.png"
-    write_page(state.out / DEMO_PAGE, "\n".join(headline_lines(state)), pictures)
+    s = state.results["summary"]
+    machine = f"{s['machine']['cpus']} CPUs, {s['machine']['platform']}"
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in s["seconds_per_step"].items() if v is not None)
+    lines = [*headline_lines(state), f"  time: {s['seconds']:.0f} s on {machine}; median step: {steps}"]
+    write_page(state.out / DEMO_PAGE, "\n".join(lines), pictures)
 
 
 STEPS = [

@@ -36,13 +36,13 @@ def write_figures(
     paths: dict[str, Path] = {}
     test = probes.previews.get("test")
     if test is not None and all(name in probes.previews for name in encoders):
-        paths["depth"] = plot_depth_errors(
+        paths["depth probes and their errors"] = plot_depth_errors(
             test, {n: probes.previews[n] for n in encoders}, out / "depth_errors.png"
         )
-        paths["pca"] = plot_pca(test["image"][:SCENES], encoders, out / "pca.png")
+        paths["patch features (PCA)"] = plot_pca(test["image"][:SCENES], encoders, out / "pca.png")
     losses = stage_losses(run_dir)
     if losses:
-        paths["losses"] = plot_losses(losses, out / "losses.png")
+        paths["stage losses"] = plot_losses(losses, out / "losses.png")
     return paths
 
 
