@@ -87,6 +87,7 @@ CASES = [
     (["probe", "--out", "{w}/P"], "--encoder"),
     (["demo", "--out", "{w}/notes.txt"], "not a directory"),
     (["demo", "--out", "{w}/D", "--scenes", "0"], "--scenes"),
+    (["demo", "--out", "{w}/D", "--full", "--quick"], "--full"),
     (["replicate", "--arms", "nosucharm", "--out", "{w}/R"], "nosucharm"),
     (["replicate", "--seeds", "0", "--out", "{w}/R"], "--seeds"),
     (["replicate", "--size", "huge", "--out", "{w}/R"], "huge"),

@@ -27,12 +27,19 @@ def test_packaged_demo_config_is_configs_demo_yaml():
     assert config_path("demo") == packaged and config_path("configs/demo.yaml") == Path("configs/demo.yaml")
 
 
+def test_packaged_demo_recipe_is_configs_demo_dinov2_yaml():
+    packaged = packaged_config("demo-dinov2")
+    assert packaged.read_bytes() == (REPO / "configs" / "demo-dinov2.yaml").read_bytes(), (
+        "src/spatialboost/resources/demo-dinov2.yaml and configs/demo-dinov2.yaml differ: copy one onto the other"
+    )
+
+
 def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):
     from spatialboost.studies import demo
 
     monkeypatch.chdir(tmp_path)  # no configs/ around, as for an installed package
     state = demo.DemoState(out=tmp_path / "d", scenes=4, quick=True)
-    state.results["pretrain"] = type("P", (), {"path": tmp_path / "enc"})()
+    state.results["base"] = str(tmp_path / "enc")
     cfg = demo.demo_train_config(state)
     assert cfg.stages.instruct.lr == 1e-3 and cfg.model.boost.gate == "channel"
 
@@ -53,9 +60,12 @@ def test_installed_wheel_has_the_demo_config(tmp_path):
     probe = (
         "import spatialboost, spatialboost.config as c; from spatialboost.train.config import TrainConfig; "
         "cfg = c.load_config(TrainConfig, c.packaged_config('demo')); "
-        "print(spatialboost.__file__); print(cfg.stages.instruct.lr)"
+        "from spatialboost.studies.demo import load_recipe; "
+        "print(spatialboost.__file__); print(cfg.stages.instruct.lr); print(load_recipe().train.stages.encoder.lr)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=300, check=True).stdout.split()  # fmt: skip
-    assert out[0].startswith(str(site)) and float(out[1]) == 1e-3
+    assert (
+        out[0].startswith(str(site)) and float(out[1]) == 1e-3 and float(out[2]) == 2e-5
+    )  # demo-dinov2.yaml

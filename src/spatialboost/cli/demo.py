@@ -1,5 +1,5 @@
-"""``spatialboost demo --out DIR [--quick]``: the whole pipeline on the embedded synthetic default
-(``spatialboost.studies.demo``)."""
+"""``spatialboost demo --out DIR [--quick | --full] [--tiny]``: the whole pipeline on the embedded synthetic
+default, boosting DINOv2-S when its wheel is installed (``spatialboost.studies.demo``)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
     )
-    parser.add_argument("--scenes", type=int, default=64, help="synthetic scenes to generate")
+    parser.add_argument(
+        "--scenes",
+        type=int,
+        default=None,
+        help="main synthetic scenes (default: the recipe's; 64 on the tiny path)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes for generation")
     parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes everywhere (an end-to-end check, < 1 min)"
+        "--quick",
+        action="store_true",
+        help="tiny sizes and a random tiny DINOv2 (an end-to-end check in seconds; needs no wheel)",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="the bigger run of resources/demo-dinov2.yaml's `full` section"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny ViT pre-trained here instead of DINOv2-S (the fallback)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.scenes < 1:
+    if args.scenes is not None and args.scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
+    if args.full and (args.quick or args.tiny):
+        raise UserError("--full is the bigger DINOv2 run: it excludes --quick and --tiny; choose one")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
-    scenes = min(args.scenes, 16) if args.quick else args.scenes
-    state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite)
+    scenes = min(args.scenes, 16) if args.quick and args.scenes else args.scenes
+    state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite, full=args.full,
+                     tiny=args.tiny)  # fmt: skip
     print(summary(state))
     return 0

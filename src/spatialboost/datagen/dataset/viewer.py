@@ -200,8 +200,15 @@ def sample_html(dataset_dir: Path, record: dict) -> str:
     return f'<div class="s">{head}<div class="views">{views}</div>{levels}</div>'
 
 
-def write_report(dataset_dir: str | Path, out: str | Path, max_samples: int = 16, start: int = 0) -> int:
-    """Write the HTML report of samples ``start .. start + max_samples - 1``; returns how many were written."""
+def write_report(
+    dataset_dir: str | Path,
+    out: str | Path,
+    max_samples: int = 16,
+    start: int = 0,
+    links: list[tuple[str, str]] | None = None,
+) -> int:
+    """Write the HTML report of samples ``start .. start + max_samples - 1``; returns how many were written.
+    ``links``: (href, text) pairs listed under the title (the demo links its results page)."""
     if max_samples < 1 or start < 0:
         raise UserError(f"--max-samples must be >= 1 and --start >= 0, got {max_samples} and {start}")
     root = Path(dataset_dir)
@@ -218,13 +225,18 @@ def write_report(dataset_dir: str | Path, out: str | Path, max_samples: int = 16
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>SpatialBoost dataset {html.escape(root.name)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(str(root))}</h1><p>{summary}</p>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(str(root))}</h1>{_links_html(links)}<p>{summary}</p>"
         f"<p><b>{html.escape(showing_line(root, start, len(bodies), c['samples'], max_samples))}</b></p>{_KEY}"
         + "".join(bodies)
         + "</body></html>\n"
     )
     atomic_write_text(out, page)
     return len(bodies)
+
+
+def _links_html(links: list[tuple[str, str]] | None) -> str:
+    items = "".join(f"<li><a href='{html.escape(h)}'>{html.escape(t)}</a></li>" for h, t in links or [])
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def showing_line(root: Path, start: int, shown: int, total: int, page: int) -> str:
