@@ -78,7 +78,7 @@ def test_demo_recipe_file_and_full_overrides():
     enc = recipe.train.stages.encoder
     assert recipe.train.model.encoder == demo.REAL_ENCODER and recipe.sizes.image_size == 112
     assert (enc.lr, enc.lr_gates, enc.batch_size) == (2e-5, 1e-3, 8)
-    assert recipe.train.model.dual_channel.gate_init == 0.0 and recipe.train.data.refs == ["point", "region"]
+    assert recipe.train.model.boost.gate_init == 0.0 and recipe.train.data.refs == ["point", "region"]
     full = demo.load_recipe(full=True)
     assert recipe.full and full.sizes != recipe.sizes
     state = demo.DemoState(out=Path("/x"), scenes=4, recipe=recipe)
