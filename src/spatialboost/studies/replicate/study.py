@@ -393,13 +393,36 @@ REAL = replace(FULL, image_size=112)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL}
 
 
+# A study preset: (size, recipe). The default is the real encoder; ``tiny-vit`` is the study of
+# docs/results-tiny-vit.md (the 2D pre-trained tiny ViT), kept reproducible.
+PRESETS: dict[str, tuple[str, str]] = {
+    "dinov2-s": ("real", "dinov2-s"),
+    "clip-b16": ("real", "clip-b16"),
+    "tiny-vit": ("full", "reads-image"),
+}
+DEFAULT_PRESET = "dinov2-s"
+QUICK_ENCODER = "tiny-dinov2"  # --quick: a random tiny stand-in for a packaged encoder (no wheel needed)
+
+
 def preset(size: str = "full", recipe: str = "reads-image", quick: bool = False) -> tuple[Sizes, Recipe]:
-    """Copies of a size preset and a recipe, by name; ``quick`` wins over ``size`` (the CI smoke test)."""
+    """Copies of a size preset and a recipe, by name; ``quick`` wins over ``size`` (the CI smoke test) and
+    swaps a recipe's pre-trained encoder for a random tiny one of its family, so it needs no wheel."""
     if size not in SIZES:
         raise ConfigError(f"unknown study size {size!r}; known: {', '.join(SIZES)}")
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    return replace(SIZES["quick" if quick else size]), replace(RECIPES[recipe])
+    chosen = replace(RECIPES[recipe])
+    if quick and chosen.encoder:
+        chosen.encoder = QUICK_ENCODER
+    return replace(SIZES["quick" if quick else size]), chosen
+
+
+def resolve_preset(name: str | None, size: str | None, recipe: str | None) -> tuple[str, str]:
+    """(size, recipe) of a named preset, each overridden where given."""
+    if (name or DEFAULT_PRESET) not in PRESETS:
+        raise ConfigError(f"unknown study preset {name!r}; known: {', '.join(PRESETS)}")
+    default_size, default_recipe = PRESETS[name or DEFAULT_PRESET]
+    return size or default_size, recipe or default_recipe
 
 
 def make_config(
