@@ -34,9 +34,8 @@ def collect(out: str | Path) -> dict[str, Any]:
     arms: dict[str, dict[str, Any]] = {}
     for rec in records:
         key = rec["arm"] if rec["split"] == "test" else f"{rec['arm']}@val"
-        arms.setdefault(key, {"label": rec["label"], "split": rec["split"], "records": []})["records"].append(
-            rec
-        )
+        label = ARMS.get(rec["arm"]).label if rec["arm"] in ARMS else rec["label"]  # today's wording
+        arms.setdefault(key, {"label": label, "split": rec["split"], "records": []})["records"].append(rec)
     summary = {"arms": {k: _aggregate(v) for k, v in sorted(arms.items())},
                "tables": [{"key": t.key, "title": t.title, "paper": t.paper, "arms": list(t.arms)} for t in TABLES],
                "config": _read(out / "study-config.json"), "tuning": _read(out / "tuning.json"),

@@ -182,7 +182,7 @@ def _add(arm: Arm) -> None:
 
 
 for _arm in (
-    Arm("base", "base (2D pre-trained tiny ViT)", "none"),
+    Arm("base", "base (the study's base encoder, not boosted)", "none"),
     Arm("sb-dual", "SpatialBoost, dual-channel (untuned)", "llm"),
     Arm("sb-tuned", "SpatialBoost, dual-channel (tuned on val)", "llm", tuned=True),
     Arm("sb-full", "full fine-tuning through the LLM", "llm", mode="full"),
@@ -206,7 +206,7 @@ for _arm in (
     # chosen on val (lowest depth RMSE of val-choices-5x / -10x / -points-5x), then run on test
     Arm(
         "sb-dual-choices-points-5x",
-        "stage 3 on A/B point turns only, 5x steps (picked on val)",
+        "stage 3 on A/B point turns only, 5x steps (picked on val in the tiny-ViT study)",
         "llm",
         data="choices-points",
         steps_scale=5.0,
