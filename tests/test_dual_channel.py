@@ -291,6 +291,21 @@ def test_inference_cache_follows_in_place_edits_and_conversions():
     check("after drop_weight_cache")
 
 
+def test_inference_cache_never_serves_a_view_laid_out_otherwise():
+    """A square weight replaced by its own transpose keeps address, shape, dtype and version counter: only
+    its strides tell the cache that the source changed (without them the old folded weights are served)."""
+    _, boosted = pair("tiny-dinov2")
+    x = pixels(boosted)
+    w = wrappers(boosted)[0]
+    with torch.no_grad():
+        boosted(x)  # cache built
+    old = w.plus.o_proj.weight
+    w.plus.o_proj.weight = torch.nn.Parameter(old.detach().t())  # the same storage, transposed
+    assert w.plus.o_proj.weight.data_ptr() == old.data_ptr() and w.plus.o_proj.weight._version == old._version
+    with torch.no_grad():
+        close(boosted(x).patch, naive_patch(boosted, x), msg="stale folded weights served")
+
+
 def _cached_kernel(w: DualChannelAttention) -> str:
     return w._folded._key[0]  # the tag the folded weights were built for
 

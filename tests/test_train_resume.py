@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,3 +128,46 @@ def test_changed_config_refuses_to_resume(reference, data, capsys):
     args = tiny_overrides(reference, data, steps=4, every=2) + ["stages.align.lr=0.5"]
     assert main(["train", *args]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stage3_resume_under_load_is_bitwise_identical(data, tmp_path, monkeypatch):
+    """Issue 26: stage 3 (the fused dual-channel path, tiny-vit, 2 threads, grad accumulation) stopped at a
+    mid-stage checkpoint and resumed equals the uninterrupted run bit for bit, repeated beside a busy thread
+    so that a kernel or thread-count choice made at run time would show."""
+    torch.set_num_threads(2)
+
+    def args(run: Path) -> list[str]:
+        return ["train", *tiny_overrides(run, data, steps=6, every=2), "model.encoder=tiny-vit",
+                "stages.encoder.grad_accum=2", "stages.encoder.batch_size=4"]  # fmt: skip
+
+    stop = threading.Event()
+
+    def busy() -> None:
+        a = torch.randn(256, 256)
+        while not stop.is_set():
+            a = torch.tanh(a @ a)
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    try:
+        assert main(args(tmp_path / "ref")) == 0
+        real_save = ckpt.save_checkpoint
+        for rep in range(3):
+            run = tmp_path / f"run{rep}"
+
+            def crashing_save(root, step, *a, **k):
+                path = real_save(root, step, *a, **k)
+                if "encoder" in Path(root).parent.name and step == 2:
+                    raise KeyboardInterrupt("simulated crash mid stage 3")
+                return path
+
+            monkeypatch.setattr(ckpt, "save_checkpoint", crashing_save)
+            with pytest.raises(KeyboardInterrupt):
+                main(args(run))
+            monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+            assert main(args(run)) == 0
+            assert final_files(run) == final_files(tmp_path / "ref"), f"repeat {rep}"
+    finally:
+        stop.set()
+        thread.join()

@@ -205,9 +205,10 @@ class DualChannelAttention(nn.Module):
 class WeightCache:
     """Tensors derived from some source tensors, rebuilt whenever a source may have changed.
 
-    A source's key is (address, version counter, dtype, device, shape): an in-place write (optimizer
-    step, ``load_state_dict``, ``copy_`` under ``no_grad``) moves its version counter; a replaced, moved
-    or converted tensor has another address, dtype or device. The cache keeps the sources' storages
+    A source's key is (address, strides, version counter, dtype, device, shape): an in-place write
+    (optimizer step, ``load_state_dict``, ``copy_`` under ``no_grad``) moves its version counter; a replaced,
+    moved or converted tensor has another address, dtype or device, and a view of the same storage laid out
+    otherwise (a transposed square weight shares address, shape and counter) other strides. The cache keeps the sources' storages
     alive, so a freed address cannot come back under another tensor with an equal version count. Writes
     through ``.data`` or numpy views bypass version counting by design, and inference tensors (weights
     created under ``inference_mode``) have no counter (``drop_weight_cache`` after editing those). The
@@ -225,7 +226,7 @@ class WeightCache:
 
     def get(self, sources: list[torch.Tensor], build: Callable, tag: str = ""):
         """``build()``'s value, rebuilt when a source changed or ``tag`` (what else the value depends on) did."""
-        key = (tag, *((t.data_ptr(), _version(t), t.dtype, t.device, t.shape) for t in sources))
+        key = (tag, *((t.data_ptr(), t.stride(), _version(t), t.dtype, t.device, t.shape) for t in sources))
         if key != self._key:
             with torch.inference_mode(False), torch.no_grad():
                 self._value = build()
