@@ -35,9 +35,10 @@ from spatialboost.models.config import LLMOptions
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import BatchPlan, load_train_data, make_collator, micro_batch_loader
 from spatialboost.train.distributed import DistEnv
-from spatialboost.train.loop import clip_and_step, forward_backward
+from spatialboost.train.loop import attach_feature_cache, clip_and_step, forward_backward
 from spatialboost.train.pipeline import prepare_tokenizer
 from spatialboost.train.stages import (
+    STAGES,
     build_vlm,
     make_optimizer,
     make_scheduler,
@@ -46,13 +47,14 @@ from spatialboost.train.stages import (
 )
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+def matmul_peak(n: int = 2048, reps: int = 10, clock=time.perf_counter) -> float:
+    """FLOP/s of an n x n fp32 matmul; ``clock=time.process_time``: per CPU second of this process."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(reps):
         a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (clock() - t0)
 
 
 def _flash_cpu_flops(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
@@ -122,6 +124,8 @@ def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
     cfg.data.packing = packing
 
     data = load_train_data(cfg.data, tok, vlm)
+    if cfg.data.cache_features and STAGES[stage].encoder == "frozen":  # as the trainer: cached features
+        attach_feature_cache(cfg, stage, vlm, data, DistEnv())
     scfg = cfg.stages.get(stage)
     plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
     params = trainable_named(vlm)
@@ -158,10 +162,15 @@ def time_stage(cfg: TrainConfig, stage: str, tok, steps: int, packing: bool = Tr
     }
 
 
-def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float) -> dict:
-    """Achieved FLOP/s of the stage-3 step (forward, backward, optimiser), median over ``steps``."""
+def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float, warmup: int = 0) -> dict:
+    """Achieved FLOP/s of the stage-3 step (forward, backward, optimiser), median over ``steps``.
+
+    The FLOP-counted pass (batch 0) doubles as the forward/backward warm-up; ``warmup`` more untimed steps
+    (optimiser included) follow it. Also returned: real tokens and samples per second at the median step,
+    the median split into forward+backward and optimiser, and the median CPU seconds of a step.
+    """
     vlm, plan, params, opt, sched, collate = setup(cfg, "encoder", tok, True)
-    batches = list(micro_batch_loader(plan, 0, steps + 1, 0, collate))
+    batches = list(micro_batch_loader(plan, 0, warmup + steps + 1, 0, collate))
     vlm.train()
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         forward_backward(vlm, [dict(batches[0])], plan.target_tokens(0), DistEnv(), torch.enable_grad)
@@ -170,12 +179,22 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float) -> dict:
         n for op, n in counter.get_flop_counts()["Global"].items() if "flash_attention" in str(op)
     )
     opt.zero_grad(set_to_none=True)
-    times = []
-    for step in range(1, steps + 1):
-        t0 = time.perf_counter()
+    for step in range(1, warmup + 1):
         forward_backward(vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad)
         clip_and_step(params, opt, sched, cfg.stages.encoder)
+    times, cpu, fwd_bwd, tokens, samples = [], [], [], [], []
+    for step in range(warmup + 1, warmup + steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, n_tok, n_samp = forward_backward(
+            vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad
+        )
+        t1 = time.perf_counter()
+        clip_and_step(params, opt, sched, cfg.stages.encoder)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        fwd_bwd.append(t1 - t0)
+        tokens.append(n_tok)
+        samples.append(n_samp)
     dt = statistics.median(times)
     return {
         "encoder": cfg.model.encoder,
@@ -185,8 +204,14 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float) -> dict:
         "attention_share_of_flops": attention / flops,
         "step_s": dt,
         "step_s_all": times,
+        "step_cpu_s": statistics.median(cpu),  # CPU seconds of this process (= wall at 1 thread, unloaded)
+        "forward_backward_s": statistics.median(fwd_bwd),
+        "optimizer_s": statistics.median(t - f for t, f in zip(times, fwd_bwd, strict=True)),
+        "tokens_per_s": statistics.median(tokens) / dt,
+        "samples_per_s": statistics.median(samples) / dt,
         "achieved_gflops": flops / dt / 1e9,
         "fraction_of_peak": flops / dt / peak,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
