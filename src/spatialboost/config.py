@@ -32,6 +32,7 @@ from spatialboost.io import atomic_write_text
 __all__ = [
     "ConfigError",
     "config_path",
+    "flatten",
     "from_dict",
     "load_config",
     "packaged_config",
@@ -232,3 +233,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         return Path(value)
     return value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a nested config as dotted keys (empty sections stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatialboost.config import ConfigError
+from spatialboost.config import ConfigError, flatten
 from spatialboost.errors import UserError
 from spatialboost.train.config import TrainConfig
 
@@ -218,19 +218,8 @@ def demo_train_config(state: DemoState) -> TrainConfig:
     if state.recipe is None:
         return load_config(TrainConfig, packaged_config("demo"), demo_train_overrides(state))
     return load_config(
-        TrainConfig, None, demo_train_overrides(state), values=_flat(to_dict(state.recipe.train))
+        TrainConfig, None, demo_train_overrides(state), values=flatten(to_dict(state.recipe.train))
     )
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: a loaded config as ``load_config`` values (overrides then go on top)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def step_train(state: DemoState) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from spatialboost.config import ConfigError, from_dict, save_config, to_dict
+from spatialboost.config import ConfigError, flatten, from_dict, save_config, to_dict
 from spatialboost.data.tokenizer import corpus_from_records, load_tokenizer, save_tokenizer, train_tokenizer
 from spatialboost.dataset_format import read_manifest, read_records
 from spatialboost.errors import UserError
@@ -102,7 +102,7 @@ def check_config(cfg: TrainConfig, env) -> None:
     check_paths(cfg)
     path = run_dir / "config.yaml"
     if path.is_file():
-        old, new = _flatten(_resolved(yaml.safe_load(path.read_text()) or {})), _flatten(to_dict(cfg))
+        old, new = flatten(_resolved(yaml.safe_load(path.read_text()) or {})), flatten(to_dict(cfg))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
         if changed:
@@ -160,16 +160,6 @@ def _resolved(saved: dict) -> dict:
             return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
     except ConfigError:
         return saved
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def prepare_tokenizer(cfg: TrainConfig, env):
