@@ -78,7 +78,7 @@ def config(out: Path, data: Path, encoder: str, llm: str, batch: int, **data_kw)
 def time_steps(cfg: TrainConfig, stage: str, tok, steps: int, peak: float, cache: bool = False) -> dict:
     vlm, plan, params, opt, sched, collate = setup(cfg, stage, tok, True)
     if cache:
-        attach_feature_cache(cfg, stage, vlm, plan.data, DistEnv())
+        attach_feature_cache(cfg, cfg.stage_data(stage), vlm, plan.data, DistEnv())
     batches = list(micro_batch_loader(plan, 0, steps + 1, 0, collate))
     vlm.train()
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:

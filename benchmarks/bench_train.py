@@ -125,7 +125,7 @@ def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
 
     data = load_train_data(cfg.data, tok, vlm)
     if cfg.data.cache_features and STAGES[stage].encoder == "frozen":  # as the trainer: cached features
-        attach_feature_cache(cfg, stage, vlm, data, DistEnv())
+        attach_feature_cache(cfg, cfg.data, vlm, data, DistEnv())
     scfg = cfg.stages.get(stage)
     plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
     params = trainable_named(vlm)

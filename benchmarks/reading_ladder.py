@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
@@ -187,7 +186,7 @@ def full_recipe(args, base: str) -> dict:
     cfg.stages = StagesConfig(
         run=["align", "instruct"] + (["encoder"] if "stage3" in args.rungs else []),
         align=AlignStage(max_steps=args.warmup, batch_size=8, lr=1e-3, warmup_ratio=0.05, train_llm=True,
-                         data=replace(cfg.data, datasets=[str(reading)])),
+                         data={"datasets": [str(reading)]}),
         instruct=InstructStage(max_steps=args.instruct, batch_size=8, lr=1e-3, warmup_ratio=0.05),
         encoder=EncoderStage(max_steps=args.stage3, batch_size=8, lr=1e-3, lr_gates=1e-2, warmup_ratio=0.05),
     )  # fmt: skip

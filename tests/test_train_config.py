@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import yaml
 
 from spatialboost.config import ConfigError, load_config, save_config, to_dict
+from spatialboost.errors import UserError
 from spatialboost.models.config import BoostConfig, LLMOptions, VLMConfig
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.distributed import DistEnv
@@ -110,3 +112,103 @@ def test_bad_boost_layers_stop_before_stage_one_trains(tmp_path, capsys):
     assert main(argv) == 2
     assert "layers [7] out of range" in capsys.readouterr().err
     assert not list((tmp_path / "run").glob("stage1-align/checkpoints/*"))
+
+
+# --- a stage's data is a partial section merged over the top-level data -------------------------------------
+
+READING = [
+    "data.refs=[point, region]",
+    "data.image_tokens=false",
+    "data.max_length=2048",
+    "data.cache_features=true",
+]
+
+
+def test_a_stage_data_inherits_the_keys_it_does_not_name():
+    cfg = load_config(TrainConfig, overrides=[*READING, "data.datasets=[main]", "stages.encoder.data.datasets=[ab]",
+                                              "stages.align.data={datasets: [reading], max_length: 1024}"])  # fmt: skip
+    assert cfg.stage_data("encoder") == replace(cfg.data, datasets=["ab"])
+    assert cfg.stage_data("align") == replace(cfg.data, datasets=["reading"], max_length=1024)
+    assert cfg.stage_data("instruct") == cfg.data
+    assert cfg.stage_data("encoder").refs is not cfg.data.refs  # a copy: changing one leaves the other
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("stages.encoder.data.nope=1", r"unknown config key.*stages\.encoder\.data\.nope"),
+        ("stages.encoder.data.max_length=long", r"stages\.encoder\.data\.max_length: expected an integer"),
+        ("stages.align.data.refs=[]", r"stages\.align\.data, merged over data: .*needs data\.refs"),
+    ],
+)
+def test_a_bad_stage_data_key_fails_when_the_config_loads(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, overrides=[*READING, override])
+
+
+def test_the_demo_stages_read_the_reading_options_they_no_longer_restate():
+    from spatialboost.config import packaged_config
+
+    cfg = load_config(TrainConfig, packaged_config("demo"))
+    assert "refs" not in cfg.stages.align.data  # inherited, not restated
+    align = cfg.stage_data("align")
+    assert (align.refs, align.image_tokens, align.cache_features) == (["point", "region"], False, True)
+    assert align.max_length == 1024 and cfg.data.max_length == 2048
+
+
+def test_the_run_folder_holds_the_resolved_config(tmp_path):
+    main, ab = write_records(tmp_path / "main", [{}]), write_records(tmp_path / "ab", [{}])
+    cfg = load_config(TrainConfig, overrides=[f"run_dir={tmp_path / 'run'}", *READING, f"data.datasets=[{main}]",
+                                              f"stages.encoder.data.datasets=[{ab}]"])  # fmt: skip
+    check_config(cfg, DistEnv())
+    resolved = yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())
+    assert resolved["stages"]["encoder"]["data"] == {**to_dict(cfg.data), "datasets": [str(ab)]}
+    assert resolved["stages"]["align"]["data"] == resolved["stages"]["instruct"]["data"] == to_dict(cfg.data)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["stages"]["encoder"]["data"] == {
+        "datasets": [str(ab)]
+    }
+    again = load_config(TrainConfig, tmp_path / "run" / "config.resolved.yaml")  # loads as it is
+    assert all(again.stage_data(s) == cfg.stage_data(s) for s in ("align", "instruct", "encoder"))
+
+
+def test_a_run_whose_stage_restated_its_data_resumes_with_the_partial_form(tmp_path):
+    """Runs saved when a stage's data replaced the top-level one (every key restated) compare by what they read."""
+    main, ab = write_records(tmp_path / "main", [{}]), write_records(tmp_path / "ab", [{}])
+    common = [f"run_dir={tmp_path / 'run'}", *READING, f"data.datasets=[{main}]"]
+    cfg = load_config(TrainConfig, overrides=[*common, f"stages.encoder.data.datasets=[{ab}]"])
+    old = to_dict(cfg)
+    old["stages"]["encoder"]["data"] = {**to_dict(cfg.data), "datasets": [str(ab)]}  # the whole section
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    check_config(cfg, DistEnv())  # no "different config" refusal
+    check_config(load_config(TrainConfig, overrides=[*common, f"stages.encoder.data={{datasets: [{ab}], "
+                                                     "num_workers: 2}"]), DistEnv())  # fmt: skip
+    changed = load_config(
+        TrainConfig, overrides=[*common, f"stages.encoder.data={{datasets: [{ab}], refs: [point]}}"]
+    )
+    with pytest.raises(UserError, match=r"stages\.encoder\.data\.refs"):
+        check_config(changed, DistEnv())
+
+
+def test_train_stage_reads_the_merged_data(tmp_path, monkeypatch):
+    from spatialboost.train import loop
+    from spatialboost.train.pipeline import prepare_tokenizer
+    from train_fixtures import make_dataset, tiny_overrides
+
+    main, reading = make_dataset(tmp_path / "main", n=4), make_dataset(tmp_path / "reading", n=4, seed=1)
+    cfg = load_config(TrainConfig, overrides=[*tiny_overrides(tmp_path / "run", main), "data.refs=[point]",
+                                              "data.max_length=300", f"stages.align.data.datasets=[{reading}]"])  # fmt: skip
+    tokenizer = prepare_tokenizer(cfg, DistEnv())
+    seen = []
+
+    class Planned(Exception):
+        pass
+
+    def plan_data(dcfg, *args):
+        seen.append(dcfg)
+        raise Planned
+
+    monkeypatch.setattr(loop, "plan_data", plan_data)
+    with pytest.raises(Planned):
+        loop.train_stage(cfg, "align", DistEnv(), tokenizer)
+    assert seen == [replace(cfg.data, datasets=[str(reading)])]

@@ -84,8 +84,8 @@ def test_demo_recipe_file_and_full_overrides():
     state = demo.DemoState(out=Path("/x"), scenes=4, recipe=recipe)
     state.results["base"] = demo.REAL_ENCODER
     cfg = demo.demo_train_config(state)
-    assert cfg.stages.encoder.data.datasets == ["/x/choices"] and cfg.stages.encoder.lr == 2e-5
-    assert cfg.data.image_size == 112 and cfg.stages.align.data.datasets == ["/x/reading"]
+    assert cfg.stage_data("encoder").datasets == ["/x/choices"] and cfg.stages.encoder.lr == 2e-5
+    assert cfg.data.image_size == 112 and cfg.stage_data("align").datasets == ["/x/reading"]
 
 
 def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):

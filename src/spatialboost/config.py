@@ -15,6 +15,7 @@ exists.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -35,6 +36,7 @@ __all__ = [
     "flatten",
     "from_dict",
     "load_config",
+    "merge_over",
     "packaged_config",
     "save_config",
     "to_dict",
@@ -128,6 +130,21 @@ def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
             value = {**data[new], **value}
         data[new] = value
     return data
+
+
+def merge_over(base: C, partial: Mapping[str, Any] | None, where: str = "") -> C:
+    """A copy of ``base`` with the fields ``partial`` names replaced, field by field (a partial section: the
+    fields it leaves out keep ``base``'s values). Keys and types are checked as ``from_dict`` checks them."""
+    cls = type(base)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(partial or {}) - fields
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {sorted(where + k for k in unknown)}; known: {sorted(where + k for k in fields)}"
+        )
+    kwargs = {name: _coerce(hints[name], value, where + name) for name, value in (partial or {}).items()}
+    return dataclasses.replace(copy.deepcopy(base), **kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

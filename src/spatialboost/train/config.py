@@ -1,13 +1,18 @@
 """The training config: one typed dataclass tree, loaded YAML -> defaults -> ``key.sub=value`` overrides.
 
 ``spatialboost train --config configs/demo.yaml stages.encoder.max_steps=20`` builds a ``TrainConfig``
-with ``spatialboost.config.load_config``; the resolved tree is written to ``<run_dir>/config.yaml``.
+with ``spatialboost.config.load_config``; the tree is written to ``<run_dir>/config.yaml``, and with every
+stage's ``data`` merged (what each stage reads) to ``<run_dir>/config.resolved.yaml``.
 Every section is typed, ``model`` included (``models.config.VLMConfig``, with ``model.boost`` a
 ``BoostConfig`` and ``model.llm_options`` an ``LLMOptions``), so a bad key or value fails when the config
 loads, naming the key and the allowed values, before any stage trains.
 
 The three paper stages (paper notes section 4) are three named sections under ``stages`` so that
-each one can be overridden from the command line; ``stages.run`` picks which of them run, in order:
+each one can be overridden from the command line; ``stages.run`` picks which of them run, in order.
+A stage's ``data`` is a partial ``data`` section: the keys it names win, the others are the top-level
+``data``'s (``stages.encoder.data.datasets=[DIR]`` changes only the datasets stage 3 reads).
+
+
 
 ============  ======================================  ==============================
 stage         trains                                  frozen
@@ -21,11 +26,12 @@ stage         trains                                  frozen
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from spatialboost.config import ConfigError
+from spatialboost.config import ConfigError, merge_over, to_dict
 from spatialboost.models.config import VLMConfig
 
 STAGE_NAMES = ("align", "instruct", "encoder")
@@ -84,7 +90,9 @@ class StageConfig:
     # align / instruct: whether the LLM trains (None: the paper's table -- frozen in align, trained in instruct).
     # A randomly initialised tiny LLM cannot be "aligned to": train it in align too (a reading warm-up)
     train_llm: bool | None = None
-    data: DataConfig | None = None  # replaces the top-level ``data`` section for this stage
+    # a partial ``data`` section for this stage: the keys it names replace the top-level ``data``'s, the
+    # others are inherited (``TrainConfig.stage_data`` merges them); None or {}: the top-level ``data``
+    data: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
@@ -194,4 +202,21 @@ class TrainConfig:
     blind: bool = False
 
     def stage_data(self, name: str) -> DataConfig:
-        return self.stages.get(name).data or self.data
+        """What stage ``name`` reads: its partial ``data`` merged field by field over the top-level ``data``."""
+        return merge_over(self.data, self.stages.get(name).data, f"stages.{name}.data.")
+
+    def resolved(self) -> TrainConfig:
+        """This config with every stage's ``data`` complete (``config.resolved.yaml``); it loads as it is."""
+        out = copy.deepcopy(self)
+        for name in STAGE_NAMES:
+            out.stages.get(name).data = to_dict(self.stage_data(name))
+        return out
+
+    def validate(self) -> None:
+        for name in STAGE_NAMES:
+            if self.stages.get(name).data:
+                data = self.stage_data(name)  # an unknown key or a wrong type names stages.<name>.data.<key>
+                try:
+                    data.validate()
+                except ConfigError as e:
+                    raise ConfigError(f"stages.{name}.data, merged over data: {e}") from None

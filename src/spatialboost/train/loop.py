@@ -76,15 +76,16 @@ class StageResult:
 
 def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageResult:
     scfg = cfg.stages.get(stage)
+    data = cfg.stage_data(stage)  # resolved once: the stage's partial data over the top-level data
     out_dir = stage_dir(cfg.run_dir, stage)
     if stage == "encoder":
         check_stage2_image_gain(cfg)
     vlm = build_vlm(cfg, tokenizer, stage)
     sources = load_previous_outputs(vlm, cfg, stage)
     trainable = set_stage_trainable(vlm, stage, scfg)
-    plan, collate = plan_data(cfg.stage_data(stage), scfg, cfg.seed, vlm, tokenizer, env)
-    if cfg.stage_data(stage).cache_features and STAGES[stage].encoder == "frozen":
-        attach_feature_cache(cfg, stage, vlm, plan.data, env)
+    plan, collate = plan_data(data, scfg, cfg.seed, vlm, tokenizer, env)
+    if data.cache_features and STAGES[stage].encoder == "frozen":
+        attach_feature_cache(cfg, data, vlm, plan.data, env)
     total = total_steps(scfg, plan)
     start, resume_state = find_resume(out_dir, vlm, total)
     vlm.to(env.device)
@@ -96,7 +97,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
         restore_optimizer(model, opt, sched, resume_state, cfg.distributed)
     metrics = MetricsLogger(out_dir, f"stage{STAGES[stage].index}-{stage}", env.is_main, cfg.log.tensorboard)
     metrics.truncate_after(start)
-    batches = micro_batch_loader(plan, start, total, env.rank, collate, cfg.stage_data(stage).num_workers)
+    batches = micro_batch_loader(plan, start, total, env.rank, collate, data.num_workers)
     bar = tqdm(total=total, initial=start, desc=f"stage {STAGES[stage].index} {stage}", unit="step",
                disable=not (env.is_main and cfg.log.progress), dynamic_ncols=True)  # fmt: skip
     amp = autocast_context(cfg.precision, env.device)
@@ -117,10 +118,10 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
             save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env)
         if gain_due(cfg, stage, step + 1, total) and env.is_main:
-            log_image_gain(cfg, stage, vlm, tokenizer, metrics, step + 1)
+            log_image_gain(cfg, stage, data, vlm, tokenizer, metrics, step + 1)
     bar.close()
     if env.is_main and stage in GAIN_STAGES:
-        record_image_gain(cfg, stage, vlm, tokenizer, metrics, total)
+        record_image_gain(cfg, stage, data, vlm, tokenizer, metrics, total)
     metrics.close()
     dist_utils.barrier(env)
     return summarize(stage, out_dir, total, trainable, start, sources)
@@ -140,13 +141,14 @@ def gain_due(cfg: TrainConfig, stage: str, step: int, total: int) -> bool:
     )
 
 
-def measure_stage_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, step: int) -> dict:
-    """The image gain of ``vlm`` on every ``image_gain.datasets`` (the first one's at the top level)."""
+def measure_stage_gain(cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, step: int) -> dict:
+    """The image gain of ``vlm`` on every ``image_gain.datasets`` (the first one's at the top level), read
+    as the stage reads its data (``dcfg``)."""
     gcfg = cfg.image_gain
     vlm = dist_utils.unwrap(vlm)
     results = {}
     for root in gcfg.datasets:
-        data = load_eval_dataset(root, tokenizer, vlm, cfg.stage_data(stage))
+        data = load_eval_dataset(root, tokenizer, vlm, dcfg)
         results[str(root)] = measure_image_gain(vlm, data, tokenizer, gcfg.max_samples, gcfg.batch_size)
     result = {"stage": stage, "step": step, "blind_model": cfg.blind, **next(iter(results.values()))}
     if len(results) > 1:
@@ -154,9 +156,11 @@ def measure_stage_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, step: int) 
     return result
 
 
-def log_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict:
+def log_image_gain(
+    cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, metrics, step: int
+) -> dict:
     """Measure now and log the gains (all levels, A/B accuracy) to metrics.jsonl / TensorBoard."""
-    result = measure_stage_gain(cfg, stage, vlm, tokenizer, step)
+    result = measure_stage_gain(cfg, stage, dcfg, vlm, tokenizer, step)
     log.info("stage %s step %d: %s", stage, step, describe(result))
     flat = {f"image_gain/{k}": v["gain"] for k, v in result.items() if isinstance(v, dict) and "gain" in v}
     if "choice" in result:
@@ -166,12 +170,14 @@ def log_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: 
     return result
 
 
-def record_image_gain(cfg: TrainConfig, stage: str, vlm, tokenizer, metrics, step: int) -> dict | None:
+def record_image_gain(
+    cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, metrics, step: int
+) -> dict | None:
     """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json)."""
     path = stage_dir(cfg.run_dir, stage) / GAIN_FILE
     if not cfg.image_gain.datasets or path.is_file():
         return json.loads(path.read_text()) if path.is_file() else None
-    result = log_image_gain(cfg, stage, vlm, tokenizer, metrics, step)
+    result = log_image_gain(cfg, stage, dcfg, vlm, tokenizer, metrics, step)
     atomic_write_json(path, result)
     return result
 
@@ -227,9 +233,8 @@ def plan_data(dcfg: DataConfig, scfg: StageConfig, seed: int, vlm, tokenizer, en
     return plan, make_collator(dcfg, tokenizer.pad_token_id)
 
 
-def attach_feature_cache(cfg: TrainConfig, stage: str, vlm, data, env: DistEnv) -> None:
+def attach_feature_cache(cfg: TrainConfig, dcfg: DataConfig, vlm, data, env: DistEnv) -> None:
     """Frozen encoder: encode every image once (rank 0 writes the cache) and serve cached features."""
-    dcfg = cfg.stage_data(stage)
     parts = data.dataset.datasets
     paths = dataset_images(parts)
     cache_dir = Path(dcfg.feature_cache_dir or Path(cfg.run_dir) / "features")

@@ -2,7 +2,8 @@
 
 Run directory::
 
-    <run_dir>/config.yaml          the resolved config (checked on resume)
+    <run_dir>/config.yaml          the config as loaded (defaults filled in; checked on resume)
+    <run_dir>/config.resolved.yaml the same with every stage's ``data`` merged: what each stage reads
     <run_dir>/tokenizer/           trained on the corpus for a tiny LLM (else the LLM's own is used)
     <run_dir>/stage1-align/        checkpoints/step-*/, metrics.jsonl, tb/
     <run_dir>/stage2-instruct/
@@ -37,8 +38,10 @@ from spatialboost.train.stages import STAGES, build_encoder, finished_output, lo
 
 log = logging.getLogger(__name__)
 
-# keys that may change between a run and its resumption without changing what is computed
+# keys that may change between a run and its resumption without changing what is computed (a stage's
+# ``stages.<name>.data.num_workers`` as well as ``data.num_workers``)
 RESUMABLE_CHANGES = ("log.", "device", "init_from", "stages.run", "checkpoint.", "data.num_workers")
+RESOLVED_FILE = "config.resolved.yaml"
 
 
 def run_training(cfg: TrainConfig) -> list[StageResult]:
@@ -96,15 +99,17 @@ def train_blind_baseline(cfg: TrainConfig, env, tokenizer) -> None:
 
 def check_config(cfg: TrainConfig, env) -> None:
     """Claim ``run_dir`` (refused if it holds files spatialboost did not write), check the paths the config
-    names, save the config; refuse to resume a run dir trained with a different one."""
+    names, save the config and its resolved form; refuse to resume a run dir trained with a different one
+    (compared resolved: what each stage computes)."""
     run_dir = Path(cfg.run_dir)
     OutputDir.check(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
     check_paths(cfg)
     path = run_dir / "config.yaml"
     if path.is_file():
-        old, new = flatten(_resolved(yaml.safe_load(path.read_text()) or {})), flatten(to_dict(cfg))
+        old = flatten(_resolved(yaml.safe_load(path.read_text()) or {}))
+        new = flatten(to_dict(cfg.resolved()))
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        changed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+        changed = [k for k in changed if not _resumable(k)]
         if changed:
             raise UserError(
                 f"{cfg.run_dir} holds a run with a different config ({', '.join(changed[:5])} differ); "
@@ -114,6 +119,7 @@ def check_config(cfg: TrainConfig, env) -> None:
     if env.is_main:
         out = OutputDir.claim(run_dir, RUN_KIND, legacy=_legacy_run, hint="choose another run_dir")
         save_config(cfg, out.path("config.yaml"))
+        save_config(cfg.resolved(), out.path(RESOLVED_FILE))
         out.finish(prune=False)  # the stages below own their sub-directories
 
 
@@ -151,15 +157,25 @@ RETIRED_KEYS = ("crash_after_steps", "fail_on_nonfinite")
 
 
 def _resolved(saved: dict) -> dict:
-    """A saved config read through today's ``TrainConfig`` (defaults filled in, retired keys dropped), so a
-    run saved by an older version compares by what it computes."""
+    """A saved config read through today's ``TrainConfig`` (defaults filled in, retired keys dropped, every
+    stage's ``data`` merged), so a run saved by an older version compares by what it computes."""
     try:
         # a key renamed since it was saved (model.dual_channel) is no mistake of the user's: no warning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return to_dict(from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS}))
+            cfg = from_dict(TrainConfig, {k: v for k, v in saved.items() if k not in RETIRED_KEYS})
+        return to_dict(cfg.resolved())
     except ConfigError:
         return saved
+
+
+def _resumable(key: str) -> bool:
+    """A flattened key whose change leaves what a run computes unchanged (``stages.<name>.`` is looked
+    through for a stage's ``data``)."""
+    parts = key.split(".")
+    if len(parts) > 3 and parts[0] == "stages" and parts[2] == "data":
+        key = ".".join(parts[2:])
+    return key.startswith(RESUMABLE_CHANGES)
 
 
 def prepare_tokenizer(cfg: TrainConfig, env):

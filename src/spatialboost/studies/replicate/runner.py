@@ -376,7 +376,7 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
 
         reading = ensure_reading_dataset(study.out / "data", s, dict(r.reading_turns))
         cfg.stages.align.train_llm = True
-        cfg.stages.align.data = replace(cfg.data, datasets=[str(reading)])
+        cfg.stages.align.data = {"datasets": [str(reading)]}  # the rest inherits cfg.data
     return cfg
 
 
