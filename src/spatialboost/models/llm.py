@@ -41,6 +41,7 @@ from transformers import (
 
 from spatialboost.constants import IMAGE_TOKEN, REF_TOKENS
 from spatialboost.errors import UserError
+from spatialboost.io import package_file
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -102,14 +103,13 @@ PACKAGED_LLMS.add(
 def packaged_llm_file(name: str) -> tuple[Path, str]:
     """(folder, gguf file name) of a packaged LM, found without importing its package."""
     entry = PACKAGED_LLMS.get(name)
-    spec = importlib.util.find_spec(entry.package)
-    folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec else None
-    if folder is None or not (folder / entry.filename).is_file():
+    file = package_file(entry.package, entry.filename)
+    if file is None:
         raise UserError(f"LLM {name!r} needs the package holding {entry.filename}: {entry.install}")
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             raise UserError(f"LLM {name!r} is a GGUF file; reading it needs {module!r}: {entry.install}")
-    return folder, entry.filename
+    return file.parent, entry.filename
 
 
 def _pretrained_source(name: str) -> tuple[str, dict]:

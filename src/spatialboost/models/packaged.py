@@ -29,7 +29,6 @@ initializers, the CLS row (1, 1, D) and the patch grid (1, N, D).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import torch
 from safetensors.torch import save_file
 
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_dir, sha256_file
+from spatialboost.io import atomic_dir, package_file, sha256_file
 from spatialboost.models.hf_encoders import (
     CLIP_MEAN,
     CLIP_STD,
@@ -240,13 +239,12 @@ def cache_root() -> Path:
 def source_file(name: str) -> Path:
     """The wheel's ONNX file, located without importing its package; a one-line UserError when missing."""
     entry = PACKAGED_ENCODERS.get(name)
-    spec = importlib.util.find_spec(entry.package)
-    folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec else None
-    if folder is None or not (folder / entry.file).is_file():
+    file = package_file(entry.package, entry.file)
+    if file is None:
         raise UserError(
             f"encoder {name!r} needs {entry.distribution} (holding {entry.file}): {entry.install}"
         )
-    return folder / entry.file
+    return file
 
 
 def packaged_encoder_dir(name: str) -> Path:
