@@ -291,10 +291,12 @@ def test_dataset_without_manifest_names_the_folder(tokenizer, tmp_path):
 
 
 def test_dataset_refuses_paths_outside_root(tokenizer, tmp_path):
-    record = make_record(0)
-    write_dataset(tmp_path, [record])
-    record["image"] = "../outside.png"
-    write_records(tmp_path, [record])
-    ds = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8)
-    with pytest.raises(ValueError, match="escapes"):
-        ds[0]
+    """A record whose image leads outside the dataset is skipped with its reason, not read (and not a crash)."""
+    records = [make_record(0), make_record(1)]
+    write_dataset(tmp_path, records)
+    records[1]["image"] = "../outside.png"
+    write_records(tmp_path, records)
+    for on_overflow in ("skip", "error"):
+        ds = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, on_overflow=on_overflow)
+        assert len(ds) == 1 and ds[0]["id"] == records[0]["id"]
+        assert [i for i, _ in ds.skipped] == [records[1]["id"]] and "outside" in ds.skipped[0][1]

@@ -9,7 +9,7 @@ import pytest
 
 from spatialboost.cli import main
 from spatialboost.config import ConfigError, load_config, save_config
-from spatialboost.io import atomic_write_text, resolve_inside
+from spatialboost.io import UnsafePathError, atomic_write_text, confined
 from spatialboost.registry import Registry, UnknownNameError
 
 
@@ -62,10 +62,10 @@ def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
-def test_resolve_inside_refuses_escape(tmp_path: Path) -> None:
-    assert resolve_inside(tmp_path, "a/b.png") == (tmp_path / "a/b.png").resolve()
-    with pytest.raises(ValueError, match="escapes"):
-        resolve_inside(tmp_path, "../etc/passwd")
+def test_confined_refuses_escape(tmp_path: Path) -> None:
+    assert confined(tmp_path, "a/b.png") == (tmp_path / "a/b.png").resolve()
+    with pytest.raises(UnsafePathError, match="outside the root"):
+        confined(tmp_path, "../etc/passwd")
 
 
 def test_cli_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

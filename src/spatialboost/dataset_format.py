@@ -16,7 +16,8 @@ Layout of a dataset directory::
 
 A shard is complete only when its completion record exists and every hash in it matches; the manifest lists
 the complete shards. Paths inside records and the manifest are relative to the dataset directory and are
-resolved with ``io.resolve_inside`` (nothing outside the dataset root is read).
+resolved with ``io.confined`` (nothing outside the dataset root is read): a manifest entry that leads outside
+is reported like an unreadable shard, a record's image like that is skipped by its reader.
 
 Record schema (LLaVA)::
 
@@ -40,7 +41,7 @@ import PIL
 
 import spatialboost
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_bytes, atomic_write_json, resolve_inside, sha256_bytes
+from spatialboost.io import UnsafePathError, atomic_write_bytes, atomic_write_json, confined, sha256_bytes
 
 FORMAT = "spatialboost-cot/1"
 MANIFEST = "manifest.json"
@@ -180,8 +181,15 @@ def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 
 
 def shard_files(dataset_dir: str | Path) -> list[Path]:
-    """The JSONL files of the complete shards the manifest lists, in sample order."""
-    return [resolve_inside(dataset_dir, e["file"]) for e in read_manifest(dataset_dir)["shards"]]
+    """The JSONL files of the complete shards the manifest lists, in sample order (an entry leading outside
+    the dataset is left out here; ``iter_records`` reports it)."""
+    files = []
+    for entry in read_manifest(dataset_dir)["shards"]:
+        try:
+            files.append(confined(dataset_dir, entry["file"]))
+        except UnsafePathError:
+            continue
+    return files
 
 
 def iter_records(dataset_dir: str | Path, errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -190,7 +198,11 @@ def iter_records(dataset_dir: str | Path, errors: list[str] | None = None) -> It
     A line that is not valid JSON raises UserError naming the shard file and the line; with ``errors`` given,
     the message is appended there instead and reading goes on (``validate`` lists it as a failure)."""
     for entry in read_manifest(dataset_dir)["shards"]:
-        path = resolve_inside(dataset_dir, entry["file"])
+        try:
+            path = confined(dataset_dir, entry["file"])
+        except UnsafePathError as e:
+            _bad_line(f"{entry['file']}: manifest entry refused ({e.reason})", errors)
+            continue
         try:
             f = open(path, "rb")  # bytes: a line of bad UTF-8 is one bad line, not a crash mid-file
         except OSError as e:
@@ -224,7 +236,7 @@ def _bad_line(message: str, errors: list[str] | None) -> None:
 
 def load_gt_arrays(dataset_dir: str | Path, sample: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(arrays, meta) of a sample's ground-truth sidecar."""
-    path = resolve_inside(dataset_dir, f"gt/{sample}.npz")
+    path = confined(dataset_dir, f"gt/{sample}.npz")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
@@ -233,7 +245,7 @@ def load_gt_arrays(dataset_dir: str | Path, sample: str) -> tuple[dict[str, np.n
 
 def read_meta(dataset_dir: str | Path, sample: str) -> dict[str, Any] | None:
     """The sidecar's metadata (facts, objects, sizes) of a sample, or None without a sidecar."""
-    path = resolve_inside(dataset_dir, f"gt/{sample}.npz")
+    path = confined(dataset_dir, f"gt/{sample}.npz")
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as z:
@@ -242,6 +254,6 @@ def read_meta(dataset_dir: str | Path, sample: str) -> dict[str, Any] | None:
 
 def read_instance(dataset_dir: str | Path, sample: str) -> np.ndarray | None:
     """(V, H, W) instance ids of a sample's views from its sidecar, or None."""
-    path = resolve_inside(dataset_dir, f"gt/{sample}.npz")
+    path = confined(dataset_dir, f"gt/{sample}.npz")
     with np.load(path, allow_pickle=False) as z:
         return z["instance"] if "instance" in z.files else None

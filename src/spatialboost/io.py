@@ -1,4 +1,4 @@
-"""Small I/O helpers shared by every stage: atomic writes, output directories, content hashes, safe paths.
+"""Small I/O helpers shared by every stage: atomic writes, output directories, content hashes, confined paths.
 
 Nothing half-written is ever mistaken for finished: every writer here writes to a temporary file in
 the same directory and renames it into place (``os.replace`` is atomic on POSIX). Files get the user's
@@ -10,11 +10,17 @@ records what kind of output it is, which files the project wrote there and wheth
 finished. A non-empty directory without the marker belongs to someone else and is refused unless the
 caller passes ``overwrite``; even then only files the project writes are replaced, and a later write
 removes only stale files the marker lists. Nothing else in the directory is ever touched.
+
+``confined(root, path)`` and ``walk_tree(root)`` are the one rule for reading what a user points at: a path
+named inside a file, or found by walking a folder, is resolved (symlinks included) and refused with an
+``UnsafePathError`` when it lands outside the root the user gave or loops; a walk never follows a
+directory symlink. Readers skip a refused item and record its reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
@@ -23,6 +29,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -338,7 +345,7 @@ def _remove_file(root: Path, rel: str) -> None:
         parent = parent.parent
 
 
-# ----------------------------------------------------------------------------------------------- hashes, paths
+# ----------------------------------------------------------------------------------------------- hashes
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -353,13 +360,125 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def resolve_inside(root: str | Path, rel: str | Path) -> Path:
-    """Resolve ``rel`` against ``root`` and refuse anything that escapes ``root`` (symlinks included)."""
+# ----------------------------------------------------------------------------------------------- confinement
+# One rule for every tree the project walks and every path named inside a file (an image folder, an RGB-D
+# sequence, a probe dataset, a record's ``image``, a manifest's shard): resolve it, symlinks included, and
+# refuse what lands outside the root the user gave, as tarfile's ``data`` filter does. Readers skip a
+# refused item and record why, the way they already skip a bad file.
+
+LOOP = "symlink loop"
+
+
+class UnsafePathError(UserError, ValueError):
+    """A path that resolves outside the root it must stay in, or into a symlink loop. ``reason`` is the short
+    text readers record for a skipped item; ``str()`` also names the path and the root."""
+
+    def __init__(self, path: str | Path, root: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; refused (root {root})")
+        self.path, self.root, self.reason = str(path), root, reason
+
+
+def confined(root: str | Path, path: str | Path) -> Path:
+    """``root / path`` resolved (symlinks followed); UnsafePathError when it lands outside ``root`` or loops.
+
+    ``path`` is relative to ``root``, or absolute (accepted only when it resolves inside ``root``). A path that
+    does not exist is resolved as far as it goes and returned when inside: the caller reports it missing."""
     root_r = Path(root).resolve()
-    target = (root_r / rel).resolve()
+    joined = root_r / path
+    try:
+        target = Path(os.path.realpath(joined, strict=True))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(path, root_r, LOOP) from None
+        target = Path(os.path.realpath(joined))  # missing or unreadable: resolved as far as it goes
+    except ValueError as e:  # an embedded NUL byte
+        raise UnsafePathError(repr(str(path)), root_r, f"not a valid path ({e})") from None
     if target != root_r and root_r not in target.parents:
-        raise ValueError(f"{rel}: path escapes the dataset root {root_r}")
+        raise UnsafePathError(path, root_r, _outside_reason(path))
     return target
+
+
+def _outside_reason(path: str | Path) -> str:
+    if Path(path).is_absolute():
+        return "absolute path outside the root folder"
+    if os.path.normpath(path).split(os.sep)[0] == "..":
+        return "'..' leads outside the root folder"
+    return "symlink pointing outside the root folder"
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    rel: str  # POSIX path relative to the root, as listed (a symlink's own name)
+    path: Path  # resolved, inside the root
+
+
+@dataclass(frozen=True)
+class Refusal:
+    rel: str  # POSIX path relative to the root; a directory ends with "/"
+    reason: str
+
+
+@dataclass
+class Tree:
+    """What ``walk_tree`` found: files and real sub-directories inside the root, and what it refused."""
+
+    files: list[TreeEntry] = field(default_factory=list)
+    dirs: list[TreeEntry] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+def walk_tree(root: str | Path, folder: str | Path = ".", recursive: bool = True, hidden: bool = False) -> Tree:
+    """The files (and sub-directories) under ``root / folder`` in sorted order, confined to ``root``.
+
+    Directory symlinks are never followed (so a walk cannot loop or leave the root); each is refused with its
+    reason (``name/``). A file symlink is listed with its resolved target when that lies inside ``root``, and
+    refused otherwise (or when it loops). ``hidden``: include names starting with a dot. ``recursive=False``
+    lists ``folder``'s own entries only. UnsafePathError when ``folder`` itself leads outside ``root``; an
+    empty Tree when it is not a directory. Nothing behind a refused entry is listed, opened or stat-ed."""
+    root_r = Path(root).resolve()
+    start = confined(root_r, folder)
+    tree = Tree()
+    if not start.is_dir():
+        return tree
+    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if not hidden and d.startswith("."):
+                continue
+            rel = (here / d).relative_to(root_r).as_posix()
+            if os.path.islink(here / d):
+                tree.refused.append(Refusal(rel + "/", _dir_link_reason(root_r, rel)))
+            else:
+                tree.dirs.append(TreeEntry(rel, here / d))
+                keep.append(d)
+        dirnames[:] = keep if recursive else []
+        for name in sorted(filenames):
+            if not hidden and name.startswith("."):
+                continue
+            rel = (here / name).relative_to(root_r).as_posix()
+            if not os.path.islink(here / name):
+                tree.files.append(TreeEntry(rel, here / name))
+                continue
+            try:
+                tree.files.append(TreeEntry(rel, confined(root_r, rel)))
+            except UnsafePathError as e:
+                tree.refused.append(Refusal(rel, f"{e.reason} (not read)"))
+    tree.files.sort(key=lambda e: e.rel)
+    tree.dirs.sort(key=lambda e: e.rel)
+    tree.refused.sort(key=lambda r: r.rel)
+    return tree
+
+
+def _dir_link_reason(root: Path, rel: str) -> str:
+    try:
+        confined(root, rel)
+    except UnsafePathError as e:
+        return f"directory {e.reason} (not followed)" if e.reason != LOOP else "symlink loop (not followed)"
+    return "directory symlink (not followed; its target is inside the root folder)"
+
+
+# ----------------------------------------------------------------------------------------------- packages
 
 
 def package_file(package: str, relative: str) -> Path | None:

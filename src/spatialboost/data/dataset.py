@@ -1,8 +1,9 @@
 """A torch ``Dataset`` over the conversation shards of a dataset directory.
 
 The layout and records are ``spatialboost.dataset_format``'s: the shards its manifest lists, one LLaVA
-record per line, image paths relative to the dataset directory (resolved with ``resolve_inside``: nothing
-outside the dataset root is read).
+record per line, image paths relative to the dataset directory (resolved with ``io.confined``: nothing
+outside the dataset root is read; a record whose ``image`` is ``../x``, absolute or a symlink leading out is
+skipped and listed in ``skipped`` with the reason, whatever ``on_overflow`` says).
 
 Text is tokenized once, up front (cheap; gives every sample's length for packing and reports the samples
 that cannot train, e.g. truncation that cuts every answer); images are read lazily in ``__getitem__``.
@@ -24,7 +25,7 @@ from spatialboost.data.refs import REF_TOKENS, Ref, annotate_record, ref_weights
 from spatialboost.dataset_format import read_instance, read_meta, read_records, record_images, shard_files
 from spatialboost.errors import EmptyLabelsError, UserError
 from spatialboost.image_transform import ImageTransform
-from spatialboost.io import resolve_inside
+from spatialboost.io import UnsafePathError, confined
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def tokenize_dataset(
     ref_ids = [tokenizer.convert_tokens_to_ids(t) for k, t in REF_TOKENS.items() if k in ref_tokens]
     for record in tqdm(read_records(root), desc="tokenizing", unit="conv", leave=False):
         meta, refs = None, []
+        try:
+            for rel in record_images(record):
+                confined(root, rel)  # a record's image that leads outside the dataset is never read
+        except UnsafePathError as e:
+            skipped.append((str(record.get("id", "?")), f"image {e.path}: {e.reason}"))
+            continue
         try:
             if ref_tokens:
                 meta = read_meta(root, str(record.get("id", "")))
@@ -132,9 +139,9 @@ class ConversationDataset(Dataset):
             "labels": torch.tensor(sample.labels, dtype=torch.long),
         }
         if self.feature_store is not None:
-            item["image_features"] = self.feature_store.get([resolve_inside(self.root, p) for p in paths])
+            item["image_features"] = self.feature_store.get([confined(self.root, p) for p in paths])
         else:
-            images = [_load_rgb(resolve_inside(self.root, p)) for p in paths]
+            images = [_load_rgb(confined(self.root, p)) for p in paths]
             item["pixel_values"] = self.transform(images)  # (n_images, 3, H, W)
         if sample.turns is not None:
             item["turns"] = torch.tensor(sample.turns, dtype=torch.long)

@@ -24,7 +24,7 @@ from spatialboost.datagen.real.lifting import LiftConfig, lift_view
 from spatialboost.datagen.real.perception import BackendConfig, GroundTruth, build_backend
 from spatialboost.datagen.real.perception.base import boxes_of
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file
+from spatialboost.io import atomic_write_bytes, sha256_bytes, sha256_file, walk_tree
 
 STAGES = ("depth", "detector", "segmenter")
 
@@ -294,12 +294,13 @@ def _labels_of(p: dict) -> dict[int, str]:
 def collect_items(
     root: Path, multiview: bool, limits: ImageLimits
 ) -> tuple[list[Item], list[dict[str, str]]]:
-    """Usable inputs in sorted order, and the skipped files with their reasons."""
+    """Usable inputs in sorted order, and the skipped files with their reasons (among them what leads outside
+    ``root``: ``io.walk_tree`` / ``io.confined``, never read)."""
     if not root.is_dir():
         what = "exists and is not a directory" if root.exists() else "no such directory"
         raise UserError(f"--input {root}: {what}")
-    if rgbd.is_sequence(root) or any(rgbd.is_sequence(p) for p in root.iterdir() if p.is_dir()):
-        return _rgbd_items(root, multiview, limits)
+    if rgbd.is_sequence(root) or any(rgbd.is_sequence(d.path) for d in walk_tree(root, recursive=False).dirs):
+        return _rgbd_items(root.resolve(), multiview, limits)
     good, skipped = scan_folder(root, limits)
     items, skips = [], [{"file": s.rel, "reason": s.reason} for s in skipped]
     for entry in good:
@@ -313,11 +314,11 @@ def collect_items(
 
 
 def _rgbd_items(root: Path, multiview: bool, limits: ImageLimits) -> tuple[list[Item], list[dict[str, str]]]:
-    items, skips = [], []
-    for seq in rgbd.find_sequences(root):
+    items, skips, refused = [], [], []
+    for seq in rgbd.find_sequences(root, refused):
         prefix = "" if seq == root else f"{seq.name}/"
         frames = []
-        for f in rgbd.read_sequence(seq, key_prefix=prefix):
+        for f in rgbd.read_sequence(seq, key_prefix=prefix, refused=refused):
             try:
                 load_rgb(f.color, limits)
             except ImageRejected as e:
@@ -328,4 +329,5 @@ def _rgbd_items(root: Path, multiview: bool, limits: ImageLimits) -> tuple[list[
             items.append(Item(prefix or seq.name, "".join(sha256_file(f.color)[:8] for f in frames), frames))
         else:
             items += [Item(f.key, sha256_file(f.color), [f]) for f in frames]
-    return items, skips
+    skips += [{"file": r.rel, "reason": r.reason} for r in refused]
+    return items, sorted(skips, key=lambda s: s["file"])

@@ -77,6 +77,10 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     lines.append(f"mean ± std over {n} seed(s); layers={layers}; data={summary['dataset']['spec']} "
                  f"(train {summary['dataset']['n_train']}, test {summary['dataset']['n_test']}). "
                  f"↓ lower is better, ↑ higher is better.")  # fmt: skip
+    skipped = sum(len(v) for v in summary["dataset"].get("skipped", {}).values())
+    if skipped:
+        lines.append(f"{skipped} input item(s) skipped while reading the data (listed in results.json, "
+                     "dataset.skipped).")  # fmt: skip
     if pairs:
         lines.append(NOISE_RULE + ".")
         if any("per_unit" in r.get("protocol", {}) for r in summary["rows"]):

@@ -145,6 +145,7 @@ class _Subset(ProbeDataset):
         self.indices = np.linspace(0, len(base) - 1, n).round().astype(int).tolist()
         self.name, self.split, self.tasks = base.name, base.split, base.tasks
         self.seg_classes, self.cls_classes = base.seg_classes, base.cls_classes
+        self.skipped = base.skipped
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -251,6 +252,7 @@ def run_probes(
             "test": test_ds.identity,
             "n_train": len(train_ds),
             "n_test": len(test_ds),
+            "skipped": {"train": list(train_ds.skipped), "test": list(test_ds.skipped)},
         },  # fmt: skip
         "encoders": {n: {"spec": _spec_dict(e), "identity": identities[n]} for n, e in encs.items()},
         "pairs": pairs,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from spatialboost.dataset_format import record_images
 from spatialboost.image_transform import ImageTransform
-from spatialboost.io import atomic_dir, resolve_inside
+from spatialboost.io import atomic_dir, confined
 from spatialboost.models.encoder_base import weights_sha256
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def dataset_images(datasets) -> list[Path]:
     for ds in datasets:
         for record in ds.records:
             for rel in record_images(record):
-                path = resolve_inside(ds.root, rel)
+                path = confined(ds.root, rel)
                 seen.setdefault(str(path), path)
     return list(seen.values())
 

@@ -26,7 +26,7 @@ from spatialboost.datagen.questions.relations import SceneGraph, recompute, valu
 from spatialboost.datagen.scenes import solids
 from spatialboost.dataset_format import check_dataset_dir, iter_records, read_manifest, record_images
 from spatialboost.errors import UserError
-from spatialboost.io import resolve_inside
+from spatialboost.io import confined
 
 
 def check_schema(record: Any) -> list[str]:
@@ -198,7 +198,7 @@ def check_record(dataset_dir: Path, record: dict[str, Any]) -> list[str]:
     rid = record["id"]
     try:
         for rel in record_images(record):
-            with Image.open(resolve_inside(dataset_dir, rel)) as im:
+            with Image.open(confined(dataset_dir, rel)) as im:
                 im.verify()
         scene = load_sample_gt(dataset_dir, record, load_rgb=False)
     except (OSError, ValueError, KeyError) as e:

@@ -47,7 +47,7 @@ from spatialboost.dataset_format import (
     write_manifest,
 )
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_json, resolve_inside, sha256_bytes, sha256_file
+from spatialboost.io import atomic_write_json, confined, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def verify_shard(out: Path, k: int) -> dict[str, Any] | None:
         if shard_hash(files) != state["hash"]:
             return None
         for rel, h in files.items():
-            if sha256_file(resolve_inside(out, rel)) != h:
+            if sha256_file(confined(out, rel)) != h:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -494,7 +494,7 @@ def load_sample_gt(dataset_dir: str | Path, record: dict[str, Any], load_rgb: bo
     for k, (w, h) in enumerate(meta["sizes"]):
         rgb = None
         if load_rgb:
-            with Image.open(resolve_inside(dataset_dir, record_images(record)[k])) as im:
+            with Image.open(confined(dataset_dir, record_images(record)[k])) as im:
                 rgb = np.asarray(im.convert("RGB"))
         cam = Camera(K=arrays["K"][k], cam_to_world=arrays["cam_to_world"][k], width=w, height=h)
         maps = {key: arrays[key][k] if key in arrays else None for key in ("depth", "instance", "semantic")}

@@ -3,14 +3,14 @@
 ``scan_folder(root)`` walks ``root`` in a deterministic order (sorted relative POSIX paths) and sorts every
 file into good images and skipped files, each skip with its reason (recorded in the manifest): empty files,
 non-images, corrupt or truncated data, too small or too large (checked from the header, before any pixel is
-decoded), symlinks that leave the folder, and directory symlinks (never followed; listed as ``name/``). ``load_rgb`` decodes a good file to (H, W, 3) uint8 RGB with its
-EXIF orientation applied; CMYK, 16-bit, RGBA/LA (composited on white), palette and grayscale are converted.
+decoded), symlinks that leave the folder or loop, and directory symlinks (never followed; listed as ``name/``):
+the walk is ``io.walk_tree``'s, confined to ``root``. ``load_rgb`` decodes a good file to (H, W, 3) uint8 RGB
+with its EXIF orientation applied; CMYK, 16-bit, RGBA/LA (composited on white), palette and grayscale are converted.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from spatialboost.io import resolve_inside
+from spatialboost.io import UnsafePathError, confined, walk_tree
 
 log = logging.getLogger(__name__)
 
@@ -55,45 +55,23 @@ def scan_folder(
     """Good images and skipped files under ``root`` (recursively), both in sorted relative-path order."""
     root = Path(root).resolve()
     good: list[ImageEntry] = []
-    files, linked_dirs = _walk(root)
-    skipped = [Skipped(rel + "/", _dir_link_reason(root, rel)) for rel in linked_dirs]
-    for rel in files:
+    tree = walk_tree(root)  # hidden names skipped; directory symlinks and escaping links refused
+    skipped = [Skipped(r.rel, r.reason) for r in tree.refused]
+    for entry in tree.files:
         try:
-            good.append(probe(root, rel, limits))
+            good.append(probe(root, entry.rel, limits))
         except ImageRejected as e:
-            skipped.append(Skipped(rel, str(e)))
-            log.debug("skip %s: %s", rel, e)
+            skipped.append(Skipped(entry.rel, str(e)))
+            log.debug("skip %s: %s", entry.rel, e)
     return good, sorted(skipped, key=lambda s: s.rel)
-
-
-def _walk(root: Path) -> tuple[list[str], list[str]]:
-    """Relative POSIX paths of all non-hidden files and file symlinks under root, and of the directory
-    symlinks found (never followed), both sorted."""
-    out, linked_dirs = [], []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        links = [d for d in dirnames if not d.startswith(".") and os.path.islink(os.path.join(dirpath, d))]
-        linked_dirs += [Path(dirpath, d).relative_to(root).as_posix() for d in links]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in links)
-        for name in filenames:
-            if not name.startswith("."):
-                out.append(Path(dirpath, name).relative_to(root).as_posix())
-    return sorted(out), sorted(linked_dirs)
-
-
-def _dir_link_reason(root: Path, rel: str) -> str:
-    try:
-        resolve_inside(root, rel)
-    except ValueError:
-        return "directory symlink pointing outside the input folder (not followed)"
-    return "directory symlink (not followed; its target is inside the input folder and is read there)"
 
 
 def probe(root: Path, rel: str, limits: ImageLimits) -> ImageEntry:
     """Check one file from its header only (no pixel decode); raise ImageRejected with the reason."""
     try:
-        path = resolve_inside(root, rel)
-    except ValueError:
-        raise ImageRejected("symlink pointing outside the input folder") from None
+        path = confined(root, rel)
+    except UnsafePathError as e:
+        raise ImageRejected(e.reason) from None
     if not path.is_file():
         raise ImageRejected("not a regular file (broken link or special file)")
     if path.stat().st_size == 0:

@@ -12,6 +12,8 @@ Folder layout (one sequence = one folder; ``--input`` may be one sequence or a f
       labels.json                 optional: {"<instance id>": "<class name>"} (ids shared by all frames)
 
 Frames are matched by file stem. Any missing piece (depth, K, masks) is estimated by the model backends.
+Every path is confined to its sequence folder (``io.confined``): a piece that leads outside it is never read,
+and is skipped and recorded like a bad file.
 ``export_scene`` writes a synthetic ``Scene`` in this layout (the oracle for tests and the label-noise study).
 Multi-view: ``fuse_views`` merges posed frames into one world-frame cloud per instance id;
 ``UnposedReconstructor`` is the seam for VGGT-style reconstruction from unposed images.
@@ -44,7 +46,16 @@ from spatialboost.datagen.real.perception.oracle import GroundTruth
 from spatialboost.datagen.scenes.geometry import camera_to_world, unproject_depth
 from spatialboost.datagen.scenes.scene import Camera, Scene, View
 from spatialboost.errors import UserError
-from spatialboost.io import atomic_write_bytes, atomic_write_json, atomic_write_text, resolve_inside
+from spatialboost.io import (
+    Refusal,
+    Tree,
+    UnsafePathError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    confined,
+    walk_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +77,36 @@ class Frame:
 
 
 def is_sequence(path: Path) -> bool:
-    return (path / "color").is_dir()
+    """``path`` has a ``color/`` folder (a symlink named ``color`` counts: ``read_sequence`` confines it)."""
+    color = path / "color"
+    return color.is_symlink() or color.is_dir()
 
 
-def find_sequences(root: str | Path) -> list[Path]:
-    """``root`` itself when it is a sequence, else its sequence subfolders (sorted); UserError when none."""
-    root = Path(root)
+def find_sequences(root: str | Path, refused: list[Refusal] | None = None) -> list[Path]:
+    """``root`` itself when it is a sequence, else its sequence subfolders (sorted, resolved); UserError when none.
+
+    Sub-folders are listed with ``io.walk_tree``: a directory symlink is not followed and goes to ``refused``
+    (with its reason) when given, else to the log."""
+    root = Path(root).resolve()
     if is_sequence(root):
         return [root]
-    seqs = sorted(p for p in root.iterdir() if p.is_dir() and is_sequence(p)) if root.is_dir() else []
+    tree = walk_tree(root, recursive=False) if root.is_dir() else Tree()
+    _refuse(refused, [r for r in tree.refused if r.rel.endswith("/")])
+    seqs = [e.path for e in tree.dirs if is_sequence(e.path)]
     if not seqs:
+        links = f"; {len(tree.refused)} symlink(s) not followed" if tree.refused else ""
         raise UserError(
-            f"{root}: no RGB-D sequence found (expected color/ [depth/ intrinsic.txt ...]; see rgbd.py)"
+            f"{root}: no RGB-D sequence found (expected color/ [depth/ intrinsic.txt ...]; see rgbd.py){links}"
         )
     return seqs
+
+
+def _refuse(refused: list[Refusal] | None, found: list[Refusal]) -> None:
+    if refused is not None:
+        refused += found
+        return
+    for r in found:
+        log.warning("skipped %s: %s", r.rel, r.reason)
 
 
 def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -94,37 +121,48 @@ def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def read_sequence(seq: str | Path, key_prefix: str = "") -> list[Frame]:
-    """The frames of one sequence folder, sorted by stem; every path is checked to stay inside ``seq``."""
+def read_sequence(seq: str | Path, key_prefix: str = "", refused: list[Refusal] | None = None) -> list[Frame]:
+    """The frames of one sequence folder, sorted by stem.
+
+    Every path is confined to ``seq`` (``io.confined``): a piece that leads outside it (a symlinked
+    ``color/``, ``depth/<frame>.png`` or ``intrinsic.txt``) is never read; it goes to ``refused`` (named
+    ``key_prefix + path``, with the reason) when given, else to the log, and counts as missing."""
     seq = Path(seq).resolve()
-    shared_K = _read_matrix(seq / "intrinsic.txt", (3, 3)) if (seq / "intrinsic.txt").is_file() else None
-    labels_path = seq / "labels.json"
-    labels = (
-        {int(k): str(v) for k, v in json.loads(labels_path.read_text()).items()}
-        if labels_path.is_file()
-        else {}
-    )
+    found: list[Refusal] = []
+
+    def piece(rel: str) -> Path | None:
+        try:
+            p = confined(seq, rel)
+        except UnsafePathError as e:
+            found.append(Refusal(key_prefix + rel, e.reason))
+            return None
+        return p if p.is_file() else None
+
+    try:
+        tree = walk_tree(seq, "color", recursive=False)
+    except UnsafePathError as e:
+        _refuse(refused, [Refusal(f"{key_prefix}color/", e.reason)])
+        return []
+    found += [Refusal(key_prefix + r.rel, r.reason) for r in tree.refused]
+    shared_K_path, labels_path = piece("intrinsic.txt"), piece("labels.json")
+    shared_K = _read_matrix(shared_K_path, (3, 3)) if shared_K_path else None
+    labels = {int(k): str(v) for k, v in json.loads(labels_path.read_text()).items()} if labels_path else {}
     frames = []
-    for color in sorted(p for p in (seq / "color").iterdir() if p.suffix.lower() in COLOR_SUFFIXES):
-        stem = color.stem
-
-        def opt(sub: str, suffix: str, stem: str = stem) -> Path | None:
-            p = seq / sub / f"{stem}{suffix}"
-            return resolve_inside(seq, p.relative_to(seq)) if p.is_file() else None
-
-        K_path = opt("intrinsic", ".txt")
-        pose_path = opt("pose", ".txt")
+    for color in (e for e in tree.files if Path(e.rel).suffix.lower() in COLOR_SUFFIXES):
+        stem = Path(color.rel).stem
+        K_path, pose_path = piece(f"intrinsic/{stem}.txt"), piece(f"pose/{stem}.txt")
         frames.append(
             Frame(
                 key=f"{key_prefix}{stem}",
-                color=resolve_inside(seq, color.relative_to(seq)),
-                depth=opt("depth", ".png"),
+                color=color.path,
+                depth=piece(f"depth/{stem}.png"),
                 K=_read_matrix(K_path, (3, 3)) if K_path else shared_K,
                 pose=_read_matrix(pose_path, (4, 4)) if pose_path else None,
-                instance=opt("instance", ".png"),
+                instance=piece(f"instance/{stem}.png"),
                 labels=labels,
             )
         )
+    _refuse(refused, found)
     return frames
 
 

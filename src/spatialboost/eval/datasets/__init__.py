@@ -3,10 +3,12 @@
 ``synthetic`` is built in (held-out synthetic scenes); ``nyu``, ``ade20k``, ``voc``, ``imagefolder`` and ``rgbd``
 (ScanNet-style RGB-D sequences, every frame: depth + class maps; see ``multiview``) read the usual on-disk
 layouts (see each module). A spec is ``NAME`` or ``NAME:PATH``. The 3D probes read ``multiview.build_multiview``.
+No reader reads outside the root it is given (``io.confined``); what it refuses is in ``dataset.skipped``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from spatialboost.eval.datasets.synthetic import SyntheticProbeDataset
 from spatialboost.registry import Registry, UnknownNameError
 
 # name -> factory(path | None, split, **options) -> ProbeDataset
+log = logging.getLogger(__name__)
+
 DATASETS: Registry[Callable[..., ProbeDataset]] = Registry("probe dataset")
 
 
@@ -73,7 +77,10 @@ def build_dataset(spec: str, split: str, **options: object) -> ProbeDataset:
         factory = DATASETS.get(name)
     except UnknownNameError as e:
         raise UserError(str(e)) from None
-    return factory(path, split, **options)
+    dataset = factory(path, split, **options)
+    if dataset.skipped:
+        log.warning("%s (%s): skipped %d item(s), e.g. %s", spec, split, len(dataset.skipped), dataset.skipped[0])
+    return dataset
 
 
 __all__ = [

@@ -5,6 +5,11 @@ RGB image (H, W, 3) uint8 and the targets the source has -- ``depth`` (H, W) flo
 ``seg`` (H, W) uint8/int class ids (``SEG_IGNORE_INDEX`` = not scored) and ``label`` (int class id).
 ``dataset.item(i, task)`` gives the ``(image, target)`` pair of one task. ``identity`` is a string that
 changes whenever the samples would (it keys the feature cache).
+
+Readers list their files with ``io.walk_tree`` and resolve the paths a list file names with ``io.confined``:
+nothing outside the root the user gave is read. A refused item is skipped and listed in ``skipped``
+(``"path: reason"``), which the probe report records; a folder the layout needs that leads outside the root
+is a ``UserError`` (``io.UnsafePathError``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from PIL import Image
 
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
-from spatialboost.io import resolve_inside
+from spatialboost.io import Refusal
 
 SPLITS = ("train", "val", "test")
 
@@ -45,6 +50,7 @@ class ProbeDataset:
     seg_classes: list[str] = []
     cls_classes: list[str] = []
     ignore_index: int = SEG_IGNORE_INDEX
+    skipped: list[str] | tuple[str, ...] = ()  # "path: reason" of each item refused while listing the split
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -76,12 +82,9 @@ def check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> str:
     return split
 
 
-def inside(root: Path, rel: str | Path) -> Path:
-    """``root / rel`` resolved, refusing anything that escapes ``root``."""
-    try:
-        return resolve_inside(root, rel)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+def refusal_texts(refused: list[Refusal]) -> list[str]:
+    """``"path: reason"`` of each refused item (what ``ProbeDataset.skipped`` lists)."""
+    return [f"{r.rel}: {r.reason}" for r in refused]
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -1,6 +1,8 @@
 """ImageFolder classification: ``ROOT/<split>/<class name>/<image>``; classes are the sorted train folders.
 
 ``train`` reads ``ROOT/train``; ``val`` and ``test`` read ``ROOT/val`` (or ``ROOT/test`` when there is no val).
+Hidden names are ignored; symlinked class folders are not followed and a file symlink leading outside ``ROOT``
+is not read: both are listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from spatialboost.errors import UserError
-from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, inside, read_rgb
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, read_rgb, refusal_texts
+from spatialboost.io import confined, walk_tree
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
 
@@ -20,22 +23,25 @@ class ImageFolderDataset(ProbeDataset):
     def __init__(self, root: str | Path, split: str = "train") -> None:
         self.root = Path(root)
         self.split = check_split(split)
-        train_dir = inside(self.root, "train")
-        if not train_dir.is_dir():
+        if not confined(self.root, "train").is_dir():
             raise UserError(
                 f"{self.root}: ImageFolder layout needs train/<class>/<image> (and val/ or test/)"
             )
-        self.cls_classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-        folder = train_dir if split == "train" else _eval_dir(self.root)
+        train = walk_tree(self.root, "train", recursive=False)
+        self.cls_classes = [Path(d.rel).name for d in train.dirs]
+        folder = "train" if split == "train" else _eval_dir(self.root)
+        listing = train if folder == "train" else walk_tree(self.root, folder, recursive=False)
+        self.skipped = refusal_texts([r for r in listing.refused if r.rel.endswith("/")])
+        present = {Path(d.rel).name for d in listing.dirs}
         self.items = []
         for k, name in enumerate(self.cls_classes):
-            cdir = inside(self.root, folder.relative_to(self.root.resolve()) / name)
-            if not cdir.is_dir():
+            if name not in present:
                 continue
-            files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            self.items += [(inside(self.root, p.relative_to(self.root.resolve())), k) for p in files]
+            tree = walk_tree(self.root, f"{folder}/{name}", recursive=False)
+            self.skipped += refusal_texts(tree.refused)
+            self.items += [(e.path, k) for e in tree.files if Path(e.rel).suffix.lower() in IMAGE_SUFFIXES]
         if not self.items:
-            raise UserError(f"{folder}: no images found in class folders")
+            raise UserError(f"{self.root / folder}: no images found in class folders")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -49,9 +55,8 @@ class ImageFolderDataset(ProbeDataset):
         return f"imagefolder/{self.root.resolve()}/{self.split}/{len(self)}"
 
 
-def _eval_dir(root: Path) -> Path:
+def _eval_dir(root: Path) -> str:
     for name in ("val", "test"):
-        d = inside(root, name)
-        if d.is_dir():
-            return d
+        if confined(root, name).is_dir():
+            return name
     raise UserError(f"{root}: ImageFolder layout needs val/ or test/ beside train/")

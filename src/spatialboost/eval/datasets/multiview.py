@@ -13,7 +13,8 @@ A ``MultiViewDataset`` is a ``ProbeDataset`` with one sample per view (image, de
   Classes are ``["void", *sorted label names of every sequence]``; pixels of instance 0 or of an unlabelled
   instance are not scored. A frame without depth, K or pose and a sequence with fewer than two such frames
   are skipped and listed in ``skipped``; so is a sequence whose matrices do not parse (ScanNet marks
-  untracked frames with ``-inf`` poses: drop those frames first).
+  untracked frames with ``-inf`` poses: drop those frames first). Paths stay inside the root given
+  (``io.confined``): a linked sequence or a piece leading outside it is never read, and is listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from spatialboost.datagen.scenes.synthetic import (
 from spatialboost.errors import UserError
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, parse_data_spec, read_rgb
 from spatialboost.eval.datasets.synthetic import split_seeds
+from spatialboost.io import Refusal, UnsafePathError, confined
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,9 @@ class RGBDMultiView(MultiViewDataset):
         self.split = check_split(split)
         self.views = views
         self.skipped: list[str] = []
-        seqs = find_sequences(self.root)
+        refused: list[Refusal] = []
+        seqs = find_sequences(self.root, refused)
+        self.skipped += [f"{r.rel}: {r.reason}" for r in refused]
         self.seg_classes = ["void", *sorted({n for s in seqs for n in _labels(s).values()})]
         if len(self.seg_classes) > SEG_IGNORE_INDEX:
             raise UserError(
@@ -154,11 +158,14 @@ class RGBDMultiView(MultiViewDataset):
             )
 
     def _usable(self, seq: Path) -> list:
+        refused: list[Refusal] = []
         try:
-            frames = read_sequence(seq, key_prefix=f"{seq.name}/")
+            frames = read_sequence(seq, key_prefix=f"{seq.name}/", refused=refused)
         except (UserError, ValueError, OSError) as e:
             self.skipped.append(f"{seq}: {e}")
             return []
+        finally:
+            self.skipped += [f"{r.rel}: {r.reason}" for r in refused]
         usable = []
         for f in frames:
             missing = [n for n, v in (("depth", f.depth), ("K", f.K), ("pose", f.pose)) if v is None]
@@ -196,8 +203,13 @@ class RGBDMultiView(MultiViewDataset):
         return f"rgbd/{self.root.resolve()}/{self.split}/{len(self.scene_names)}x{len(self)}/v{self.views}"
 
 
+
+
 def _labels(seq: Path) -> dict[int, str]:
-    path = seq / "labels.json"
+    try:
+        path = confined(seq, "labels.json")
+    except UnsafePathError:  # read_sequence records it in skipped
+        return {}
     if not path.is_file():
         return {}
     try:

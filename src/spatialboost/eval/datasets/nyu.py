@@ -9,10 +9,13 @@ Segmentation uses the raw labels as they are (0 -> ignore); the 40-class mapping
 
 Folder layout (BTS / "sync" style): ``ROOT/{train,test}/**/rgb_XXXX.{jpg,png}`` beside
 ``depth_XXXX.png`` or ``sync_depth_XXXX.png``: uint16 depth in millimetres (``depth_scale`` = 1000), 0 = invalid.
+Files are listed with ``io.walk_tree`` (directory symlinks not followed) and paired with ``io.confined``: a
+file or link leading outside ``ROOT`` is never read and is listed in ``skipped``.
 """
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,8 @@ from PIL import Image
 
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.errors import UserError
-from spatialboost.eval.datasets.base import (
-    ProbeDataset,
-    ProbeSample,
-    check_split,
-    inside,
-    read_rgb,
-)
+from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample, check_split, read_rgb, refusal_texts
+from spatialboost.io import UnsafePathError, confined, walk_tree
 
 NUM_TRAIN_DEFAULT = 795
 
@@ -42,9 +40,13 @@ class NYUMatDataset(ProbeDataset):
         if self.labels is None:
             self.tasks = ("depth",)
         n = len(self.images)
-        self.indices = _split_indices(
-            self.path.parent / "splits.mat", n, "train" if split == "train" else "test"
-        )
+        self.skipped = []
+        try:
+            splits_path = confined(self.path.parent, "splits.mat")
+        except UnsafePathError as e:  # the default split is used; the report lists why
+            self.skipped.append(f"splits.mat: {e.reason}")
+            splits_path = None
+        self.indices = _split_indices(splits_path, n, "train" if split == "train" else "test")
         top = int(self.labels.max()) if self.labels is not None else 0
         self.seg_classes = [f"nyu_{i}" for i in range(min(top + 1, SEG_IGNORE_INDEX))]
 
@@ -100,8 +102,8 @@ def _load_mat_h5(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     return images, depths, labels
 
 
-def _split_indices(splits_path: Path, n: int, which: str) -> list[int]:
-    if splits_path.is_file():
+def _split_indices(splits_path: Path | None, n: int, which: str) -> list[int]:
+    if splits_path is not None and splits_path.is_file():
         # lazy: only NYUv2 .mat files need scipy.io
         import scipy.io
 
@@ -124,10 +126,11 @@ class NYUFolderDataset(ProbeDataset):
         self.split = check_split(split)
         self.depth_scale = depth_scale
         sub = "train" if split == "train" else "test"
-        folder = inside(self.root, sub)
+        folder = confined(self.root, sub)
         if not folder.is_dir():
             raise UserError(f"{folder}: NYUv2 folder layout needs {sub}/ with rgb_*.jpg + depth_*.png")
-        self.pairs = _find_pairs(self.root, folder)
+        self.skipped = []
+        self.pairs = _find_pairs(self.root, sub, self.skipped)
         if not self.pairs:
             raise UserError(f"{folder}: no rgb_*.jpg/png with a matching depth_*.png found")
 
@@ -151,14 +154,24 @@ class NYUFolderDataset(ProbeDataset):
         return f"nyu-folder/{self.root.resolve()}/{self.split}/{len(self)}/{self.depth_scale}"
 
 
-def _find_pairs(root: Path, folder: Path) -> list[tuple[Path, Path]]:
+def _find_pairs(root: Path, sub: str, skipped: list[str]) -> list[tuple[Path, Path]]:
+    """(rgb, depth) paths under ``root / sub``, confined to ``root``; refused items go to ``skipped``."""
+    tree = walk_tree(root, sub)
+    skipped += refusal_texts(tree.refused)
     pairs = []
-    for rgb in sorted([*folder.rglob("rgb_*.jpg"), *folder.rglob("rgb_*.png")]):
-        stem = rgb.stem[len("rgb_") :]
+    for rgb in sorted(tree.files, key=lambda e: Path(e.rel)):
+        rel = Path(rgb.rel)
+        if not (rel.name.startswith("rgb_") and rel.suffix in (".jpg", ".png")):
+            continue
+        stem = rel.stem[len("rgb_") :]
         for name in (f"sync_depth_{stem}.png", f"depth_{stem}.png"):
-            cand = inside(root, rgb.parent.relative_to(root.resolve()) / name)
+            try:
+                cand = confined(root, rel.parent / name)
+            except UnsafePathError as e:
+                skipped.append(f"{(rel.parent / name).as_posix()}: {e.reason}")
+                continue
             if cand.is_file():
-                pairs.append((inside(root, rgb.relative_to(root.resolve())), cand))
+                pairs.append((rgb.path, cand))
                 break
     return pairs
 
@@ -167,7 +180,8 @@ def nyu_dataset(path: str | Path, split: str = "train") -> ProbeDataset:
     """The ``.mat`` reader for a file, the folder reader for a directory."""
     p = Path(path)
     if p.is_dir():
-        mats = sorted(p.glob("nyu_depth_v2_labeled*.mat"))
+        files = walk_tree(p, recursive=False).files
+        mats = [e.path for e in files if fnmatch(Path(e.rel).name, "nyu_depth_v2_labeled*.mat")]
         if mats and not (p / "train").is_dir():
             return NYUMatDataset(mats[0], split)
         return NYUFolderDataset(p, split)

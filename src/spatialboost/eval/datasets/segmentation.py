@@ -7,6 +7,9 @@ ADE20K: ``ROOT/images/{training,validation}/*.jpg`` and ``ROOT/annotations/{trai
 VOC 2012: ``ROOT`` is ``VOC2012/`` (or a folder holding ``VOCdevkit/VOC2012`` or ``VOC2012``):
 ``ImageSets/Segmentation/{train,val}.txt``, ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
 (palette PNG whose indices are the 21 class ids; 255 = boundary, ignored). ``val``/``test`` = val.txt.
+
+Paths stay inside ``ROOT`` (``io.walk_tree`` / ``io.confined``): an image, annotation or listed id that leads
+outside it is never read; it is skipped and listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from spatialboost.eval.datasets.base import (
     ProbeDataset,
     ProbeSample,
     check_split,
-    inside,
     read_label_png,
     read_rgb,
+    refusal_texts,
     require_dir,
 )
+from spatialboost.io import UnsafePathError, confined, walk_tree
 
 ADE_NUM_CLASSES = 150
 VOC_CLASSES = [
@@ -37,10 +41,11 @@ VOC_CLASSES = [
 class _PairedSegDataset(ProbeDataset):
     tasks = ("seg",)
 
-    def __init__(self, root: Path, split: str, pairs: list[tuple[Path, Path]]) -> None:
+    def __init__(self, root: Path, split: str, pairs: list[tuple[Path, Path]], skipped: list[str]) -> None:
         self.root = root
         self.split = split
         self.pairs = pairs
+        self.skipped = skipped
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,16 +73,22 @@ class ADE20KDataset(_PairedSegDataset):
     def __init__(self, root: str | Path, split: str = "train") -> None:
         root = Path(root)
         sub = "training" if check_split(split) == "train" else "validation"
-        img_dir = require_dir(inside(root, Path("images") / sub), "ADE20K images folder")
-        pairs = []
-        for img in sorted(img_dir.glob("*.jpg")):
-            ann = inside(root, Path("annotations") / sub / f"{img.stem}.png")
+        img_dir = require_dir(confined(root, f"images/{sub}"), "ADE20K images folder")
+        tree = walk_tree(root, f"images/{sub}", recursive=False)
+        pairs, skipped = [], refusal_texts(tree.refused)
+        for img in (e for e in tree.files if e.rel.endswith(".jpg")):
+            rel = f"annotations/{sub}/{Path(img.rel).stem}.png"
+            try:
+                ann = confined(root, rel)
+            except UnsafePathError as e:
+                skipped.append(f"{rel}: {e.reason}")
+                continue
             if not ann.is_file():
-                raise UserError(f"{img}: no annotation {ann}")
-            pairs.append((img, ann))
+                raise UserError(f"{img.path}: no annotation {ann}")
+            pairs.append((img.path, ann))
         if not pairs:
-            raise UserError(f"{img_dir}: no .jpg images")
-        super().__init__(root, split, pairs)
+            raise UserError(f"{img_dir}: no usable .jpg images" + _first(skipped))
+        super().__init__(root, split, pairs, skipped)
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         seg = raw.astype(np.int64) - 1  # reduce zero label
@@ -92,23 +103,23 @@ class VOCSegDataset(_PairedSegDataset):
     def __init__(self, root: str | Path, split: str = "train") -> None:
         root = _voc_root(Path(root))
         listing = "train" if check_split(split) == "train" else "val"
-        list_path = inside(root, Path("ImageSets/Segmentation") / f"{listing}.txt")
+        list_path = confined(root, f"ImageSets/Segmentation/{listing}.txt")
         if not list_path.is_file():
             raise UserError(f"{list_path}: VOC split list not found")
         ids = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
-        pairs = [
-            (
-                inside(root, Path("JPEGImages") / f"{i}.jpg"),
-                inside(root, Path("SegmentationClass") / f"{i}.png"),
-            )
-            for i in ids
-        ]
-        for img, ann in pairs:
+        pairs, skipped = [], []
+        for i in ids:
+            try:
+                img, ann = confined(root, f"JPEGImages/{i}.jpg"), confined(root, f"SegmentationClass/{i}.png")
+            except UnsafePathError as e:  # an id like ../../x, or a linked file leading outside ROOT
+                skipped.append(f"{list_path.name}: id {i!r}: {e.reason}")
+                continue
             if not img.is_file() or not ann.is_file():
-                raise UserError(
-                    f"{list_path}: listed id {img.stem!r} lacks {img if not img.is_file() else ann}"
-                )
-        super().__init__(root, split, pairs)
+                raise UserError(f"{list_path}: listed id {i!r} lacks {img if not img.is_file() else ann}")
+            pairs.append((img, ann))
+        if not pairs:
+            raise UserError(f"{list_path}: no usable id" + _first(skipped))
+        super().__init__(root, split, pairs, skipped)
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         seg = raw.astype(np.int64)
@@ -116,8 +127,16 @@ class VOCSegDataset(_PairedSegDataset):
         return seg.astype(np.uint8)
 
 
+def _first(skipped: list[str]) -> str:
+    return f" ({len(skipped)} skipped, first: {skipped[0]})" if skipped else ""
+
+
 def _voc_root(root: Path) -> Path:
-    for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+    for sub in (".", "VOC2012", "VOCdevkit/VOC2012"):
+        try:
+            cand = confined(root, sub)
+        except UnsafePathError:
+            continue  # a linked VOC2012/ leading outside root is not read
         if (cand / "ImageSets" / "Segmentation").is_dir():
             return cand
     raise UserError(f"{root}: not a VOC 2012 folder (no ImageSets/Segmentation under it)")

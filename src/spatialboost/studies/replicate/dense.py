@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from spatialboost.constants import SEG_IGNORE_INDEX
 from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
-from spatialboost.io import resolve_inside
+from spatialboost.io import confined
 from spatialboost.models.dual_channel import trainable_parameters
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import transform_for
@@ -89,7 +89,7 @@ def load_dense_data(dataset_dir: str | Path, encoder: VisionEncoder, side: int |
         classes = max(classes, len(meta["semantic_classes"]))
         group = []
         for k, rel in enumerate(record_images(record)):
-            with Image.open(resolve_inside(dataset_dir, rel)) as im:
+            with Image.open(confined(dataset_dir, rel)) as im:
                 images.append(np.asarray(im.convert("RGB")))
             depth.append(transform.target(arrays["depth"][k]))
             s = transform.target(arrays["semantic"][k]).astype(np.int64)

@@ -16,7 +16,7 @@ import torch
 
 from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES
 from spatialboost.dataset_format import iter_records, load_gt_arrays, record_images
-from spatialboost.io import resolve_inside
+from spatialboost.io import confined
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import preprocess_images
 from spatialboost.train.pretrain import PretrainConfig, PretrainResult, fit
@@ -40,7 +40,7 @@ def load_labelled_images(
     for record in iter_records(dataset_dir):
         _, meta = load_gt_arrays(dataset_dir, record["id"])
         for k, rel in enumerate(record_images(record)):
-            with Image.open(resolve_inside(dataset_dir, rel)) as im:
+            with Image.open(confined(dataset_dir, rel)) as im:
                 images.append(np.asarray(im.convert("RGB")))
             row = torch.zeros(len(names))
             for obj in meta["objects"]:
