@@ -427,7 +427,9 @@ class Tree:
     refused: list[Refusal] = field(default_factory=list)
 
 
-def walk_tree(root: str | Path, folder: str | Path = ".", recursive: bool = True, hidden: bool = False) -> Tree:
+def walk_tree(
+    root: str | Path, folder: str | Path = ".", recursive: bool = True, hidden: bool = False
+) -> Tree:
     """The files (and sub-directories) under ``root / folder`` in sorted order, confined to ``root``.
 
     Directory symlinks are never followed (so a walk cannot loop or leave the root); each is refused with its

@@ -79,7 +79,9 @@ def build_dataset(spec: str, split: str, **options: object) -> ProbeDataset:
         raise UserError(str(e)) from None
     dataset = factory(path, split, **options)
     if dataset.skipped:
-        log.warning("%s (%s): skipped %d item(s), e.g. %s", spec, split, len(dataset.skipped), dataset.skipped[0])
+        log.warning(
+            "%s (%s): skipped %d item(s), e.g. %s", spec, split, len(dataset.skipped), dataset.skipped[0]
+        )
     return dataset
 
 

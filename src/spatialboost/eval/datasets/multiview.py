@@ -203,8 +203,6 @@ class RGBDMultiView(MultiViewDataset):
         return f"rgbd/{self.root.resolve()}/{self.split}/{len(self.scene_names)}x{len(self)}/v{self.views}"
 
 
-
-
 def _labels(seq: Path) -> dict[int, str]:
     try:
         path = confined(seq, "labels.json")
