@@ -27,6 +27,7 @@ from spatialboost.data.collate import PaddedCollator
 from spatialboost.data.dataset import ConversationDataset
 from spatialboost.data.refs import Ref, annotate_question, ref_weights
 from spatialboost.dataset_format import iter_records, read_instance, read_meta, record_images
+from spatialboost.io import confined
 from spatialboost.models.dual_channel import DualChannelAttention
 from spatialboost.models.preprocess import preprocess_images
 from spatialboost.train.checkpoint import load_weights
@@ -167,7 +168,7 @@ def record_features(encoder, dataset_dir: str | Path, side: int) -> RecordFeatur
         for record in records:
             images = []
             for rel in record_images(record):
-                with Image.open(Path(dataset_dir) / rel) as im:
+                with Image.open(confined(dataset_dir, rel)) as im:
                     images.append(im.convert("RGB"))
             feats.append(
                 encoder.forward_features(preprocess_images(images, encoder.spec, side)).patch.flatten(0, 1)
