@@ -37,17 +37,19 @@ def test_cli_probe_end_to_end(tmp_path):
     for name in ("results.json", "results.md", "bars.png", "depth_grid.png", "config.yaml"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
-    assert res["pairs"] == {"boosted": "base"} and res["seeds"] == [0, 1]
+    enc, base = "encoder (tiny-vit)", "baseline (tiny-vit)"  # named by the flags, never "boosted"
+    assert res["pairs"] == {enc: base} and res["seeds"] == [0, 1] and list(res["encoders"]) == [base, enc]
     assert {r["probe"] for r in res["runs"]} == {"depth", "seg", "cls-linear", "cls-knn"}
     # the base ran with exactly the same seeds as the boosted encoder, for every probe
     for probe in ("depth", "seg", "cls-linear", "cls-knn"):
         seeds = {e: sorted(r["seed"] for r in res["runs"] if r["probe"] == probe and r["encoder"] == e)
-                 for e in ("base", "boosted")}  # fmt: skip
-        assert seeds["base"] == seeds["boosted"] == [0, 1]
+                 for e in (base, enc)}  # fmt: skip
+        assert seeds[base] == seeds[enc] == [0, 1]
     depth = next(r for r in res["runs"] if r["probe"] == "depth")
     assert depth["protocol"]["image_size"] == 48 and depth["protocol"]["layers"] == "last"
     assert depth["protocol"]["epochs"] == 3 and "lr" in depth["protocol"]
-    assert "Δ boosted vs base" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| baseline (tiny-vit) | encoder (tiny-vit) | Δ encoder (tiny-vit) vs baseline (tiny-vit) |" in md
 
 
 def test_cli_user_errors(tmp_path, capsys):
@@ -92,12 +94,18 @@ def test_saved_boosted_encoder_brings_its_base(tmp_path):
                 p.add_(0.5)
     export.save_encoder(boosted, tmp_path / "boosted")
     encs, pairs = pair_encoders(str(tmp_path / "boosted"), None)
-    assert pairs == {"boosted": "base"}
+    enc, found = "encoder (boosted)", "baseline (base of boosted)"
+    assert pairs == {enc: found} and list(encs) == [found, enc]
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         ref = base.forward_features(x).patch
-        assert torch.allclose(encs["base"].forward_features(x).patch, ref, atol=1e-5)
-        assert not torch.allclose(encs["boosted"].forward_features(x).patch, ref, atol=1e-3)
+        assert torch.allclose(encs[found].forward_features(x).patch, ref, atol=1e-5)
+        assert not torch.allclose(encs[enc].forward_features(x).patch, ref, atol=1e-3)
+    alone, no_pair = pair_encoders("tiny-vit", None)
+    assert list(alone) == ["encoder (tiny-vit)"] and no_pair == {}
+    both, pair = pair_encoders("tiny-vit", "tiny-dinov2")
+    assert list(both) == ["baseline (tiny-dinov2)", "encoder (tiny-vit)"]
+    assert pair == {"encoder (tiny-vit)": "baseline (tiny-dinov2)"}
 
 
 def test_probe_command_seeds_what_it_builds(tmp_path):
@@ -111,10 +119,11 @@ def test_probe_command_seeds_what_it_builds(tmp_path):
         results.append(json.loads((out / "results.json").read_text()))
     first, second = results
     assert [r["metrics"] for r in first["runs"]] == [r["metrics"] for r in second["runs"]]
+    enc, base = "encoder (tiny-vit)", "baseline (tiny-vit)"
     ids = {n: e["identity"]["weights_sha256"] for n, e in first["encoders"].items()}
-    assert ids["base"] == ids["boosted"] == second["encoders"]["base"]["identity"]["weights_sha256"]
+    assert ids[base] == ids[enc] == second["encoders"][base]["identity"]["weights_sha256"]
     by_encoder = {r["encoder"]: r["metrics"] for r in first["runs"]}
-    assert by_encoder["base"] == by_encoder["boosted"]
+    assert by_encoder[base] == by_encoder[enc]
     assert first["config"]["encoder_seed"] == 0
 
 

@@ -245,16 +245,16 @@ def test_cli_all3d_base_and_boosted_same_seeds(tmp_path):
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert {r["probe"] for r in res["runs"]} == {"corr", "register", "sem3d"}
+    names = ("baseline (tiny-vit)", "encoder (tiny-vit)")  # named by the flags that gave them
+    assert list(res["encoders"]) == list(names)
     for probe in ("corr", "register", "sem3d"):
-        for enc in ("base", "boosted"):
+        for enc in names:
             assert sorted(r["seed"] for r in res["runs"] if r["probe"] == probe and r["encoder"] == enc) == [
                 0,
                 1,
             ]
-    keys = {
-        e: {(r["probe"], r["metric"]) for r in res["rows"] if r["encoder"] == e} for e in ("base", "boosted")
-    }
-    assert keys["base"] == keys["boosted"] and ("corr", "recall@0.2m") in keys["base"]
+    keys = {e: {(r["probe"], r["metric"]) for r in res["rows"] if r["encoder"] == e} for e in names}
+    assert keys[names[0]] == keys[names[1]] and ("corr", "recall@0.2m") in keys[names[0]]
     md = (out / "results.md").read_text()
     assert "## 3D probes" in md and "| register | rte ↓ |" in md and "view pairs" in md
     assert (out / "corr_rotation.png").is_file() and res["benches"]["3d"]["splits"]["test"]["scenes"] == 2

@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("spatialboost.cli.view", "write a static HTML viewer of a dataset"),
     "train": ("spatialboost.cli.train", "run SpatialBoost training stages"),
     "export": ("spatialboost.cli.export", "export the boosted encoder of a run"),
-    "probe": ("spatialboost.cli.probe", "frozen-feature probes, base vs boosted"),
+    "probe": ("spatialboost.cli.probe", "frozen-feature probes of an encoder (and a baseline)"),
     "demo": ("spatialboost.cli.demo", "the whole pipeline on the embedded synthetic default"),
     "replicate": ("spatialboost.cli.replicate", "the paper's ablations at CPU scale"),
 }

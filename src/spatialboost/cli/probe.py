@@ -11,6 +11,8 @@ opt-in: it renders every rollout step. Several tasks: ``tasks=[all,all3d]``.
 Flags override the config file; ``key.sub=value`` overrides override both. Writes results.json, results.md,
 bars.png, depth_grid.png (and corr_rotation.png) and the resolved config.yaml.
 A boosted encoder directory given without --baseline brings its base along (re-run with the same seeds).
+Report columns are named by the flag and the name given: ``encoder (NAME)``, ``baseline (NAME)`` (or
+``baseline (base of NAME)``), and the difference column ``Δ encoder (NAME) vs baseline (NAME)``.
 """
 
 from __future__ import annotations

@@ -124,16 +124,30 @@ def saved_base(path: str | Path) -> VisionEncoder | None:
 def pair_encoders(
     encoder: VisionEncoder | str | Path, baseline: VisionEncoder | str | Path | None, seed: int = 0
 ) -> tuple[dict[str, VisionEncoder], dict[str, str]]:
-    """``({"base": ..., "boosted": ...}, {"boosted": "base"})``, the base found from a save if not given."""
+    """The encoders of a probe job, labelled by the flag that named them and their name, and the pair to compare.
+
+    ``--encoder E --baseline B`` -> ``({"baseline (B)": ..., "encoder (E)": ...}, {"encoder (E)": "baseline (B)"})``
+    (whether E was ever boosted or not); a saved boosted encoder without ``--baseline`` brings its base along as
+    ``"baseline (base of E)"``; ``--encoder E`` alone -> ``{"encoder (E)": ...}`` and no pair."""
+    enc_label = f"encoder ({encoder_label(encoder)})"
     if baseline is None or baseline == "":
         base = saved_base(encoder) if isinstance(encoder, str | Path) else None
         if base is None:
-            return {"encoder": resolve_encoder(encoder, seed)}, {}
+            return {enc_label: resolve_encoder(encoder, seed)}, {}
         log.info("%s is a boosted encoder: its base is re-run in the same job", encoder)
-        return {"base": base, "boosted": resolve_encoder(encoder, seed)}, {"boosted": "base"}
-    return {"base": resolve_encoder(baseline, seed), "boosted": resolve_encoder(encoder, seed)}, {
-        "boosted": "base"
-    }
+        base_label = f"baseline (base of {encoder_label(encoder)})"
+        return {base_label: base, enc_label: resolve_encoder(encoder, seed)}, {enc_label: base_label}
+    base_label = f"baseline ({encoder_label(baseline)})"
+    encs = {base_label: resolve_encoder(baseline, seed), enc_label: resolve_encoder(encoder, seed)}
+    return encs, {enc_label: base_label}
+
+
+def encoder_label(x: VisionEncoder | str | Path) -> str:
+    """How a report names an encoder: a registered name or hub id as given, a folder by its name."""
+    if isinstance(x, VisionEncoder):
+        return x.spec.name
+    path = Path(x).expanduser()
+    return path.resolve().name if path.is_dir() else str(x)
 
 
 # --- datasets ---------------------------------------------------------------------------------------------
