@@ -10,7 +10,7 @@ from PIL import Image
 from spatialboost.errors import UserError
 from spatialboost.models import modeling_spatialboost
 from spatialboost.models.encoder_base import VisionEncoder
-from spatialboost.models.encoders import create_encoder, list_encoders, timm_encoder
+from spatialboost.models.encoders import create_encoder, list_encoders
 from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.models.hf_encoders import FAMILIES as HF_FAMILIES
 from spatialboost.models.preprocess import preprocess_images
@@ -182,14 +182,15 @@ def test_unknown_name_lists_known_names():
     assert "tiny-dinov3" in str(info.value)
 
 
-def test_optional_extras_say_how_to_install():
-    try:
-        import timm  # noqa: F401
-    except Exception:
-        with pytest.raises(ImportError, match=r"pip install spatialboost\[timm\]"):
-            timm_encoder("vit_small_patch14_dinov2")
-    else:
-        pytest.skip("timm imports here")
+@pytest.mark.parametrize(
+    "name", ["timm/vit_small_patch14_dinov2.lvd142m", "open_clip:ViT-B-32", "hf-hub:timm/x"]
+)
+def test_timm_and_open_clip_names_say_why_they_are_unsupported(name):
+    """No timm / open_clip wrappers (their torchvision would replace the pinned CPU torch): the error says so and
+    names the transformers equivalents, before anything is looked up on a hub."""
+    with pytest.raises(UnknownNameError, match="not supported") as info:
+        create_encoder(name)
+    assert "dinov2-small" in str(info.value) and "transformers" in str(info.value)
 
 
 def test_preprocess_shapes_and_normalisation():

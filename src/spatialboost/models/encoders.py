@@ -13,6 +13,9 @@
 - a hub id (``org/name``), loaded with ``from_pretrained`` (the only path that may download);
 - a built transformers vision model instance, wrapped as is (weights shared, not copied).
 
+timm and open_clip models are not wrapped (``UNSUPPORTED_WHY``): a ``timm/...`` or ``open_clip:...`` name raises
+an ``UnknownNameError`` that says why and names the transformers checkpoints of the same weights.
+
 Every result is a ``VisionEncoder`` in eval mode whose ``spec.extra["source"]`` says how to rebuild its
 base (used by ``save_encoder``). Registered random models take ``seed`` for reproducible weights and
 config-field overrides as keyword arguments (``create_encoder("tiny-vit", num_hidden_layers=6)``).
@@ -93,6 +96,18 @@ for _name in PACKAGED_ENCODERS.names():
     ENCODERS.add(_name, EncoderEntry(PACKAGED_ENCODERS.get(_name).family, packaged=True))
 
 
+# timm and open_clip models are not wrapped: both libraries need torchvision, and the only torchvision builds the
+# index offers (0.29.1) pull a CUDA torch 2.14 (several GB) in place of the CPU torch 2.13 this project pins.
+UNSUPPORTED_PREFIXES = ("timm/", "timm:", "open_clip:", "open-clip:", "hf-hub:", "hf_hub:")
+UNSUPPORTED_WHY = (
+    "timm and open_clip models are not supported (both need a torchvision that replaces the CPU torch this "
+    "project pins with a multi-GB CUDA build); use the transformers checkpoint of the same weights instead: "
+    "a short name (dinov2-small, dinov2-reg-base, dinov3-vits16, clip-vit-l14, openclip-vit-h14, siglip2-base), "
+    "a hub id such as facebook/dinov2-small or laion/CLIP-ViT-H-14-laion2B-s32B-b79K, or a local "
+    "save_pretrained folder"
+)
+
+
 def list_encoders(tiny_only: bool = False) -> list[str]:
     """Registered names; ``tiny_only``: the random test configs of each family (what tests parametrise over)."""
     return [n for n in ENCODERS.names() if not tiny_only or n.startswith("tiny-")]
@@ -111,6 +126,8 @@ def create_encoder(
     if isinstance(x, nn.Module):
         return wrap_model(x, name=type(x).__name__, source={"kind": "instance"})
     name = str(x)
+    if name.startswith(UNSUPPORTED_PREFIXES) and name not in ENCODERS and not Path(name).is_dir():
+        raise UnknownNameError(f"unknown encoder {name!r}: {UNSUPPORTED_WHY}")
     with _seeded(seed):
         if name in ENCODERS:
             return _from_entry(name, ENCODERS.get(name), pretrained, kwargs)
@@ -164,29 +181,3 @@ class _seeded:
     def __exit__(self, *exc: Any) -> None:
         if self._fork is not None:
             self._fork.__exit__(*exc)
-
-
-def timm_encoder(name: str) -> VisionEncoder:
-    """timm models are an optional extra (they need a torchvision that matches torch)."""
-    try:
-        # lazy: optional extra [timm]
-        import timm  # noqa: F401
-    except Exception as e:
-        raise ImportError(
-            f"timm encoders need the optional extra: pip install spatialboost[timm] ({e})"
-        ) from None
-    raise NotImplementedError("timm encoders are not wrapped yet; use the HF transformers checkpoints")
-
-
-def open_clip_encoder(name: str) -> VisionEncoder:
-    """open_clip models are an optional extra; OpenCLIP checkpoints in HF format work via ``create_encoder``."""
-    try:
-        # lazy: optional extra [open_clip]
-        import open_clip  # noqa: F401
-    except Exception as e:
-        raise ImportError(
-            f"open_clip encoders need the optional extra: pip install spatialboost[open_clip] ({e})"
-        ) from None
-    raise NotImplementedError(
-        "open_clip models are not wrapped yet; use their HF-format checkpoints (laion/...)"
-    )
