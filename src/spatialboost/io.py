@@ -436,7 +436,8 @@ def walk_tree(
     reason (``name/``). A file symlink is listed with its resolved target when that lies inside ``root``, and
     refused otherwise (or when it loops). ``hidden``: include names starting with a dot. ``recursive=False``
     lists ``folder``'s own entries only. UnsafePathError when ``folder`` itself leads outside ``root``; an
-    empty Tree when it is not a directory. Nothing behind a refused entry is listed, opened or stat-ed."""
+    empty Tree when it is not a directory. Nothing behind a refused entry is listed or opened (resolving a link
+    stats its target, nothing more)."""
     root_r = Path(root).resolve()
     start = confined(root_r, folder)
     tree = Tree()
