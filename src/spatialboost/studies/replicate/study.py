@@ -96,6 +96,10 @@ RECIPES: dict[str, Recipe] = {
     # tiny ViT's 1e-3 wrecked it in the pilot: depth RMSE +98%), the rest as reads-image
     "dinov2-s": Recipe(encoder="dinov2-small-offline", encoder_lr=2e-5, lr_gates=1e-3),
     "clip-b16": Recipe(encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3),  # the same on CLIP-B/16
+    # DINOv2-S through the pre-trained SmolLM2-135M (the paper's LLM is pre-trained): stage 1 trains the projector
+    # only (the LM stays frozen), stage 2 the LM at LLaVA's 2e-5; no text-only baseline run (cost)
+    "dinov2-s-smollm2": Recipe(encoder="dinov2-small-offline", llm="smollm2-135m", instruct_lr=2e-5,
+                               encoder_lr=2e-5, lr_gates=1e-3, blind=False),
     "paper-text": Recipe(
         refs=(),
         image_tokens=True,
@@ -390,7 +394,11 @@ FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text:
 FULL = replace(FULL_V1, align_steps=400)
 # a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost)
 REAL = replace(FULL, image_size=112)
-SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL}
+# the same through SmolLM2-135M on one CPU thread: a stage-3 step costs ~24 s (benchmarks/bench_stage3.py), so
+# stage 3's 1x is 16 steps (the 5x arms 80), stage 2 is 40 steps of the main conversations, stage 1 150 of the
+# short reading ones, and the image gain reads 32 held-out scenes
+REAL_LM = replace(REAL, align_steps=150, instruct_steps=40, encoder_steps=16, heldout_scenes=32)
+SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM}
 
 
 # A study preset: (size, recipe). The default is the real encoder; ``tiny-vit`` is the study of
@@ -398,6 +406,7 @@ SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real
 PRESETS: dict[str, tuple[str, str]] = {
     "dinov2-s": ("real", "dinov2-s"),
     "clip-b16": ("real", "clip-b16"),
+    "dinov2-s-smollm2": ("real-lm", "dinov2-s-smollm2"),
     "tiny-vit": ("full", "reads-image"),
 }
 DEFAULT_PRESET = "dinov2-s"
