@@ -413,7 +413,7 @@ def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer,
                           feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip
     gain = ImageGainConfig(datasets=[str(study.heldout)], max_samples=study.cfg.sizes.heldout_scenes)
     return TrainConfig(run_dir=path, seed=seed, device="cpu", model=model, data=data_cfg, stages=stages,
-                       image_gain=gain, checkpoint=CheckpointConfig(every=10_000, keep_last=1),
+                       image_gain=gain, checkpoint=CheckpointConfig(every=study.cfg.sizes.checkpoint_every, keep_last=1),
                        log=LogConfig(every=1, tensorboard=False, progress=not study.cfg.quick))  # fmt: skip
 
 

@@ -39,6 +39,7 @@ class Sizes:
     probe_epochs: int = 0  # 0: the probes' own defaults (30 depth/seg, 100 cls-linear)
     diag_scenes: int = 32  # pixel-only conversations for the answer-token diagnostic
     heldout_scenes: int = 64  # held-out conversations for the image gain (stages 2 and 3)
+    checkpoint_every: int = 10_000  # training checkpoints (steps); a job killed mid-stage resumes from the last
 
     def validate(self) -> None:
         if min(self.scenes, self.batch_size, self.encoder_steps, self.probe_train, self.probe_test) < 1:
@@ -98,7 +99,8 @@ RECIPES: dict[str, Recipe] = {
     "clip-b16": Recipe(encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3),  # the same on CLIP-B/16
     # DINOv2-S through the pre-trained SmolLM2-135M (the paper's LLM is pre-trained): stage 1 trains the projector
     # only (the LM stays frozen), stage 2 the LM at LLaVA's 2e-5; no text-only baseline run (cost)
-    "dinov2-s-smollm2": Recipe(encoder="dinov2-small-offline", llm="smollm2-135m", instruct_lr=2e-5,
+    # (stage 2 at 1e-4, not LLaVA's 2e-5: it has 30 steps here, not thousands)
+    "dinov2-s-smollm2": Recipe(encoder="dinov2-small-offline", llm="smollm2-135m", instruct_lr=1e-4,
                                encoder_lr=2e-5, lr_gates=1e-3, blind=False),
     "paper-text": Recipe(
         refs=(),
@@ -394,10 +396,11 @@ FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text:
 FULL = replace(FULL_V1, align_steps=400)
 # a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost)
 REAL = replace(FULL, image_size=112)
-# the same through SmolLM2-135M on one CPU thread: a stage-3 step costs ~24 s (benchmarks/bench_stage3.py), so
-# stage 3's 1x is 16 steps (the 5x arms 80), stage 2 is 40 steps of the main conversations, stage 1 150 of the
-# short reading ones, and the image gain reads 32 held-out scenes
-REAL_LM = replace(REAL, align_steps=150, instruct_steps=40, encoder_steps=16, heldout_scenes=32)
+# the same through SmolLM2-135M on one CPU thread: a stage-3 step costs ~24 s on a quiet core
+# (benchmarks/bench_stage3.py) and a stage-1 step ~35 s on a shared one, so stage 3's 1x is 8 steps (the 5x arms
+# 40), stage 2 30 steps of the main conversations, stage 1 100 of the short reading ones, the image gain reads
+# 32 held-out scenes, and a checkpoint every 5 steps lets a job outlive a session
+REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=8, heldout_scenes=32, checkpoint_every=5)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM}
 
 
