@@ -42,7 +42,7 @@ __all__ = [
     "to_dict",
     "validate_tree",
 ]
-PACKAGED_CONFIGS = ("demo",)  # spatialboost/resources/<name>.yaml
+PACKAGED_CONFIGS = ("demo", "spatialboost")  # spatialboost/resources/<name>.yaml
 
 C = TypeVar("C")
 

@@ -2,6 +2,7 @@
 
 Examples::
 
+    spatialboost train                                   # the default recipe `spatialboost` (configs/spatialboost.yaml)
     spatialboost train --config demo data.datasets=[runs/demo/data]   # the demo config shipped with the package
     spatialboost train --config configs/demo.yaml
     spatialboost train --config configs/demo.yaml stages.run=[encoder] stages.encoder.max_steps=50
@@ -20,13 +21,16 @@ from spatialboost.config import config_path
 from spatialboost.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+DEFAULT_RECIPE = "spatialboost"  # the packaged config `spatialboost train` runs without --config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        help="YAML training config: a file (a source checkout has examples in configs/), or `demo` for the "
-        "tiny demo config shipped with the package",
+        default=DEFAULT_RECIPE,
+        help=f"YAML training config: a file (a source checkout has examples in configs/), or a config shipped "
+        f"with the package: `{DEFAULT_RECIPE}` (the default recipe, reading data/{{main,reading,choices,heldout}} "
+        f"from `spatialboost generate synthetic --recipe {DEFAULT_RECIPE} --out data`) or `demo` (tiny models)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from spatialboost.config import ConfigError, flatten
+from spatialboost.datagen import recipes
 from spatialboost.errors import UserError
 from spatialboost.train.config import TrainConfig
 
@@ -128,14 +129,15 @@ def step_generate(state: DemoState) -> None:
     from spatialboost.datagen.questions.conversations import ConversationConfig
     from spatialboost.datagen.scenes.synthetic import SyntheticConfig
 
-    main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
-    reading = ConversationConfig(
-        levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
-    )
-    if state.recipe is None:
+    if state.recipe is None:  # the tiny path: its own conversations (no depth read-out turns)
+        main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
+        reading = ConversationConfig(
+            levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
+        )
         full, small = SyntheticConfig(), SyntheticConfig(image_size=64)
         n_reading, n_heldout = (32, 8) if state.quick else (384, 32)
-    else:
+    else:  # the default recipe's conversations (datagen.recipes), at the demo's sizes
+        main, reading = recipes.main_conversation(), recipes.reading_conversation()
         full = small = SyntheticConfig(image_size=state.recipe.sizes.image_size)
         n_reading, n_heldout = state.recipe.sizes.reading_scenes, state.recipe.sizes.heldout_scenes
     state.results["manifest"] = _generate(state, state.dataset_dir, state.scenes, 0, 0.25, main, full)
@@ -143,8 +145,7 @@ def step_generate(state: DemoState) -> None:
     _generate(state, state.heldout_dir, n_heldout, 2, 0.25, main, small)
     if state.recipe is not None:
         s = state.recipe.sizes
-        choices = ConversationConfig(turns={"pixel": 0, "object": 0, "scene": 0}, caption=False,
-                                     extra_turns={"choice_closer_point": s.choice_turns})  # fmt: skip
+        choices = recipes.choices_conversation(s.choice_turns)
         _generate(state, state.choices_dir, s.choice_scenes, 3, 0.0, choices, small)
 
 
