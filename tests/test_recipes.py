@@ -101,3 +101,17 @@ def test_generate_recipe_cli_sizes_and_refusals(tmp_path):
     args = parser.parse_args(["synthetic", "--recipe", "spatialboost", "--out", str(tmp_path), "--seed", "3"])
     with pytest.raises(UserError, match="--seed"):
         generate_cli.run(args)
+
+
+def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrides(tmp_path, capsys, monkeypatch):
+    from spatialboost.cli import main
+    from spatialboost.cli.train import unchanged_stage_datasets
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"run_dir={tmp_path / 'run'}"]) == 2  # no data/ here: the recipe's datasets named
+    assert "data/reading" in capsys.readouterr().err
+    cfg = load_config(TrainConfig, config_path(DEFAULT_RECIPE), ["data.datasets=[mine]"])
+    lines = unchanged_stage_datasets(cfg, ["data.datasets=[mine]"])
+    assert len(lines) == 2 and "stage align still reads ['data/reading']" in lines[0] and "encoder" in lines[1]
+    both = ["data.datasets=[mine]", "stages.align.data.datasets=[mine]", "stages.encoder.data.datasets=[mine]"]
+    assert unchanged_stage_datasets(load_config(TrainConfig, config_path(DEFAULT_RECIPE), both), both) == []

@@ -37,7 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from --config (a file or a packaged name), then key.sub=value overrides (no other flags)."""
-    return load_command_config(TrainConfig, config_path(args.config), args.overrides)
+    cfg = load_command_config(TrainConfig, config_path(args.config), args.overrides)
+    for line in unchanged_stage_datasets(cfg, args.overrides):
+        log.warning(line)
+    return cfg
+
+
+def unchanged_stage_datasets(cfg: TrainConfig, overrides: list[str]) -> list[str]:
+    """A ``data.datasets=`` override changes the stages that inherit the top-level data, not a stage whose own
+    ``data`` names its datasets (the `spatialboost` recipe's stages 1 and 3): one line per such stage."""
+    given = {item.partition("=")[0].strip() for item in overrides}
+    if "data.datasets" not in given:
+        return []
+    return [f"data.datasets was overridden, but stage {stage} still reads {cfg.stage_data(stage).datasets} "
+            f"(its own stages.{stage}.data.datasets, from --config): override that too to change it"
+            for stage in cfg.stages.run
+            if "datasets" in (getattr(cfg.stages, stage).data or {})
+            and f"stages.{stage}.data.datasets" not in given]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatialboost.config import ConfigError, flatten
+from spatialboost.config import (
+    ConfigError, config_path, flatten, load_config, load_yaml_mapping, packaged_config, to_dict,
+)
 from spatialboost.datagen import recipes
 from spatialboost.errors import UserError
 from spatialboost.train.config import TrainConfig
@@ -63,8 +65,11 @@ class DemoSizes:
 
 @dataclass
 class DemoRecipe:
-    """``resources/demo-dinov2.yaml``: sizes, ``--full``'s dotted overrides of this tree, the training config."""
+    """``resources/demo-dinov2.yaml``: sizes, ``--full``'s dotted overrides of this tree, and the training config:
+    the training recipe ``recipe`` (a packaged config name or a file: the default recipe ``spatialboost``) with
+    the file's ``train:`` keys, only what the demo changes, on top."""
 
+    recipe: str = "spatialboost"
     sizes: DemoSizes = field(default_factory=DemoSizes)
     full: list[str] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -81,13 +86,21 @@ QUICK_OVERRIDES = [
 
 def load_recipe(quick: bool = False, full: bool = False, overrides: list[str] | None = None) -> DemoRecipe:
     """The packaged recipe, with ``--full``'s or ``--quick``'s overrides (and the caller's) on top."""
-    from spatialboost.config import load_config, packaged_config
-
     path = packaged_config(RECIPE_CONFIG)
     extra = list(QUICK_OVERRIDES) if quick else []
+    values = recipe_values(path)
     if full:
-        extra = load_config(DemoRecipe, path).full + extra
-    return load_config(DemoRecipe, path, extra + list(overrides or []))
+        extra = load_config(DemoRecipe, None, values=values).full + extra
+    return load_config(DemoRecipe, None, extra + list(overrides or []), values=values)
+
+
+def recipe_values(path: Path) -> dict[str, Any]:
+    """The demo file as dotted keys over its training recipe's: ``train.*`` starts from the recipe
+    (``configs/spatialboost.yaml``), and the file's own keys win."""
+    own = load_yaml_mapping(path)
+    recipe = own.get("recipe", DemoRecipe.recipe)
+    base = to_dict(load_config(TrainConfig, config_path(recipe)))
+    return {**flatten({"train": base}), **flatten(own)}
 
 
 @dataclass
@@ -214,8 +227,6 @@ def demo_train_overrides(state: DemoState) -> list[str]:
 
 
 def demo_train_config(state: DemoState) -> TrainConfig:
-    from spatialboost.config import load_config, packaged_config, to_dict
-
     if state.recipe is None:
         return load_config(TrainConfig, packaged_config("demo"), demo_train_overrides(state))
     return load_config(
