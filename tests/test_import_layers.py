@@ -58,6 +58,7 @@ DATAGEN_PARTS: dict[str, set[str]] = {
     "questions": {"scenes"},
     "dataset": {"scenes", "questions"},
     "sources": {"scenes", "questions", "dataset"},
+    "recipes": {"scenes", "questions", "dataset", "sources"},
     "image_source": {"scenes", "real", "questions", "dataset"},
 }  # a module-level dict whose string values name the modules a command line imports lazily
 

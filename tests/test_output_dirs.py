@@ -22,6 +22,8 @@ from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
 
+BARE = str(Path(__file__).with_name("bare.yaml"))  # TrainConfig defaults (no --config: the `spatialboost` recipe)
+
 
 def _boosted():
     enc = boost_encoder(create_encoder("tiny-dinov2", seed=0))
@@ -182,7 +184,7 @@ def test_probe_report_refuses_foreign_out_before_any_work(tmp_path, capsys):
 
 def test_train_refuses_a_foreign_run_dir(tmp_path, capsys):
     (tmp_path / "photo.jpg").write_bytes(b"x")
-    assert main(["train", f"run_dir={tmp_path}", f"data.datasets=[{tmp_path}]"]) == 2
+    assert main(["train", "--config", BARE, f"run_dir={tmp_path}", f"data.datasets=[{tmp_path}]"]) == 2
     assert "not written by spatialboost; choose another run_dir" in capsys.readouterr().err
     assert _user_files(tmp_path) == ["photo.jpg"]
 

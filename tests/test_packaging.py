@@ -34,6 +34,14 @@ def test_packaged_demo_recipe_is_configs_demo_dinov2_yaml():
     )
 
 
+def test_packaged_default_recipe_is_configs_spatialboost_yaml():
+    packaged = packaged_config("spatialboost")
+    assert packaged.read_bytes() == (REPO / "configs" / "spatialboost.yaml").read_bytes(), (
+        "src/spatialboost/resources/spatialboost.yaml and configs/spatialboost.yaml differ: copy one onto the other"
+    )
+    assert config_path("spatialboost") == packaged
+
+
 def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):
     from spatialboost.studies import demo
 

@@ -11,7 +11,7 @@ from spatialboost.config import load_config
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.metrics import read_metrics
 from spatialboost.train.stages import STAGES, stage_dir
-from train_fixtures import make_dataset, one_thread, tiny_overrides  # noqa: F401
+from train_fixtures import TRAIN_BARE, make_dataset, one_thread, tiny_overrides  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def run(tmp_path_factory):
         "stages.encoder.lr=0.01",
         "log.tensorboard=true",
     ]
-    assert main(["train", *overrides]) == 0
+    assert main([*TRAIN_BARE, *overrides]) == 0
     return tmp / "run", overrides
 
 
@@ -54,7 +54,7 @@ def test_exported_encoder_loads_and_differs_from_base(run, tmp_path):
 
 
 def test_bad_config_is_a_user_error(tmp_path, capsys):
-    assert main(["train", f"run_dir={tmp_path}", "stages.align.nope=1"]) == 2
+    assert main([*TRAIN_BARE, f"run_dir={tmp_path}", "stages.align.nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
-    assert main(["train", f"run_dir={tmp_path}"]) == 2  # no datasets listed
+    assert main([*TRAIN_BARE, f"run_dir={tmp_path}"]) == 2  # no datasets listed
     assert "data.datasets" in capsys.readouterr().err

@@ -105,10 +105,10 @@ def test_a_run_saved_before_typing_still_resumes(tmp_path):
 
 def test_bad_boost_layers_stop_before_stage_one_trains(tmp_path, capsys):
     from spatialboost.cli import main
-    from train_fixtures import make_dataset, tiny_overrides
+    from train_fixtures import TRAIN_BARE, make_dataset, tiny_overrides
 
     data = make_dataset(tmp_path / "data", n=8)
-    argv = ["train", *tiny_overrides(tmp_path / "run", data, steps=2), "model.boost.layers=[7]"]
+    argv = [*TRAIN_BARE, *tiny_overrides(tmp_path / "run", data, steps=2), "model.boost.layers=[7]"]
     assert main(argv) == 2
     assert "layers [7] out of range" in capsys.readouterr().err
     assert not list((tmp_path / "run").glob("stage1-align/checkpoints/*"))

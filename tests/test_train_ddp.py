@@ -20,7 +20,7 @@ from spatialboost.models.export import load_encoder
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.metrics import read_metrics
 from spatialboost.train.stages import checkpoints_dir, finished_output, stage_dir
-from train_fixtures import make_dataset, one_thread, tiny_overrides  # noqa: F401
+from train_fixtures import TRAIN_BARE, make_dataset, one_thread, tiny_overrides  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = "instruct"  # projector + LLM train: the most parameters to reduce / shard
@@ -29,7 +29,7 @@ STAGE = "instruct"  # projector + LLM train: the most parameters to reduce / sha
 def torchrun_cmd(nproc: int, args: list[str]) -> tuple[list[str], dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "spatialboost", "train", *args]  # fmt: skip
+           "-m", "spatialboost", *TRAIN_BARE, *args]  # fmt: skip
     return cmd, env
 
 
@@ -47,7 +47,7 @@ def one_process(tmp_path_factory):
     common = tiny_overrides(tmp / "unused", data, steps=3, every=1, batch=2)[1:]
     torch.set_num_threads(1)
     one = [f"run_dir={tmp / 'one'}", *common, f"stages.run=[{STAGE}]", f"stages.{STAGE}.grad_accum=2"]
-    assert main(["train", *one]) == 0
+    assert main([*TRAIN_BARE, *one]) == 0
     return tmp, common
 
 

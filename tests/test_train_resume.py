@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from spatialboost.cli import main
 from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.stages import STAGES, checkpoints_dir, finished_output
-from train_fixtures import make_dataset, one_thread, tiny_overrides  # noqa: F401
+from train_fixtures import TRAIN_BARE, make_dataset, one_thread, tiny_overrides  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def reference(data, tmp_path_factory):
     """An uninterrupted run of the three stages."""
     run = tmp_path_factory.mktemp("ref") / "run"
     torch.set_num_threads(1)
-    assert main(["train", *tiny_overrides(run, data, steps=4, every=2)]) == 0
+    assert main([*TRAIN_BARE, *tiny_overrides(run, data, steps=4, every=2)]) == 0
     return run
 
 
@@ -56,10 +56,10 @@ def test_resume_after_simulated_crash_is_bitwise_identical(reference, data, tmp_
 
     monkeypatch.setattr(ckpt, "save_checkpoint", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        main(["train", *tiny_overrides(run, data, steps=4, every=2)])
+        main([*TRAIN_BARE, *tiny_overrides(run, data, steps=4, every=2)])
     assert finished_output(run, "instruct") is None and finished_output(run, "align") is not None
     monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
-    assert main(["train", *tiny_overrides(run, data, steps=4, every=2)]) == 0
+    assert main([*TRAIN_BARE, *tiny_overrides(run, data, steps=4, every=2)]) == 0
     assert final_files(run) == final_files(reference)
     assert not list(checkpoints_dir(run, "instruct").glob(".tmp-*"))
 
@@ -67,7 +67,7 @@ def test_resume_after_simulated_crash_is_bitwise_identical(reference, data, tmp_
 @pytest.mark.slow
 def test_resume_after_kill_9_is_bitwise_identical(reference, data, tmp_path):
     run = tmp_path / "run"
-    args = ["train", *tiny_overrides(run, data, steps=4, every=1)]
+    args = [*TRAIN_BARE, *tiny_overrides(run, data, steps=4, every=1)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "spatialboost", *args], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -79,7 +79,7 @@ def test_resume_after_kill_9_is_bitwise_identical(reference, data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert finished_output(run, "encoder") is None
-    assert main(["train", *tiny_overrides(run, data, steps=4, every=1)]) == 0
+    assert main([*TRAIN_BARE, *tiny_overrides(run, data, steps=4, every=1)]) == 0
     assert final_files(run) == final_files(reference)
 
 
@@ -102,7 +102,7 @@ def test_checkpoint_holds_only_trainable_weights_without_pickle(reference):
 
 def test_rerun_of_a_finished_run_changes_nothing(reference, data):
     before = final_files(reference)
-    assert main(["train", *tiny_overrides(reference, data, steps=4, every=2)]) == 0
+    assert main([*TRAIN_BARE, *tiny_overrides(reference, data, steps=4, every=2)]) == 0
     assert final_files(reference) == before
 
 
@@ -114,7 +114,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
         "stages.align.grad_clip=0",
         "stages.align.warmup_ratio=0",
     ]
-    assert main(["train", *overrides]) == 2
+    assert main([*TRAIN_BARE, *overrides]) == 2
     err = capsys.readouterr().err
     assert "loss is nan" in err or "loss is inf" in err
     last = ckpt.latest_checkpoint(checkpoints_dir(run, "align"))
@@ -126,7 +126,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
 
 def test_changed_config_refuses_to_resume(reference, data, capsys):
     args = tiny_overrides(reference, data, steps=4, every=2) + ["stages.align.lr=0.5"]
-    assert main(["train", *args]) == 2
+    assert main([*TRAIN_BARE, *args]) == 2
     assert "different config" in capsys.readouterr().err
 
 
@@ -138,7 +138,7 @@ def test_stage3_resume_under_load_is_bitwise_identical(data, tmp_path, monkeypat
     torch.set_num_threads(2)
 
     def args(run: Path) -> list[str]:
-        return ["train", *tiny_overrides(run, data, steps=6, every=2), "model.encoder=tiny-vit",
+        return [*TRAIN_BARE, *tiny_overrides(run, data, steps=6, every=2), "model.encoder=tiny-vit",
                 "stages.encoder.grad_accum=2", "stages.encoder.batch_size=4"]  # fmt: skip
 
     stop = threading.Event()

@@ -21,6 +21,9 @@ from PIL import Image
 from spatialboost.dataset_format import FORMAT, commit_shard, record_images, write_manifest
 from spatialboost.io import sha256_file
 
+# `spatialboost train` on the dataclass defaults alone (without --config it runs the `spatialboost` recipe)
+TRAIN_BARE = ["train", "--config", str(Path(__file__).with_name("bare.yaml"))]
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 

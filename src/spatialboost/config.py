@@ -41,8 +41,9 @@ __all__ = [
     "save_config",
     "to_dict",
     "validate_tree",
+    "load_yaml_mapping",
 ]
-PACKAGED_CONFIGS = ("demo",)  # spatialboost/resources/<name>.yaml
+PACKAGED_CONFIGS = ("demo", "spatialboost")  # spatialboost/resources/<name>.yaml
 
 C = TypeVar("C")
 
@@ -55,18 +56,7 @@ def load_config(
 ) -> C:
     """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``values`` (dotted key -> a Python
     value, e.g. a command's flags), then by ``key.sub=value`` overrides; validated as a whole."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data: dict[str, Any] = {} if path is None else load_yaml_mapping(path)
     for key, value in (values or {}).items():
         _set_dotted(data, key, value)
     for item in overrides or []:
@@ -87,6 +77,21 @@ def packaged_config(name: str) -> Path:
             f"spatialboost/resources/{name}.yaml is missing from the installed package: reinstall spatialboost"
         )
     return Path(str(resource))
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping; ConfigError naming the file when it is missing, not YAML or not a
+    mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
 
 
 def config_path(arg: str | Path | None) -> Path | None:

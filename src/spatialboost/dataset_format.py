@@ -156,7 +156,8 @@ def check_dataset_dir(dataset_dir: str | Path) -> Path:
     root = Path(dataset_dir)
     if not root.is_dir():
         what = "exists and is not a directory" if root.exists() else "no such dataset directory"
-        raise UserError(f"{root}: {what} (a dataset is the folder `spatialboost generate --out` writes)")
+        raise UserError(f"{root}: {what} (a dataset is the folder `spatialboost generate --out` writes; the "
+                        "default training recipe's: `spatialboost generate synthetic --recipe spatialboost --out data`)")  # fmt: skip
     return root
 
 

@@ -2,8 +2,12 @@
 
 A difference counts as beyond noise only when ``|Δ| > NOISE_K * sqrt(std_base² + std_boosted² + se_base² +
 se_boosted²)``: ``std`` is the sample std (ddof=1) over seeds, ``se`` a row's ``sampling_se`` (an accuracy's
-binomial standard error over its test images; 0 where the row has none). ``verdict`` applies it to two rows
-and ``NOISE_RULE`` is its wording for a table's footnote. Which way is "better" is owned here too:
+binomial standard error over its test images; 0 where the row has none). Where both rows name their per-seed
+``values`` and the same ``seeds`` (base and boosted probed with the same probe-head seeds), the seed term is the
+paired one: ``std_Δ``, the sample std of the per-seed differences, times ``max(NOISE_K, t(0.975, n-1) / √n)``
+(a two-sided paired t-test at 95%, never looser than the per-draw rule): the probe seed's shared effect on both
+sides cancels, as it does in a paired comparison. ``verdict`` applies the rule to two rows and ``NOISE_RULE``
+is its wording for a table's footnote. Which way is "better" is owned here too:
 ``lower_is_better`` (a row's own ``lower_is_better`` first, else ``LOWER_IS_BETTER``).
 
 Leaf module: it imports nothing from spatialboost.
@@ -17,10 +21,14 @@ from typing import Any
 
 NOISE_K = 2.0
 NOISE_RULE = (
-    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1; for accuracies "
-    "the binomial s.e. √(p(1-p)/n_test) of each side is added under the root), else within noise; "
+    "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1), or, where base "
+    "and boosted were probed with the same probe seeds, |Δ| > max(2, t₀.₉₇₅(n-1)/√n) × std_Δ (std_Δ: the "
+    "sample std of the n per-seed differences; a paired t-test at 95%, never looser than 2 std); for "
+    "accuracies 2 × the binomial s.e. √(p(1-p)/n_test) of each side is added in quadrature; else within noise; "
     "one seed gives no noise estimate"
 )
+# two-sided 97.5% quantiles of Student's t by degrees of freedom (1..10; beyond: the 10-dof value, conservative)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 # the metrics (every probe's, 2D and 3D) for which a lower value is better; every other metric: higher
 LOWER_IS_BETTER = frozenset({"rmse", "absrel", "log10", "log10_rmse", "rte", "rre", "rmse_median"})
 
@@ -33,11 +41,34 @@ def lower_is_better(metric: str, row: dict[str, Any] | None = None) -> bool:
     return metric in LOWER_IS_BETTER
 
 
+def paired_differences(base: dict[str, Any], boosted: dict[str, Any]) -> list[float] | None:
+    """boosted - base per seed, where both rows carry ``values`` for the same ``seeds`` (at least 2); else None."""
+    seeds_a, seeds_b = base.get("seeds"), boosted.get("seeds")
+    values_a, values_b = base.get("values"), boosted.get("values")
+    if not (seeds_a and seeds_b and values_a and values_b) or sorted(seeds_a) != sorted(seeds_b):
+        return None
+    if len(set(seeds_a)) != len(seeds_a) or len(seeds_a) < 2 or len(values_a) != len(seeds_a):
+        return None
+    by_seed = dict(zip(seeds_b, values_b, strict=True))
+    return [by_seed[s] - v for s, v in zip(seeds_a, values_a, strict=True)]
+
+
+def paired_k(n: int, k: float = NOISE_K) -> float:
+    """The multiple of ``std_Δ`` a mean of ``n`` paired differences must exceed: a two-sided paired t-test at
+    95% (t(0.975, n-1) / √n), never looser than ``k``."""
+    return max(k, _T975[min(n - 1, len(_T975)) - 1] / math.sqrt(n))
+
+
 def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NOISE_K) -> float:
-    """The |Δ| two rows (``std`` and optional ``sampling_se``) must exceed to differ beyond noise."""
-    var = base["std"] ** 2 + boosted["std"] ** 2
-    var += base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2
-    return k * math.sqrt(var)
+    """The |Δ| two rows (``std`` and optional ``sampling_se``; paired when both carry per-seed ``values`` for the
+    same ``seeds``) must exceed to differ beyond noise."""
+    diffs = paired_differences(base, boosted)
+    if diffs is None:
+        seed_term = k**2 * (base["std"] ** 2 + boosted["std"] ** 2)
+    else:
+        seed_term = (paired_k(len(diffs), k) * statistics.stdev(diffs)) ** 2
+    sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2
+    return math.sqrt(seed_term + k**2 * sampling)
 
 
 def verdict(base: dict[str, Any], boosted: dict[str, Any], metric: str | None = None) -> str:

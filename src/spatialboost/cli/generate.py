@@ -2,7 +2,8 @@
 
 ``generate synthetic --scenes N --views V --seed S --out DIR [--shard i/n] [--workers W] [--config FILE]
 [key=value ...]``; flags override the config file, ``key.sub=value`` overrides (e.g. ``synthetic.image_size=128``,
-``conversation.order=reverse``) override both. ``generate images`` is delegated to
+``conversation.order=reverse``) override both. ``generate synthetic --recipe spatialboost --out DIR [--scenes N]
+[--image-size S]`` writes every dataset a training recipe reads (``datagen.recipes``) under ``DIR/<name>``. ``generate images`` is delegated to
 ``spatialboost.cli.generate_images`` (real photos).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from spatialboost.cli import generate_images
 from spatialboost.cli.common import add_run_arguments, check_out_dir, load_command_config
 from spatialboost.datagen.dataset.writer import WriteSpec, parse_shard_spec, write_dataset
+from spatialboost.datagen.recipes import DATA_RECIPES, write_recipe_data
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.errors import UserError
 
@@ -43,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, help=f"square image side, pixels (default: {d.synthetic.image_size})"
     )
     syn.add_argument("--shard-size", type=int, help=f"samples per shard (default: {d.shard_size})")
+    syn.add_argument(
+        "--recipe", choices=DATA_RECIPES.names(),
+        help="write every dataset this training recipe reads, each under OUT/<name> (e.g. `spatialboost`: main, "
+        "reading, choices, heldout for `spatialboost train`); --scenes then sets the size of the main-scene "
+        "datasets (heldout: a tenth, at least 8), --image-size the rendered side; no other config options",
+    )  # fmt: skip
     add_run_arguments(syn)
     syn.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. conversation.order=reverse"
@@ -78,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_synthetic(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
+    if args.recipe:
+        return run_recipe(args)
     cfg = build_config(args)
     shard = parse_shard_spec(args.shard)
     if args.workers < 1:
@@ -97,3 +107,31 @@ def run_synthetic(args: argparse.Namespace) -> int:
         c["turns_per_level"],
     )
     return 0
+
+
+RECIPE_FIXED = ("views", "seed", "multiview_share", "max_views", "shard_size", "config", "shard", "overrides")
+
+
+def run_recipe(args: argparse.Namespace) -> int:
+    """``--recipe NAME``: the recipe's datasets under --out, at its sizes or --scenes."""
+    fixed = [f"--{k.replace('_', '-')}" for k in RECIPE_FIXED if getattr(args, k, None)]
+    if fixed:
+        raise UserError(f"--recipe {args.recipe} fixes its datasets' configs: drop {', '.join(fixed)} "
+                        "(only --scenes, --image-size, --workers and --no-progress apply)")  # fmt: skip
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    sizes = recipe_sizes(args.recipe, args.scenes)
+    manifests = write_recipe_data(args.recipe, args.out, image_size=args.image_size, workers=args.workers,
+                                  progress=not args.no_progress, sizes=sizes)  # fmt: skip
+    for name, m in manifests.items():
+        log.info("%s: %d samples, %d turns", Path(args.out) / name, m["counts"]["samples"], m["counts"]["turns"])
+    return 0
+
+
+def recipe_sizes(recipe: str, scenes: int | None) -> dict[str, int] | None:
+    """--scenes N: N for the datasets of the main scenes (seed 0), a tenth (at least 8) for the others."""
+    if scenes is None:
+        return None
+    if scenes < 1:
+        raise UserError(f"--scenes must be >= 1, got {scenes}")
+    return {d.name: scenes if d.seed == 0 else max(8, scenes // 10) for d in DATA_RECIPES.get(recipe).datasets}

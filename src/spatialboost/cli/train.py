@@ -2,6 +2,7 @@
 
 Examples::
 
+    spatialboost train                                   # the default recipe `spatialboost` (configs/spatialboost.yaml)
     spatialboost train --config demo data.datasets=[runs/demo/data]   # the demo config shipped with the package
     spatialboost train --config configs/demo.yaml
     spatialboost train --config configs/demo.yaml stages.run=[encoder] stages.encoder.max_steps=50
@@ -20,20 +21,39 @@ from spatialboost.config import config_path
 from spatialboost.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+DEFAULT_RECIPE = "spatialboost"  # the packaged config `spatialboost train` runs without --config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        help="YAML training config: a file (a source checkout has examples in configs/), or `demo` for the "
-        "tiny demo config shipped with the package",
+        default=DEFAULT_RECIPE,
+        help=f"YAML training config: a file (a source checkout has examples in configs/), or a config shipped "
+        f"with the package: `{DEFAULT_RECIPE}` (the default recipe, reading data/{{main,reading,choices,heldout}} "
+        f"from `spatialboost generate synthetic --recipe {DEFAULT_RECIPE} --out data`) or `demo` (tiny models)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from --config (a file or a packaged name), then key.sub=value overrides (no other flags)."""
-    return load_command_config(TrainConfig, config_path(args.config), args.overrides)
+    cfg = load_command_config(TrainConfig, config_path(args.config), args.overrides)
+    for line in unchanged_stage_datasets(cfg, args.overrides):
+        log.warning(line)
+    return cfg
+
+
+def unchanged_stage_datasets(cfg: TrainConfig, overrides: list[str]) -> list[str]:
+    """A ``data.datasets=`` override changes the stages that inherit the top-level data, not a stage whose own
+    ``data`` names its datasets (the `spatialboost` recipe's stages 1 and 3): one line per such stage."""
+    given = {item.partition("=")[0].strip() for item in overrides}
+    if "data.datasets" not in given:
+        return []
+    return [f"data.datasets was overridden, but stage {stage} still reads {cfg.stage_data(stage).datasets} "
+            f"(its own stages.{stage}.data.datasets, from --config): override that too to change it"
+            for stage in cfg.stages.run
+            if "datasets" in (getattr(cfg.stages, stage).data or {})
+            and f"stages.{stage}.data.datasets" not in given]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

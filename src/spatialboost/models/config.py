@@ -82,6 +82,11 @@ class BoostConfig:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
 
+def is_tiny_llm(name: str) -> bool:
+    """A tiny-* LLM is built here from scratch (random, shaped by ``LLMOptions``); any other is pre-trained."""
+    return name.startswith("tiny-")
+
+
 @dataclass
 class LLMOptions:
     """Shape overrides of a tiny random LLM (``models.llm.TINY_LLMS``); None keeps the tiny default.
@@ -106,7 +111,7 @@ class LLMOptions:
     def for_llm(self, llm: str) -> dict[str, Any]:
         """What applies to ``llm``: every set field for a tiny-* LLM; only ``num_layers`` for a pre-trained one,
         which brings its own shape (so one config, e.g. the demo's, serves both)."""
-        if llm.startswith("tiny-"):
+        if is_tiny_llm(llm):
             return self.overrides()
         return {k: v for k, v in self.overrides().items() if k == "num_layers"}
 

@@ -42,6 +42,7 @@ from transformers import (
 from spatialboost.constants import IMAGE_TOKEN, REF_TOKENS
 from spatialboost.errors import UserError
 from spatialboost.io import package_file
+from spatialboost.models.config import is_tiny_llm
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def build_llm(
         if seed is not None:
             torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
-    elif name.startswith("tiny-"):
+    elif is_tiny_llm(name):
         TINY_LLMS.get(name)  # raises, listing the known tiny configs
         raise AssertionError("unreachable")
     else:

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatialboost.config import ConfigError, flatten
+from spatialboost.config import (
+    ConfigError, config_path, flatten, load_config, load_yaml_mapping, packaged_config, to_dict,
+)
+from spatialboost.datagen import recipes
 from spatialboost.errors import UserError
 from spatialboost.train.config import TrainConfig
 
@@ -62,8 +65,11 @@ class DemoSizes:
 
 @dataclass
 class DemoRecipe:
-    """``resources/demo-dinov2.yaml``: sizes, ``--full``'s dotted overrides of this tree, the training config."""
+    """``resources/demo-dinov2.yaml``: sizes, ``--full``'s dotted overrides of this tree, and the training config:
+    the training recipe ``recipe`` (a packaged config name or a file: the default recipe ``spatialboost``) with
+    the file's ``train:`` keys, only what the demo changes, on top."""
 
+    recipe: str = "spatialboost"
     sizes: DemoSizes = field(default_factory=DemoSizes)
     full: list[str] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -80,13 +86,21 @@ QUICK_OVERRIDES = [
 
 def load_recipe(quick: bool = False, full: bool = False, overrides: list[str] | None = None) -> DemoRecipe:
     """The packaged recipe, with ``--full``'s or ``--quick``'s overrides (and the caller's) on top."""
-    from spatialboost.config import load_config, packaged_config
-
     path = packaged_config(RECIPE_CONFIG)
     extra = list(QUICK_OVERRIDES) if quick else []
+    values = recipe_values(path)
     if full:
-        extra = load_config(DemoRecipe, path).full + extra
-    return load_config(DemoRecipe, path, extra + list(overrides or []))
+        extra = load_config(DemoRecipe, None, values=values).full + extra
+    return load_config(DemoRecipe, None, extra + list(overrides or []), values=values)
+
+
+def recipe_values(path: Path) -> dict[str, Any]:
+    """The demo file as dotted keys over its training recipe's: ``train.*`` starts from the recipe
+    (``configs/spatialboost.yaml``), and the file's own keys win."""
+    own = load_yaml_mapping(path)
+    recipe = own.get("recipe", DemoRecipe.recipe)
+    base = to_dict(load_config(TrainConfig, config_path(recipe)))
+    return {**flatten({"train": base}), **flatten(own)}
 
 
 @dataclass
@@ -128,14 +142,15 @@ def step_generate(state: DemoState) -> None:
     from spatialboost.datagen.questions.conversations import ConversationConfig
     from spatialboost.datagen.scenes.synthetic import SyntheticConfig
 
-    main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
-    reading = ConversationConfig(
-        levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
-    )
-    if state.recipe is None:
+    if state.recipe is None:  # the tiny path: its own conversations (no depth read-out turns)
+        main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
+        reading = ConversationConfig(
+            levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
+        )
         full, small = SyntheticConfig(), SyntheticConfig(image_size=64)
         n_reading, n_heldout = (32, 8) if state.quick else (384, 32)
-    else:
+    else:  # the default recipe's conversations (datagen.recipes), at the demo's sizes
+        main, reading = recipes.main_conversation(), recipes.reading_conversation()
         full = small = SyntheticConfig(image_size=state.recipe.sizes.image_size)
         n_reading, n_heldout = state.recipe.sizes.reading_scenes, state.recipe.sizes.heldout_scenes
     state.results["manifest"] = _generate(state, state.dataset_dir, state.scenes, 0, 0.25, main, full)
@@ -143,8 +158,7 @@ def step_generate(state: DemoState) -> None:
     _generate(state, state.heldout_dir, n_heldout, 2, 0.25, main, small)
     if state.recipe is not None:
         s = state.recipe.sizes
-        choices = ConversationConfig(turns={"pixel": 0, "object": 0, "scene": 0}, caption=False,
-                                     extra_turns={"choice_closer_point": s.choice_turns})  # fmt: skip
+        choices = recipes.choices_conversation(s.choice_turns)
         _generate(state, state.choices_dir, s.choice_scenes, 3, 0.0, choices, small)
 
 
@@ -213,8 +227,6 @@ def demo_train_overrides(state: DemoState) -> list[str]:
 
 
 def demo_train_config(state: DemoState) -> TrainConfig:
-    from spatialboost.config import load_config, packaged_config, to_dict
-
     if state.recipe is None:
         return load_config(TrainConfig, packaged_config("demo"), demo_train_overrides(state))
     return load_config(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
 from spatialboost.datagen.questions.conversations import ConversationConfig
+from spatialboost.datagen.recipes import reading_conversation
 from spatialboost.datagen.scenes.synthetic import SyntheticConfig
 from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.dataset_format import read_manifest
@@ -67,8 +68,7 @@ def ensure_reading_dataset(root: Path, sizes: Sizes, reading_turns: dict[str, in
     out = root / ("reading" + turns_tag(reading_turns))
     if (out / "manifest.json").is_file() and _complete(out):
         return out
-    conv = ConversationConfig(levels=["pixel", "object"], turns={"pixel": 0, "object": 0}, caption=False,
-                              extra_turns=dict(reading_turns))  # fmt: skip
+    conv = reading_conversation(reading_turns)
     cfg = GenerateConfig(scenes=sizes.scenes, seed=DATA["main"].seed, multiview_share=0.0, shard_size=16,
                          synthetic=SyntheticConfig(image_size=sizes.image_size), conversation=conv)  # fmt: skip
     write_dataset(SyntheticSource(cfg), WriteSpec(out, cfg.scenes, cfg.seed, cfg.shard_size, conv))

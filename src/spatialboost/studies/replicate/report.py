@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
-from spatialboost.noise import binomial_se, verdict
+from spatialboost.noise import NOISE_RULE, binomial_se, verdict
 from spatialboost.studies.replicate.extra import extra_columns, extra_table
 from spatialboost.studies.replicate.probing import COLUMNS
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
@@ -51,16 +51,20 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def _stats(values: list[float], seeds: list[int] | None = None) -> dict[str, Any]:
+    """mean, std (ddof=1), n and the values; with ``seeds``, the seed of each value (``noise`` pairs arms probed
+    with the same probe seeds)."""
     v = np.asarray(values, dtype=np.float64)
     std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return {"mean": float(np.mean(v)), "std": std, "n": len(v), "values": v.tolist()}
+    return {"mean": float(np.mean(v)), "std": std, "n": len(v), "values": v.tolist(),
+            **({"seeds": list(seeds)} if seeds is not None else {})}  # fmt: skip
 
 
 def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
     recs = sorted(arm["records"], key=lambda r: r["seed"])
-    cols = {col: _stats([r["metrics"][p][m] for r in recs]) for (p, m), col in COLUMNS.items()}
-    return {"label": arm["label"], "split": arm["split"], "seeds": [r["seed"] for r in recs], "columns": cols,
+    seeds = [r["seed"] for r in recs]  # the probe-head seed is the study seed
+    cols = {col: _stats([r["metrics"][p][m] for r in recs], seeds) for (p, m), col in COLUMNS.items()}
+    return {"label": arm["label"], "split": arm["split"], "seeds": seeds, "columns": cols,
             "seconds": [r["seconds"] for r in recs], "recipe": recs[0]["recipe"],
             "trainer": recs[0]["arm_config"]["trainer"],
             "diagnostics": {r["seed"]: r["diagnostics"] for r in recs}, "base": recs[0].get("base", {}),
@@ -365,7 +369,9 @@ def markdown(
              f"- seeds: {cfg.get('seeds')}; sizes: `{json.dumps(cfg.get('sizes', {}))}`",
              f"- untuned recipe `{cfg.get('recipe_name', 'paper-text')}`: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), _time_line(summary), "",
              "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
-             "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better.",
+             "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better. "
+             f"'beyond noise vs base': {NOISE_RULE} (arms and base share the probe seeds, so the paired rule "
+             "applies).",
              _majority_line(summary),
              ""]  # fmt: skip
     for t in summary["tables"]:

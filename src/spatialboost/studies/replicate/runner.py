@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from spatialboost.config import to_dict
 from spatialboost.io import atomic_write_json
-from spatialboost.models.config import VLMConfig
+from spatialboost.models.config import VLMConfig, is_tiny_llm
 from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
@@ -375,7 +375,8 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
         from spatialboost.studies.replicate.data import ensure_reading_dataset
 
         reading = ensure_reading_dataset(study.out / "data", s, dict(r.reading_turns))
-        cfg.stages.align.train_llm = True
+        # a random tiny LM learns to read with the projector; a pre-trained one stays frozen (the paper's stage 1)
+        cfg.stages.align.train_llm = is_tiny_llm(r.llm)
         cfg.stages.align.data = {"datasets": [str(reading)]}  # the rest inherits cfg.data
     return cfg
 
@@ -392,7 +393,8 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
                          lr_gates=r["lr_gates"], warmup_ratio=0.05)  # fmt: skip
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
-    cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), shared / "tokenizer",
+    tokenizer = shared / "tokenizer" if is_tiny_llm(r["llm"]) else None  # a pre-trained LM brings its own
+    cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), tokenizer,
                         r["llm_width"], boost)  # fmt: skip
     cfg.init_from = str(shared)
     return cfg
@@ -402,7 +404,8 @@ def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer,
 
     r = study.cfg.recipe
     model = VLMConfig(encoder=str(study.base_path), llm=r.llm, tokenizer=None if tokenizer is None
-                      else str(tokenizer), boost=boost, llm_options=_llm_options(llm_width))  # fmt: skip
+                      else str(tokenizer), boost=boost,
+                      llm_options=_llm_options(llm_width) if is_tiny_llm(r.llm) else {})  # fmt: skip
     # the encoder sees the rendered side (a real encoder's own default, e.g. DINOv2's 224, would upsample)
     data_cfg = DataConfig(datasets=[str(data)], image_size=study.cfg.sizes.image_size,
                           max_length=_max_length(r), refs=list(r.refs),
@@ -410,7 +413,7 @@ def _train_config(study: Study, path: Path, seed, stages, data: Path, tokenizer,
                           feature_cache_dir=str(study.cache / "train-features"))  # fmt: skip
     gain = ImageGainConfig(datasets=[str(study.heldout)], max_samples=study.cfg.sizes.heldout_scenes)
     return TrainConfig(run_dir=path, seed=seed, device="cpu", model=model, data=data_cfg, stages=stages,
-                       image_gain=gain, checkpoint=CheckpointConfig(every=10_000, keep_last=1),
+                       image_gain=gain, checkpoint=CheckpointConfig(every=study.cfg.sizes.checkpoint_every, keep_last=1),
                        log=LogConfig(every=1, tensorboard=False, progress=not study.cfg.quick))  # fmt: skip
 
 

@@ -39,6 +39,7 @@ class Sizes:
     probe_epochs: int = 0  # 0: the probes' own defaults (30 depth/seg, 100 cls-linear)
     diag_scenes: int = 32  # pixel-only conversations for the answer-token diagnostic
     heldout_scenes: int = 64  # held-out conversations for the image gain (stages 2 and 3)
+    checkpoint_every: int = 10_000  # training checkpoints (steps); a job killed mid-stage resumes from the last
 
     def validate(self) -> None:
         if min(self.scenes, self.batch_size, self.encoder_steps, self.probe_train, self.probe_test) < 1:
@@ -96,6 +97,11 @@ RECIPES: dict[str, Recipe] = {
     # tiny ViT's 1e-3 wrecked it in the pilot: depth RMSE +98%), the rest as reads-image
     "dinov2-s": Recipe(encoder="dinov2-small-offline", encoder_lr=2e-5, lr_gates=1e-3),
     "clip-b16": Recipe(encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3),  # the same on CLIP-B/16
+    # DINOv2-S through the pre-trained SmolLM2-135M (the paper's LLM is pre-trained): stage 1 trains the projector
+    # only (the LM stays frozen), stage 2 the LM at LLaVA's 2e-5; no text-only baseline run (cost)
+    # (stage 2 at 1e-4, not LLaVA's 2e-5: it has 30 steps here, not thousands)
+    "dinov2-s-smollm2": Recipe(encoder="dinov2-small-offline", llm="smollm2-135m", instruct_lr=1e-4,
+                               encoder_lr=2e-5, lr_gates=1e-3, blind=False),
     "paper-text": Recipe(
         refs=(),
         image_tokens=True,
@@ -206,7 +212,7 @@ for _arm in (
     # chosen on val (lowest depth RMSE of val-choices-5x / -10x / -points-5x), then run on test
     Arm(
         "sb-dual-choices-points-5x",
-        "stage 3 on A/B point turns only, 5x steps (picked on val in the tiny-ViT study)",
+        "SpatialBoost default recipe `spatialboost`: stage 3 on A/B point turns only, 5x steps",
         "llm",
         data="choices-points",
         steps_scale=5.0,
@@ -223,6 +229,9 @@ for _arm in (
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
+
+# the arm `spatialboost train` runs with no --config (configs/spatialboost.yaml; tests/test_recipes.py)
+DEFAULT_ARM = "sb-dual-choices-points-5x"
 
 SEARCH_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 for _lr in SEARCH_LRS:
@@ -338,7 +347,7 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
+          ("base", DEFAULT_ARM, "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x",
@@ -351,7 +360,7 @@ TABLES: tuple[Table, ...] = (
     Table("D", "Data size at a fixed number of steps (paper Fig. 5)", "monotonic gains with data size.",
           ("base", "size-quarter", "size-half", "sb-dual")),
     Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
-          ("base", "simple-ft", "sb-dual")),
+          ("base", "simple-ft", DEFAULT_ARM, "sb-dual")),
 )  # fmt: skip
 
 
@@ -390,7 +399,12 @@ FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text:
 FULL = replace(FULL_V1, align_steps=400)
 # a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost)
 REAL = replace(FULL, image_size=112)
-SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL}
+# the same through SmolLM2-135M on one CPU thread: a stage-3 step costs ~24 s on a quiet core
+# (benchmarks/bench_stage3.py) and a stage-1 step ~35 s on a shared one, so stage 3's 1x is 8 steps (the 5x arms
+# 40), stage 2 30 steps of the main conversations, stage 1 100 of the short reading ones, the image gain reads
+# 32 held-out scenes, and a checkpoint every 5 steps lets a job outlive a session
+REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=8, heldout_scenes=32, checkpoint_every=5)
+SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM}
 
 
 # A study preset: (size, recipe). The default is the real encoder; ``tiny-vit`` is the study of
@@ -398,6 +412,7 @@ SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real
 PRESETS: dict[str, tuple[str, str]] = {
     "dinov2-s": ("real", "dinov2-s"),
     "clip-b16": ("real", "clip-b16"),
+    "dinov2-s-smollm2": ("real-lm", "dinov2-s-smollm2"),
     "tiny-vit": ("full", "reads-image"),
 }
 DEFAULT_PRESET = "dinov2-s"
