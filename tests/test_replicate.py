@@ -78,6 +78,7 @@ def test_report_marks_partial_results_and_keeps_the_discussion(quick_study, tmp_
     report.write_report(summary, out, plots=False)
     text = md.read_text()
     assert "**PARTIAL**" in text and "hand-written" in text and "not run" in text
+    assert "## Plan and progress" in text and "| sb-lora | test | 0 / 1 |  | ? |" in text
 
 
 def test_report_cells_are_mean_and_sample_std_of_the_seeds():
@@ -179,3 +180,16 @@ def test_report_only_rewrites_the_report_from_finished_arms(quick_study, capsys)
     text = (quick_study / "results.md").read_text()
     assert "--seeds 1 --quick" in text  # the study's own command, from command.json
     assert "LoRA through the LLM" in capsys.readouterr().out
+
+
+def test_plan_table_estimates_what_is_left_from_the_measured_jobs():
+    summary = {"config": {"seeds": 3, "arms": ["base", "sb-full", "sb-lora"], "search": True},
+               "arms": {"base": {"seeds": [0, 1, 2], "seconds": [6.0, 6.0, 6.0]},
+                        "sb-full": {"seeds": [0], "seconds": [240.0]}}}  # fmt: skip
+    table = report.plan_table(summary)
+    assert "| base | test | 3 / 3 | 0.1 | 0 |" in table
+    assert "| sb-full | test | 1 / 3 | 4.0 | 8 |" in table  # two seeds left at 4 min each
+    assert "| sb-lora | test | 0 / 3 |  | ? |" in table
+    assert "8 min of single-job compute, plus 3 job(s) of arms not started yet" in table
+    assert report.missing_jobs(summary) == ["sb-full seed 1", "sb-full seed 2", "sb-lora seed 0", "sb-lora seed 1",
+                                            "sb-lora seed 2"]  # fmt: skip

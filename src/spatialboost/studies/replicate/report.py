@@ -95,19 +95,43 @@ def majority_accuracy(out: Path, cfg: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def missing_jobs(summary: dict[str, Any]) -> list[str]:
+def planned_jobs(summary: dict[str, Any]) -> list[tuple[str, str, set[int], set[int]]]:
+    """(arm, its summary key, seeds wanted, seeds done) for every arm the study's config selects."""
     cfg = summary.get("config") or {}
     seeds, names, search = cfg.get("seeds", 0), cfg.get("arms") or ARMS.names(), cfg.get("search", True)
-    missing = []
+    plan = []
     for name in names:
         arm = ARMS.get(name)
         if (arm.search or arm.tuned) and not search:
             continue
         key = f"{name}@val" if arm.search else name
         have = set(summary["arms"].get(key, {}).get("seeds", []))
-        want = {0} if arm.search else set(range(seeds))
-        missing += [f"{name} seed {s}" for s in sorted(want - have)]
-    return missing
+        plan.append((name, key, {0} if arm.search else set(range(seeds)), have))
+    return plan
+
+
+def missing_jobs(summary: dict[str, Any]) -> list[str]:
+    return [f"{name} seed {s}" for name, _, want, have in planned_jobs(summary) for s in sorted(want - have)]
+
+
+def plan_table(summary: dict[str, Any]) -> str:
+    """The study's plan and where it stands: per arm, seeds done of planned, measured minutes per job (training
+    + probes; arms that share a training run with another arm cost only their probes) and the minutes left at
+    that rate (the arms not started yet: '?')."""
+    rows = ["| arm | split | seeds done / planned | min per job (measured) | min left (est.) |", "|---|---|---|---|---|"]
+    left_total, unknown = 0.0, 0
+    for name, key, want, have in planned_jobs(summary):
+        secs = summary["arms"].get(key, {}).get("seconds", [])
+        per_job = sum(secs) / len(secs) / 60 if secs else None
+        n_left = len(want - have)
+        left = per_job * n_left if per_job is not None else None
+        left_total += left or 0.0
+        unknown += n_left if per_job is None else 0
+        rows.append(f"| {name} | {'val' if key.endswith('@val') else 'test'} | {len(want & have)} / {len(want)} | "
+                    f"{'' if per_job is None else f'{per_job:.1f}'} | "
+                    f"{'?' if left is None and n_left else f'{left or 0:.0f}'} |")  # fmt: skip
+    more = f", plus {unknown} job(s) of arms not started yet" if unknown else ""
+    return "\n".join(rows) + f"\n\nEstimated time left: {left_total:.0f} min of single-job compute{more}."
 
 
 # --- markdown -----------------------------------------------------------------------------------------------
@@ -374,6 +398,7 @@ def markdown(
              "applies).",
              _majority_line(summary),
              ""]  # fmt: skip
+    parts += ["## Plan and progress", "", plan_table(summary), ""]
     for t in summary["tables"]:
         parts += [
             f"## Table {t['key']}: {t['title']}",
