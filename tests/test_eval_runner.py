@@ -10,8 +10,9 @@ import torch
 
 from eval_stubs import fake_scene
 from spatialboost.cli import main
+from spatialboost.eval.job import probe_before_after
 from spatialboost.eval.report import markdown_table
-from spatialboost.eval.runner import ProbeConfig, aggregate, probe_before_after
+from spatialboost.eval.runner import ProbeConfig, aggregate
 from spatialboost.models.encoders import create_encoder
 
 FAST = ["probes.depth.epochs=3", "probes.seg.epochs=3", "probes.cls_linear.epochs=5", "data.num_train=12",
