@@ -2,17 +2,9 @@
 
 ``TASKS`` (``eval.specs``, derived from the probe specs) maps a task name (``depth``, ``seg``, ``cls``, ``all``,
 ``corr``, ``register``, ``sem3d``, ``all3d``, ``robot``) to the bench that runs it and the probes it reports.
-``build_benches`` builds one bench per kind (data, caches), in report order (2D, 3D, robot). Every bench is run
-per encoder and seed, ``bench.run(encoder, seed, identity) -> {probe: ProbeResult}``, and says:
-
-- ``probes``: what it runs; ``task(probe)``: the task a run records;
-- ``n_test``: the test images its accuracies are over (their sampling noise), or None;
-- ``fields()``: the job summary's entries it owns (``dataset``: the first bench's is the summary's);
-- ``info()``: its entry under the summary's ``benches`` (data, thresholds, timings), or None;
-- ``previews(probed)``: arrays for the report's plots; ``close()``.
-
-``spatialboost probe`` (``eval.job.run_job``) and the replicate study (a list of task names in its config) both
-use ``build_benches``.
+``build_benches`` builds one bench per kind (data, caches), in report order (2D, 3D, robot); every bench follows
+``Bench``. ``spatialboost probe`` (``eval.job.run_job``) and the replicate study (a list of task names in its
+config) both use ``build_benches``.
 """
 
 from __future__ import annotations
@@ -20,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from spatialboost.config import to_dict
 from spatialboost.eval.bench2d import Bench2D
@@ -34,7 +26,37 @@ from spatialboost.models.encoder_base import VisionEncoder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "Bench2D", "Bench3D", "RobotBenchAdapter", "Task", "build_benches"]
+__all__ = ["TASKS", "Bench", "Bench2D", "Bench3D", "RobotBenchAdapter", "Task", "build_benches"]
+
+
+class Bench(Protocol):
+    """What a job needs of a bench; it is built once per job and run per encoder and seed."""
+
+    kind: str  # "2d" | "3d" | "robot": a ``ProbeSpec.bench``
+    probes: list[str]  # what ``run`` reports, in report order
+    n_test: int | None  # the test images its accuracies are over (their sampling s.e.), or None
+
+    def run(
+        self, encoder: VisionEncoder, seed: int, identity: dict | None = None
+    ) -> dict[str, ProbeResult]: ...
+
+    def task(self, probe: str) -> str:
+        """The task a run of ``probe`` records."""
+        ...
+
+    def fields(self) -> dict[str, Any]:
+        """The job summary's entries it owns (``dataset``: the first bench's is the job's)."""
+        ...
+
+    def info(self) -> dict[str, Any] | None:
+        """Its entry under the summary's ``benches`` (data, thresholds, timings), or None."""
+        ...
+
+    def previews(self, probed: VisionEncoder) -> dict[str, Any]:
+        """Arrays for the report's plots (``probed``: the job's probed encoder)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Bench3D:
@@ -143,7 +165,9 @@ class RobotBenchAdapter:
         self.bench.close()
 
 
-def build_benches(tasks: list[str], cfg, image_size: int, cache_dir: str | Path, scene_fn=None) -> list:
+def build_benches(
+    tasks: list[str], cfg, image_size: int, cache_dir: str | Path, scene_fn=None
+) -> list[Bench]:
     """One bench per kind for ``tasks`` (names of ``TASKS``), 2D first, then 3D, then robot. ``cfg`` is a
     ``runner.ProbeConfig``: its ``data``, ``features``, ``probes``, ``probes3d`` and ``robot`` sections."""
     by_bench: dict[str, list[str]] = {}
@@ -152,7 +176,7 @@ def build_benches(tasks: list[str], cfg, image_size: int, cache_dir: str | Path,
     probes = {bench: list(dict.fromkeys(p for n in names for p in TASKS.get(n).probes))
               for bench, names in by_bench.items()}  # fmt: skip
     f = cfg.features
-    benches: list = []
+    benches: list[Bench] = []
     if "2d" in by_bench:  # its task names: ``all`` depends on the dataset's targets
         benches.append(Bench2D(by_bench["2d"], cfg.data, cfg.probes, image_size, cache_dir, f.layers, f.batch_size,
                                f.dtype, scene_fn))  # fmt: skip

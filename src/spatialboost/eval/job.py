@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spatialboost.config import to_dict
-from spatialboost.eval.benches import build_benches
+from spatialboost.eval.benches import Bench, build_benches
 from spatialboost.eval.features import encoder_identity
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.runner import (
@@ -65,7 +65,7 @@ def run_job(encoders: dict[str, Any], cfg: ProbeConfig, pairs: dict[str, str] | 
 
 
 def _bench_runs(
-    bench, name: str, enc: VisionEncoder, identity: dict, seeds: list[int], previews
+    bench: Bench, name: str, enc: VisionEncoder, identity: dict, seeds: list[int], previews
 ) -> list[dict]:
     """One bench on one encoder for every seed: its runs, probe by probe and seed by seed; seed 0's preview
     (the depth probe's predictions) kept for the report."""

@@ -25,7 +25,7 @@ from spatialboost.eval.bench2d import ProbeDataConfig
 from spatialboost.eval.probes import PROBES, ProbeConfigs
 from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.robot import RobotConfig
-from spatialboost.eval.specs import TASK_PROBES, TASKS, metric_lower_is_better
+from spatialboost.eval.specs import TASKS, metric_lower_is_better
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_saved_base
@@ -34,7 +34,7 @@ from spatialboost.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASK_PROBES", "FeatureConfig", "ProbeConfig", "ProbeDataConfig", "ProbeResults", "aggregate",
+__all__ = ["FeatureConfig", "ProbeConfig", "ProbeDataConfig", "ProbeResults", "aggregate",
            "check_pairs", "feature_cache_dir", "known_probes", "pair_encoders", "probed_encoder", "resolve_encoder",
            "saved_base", "spec_dict"]  # fmt: skip
 
