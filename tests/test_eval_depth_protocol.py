@@ -21,7 +21,8 @@ from spatialboost.eval.depth_protocol import (
     resolve_protocol,
     upsample_bilinear,
 )
-from spatialboost.eval.runner import ProbeConfig, run_probes
+from spatialboost.eval.job import run_job
+from spatialboost.eval.runner import ProbeConfig
 from spatialboost.image_transform import ImageTransform
 from spatialboost.models.encoders import create_encoder
 
@@ -143,7 +144,7 @@ def test_ground_truth_outside_the_eigen_crop_or_beyond_10m_is_not_scored(tmp_pat
             cfg = ProbeConfig(tasks=["depth"], seeds=1, out=str(tmp_path / f"out-{outside}-{protocol}"))
             cfg.data.spec, cfg.features.image_size = f"nyu:{data}", 32
             cfg.probes.depth.epochs, cfg.probes.depth.protocol = 2, protocol
-            res = run_probes({"encoder": create_encoder("tiny-vit", seed=1)}, cfg)
+            res = run_job({"encoder": create_encoder("tiny-vit", seed=1)}, cfg)
             results[(outside, protocol)] = res.summary["runs"][0]["metrics"]
     assert results[(2.0, "nyu-eigen")] == results[(9.0, "nyu-eigen")]
     assert results[(2.0, "probe")]["rmse"] != results[(9.0, "probe")]["rmse"]

@@ -10,8 +10,9 @@ import torch
 
 from eval_stubs import fake_scene
 from spatialboost.cli import main
+from spatialboost.eval.job import probe_before_after
 from spatialboost.eval.report import markdown_table
-from spatialboost.eval.runner import ProbeConfig, aggregate, probe_before_after
+from spatialboost.eval.runner import ProbeConfig, aggregate
 from spatialboost.models.encoders import create_encoder
 
 FAST = ["probes.depth.epochs=3", "probes.seg.epochs=3", "probes.cls_linear.epochs=5", "data.num_train=12",
@@ -135,3 +136,25 @@ def test_default_image_size_is_the_probed_encoders(tmp_path):
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert {r["protocol"]["image_size"] for r in res["runs"]} == {32}
+
+
+def test_aggregate_takes_each_probes_test_set_size():
+    runs = [{"encoder": "e", "probe": p, "seed": 0, "protocol": {}, "metrics": {m: 0.5}}
+            for p, m in (("cls-knn", "top1"), ("sem3d", "acc"))]  # fmt: skip
+    rows = {r["probe"]: r for r in aggregate(runs, {"cls-knn": 4})}
+    assert rows["cls-knn"]["sampling_se"] == pytest.approx(0.25) and "sampling_se" not in rows["sem3d"]
+
+
+def test_a_mixed_2d_and_3d_job_keeps_the_2d_test_size_and_its_tasks(tmp_path):
+    """One path for every bench: the 2D accuracies keep their sampling s.e. beside 3D rows (they lost it when
+    the rows were re-aggregated), the summary's dataset is the 2D one and its config names every task."""
+    from spatialboost.eval.job import run_job
+
+    cfg = _tiny_cfg(tmp_path, seeds=1, tasks=["cls", "corr"])
+    cfg.probes3d.num_test = 1
+    res = run_job({"enc": create_encoder("tiny-vit", seed=0)}, cfg, scene_fn=fake_scene).summary
+    assert {r["probe"] for r in res["rows"]} == {"cls-linear", "cls-knn", "corr"}
+    top1 = [r for r in res["rows"] if r["metric"] == "top1"]
+    assert len(top1) == 2 and all("sampling_se" in r for r in top1)
+    assert res["dataset"]["n_test"] == 4 and res["config"]["tasks"] == ["cls", "corr"]
+    assert [r["task"] for r in res["runs"]] == ["cls", "cls", "3d"] and set(res["benches"]) == {"3d"}

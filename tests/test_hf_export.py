@@ -200,7 +200,8 @@ def test_processor_resizes_like_spatialboost(isolated):
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
     """A run whose encoder was probed (the demo's layout: RUN/../probes), its base a local checkpoint with a card."""
-    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig, probe_before_after
+    from spatialboost.eval.job import probe_before_after
+    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig
 
     root = tmp_path_factory.mktemp("run")
     base = root / "base-ckpt"

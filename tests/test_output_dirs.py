@@ -233,7 +233,8 @@ def test_export_and_probe_outputs_are_readable_by_others(tmp_path, umask022):
         assert main(["export", str(run), "--out", str(tmp_path / fmt), "--format", fmt]) == 0
         modes = _modes(tmp_path / fmt)
         assert set(modes.values()) <= {0o644, 0o755} and modes["."] == 0o755, modes
-    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig, probe_before_after
+    from spatialboost.eval.job import probe_before_after
+    from spatialboost.eval.runner import ProbeConfig, ProbeDataConfig
 
     cfg = ProbeConfig(seeds=1, tasks=["cls"], data=ProbeDataConfig(num_train=4, num_test=2))
     probe_before_after("tiny-dinov2", tmp_path / "hf", cfg, out=tmp_path / "probes", plots=False)

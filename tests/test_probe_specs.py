@@ -1,5 +1,6 @@
-"""One spec per probe (``eval.specs``): every registered probe has one, and what the runner, the report, the
-probe registries and the card's fallback direction use agrees with it."""
+"""One spec per probe (``eval.specs``): every registered probe has one, a spec declares every field its bench
+needs, and what the tasks, the runner, the report, the probe registries and the card's fallback direction use
+agrees with it."""
 
 from __future__ import annotations
 
@@ -13,31 +14,64 @@ from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.probes import CONFIG_FIELD, PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import PROBES_3D, Probe3DConfig
 from spatialboost.eval.report import HEADLINE
-from spatialboost.eval.runner import PROBE_TASK, TASK_PROBES, aggregate
-from spatialboost.eval.specs import SPECS, metric_lower_is_better, probe_spec
+from spatialboost.eval.runner import aggregate
+from spatialboost.eval.specs import SPECS, TASK_PROBES, ProbeSpec, metric_lower_is_better, probe_spec
 from spatialboost.noise import LOWER_IS_BETTER
 
 
 def test_every_registered_probe_has_a_spec_and_every_spec_a_probe():
     specs_2d = {n for n, s in SPECS.items() if s.bench == "2d"}
-    assert specs_2d == set(PROBES.names()) == set(CONFIG_FIELD) == set(PROBE_TASK)
+    assert specs_2d == set(PROBES.names()) == set(CONFIG_FIELD)
     assert {n for n, s in SPECS.items() if s.bench == "3d"} == set(PROBES_3D.names())
-    bench_probes = {p for name in TASKS.names() for p in TASKS.get(name).probes}
-    assert bench_probes == {n for n, s in SPECS.items() if s.bench != "2d"}
-    assert {p for ps in TASK_PROBES.values() for p in ps} == specs_2d
+    task_probes = {p for name in TASKS.names() for p in TASKS.get(name).probes}
+    assert task_probes == set(SPECS)  # every probe is run by a task, 2D, 3D and robot alike
+    assert {p for ps in TASK_PROBES.values() for p in ps} == specs_2d == set(TASKS.get("all").probes)
     assert list(HEADLINE) == list(SPECS)
+
+
+BENCHES = {"2d", "3d", "robot"}  # eval.benches.build_benches builds one of each
+TARGETS = {"depth", "seg", "label"}  # what a FeatureSet carries for a probe to train and score on
+
+
+def spec_problems(spec: ProbeSpec) -> list[str]:
+    """What ``spec`` fails to declare, or declares inconsistently (empty: complete)."""
+    problems = []
+    for f in ("name", "task", "bench", "metrics", "headline"):
+        if not getattr(spec, f):
+            problems.append(f"no {f}")
+    if spec.bench not in BENCHES:
+        problems.append(f"bench {spec.bench!r} is not one of {sorted(BENCHES)}")
+    if not set(spec.headline) <= set(spec.metrics) or not spec.lower_is_better <= set(spec.metrics):
+        problems.append("headline / lower_is_better name metrics it does not report")
+    if not set(spec.targets) <= TARGETS:
+        problems.append(f"unknown targets {set(spec.targets) - TARGETS}")
+    if spec.bench == "2d":
+        if spec.config_field not in {f.name for f in dataclasses.fields(ProbeConfigs)}:
+            problems.append(f"config_field {spec.config_field!r} is not a field of ProbeConfigs")
+        if not spec.targets:
+            problems.append("a 2D probe declares no targets")
+    if spec.task not in TASKS or spec.name not in TASKS.get(spec.task).probes:
+        problems.append(f"task {spec.task!r} does not run it")
+    return problems
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_a_spec_is_complete(name):
     spec = probe_spec(name)
-    assert spec.metrics and set(spec.headline) <= set(spec.metrics)
-    assert spec.lower_is_better <= set(spec.metrics)
-    if spec.bench == "2d":
-        assert spec.targets and spec.config_field in {f.name for f in dataclasses.fields(ProbeConfigs)}
+    assert spec.name == name and not spec_problems(spec)
     # the model card cannot import eval: its fallback set must say the same as the specs
     for metric in spec.metrics:
         assert spec.is_lower_better(metric) == (metric in LOWER_IS_BETTER), (name, metric)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [{"headline": ()}, {"metrics": ()}, {"task": ""}, {"bench": "4d"}, {"config_field": None},
+     {"config_field": "no_such"}, {"targets": ()}, {"targets": ("normals",)}, {"headline": ("rmse", "nope")},
+     {"lower_is_better": frozenset({"nope"})}, {"task": "seg"}],
+)  # fmt: skip
+def test_a_spec_missing_a_field_is_caught(broken):
+    assert spec_problems(dataclasses.replace(probe_spec("depth"), **broken))
 
 
 def test_the_3d_defaults_are_the_declared_metric_names():

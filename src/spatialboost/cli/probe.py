@@ -27,7 +27,7 @@ from spatialboost.eval.benches import TASKS
 from spatialboost.eval.job import run_job
 from spatialboost.eval.report import claim_report_dir, markdown_table, write_report
 from spatialboost.eval.report_benches import write_bench_sections
-from spatialboost.eval.runner import TASK_PROBES, ProbeConfig, pair_encoders
+from spatialboost.eval.runner import ProbeConfig, pair_encoders
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", help="registered name, saved (boosted) encoder dir, or hub id/path")
     parser.add_argument("--baseline", help="the base encoder to compare with (same seeds, same job)")
-    parser.add_argument(
-        "--task", choices=[*TASK_PROBES, "all", *TASKS.names()], help="probe task (default all: 2D)"
-    )
+    parser.add_argument("--task", choices=TASKS.names(), help="probe task (default all: 2D)")
     parser.add_argument(
         "--data", help="synthetic | nyu:PATH | ade20k:PATH | voc:PATH | imagefolder:PATH | rgbd:PATH"
     )

@@ -1,48 +1,62 @@
-"""Probe tasks beyond the 2D set, chosen by name: the 3D probes and the robot probe.
+"""The benches a probe job runs its tasks on: the 2D probes (``eval.bench2d``), the 3D probes and the robot probe.
 
-``TASKS`` maps a task name (``corr``, ``register``, ``sem3d``, ``all3d``, ``robot``) to the bench that runs it
-and the probes it reports. A bench is built once per job (data, caches) and run per encoder and seed:
-``bench.run(encoder, seed) -> {probe: ProbeResult}``. ``spatialboost probe`` (``eval.job.run_job``) and the
-replicate study (a list of task names in its config) both use ``build_benches``.
+``TASKS`` (``eval.specs``, derived from the probe specs) maps a task name (``depth``, ``seg``, ``cls``, ``all``,
+``corr``, ``register``, ``sem3d``, ``all3d``, ``robot``) to the bench that runs it and the probes it reports.
+``build_benches`` builds one bench per kind (data, caches), in report order (2D, 3D, robot); every bench follows
+``Bench``. ``spatialboost probe`` (``eval.job.run_job``) and the replicate study (a list of task names in its
+config) both use ``build_benches``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from spatialboost.config import to_dict
+from spatialboost.eval.bench2d import Bench2D
 from spatialboost.eval.datasets.multiview import build_multiview
 from spatialboost.eval.features import FeatureSet, encoder_identity, extract_features
 from spatialboost.eval.probes import ProbeResult
 from spatialboost.eval.probes3d import Probe3DConfig, SceneFeatures, run_probe_3d
 from spatialboost.eval.robot import RobotBench
+from spatialboost.eval.specs import TASKS, Task
 from spatialboost.models.encoder_base import VisionEncoder
-from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Task:
-    bench: str  # "3d" | "robot"
-    probes: tuple[str, ...]
+__all__ = ["TASKS", "Bench", "Bench2D", "Bench3D", "RobotBenchAdapter", "Task", "build_benches"]
 
 
-TASKS: Registry[Task] = Registry("probe task")
-TASKS.add("corr", Task("3d", ("corr",)))
-TASKS.add("register", Task("3d", ("register",)))
-TASKS.add("sem3d", Task("3d", ("sem3d",)))
-TASKS.add("all3d", Task("3d", ("corr", "register", "sem3d")))
-TASKS.add("robot", Task("robot", ("robot",)))
+class Bench(Protocol):
+    """What a job needs of a bench; it is built once per job and run per encoder and seed."""
 
+    kind: str  # "2d" | "3d" | "robot": a ``ProbeSpec.bench``
+    probes: list[str]  # what ``run`` reports, in report order
+    n_test: int | None  # the test images its accuracies are over (their sampling s.e.), or None
 
-def is_bench_task(task: str) -> bool:
-    """Whether ``task`` runs on a bench (3D, robot) rather than as a 2D probe of ``eval.runner``."""
-    return task in TASKS
+    def run(
+        self, encoder: VisionEncoder, seed: int, identity: dict | None = None
+    ) -> dict[str, ProbeResult]: ...
+
+    def task(self, probe: str) -> str:
+        """The task a run of ``probe`` records."""
+        ...
+
+    def fields(self) -> dict[str, Any]:
+        """The job summary's entries it owns (``dataset``: the first bench's is the job's)."""
+        ...
+
+    def info(self) -> dict[str, Any] | None:
+        """Its entry under the summary's ``benches`` (data, thresholds, timings), or None."""
+        ...
+
+    def previews(self, probed: VisionEncoder) -> dict[str, Any]:
+        """Arrays for the report's plots (``probed``: the job's probed encoder)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Bench3D:
@@ -53,7 +67,7 @@ class Bench3D:
     def __init__(self, spec: str, cfg: Probe3DConfig, probes: list[str], image_size: int, cache_dir: str | Path,
                  layers: str = "last", batch_size: int = 32, dtype: str = "float32") -> None:  # fmt: skip
         cfg.validate()
-        self.cfg, self.probes, self.size = cfg, probes, image_size
+        self.spec, self.cfg, self.probes, self.size = spec, cfg, probes, image_size
         self.cache_dir, self.layers, self.batch_size, self.dtype = Path(cache_dir), layers, batch_size, dtype
         splits = ["train", "test"] if "sem3d" in probes else ["test"]
         counts = {"train": cfg.num_train, "test": cfg.num_test}
@@ -92,6 +106,20 @@ class Bench3D:
         return {"kind": self.kind, "probes": self.probes, "splits": splits, "config": to_dict(self.cfg),
                 "image_size": self.size, "seconds": dict(self.seconds)}  # fmt: skip
 
+    n_test = None  # no accuracy over images
+
+    def task(self, probe: str) -> str:
+        return self.kind
+
+    def fields(self) -> dict[str, Any]:
+        splits = self.info()["splits"]
+        return {"dataset": {"spec": self.spec, "train": splits.get("train", {}).get("identity", ""),
+                            "test": splits["test"]["identity"], "n_train": splits.get("train", {}).get("scenes", 0),
+                            "n_test": splits["test"]["scenes"]}}  # fmt: skip
+
+    def previews(self, probed: VisionEncoder) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -117,22 +145,44 @@ class RobotBenchAdapter:
         info["blind"] = {s: {p: r.metrics for p, r in res.items()} for s, res in sorted(self.blind.items())}
         return info
 
+    n_test = None  # success is over rollouts, not images
+
+    def task(self, probe: str) -> str:
+        return self.kind
+
+    def fields(self) -> dict[str, Any]:
+        """Train = expert episodes, test = rollouts per evaluation."""
+        info = self.bench.info()
+        tasks = info["tasks"]
+        return {"dataset": {"spec": "meta-world:" + ",".join(tasks), "train": "expert demos", "test": "rollouts",
+                            "n_train": sum(t["episodes"] for t in tasks.values()),
+                            "n_test": info["config"]["rollouts"]}}  # fmt: skip
+
+    def previews(self, probed: VisionEncoder) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         self.bench.close()
 
 
-def build_benches(tasks: list[str], spec: str, probes3d: Probe3DConfig, robot, image_size: int,
-                  cache_dir: str | Path, layers: str = "last") -> list:  # fmt: skip
-    """One bench per kind for the bench tasks among ``tasks`` (2D task names are ignored)."""
-    probes: dict[str, list[str]] = {}
+def build_benches(
+    tasks: list[str], cfg, image_size: int, cache_dir: str | Path, scene_fn=None
+) -> list[Bench]:
+    """One bench per kind for ``tasks`` (names of ``TASKS``), 2D first, then 3D, then robot. ``cfg`` is a
+    ``runner.ProbeConfig``: its ``data``, ``features``, ``probes``, ``probes3d`` and ``robot`` sections."""
+    by_bench: dict[str, list[str]] = {}
     for name in tasks:
-        if is_bench_task(name):
-            task = TASKS.get(name)
-            probes.setdefault(task.bench, [])
-            probes[task.bench] += [p for p in task.probes if p not in probes[task.bench]]
-    benches: list = []
+        by_bench.setdefault(TASKS.get(name).bench, []).append(name)
+    probes = {bench: list(dict.fromkeys(p for n in names for p in TASKS.get(n).probes))
+              for bench, names in by_bench.items()}  # fmt: skip
+    f = cfg.features
+    benches: list[Bench] = []
+    if "2d" in by_bench:  # its task names: ``all`` depends on the dataset's targets
+        benches.append(Bench2D(by_bench["2d"], cfg.data, cfg.probes, image_size, cache_dir, f.layers, f.batch_size,
+                               f.dtype, scene_fn))  # fmt: skip
     if "3d" in probes:
-        benches.append(Bench3D(spec, probes3d, probes["3d"], image_size, cache_dir, layers))
+        benches.append(Bench3D(cfg.data.spec, cfg.probes3d, probes["3d"], image_size, cache_dir, f.layers,
+                               f.batch_size, f.dtype))  # fmt: skip
     if "robot" in probes:
-        benches.append(RobotBenchAdapter(robot, image_size, cache_dir, layers))
+        benches.append(RobotBenchAdapter(cfg.robot, image_size, cache_dir, f.layers))
     return benches

@@ -43,6 +43,10 @@ CACHE_VERSION = 2  # 2: images through the encoder's transform (was PIL bilinear
 LAYER_CHOICES = ("last", "last4")
 
 
+# a dataset's task (``ProbeDataset.tasks``) -> the target array of a FeatureSet it fills (``ProbeSpec.targets``)
+TARGET_OF_TASK = {"depth": "depth", "seg": "seg", "cls": "label"}
+
+
 @dataclass
 class FeatureSet:
     """Cached features and targets of one dataset split (arrays are read-only memmaps)."""

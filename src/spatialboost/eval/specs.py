@@ -9,6 +9,10 @@ study read them from here. A metric whose name carries a threshold (``recall@0.1
 the defaults; the model card, which cannot import ``eval``, reads a row's ``lower_is_better`` and otherwise
 ``spatialboost.noise.LOWER_IS_BETTER``, which the test keeps equal to the directions here.
 
+``TASKS`` (what ``--task`` and a config's ``tasks`` name) is derived from the specs: each spec's task runs its
+probes on its bench, ``all`` the 2D probes (those the dataset has targets for) and ``all3d`` the 3D ones; a job
+(``eval.job.run_job``) builds one bench per kind from it (``eval.benches.build_benches``).
+
 A new 2D probe: its function (``@PROBES.register``) and config in ``eval/probes.py``, its ``ProbeSpec`` here,
 and its test.
 """
@@ -19,13 +23,14 @@ from dataclasses import dataclass
 
 from spatialboost.errors import UnknownNameError
 from spatialboost.noise import lower_is_better as default_lower_is_better
+from spatialboost.registry import Registry
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
     name: str
     task: str  # the --task that selects it ("all" adds every 2D task the dataset has targets for)
-    bench: str  # "2d" (eval.runner on cached features), "3d" or "robot" (eval.benches)
+    bench: str  # "2d" (eval.bench2d on cached features), "3d" or "robot" (eval.benches)
     metrics: tuple[str, ...]  # what it reports; for 2D probes also their order in the tables
     headline: tuple[str, ...]  # the metrics bars.png and headline tables show
     lower_is_better: frozenset[str] = frozenset()  # those of ``metrics`` where lower is better
@@ -60,6 +65,29 @@ TASK_PROBES = {  # 2D task -> its probes, in report order
     task: [s.name for s in SPECS.values() if s.task == task] for task in dict.fromkeys(
         s.task for s in SPECS.values() if s.bench == "2d")
 }  # fmt: skip
+
+GROUPS = {"2d": "all", "3d": "all3d"}  # the task that runs every probe of a bench
+
+
+@dataclass(frozen=True)
+class Task:
+    bench: str  # the bench that runs it: a ``ProbeSpec.bench``
+    probes: tuple[str, ...]  # its probes (``all``: those the dataset has targets for)
+
+
+def _tasks() -> Registry[Task]:
+    """Every spec's task, then its bench's group task, bench by bench in report order."""
+    tasks: Registry[Task] = Registry("probe task")
+    for bench in dict.fromkeys(s.bench for s in SPECS.values()):
+        specs = [s for s in SPECS.values() if s.bench == bench]
+        for task in dict.fromkeys(s.task for s in specs):
+            tasks.add(task, Task(bench, tuple(s.name for s in specs if s.task == task)))
+        if bench in GROUPS:
+            tasks.add(GROUPS[bench], Task(bench, tuple(s.name for s in specs)))
+    return tasks
+
+
+TASKS = _tasks()
 METRIC_ORDER = list(dict.fromkeys(m for s in SPECS.values() if s.bench == "2d" for m in s.metrics))
 
 

@@ -268,7 +268,8 @@ def probe_config(state: DemoState):
 
 
 def step_probe(state: DemoState) -> None:
-    from spatialboost.eval.runner import probe_before_after, resolve_encoder, saved_base
+    from spatialboost.eval.job import probe_before_after
+    from spatialboost.eval.runner import resolve_encoder, saved_base
 
     path = state.out / "train" / "encoder"
     base = saved_base(path)  # the exact weights stage 3 started from (the save's frozen channel)

@@ -17,6 +17,7 @@ import numpy as np
 from spatialboost.eval.benches import build_benches
 from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.robot import RobotConfig
+from spatialboost.eval.runner import ProbeConfig
 from spatialboost.studies.replicate.study import TABLES, Sizes
 
 EXTRA_TABLE = "A"
@@ -52,7 +53,8 @@ class ExtraProbes:
     def __init__(self, tasks: list[str], sizes: Sizes, cache_dir: str | Path) -> None:
 
         p3d, robot = extra_configs(sizes)
-        self.benches = build_benches(tasks, "synthetic", p3d, robot, sizes.image_size, cache_dir)
+        cfg = ProbeConfig(probes3d=p3d, robot=robot)  # synthetic scenes, the last block's features
+        self.benches = build_benches(tasks, cfg, sizes.image_size, cache_dir)
 
     def run(self, encoder, seed: int) -> dict[str, dict[str, float]]:
         out = {}
