@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from refs_fixtures import conversation_dataset
-from train_fixtures import busy_cpu
 from spatialboost.constants import POINT_TOKEN, REGION_TOKEN
 from spatialboost.data.collate import PackedCollator, PaddedCollator
 from spatialboost.data.refs import (
@@ -19,6 +18,7 @@ from spatialboost.data.refs import (
     ref_weights,
 )
 from spatialboost.models.encoders import create_encoder
+from train_fixtures import busy_cpu
 
 OBJECTS = [
     {"id": 1, "description": "the red cone", "visible_pixels": [40]},
