@@ -18,6 +18,7 @@ from spatialboost.data.refs import (
     ref_weights,
 )
 from spatialboost.models.encoders import create_encoder
+from train_fixtures import busy_cpu
 
 OBJECTS = [
     {"id": 1, "description": "the red cone", "visible_pixels": [40]},
@@ -126,3 +127,42 @@ def test_cached_features_give_the_same_loss(engine_data, vlm_and_tok, tmp_path):
     assert abs(float(a) - float(b)) < 1e-5
     other = create_encoder("tiny-vit", seed=1)  # other weights: another cache entry, never a stale read
     assert cache_key(other, ds.transform, paths) != cache_key(vlm.encoder, ds.transform, paths)
+
+
+def test_reference_gradients_are_bit_reproducible_under_load(vlm_and_tok):
+    """Issue 26: many reference entries read the same patches, so the gradient to the encoder's features
+    sums rows into one patch. Done by advanced indexing's backward (index_put_ with accumulate), that sum
+    runs as unordered atomic adds on 2 CPU threads (>= 32768 elements) and its rounding follows thread
+    timing; stage 3's weights then differed by ~1e-8 between identical runs. Repeated beside a busy thread,
+    the gradient must be the same bits every time."""
+    vlm, _ = vlm_and_tok
+    g = torch.Generator().manual_seed(0)
+    n_images, n_patches, dim = 2, vlm.num_image_tokens(), vlm.projector.in_dim
+    n_refs, per_ref = 64, 12  # 768 (ref, patch) entries over 2 x N patches: every patch read many times
+    entries = n_refs * per_ref
+    assert entries * dim >= 32768, "too small for the threaded accumulate path"
+    refs = {
+        "ref_rows": torch.arange(n_refs).repeat_interleave(per_ref),
+        "ref_images": torch.randint(0, n_images, (entries,), generator=g),
+        "ref_patches": torch.randint(0, n_patches, (entries,), generator=g),
+        "ref_vals": torch.rand(entries, generator=g),
+    }
+    input_ids = torch.full((1, n_refs), vlm.ref_token_ids[0])
+    embeds = torch.zeros(1, n_refs, vlm.llm.get_input_embeddings().embedding_dim)
+    feats0 = torch.randn(n_images, n_patches, dim, generator=g)
+    weight = torch.randn(1, n_refs, embeds.shape[-1], generator=g)
+
+    def feature_grad() -> torch.Tensor:
+        feats = feats0.clone().requires_grad_(True)
+        (vlm.add_ref_features(embeds, input_ids, feats, refs) * weight).sum().backward()
+        return feats.grad
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with busy_cpu():
+            first = feature_grad()
+            differ = sum(not feature_grad().equal(first) for _ in range(60))
+    finally:
+        torch.set_num_threads(before)
+    assert differ == 0, f"{differ}/60 repeats gave other gradient bits"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -304,6 +305,29 @@ def test_inference_cache_never_serves_a_view_laid_out_otherwise():
     assert w.plus.o_proj.weight.data_ptr() == old.data_ptr() and w.plus.o_proj.weight._version == old._version
     with torch.no_grad():
         close(boosted(x).patch, naive_patch(boosted, x), msg="stale folded weights served")
+
+
+def test_inference_cache_keeps_its_sources_alive_until_rebuilt():
+    """The cache key holds addresses and version counters: were a source's storage freed while its entry is
+    cached, another tensor could be allocated at that address with an equal counter (a fresh tensor and an
+    untouched weight both count 0) and be served the old folded weights. The cache pins the sources'
+    storages so no address can come back while it is a key, and lets them go once rebuilt."""
+    _, boosted = pair("tiny-dinov2")
+    x = pixels(boosted)
+    w = wrappers(boosted)[0]
+    with torch.no_grad():
+        boosted(x)  # cache built from the init weights
+    old = w.plus.o_proj.weight.untyped_storage()._weak_ref()
+    try:
+        w.plus.o_proj.weight = torch.nn.Parameter(torch.randn_like(w.plus.o_proj.weight) * 0.1)
+        gc.collect()
+        assert not torch.UntypedStorage._expired(old), "a cached source was freed: its address may come back"
+        with torch.no_grad():
+            close(boosted(x).patch, naive_patch(boosted, x), msg="stale folded weights served")
+        gc.collect()
+        assert torch.UntypedStorage._expired(old), "the rebuilt cache still holds the replaced weight"
+    finally:
+        torch.UntypedStorage._free_weak_ref(old)
 
 
 def _cached_kernel(w: DualChannelAttention) -> str:

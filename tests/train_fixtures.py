@@ -10,7 +10,9 @@ colour and the side, so a tiny VLM can overfit them. Multi-view samples hold two
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def busy_cpu():
+    """A thread doing matmuls beside the test (as a loaded host does): it makes threaded kernels whose
+    result depends on timing (unordered atomic adds) come out differently from run to run."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        a = torch.randn(256, 256)
+        while not stop.is_set():
+            a = torch.tanh(a @ a)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -93,6 +93,20 @@ def labelled_lm_loss(
     return F.cross_entropy(logits, targets[keep], reduction="sum") / count, count
 
 
+def gather_patches(feats: torch.Tensor, images: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """(n, N, D) patch features -> (E, D): row e is ``feats[images[e], patches[e]]``, with a backward that is
+    bit-reproducible on CPU.
+
+    Reference tokens read the same patch many times (a region covers patches its neighbours cover too, a
+    point's bilinear weights share corners), so the gradient of this gather sums several rows into one
+    patch. Advanced indexing (``feats[images, patches]``) does that sum in ``index_put_(accumulate=True)``,
+    which on CPU runs as unordered atomic adds over threads once it has >= 32768 elements and more than one
+    thread: the float rounding then depends on thread timing and the stage-3 weights on the machine's load
+    (issue 26). ``index_select``'s backward is ``index_add_``, which adds the rows in index order."""
+    flat = feats.reshape(-1, feats.shape[-1])  # (n * N, D)
+    return flat.index_select(0, images * feats.shape[1] + patches)
+
+
 def _count_labels(targets: torch.Tensor) -> int:
     count = int((targets != LM_IGNORE_INDEX).sum())
     if count == 0:
@@ -220,7 +234,8 @@ class SpatialVLM(nn.Module):
         rows = refs["ref_rows"]
         if n_refs != (int(rows.max()) + 1 if len(rows) else 0):
             raise ValueError(f"{n_refs} reference tokens in input_ids but weights for {int(rows.max()) + 1}")
-        picked = feats[refs["ref_images"], refs["ref_patches"]] * refs["ref_vals"][:, None].to(feats.dtype)
+        picked = gather_patches(feats, refs["ref_images"], refs["ref_patches"])
+        picked = picked * refs["ref_vals"][:, None].to(feats.dtype)
         pooled = feats.new_zeros(n_refs, feats.shape[-1]).index_add_(0, rows, picked)  # (T, D_enc)
         added = embeds[is_ref] + self.projector(pooled).to(embeds.dtype)
         return embeds.masked_scatter(is_ref[..., None], added)

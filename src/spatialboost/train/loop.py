@@ -10,7 +10,9 @@ produced, pick the trainable set, plan the data, resume from the newest checkpoi
 
 Determinism: on CPU the same config and seed give bit-identical weights whether or not the run was
 interrupted, because every input of step ``s`` is a function of the checkpoint at ``s``: the trainable
-weights, the optimiser and scheduler state, the RNG state, and the data plan (a function of ``s``).
+weights, the optimiser and scheduler state, the RNG state, and the data plan (a function of ``s``) --
+and because no op on the training path sums in an order chosen at run time (threaded atomic adds: see
+``models.vlm.gather_patches``, issue 26), so the same holds on several threads of a loaded host.
 """
 
 from __future__ import annotations
