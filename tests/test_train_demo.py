@@ -28,6 +28,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert isinstance(summary["beyond_noise"], bool) and summary["encoder"].startswith("tiny-dinov2")
+    assert summary["train_recipe"] == "spatialboost"  # the default recipe, at the demo's size
     assert 0 <= summary["ab_accuracy_right"] <= 1 and 0 <= summary["ab_accuracy_swapped"] <= 1
     rel = (summary["depth_rmse_boosted"] - summary["depth_rmse_base"]) / summary["depth_rmse_base"]
     assert summary["depth_rmse_change"] == pytest.approx(rel)

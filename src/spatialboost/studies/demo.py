@@ -330,6 +330,7 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
         "encoder": REAL_ENCODER if state.recipe and cfg.model.encoder == REAL_ENCODER else _base_name(state),
         "llm": cfg.model.llm,
         "recipe": RECIPE_CONFIG if state.recipe else "demo (tiny path)",
+        "train_recipe": state.recipe.recipe if state.recipe else "demo",  # the training recipe it scales down
         "fallback": state.fallback or None,
         "quick": state.quick,
         "probe_seeds": len(state.results["probes"].summary["seeds"]),

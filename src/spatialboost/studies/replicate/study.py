@@ -405,7 +405,10 @@ REAL = replace(FULL, image_size=112)
 # 40), stage 2 30 steps of the main conversations, stage 1 100 of the short reading ones, the image gain reads
 # 32 held-out scenes, and a checkpoint every 5 steps lets a job outlive a session
 REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=8, heldout_scenes=32, checkpoint_every=5)
-SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM}
+# rung 1 at 224 px (16x16 patches, 4x the cost of 112 px): the resolution check before choosing 112 px
+REAL_224 = replace(REAL, image_size=224)
+SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM,
+         "real-224": REAL_224}  # fmt: skip
 
 
 # A study preset: (size, recipe). The default is the real encoder; ``tiny-vit`` is the study of
