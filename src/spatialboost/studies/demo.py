@@ -55,7 +55,7 @@ class DemoSizes:
     heldout_scenes: int = 64  # the A/B accuracy with right vs swapped images
     probe_train: int = 128
     probe_test: int = 64
-    probe_seeds: int = 3
+    probe_seeds: int = 5
 
     def validate(self) -> None:
         if min(self.image_size, self.scenes, self.reading_scenes, self.choice_scenes, self.choice_turns,
