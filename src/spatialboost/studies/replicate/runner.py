@@ -213,7 +213,7 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "encoder_steps": stage3_steps(study, arm), "batch_size": s.batch_size, "data": arm.data,
             "llm_width": arm.llm_scale * r.llm_width, "mode": arm.mode,
             "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale)),
-            "recipe": study.cfg.recipe_name, "refs": list(r.refs),
+            "recipe": study.cfg.recipe_name, "refs": list(r.refs), "simple_ft_lr": r.simple_ft_lr,
             "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm}  # fmt: skip
 
 
@@ -228,6 +228,8 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-w{r['llm_width']}" if arm.llm_scale != 1 else ""
     key += _recipe_tag(study)
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
+    if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:  # 1e-3: the first studies' layout
+        key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
     return key + (f"-{arm.target}" if arm.target else "")
 
 
