@@ -401,11 +401,11 @@ FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text:
 FULL = replace(FULL_V1, align_steps=400)
 # a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost)
 REAL = replace(FULL, image_size=112)
-# the same through SmolLM2-135M on one CPU thread: a stage-3 step costs ~24 s on a quiet core
-# (benchmarks/bench_stage3.py) and a stage-1 step ~35 s on a shared one, so stage 3's 1x is 8 steps (the 5x arms
-# 40), stage 2 30 steps of the main conversations, stage 1 100 of the short reading ones, the image gain reads
-# 32 held-out scenes, and a checkpoint every 5 steps lets a job outlive a session
-REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=8, heldout_scenes=32, checkpoint_every=5)
+# the same through SmolLM2-135M: on one thread of a shared box a stage-1 step cost ~35 s and a stage-2 step
+# (the main conversations, the LM trained) ~95 s, so stage 1 is 100 steps of the short reading conversations,
+# stage 2 30, stage 3's 1x 4 steps (the 5x arms 20), the image gain reads 32 held-out scenes, and a checkpoint
+# every 5 steps lets a job outlive a session
+REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=4, heldout_scenes=32, checkpoint_every=5)
 # rung 1 at 224 px (16x16 patches, 4x the cost of 112 px): the resolution check before choosing 112 px
 REAL_224 = replace(REAL, image_size=224)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM,
