@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from spatialboost.cli import main
-from spatialboost.config import load_config
+from spatialboost.config import load_config, packaged_config
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.pretrain import PretrainConfig, cache_path, pretrain_encoder
 from train_fixtures import one_thread  # noqa: F401
@@ -87,6 +88,13 @@ def test_demo_recipe_file_and_full_overrides():
     cfg = demo.demo_train_config(state)
     assert cfg.stage_data("encoder").datasets == ["/x/choices"] and cfg.stages.encoder.lr == 2e-5
     assert cfg.data.image_size == 112 and cfg.stage_data("align").datasets == ["/x/reading"]
+    # the training recipe is the default one plus what the demo changes; a key below a stage that has no data of
+    # its own in the recipe can still be overridden
+    default = load_config(TrainConfig, packaged_config("spatialboost"))
+    assert recipe.recipe == "spatialboost" and enc.max_steps == 120 != default.stages.encoder.max_steps
+    assert replace(recipe.train.stages.instruct, data=None) == default.stages.instruct  # {}: no data of its own
+    changed = demo.load_recipe(overrides=["train.stages.instruct.data.max_length=512"])
+    assert changed.train.stage_data("instruct").max_length == 512 and changed.train.stage_data("align").max_length == 1024
 
 
 def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):

@@ -67,12 +67,6 @@ class DataRecipe:
     datasets: tuple[RecipeDataset, ...]
     image_size: int = 112  # DINOv2-S/14 sees 8x8 patches
 
-    def dataset(self, name: str) -> RecipeDataset:
-        found = [d for d in self.datasets if d.name == name]
-        if not found:
-            raise KeyError(f"recipe {self.name!r} has no dataset {name!r}; it has {[d.name for d in self.datasets]}")
-        return found[0]
-
 
 DATA_RECIPES: Registry[DataRecipe] = Registry("data recipe")
 DATA_RECIPES.add("spatialboost", DataRecipe("spatialboost", (

@@ -100,6 +100,9 @@ def recipe_values(path: Path) -> dict[str, Any]:
     own = load_yaml_mapping(path)
     recipe = own.get("recipe", DemoRecipe.recipe)
     base = to_dict(load_config(TrainConfig, config_path(recipe)))
+    for stage in base["stages"].values():  # a stage without its own data: {} (the same), so keys can go below
+        if isinstance(stage, dict) and stage.get("data") is None:
+            stage["data"] = {}
     return {**flatten({"train": base}), **flatten(own)}
 
 
