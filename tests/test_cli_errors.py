@@ -18,11 +18,13 @@ import pytest
 from PIL import Image
 
 from spatialboost.cli import main
-
-BARE = str(Path(__file__).with_name("bare.yaml"))  # TrainConfig defaults (no --config: the `spatialboost` recipe)
 from spatialboost.config import ConfigError
 from spatialboost.errors import UserError
 from spatialboost.registry import UnknownNameError
+
+BARE = str(
+    Path(__file__).with_name("bare.yaml")
+)  # TrainConfig defaults (no --config: the `spatialboost` recipe)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,18 @@ CASES = [
     (["view", "{w}/ds", "--out", "{w}/r.html", "--max-samples", "0"], "--max-samples"),
     (["train", "--config", "{w}/nothere.yaml"], "not found"),
     (["train", "--config", "{w}/notes.txt"], "mapping"),
-    (["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.boost.gate=chanel"], "channel"),
-    (["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.llm_options.width=3"], "llm_options"),
-    (["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "crash_after_steps=1"], "unknown config key"),
+    (
+        ["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.boost.gate=chanel"],
+        "channel",
+    ),
+    (
+        ["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "model.llm_options.width=3"],
+        "llm_options",
+    ),
+    (
+        ["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/ds]", "crash_after_steps=1"],
+        "unknown config key",
+    ),
     (["train", "--config", BARE, "run_dir={w}/notes.txt", "data.datasets=[{w}/ds]"], "not a directory"),
     (["train", "--config", BARE, "run_dir={w}/T", "data.datasets=[{w}/nowhere]"], "nowhere"),
     (["export", "{w}/nowhere", "--out", "{w}/E"], "nowhere"),

@@ -58,12 +58,15 @@ def test_a_shared_probe_seed_effect_cancels_in_the_paired_rule():
     base = [0.734, 0.695, 0.728]
     boosted = [0.734 * 0.93, 0.695 * 0.91, 0.728 * 0.935]
     assert verdict(_row(base), _row(boosted)) == "better"
-    unpaired = [{k: v for k, v in r.items() if k not in ("seeds", "values")} for r in (_row(base), _row(boosted))]
+    unpaired = [
+        {k: v for k, v in r.items() if k not in ("seeds", "values")} for r in (_row(base), _row(boosted))
+    ]
     assert verdict(*unpaired) == "within noise"
     # the same numbers under different seeds are not a pairing: the unpaired rule applies
     assert verdict(_row(base), _row(boosted, seeds=(3, 4, 5))) == "within noise"
     assert paired_differences(_row(base), _row(boosted, seeds=(2, 1, 0))) == pytest.approx(
-        [boosted[2] - base[0], boosted[1] - base[1], boosted[0] - base[2]])
+        [boosted[2] - base[0], boosted[1] - base[1], boosted[0] - base[2]]
+    )
 
 
 def test_the_paired_rule_is_a_95_percent_test_under_the_null():

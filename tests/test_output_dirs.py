@@ -22,7 +22,9 @@ from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
 
-BARE = str(Path(__file__).with_name("bare.yaml"))  # TrainConfig defaults (no --config: the `spatialboost` recipe)
+BARE = str(
+    Path(__file__).with_name("bare.yaml")
+)  # TrainConfig defaults (no --config: the `spatialboost` recipe)
 
 
 def _boosted():

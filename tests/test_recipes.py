@@ -18,7 +18,6 @@ from spatialboost.studies.replicate.study import ARMS, DATA, DEFAULT_ARM, DEFAUL
 from spatialboost.train.config import TrainConfig
 
 
-
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     """The default study preset's configs, with its datasets stubbed (paths only, nothing generated)."""
@@ -38,7 +37,9 @@ def _stage(cfg: TrainConfig, name: str) -> dict:
 
 def _data(cfg: TrainConfig, stage: str) -> dict:
     d = to_dict(cfg.stage_data(stage))
-    return {k: d[k] for k in ("image_size", "max_length", "packing", "refs", "image_tokens", "cache_features")}
+    return {
+        k: d[k] for k in ("image_size", "max_length", "packing", "refs", "image_tokens", "cache_features")
+    }
 
 
 def test_train_without_config_is_the_study_default_arm(study):
@@ -103,7 +104,9 @@ def test_generate_recipe_cli_sizes_and_refusals(tmp_path):
         generate_cli.run(args)
 
 
-def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrides(tmp_path, capsys, monkeypatch):
+def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrides(
+    tmp_path, capsys, monkeypatch
+):
     from spatialboost.cli import main
     from spatialboost.cli.train import unchanged_stage_datasets
 
@@ -112,8 +115,14 @@ def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrid
     assert "data/reading" in capsys.readouterr().err
     cfg = load_config(TrainConfig, config_path(DEFAULT_RECIPE), ["data.datasets=[mine]"])
     lines = unchanged_stage_datasets(cfg, ["data.datasets=[mine]"])
-    assert len(lines) == 2 and "stage align still reads ['data/reading']" in lines[0] and "encoder" in lines[1]
-    both = ["data.datasets=[mine]", "stages.align.data.datasets=[mine]", "stages.encoder.data.datasets=[mine]"]
+    assert (
+        len(lines) == 2 and "stage align still reads ['data/reading']" in lines[0] and "encoder" in lines[1]
+    )
+    both = [
+        "data.datasets=[mine]",
+        "stages.align.data.datasets=[mine]",
+        "stages.encoder.data.datasets=[mine]",
+    ]
     assert unchanged_stage_datasets(load_config(TrainConfig, config_path(DEFAULT_RECIPE), both), both) == []
 
 

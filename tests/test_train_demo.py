@@ -92,9 +92,14 @@ def test_demo_recipe_file_and_full_overrides():
     # its own in the recipe can still be overridden
     default = load_config(TrainConfig, packaged_config("spatialboost"))
     assert recipe.recipe == "spatialboost" and enc.max_steps == 120 != default.stages.encoder.max_steps
-    assert replace(recipe.train.stages.instruct, data=None) == default.stages.instruct  # {}: no data of its own
+    assert (
+        replace(recipe.train.stages.instruct, data=None) == default.stages.instruct
+    )  # {}: no data of its own
     changed = demo.load_recipe(overrides=["train.stages.instruct.data.max_length=512"])
-    assert changed.train.stage_data("instruct").max_length == 512 and changed.train.stage_data("align").max_length == 1024
+    assert (
+        changed.train.stage_data("instruct").max_length == 512
+        and changed.train.stage_data("align").max_length == 1024
+    )
 
 
 def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):

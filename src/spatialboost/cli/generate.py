@@ -124,7 +124,9 @@ def run_recipe(args: argparse.Namespace) -> int:
     manifests = write_recipe_data(args.recipe, args.out, image_size=args.image_size, workers=args.workers,
                                   progress=not args.no_progress, sizes=sizes)  # fmt: skip
     for name, m in manifests.items():
-        log.info("%s: %d samples, %d turns", Path(args.out) / name, m["counts"]["samples"], m["counts"]["turns"])
+        log.info(
+            "%s: %d samples, %d turns", Path(args.out) / name, m["counts"]["samples"], m["counts"]["turns"]
+        )
     return 0
 
 
@@ -134,4 +136,6 @@ def recipe_sizes(recipe: str, scenes: int | None) -> dict[str, int] | None:
         return None
     if scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {scenes}")
-    return {d.name: scenes if d.seed == 0 else max(8, scenes // 10) for d in DATA_RECIPES.get(recipe).datasets}
+    return {
+        d.name: scenes if d.seed == 0 else max(8, scenes // 10) for d in DATA_RECIPES.get(recipe).datasets
+    }

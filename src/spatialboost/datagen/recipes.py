@@ -100,4 +100,3 @@ def write_recipe_data(
         spec = WriteSpec(Path(out) / ds.name, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
         manifests[ds.name] = write_dataset(SyntheticSource(cfg), spec, workers=workers, progress=progress)
     return manifests
-

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from spatialboost.config import (
-    ConfigError, config_path, flatten, load_config, load_yaml_mapping, packaged_config, to_dict,
+    ConfigError,
+    config_path,
+    flatten,
+    load_config,
+    load_yaml_mapping,
+    packaged_config,
+    to_dict,
 )
 from spatialboost.datagen import recipes
 from spatialboost.errors import UserError

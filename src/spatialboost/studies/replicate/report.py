@@ -118,7 +118,10 @@ def plan_table(summary: dict[str, Any]) -> str:
     """The study's plan and where it stands: per arm, seeds done of planned, measured minutes per job (training
     + probes; arms that share a training run with another arm cost only their probes) and the minutes left at
     that rate (the arms not started yet: '?')."""
-    rows = ["| arm | split | seeds done / planned | min per job (measured) | min left (est.) |", "|---|---|---|---|---|"]
+    rows = [
+        "| arm | split | seeds done / planned | min per job (measured) | min left (est.) |",
+        "|---|---|---|---|---|",
+    ]
     left_total, unknown = 0.0, 0
     for name, key, want, have in planned_jobs(summary):
         secs = summary["arms"].get(key, {}).get("seconds", [])

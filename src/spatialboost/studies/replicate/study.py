@@ -39,7 +39,9 @@ class Sizes:
     probe_epochs: int = 0  # 0: the probes' own defaults (30 depth/seg, 100 cls-linear)
     diag_scenes: int = 32  # pixel-only conversations for the answer-token diagnostic
     heldout_scenes: int = 64  # held-out conversations for the image gain (stages 2 and 3)
-    checkpoint_every: int = 10_000  # training checkpoints (steps); a job killed mid-stage resumes from the last
+    checkpoint_every: int = (
+        10_000  # training checkpoints (steps); a job killed mid-stage resumes from the last
+    )
 
     def validate(self) -> None:
         if min(self.scenes, self.batch_size, self.encoder_steps, self.probe_train, self.probe_test) < 1:
@@ -97,12 +99,21 @@ RECIPES: dict[str, Recipe] = {
     # tiny ViT's 1e-3 wrecked it in the pilot: depth RMSE +98%), the rest as reads-image
     # (simple FT too: at the tiny ViT's pre-training lr 1e-3 it wrecked DINOv2-S, depth RMSE +874%)
     "dinov2-s": Recipe(encoder="dinov2-small-offline", encoder_lr=2e-5, lr_gates=1e-3, simple_ft_lr=2e-5),
-    "clip-b16": Recipe(encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3, simple_ft_lr=2e-5),  # on CLIP
+    "clip-b16": Recipe(
+        encoder="clip-b16-offline", encoder_lr=2e-5, lr_gates=1e-3, simple_ft_lr=2e-5
+    ),  # on CLIP
     # DINOv2-S through the pre-trained SmolLM2-135M (the paper's LLM is pre-trained): stage 1 trains the projector
     # only (the LM stays frozen), stage 2 the LM at LLaVA's 2e-5; no text-only baseline run (cost)
     # (stage 2 at 1e-4, not LLaVA's 2e-5: it has 30 steps here, not thousands)
-    "dinov2-s-smollm2": Recipe(encoder="dinov2-small-offline", llm="smollm2-135m", instruct_lr=1e-4,
-                               encoder_lr=2e-5, lr_gates=1e-3, simple_ft_lr=2e-5, blind=False),
+    "dinov2-s-smollm2": Recipe(
+        encoder="dinov2-small-offline",
+        llm="smollm2-135m",
+        instruct_lr=1e-4,
+        encoder_lr=2e-5,
+        lr_gates=1e-3,
+        simple_ft_lr=2e-5,
+        blind=False,
+    ),
     "paper-text": Recipe(
         refs=(),
         image_tokens=True,
@@ -405,7 +416,9 @@ REAL = replace(FULL, image_size=112)
 # (the main conversations, the LM trained) ~95 s, so stage 1 is 100 steps of the short reading conversations,
 # stage 2 30, stage 3's 1x 4 steps (the 5x arms 20), the image gain reads 32 held-out scenes, and a checkpoint
 # every 5 steps lets a job outlive a session
-REAL_LM = replace(REAL, align_steps=100, instruct_steps=30, encoder_steps=4, heldout_scenes=32, checkpoint_every=5)
+REAL_LM = replace(
+    REAL, align_steps=100, instruct_steps=30, encoder_steps=4, heldout_scenes=32, checkpoint_every=5
+)
 # rung 1 at 224 px (16x16 patches, 4x the cost of 112 px): the resolution check before choosing 112 px
 REAL_224 = replace(REAL, image_size=224)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM,
