@@ -82,3 +82,21 @@ def test_new_number_mask_marks_only_numbers_the_text_cannot_supply(vlm_and_tok):
     # the first answer's new value only; the second answer repeats 2.94 (seen before) and states 1.5 new
     assert marked == ["2.94", "1.5"]
     assert not (mask & ~labelled).any()
+
+
+def test_token_losses_keep_only_the_asked_logits_and_match_the_full_loss(engine_data, vlm_and_tok):
+    """Row by row, K columns of the vocabulary: the same numbers as the full (R, L, V) computation, without
+    holding it (a 49k-vocabulary LM's two full float copies took the pass past 24 GB)."""
+    from spatialboost.data.collate import PaddedCollator
+
+    vlm, tok = vlm_and_tok
+    ds = conversation_dataset(engine_data["heldout"], vlm, tok)
+    batch = PaddedCollator(tok.pad_token_id or 0)([ds[0], ds[1]])
+    keep = [5, 17, 3]
+    loss, kept = ig.token_losses(vlm, batch, keep)
+    with torch.no_grad():
+        full = vlm(**{k: v for k, v in batch.items() if k != "ids"}).logits[:, :-1].float()
+    want = torch.nn.functional.cross_entropy(full.transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100,
+                                             reduction="none")  # fmt: skip
+    assert kept.shape == (*full.shape[:2], 3) and torch.equal(kept, full[..., keep])
+    torch.testing.assert_close(loss, want)

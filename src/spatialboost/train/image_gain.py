@@ -110,14 +110,16 @@ def new_number_mask(input_ids: torch.Tensor, turns: torch.Tensor, labelled: torc
 
 
 @torch.no_grad()
-def token_losses(vlm, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, L-1) per-token loss (0 off labels) and (R, L-1, V) logits predicting token t+1 at t."""
+def token_losses(vlm, batch: dict, keep_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, L-1) per-token loss (0 off labels) and (R, L-1, K) logits of the ``keep_ids`` tokens predicting token
+    t+1 at t. Row by row, and only K of the vocabulary kept: with a pre-trained LM's vocabulary (SmolLM2: 49,152)
+    a float copy of every logit of both passes took a 32-conversation pass past 24 GB."""
     batch = {k: v for k, v in batch.items() if k != "ids"}
-    out = vlm(**batch)
-    logits = out.logits[:, :-1].float()
+    logits = vlm(**batch).logits[:, :-1]
     targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=LM_IGNORE_INDEX, reduction="none")
-    return loss, logits
+    loss = torch.stack([F.cross_entropy(row.float(), target, ignore_index=LM_IGNORE_INDEX, reduction="none")
+                        for row, target in zip(logits, targets, strict=True)])  # fmt: skip
+    return loss, logits[..., keep_ids].float()
 
 
 def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples: int, batch_size: int = 8):
@@ -137,8 +139,11 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
             {**item, "pixel_values": dataset[other[i]]["pixel_values"]}
             for i, item in zip(idx, items, strict=True)
         ]
-        right_loss, right_logits = token_losses(vlm, collate(items))
-        other_loss, other_logits = token_losses(vlm, collate(swapped))
+        choices = [choice_tokens(tokenizer, metas[i]) for i in idx]
+        keep_ids = sorted({t for c in choices for pair in c.values() for t in pair})
+        column = {t: j for j, t in enumerate(keep_ids)}  # token id -> its column in the kept logits
+        right_loss, right_logits = token_losses(vlm, collate(items), keep_ids)
+        other_loss, other_logits = token_losses(vlm, collate(swapped), keep_ids)
         batch = collate(items)
         for r, i in enumerate(idx):
             per_sample.append(
@@ -150,7 +155,7 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
                     right_logits[r],
                     other_logits[r],
                     answer_levels(metas[i]),
-                    choice_tokens(tokenizer, metas[i]),
+                    {turn: (column[a], column[b]) for turn, (a, b) in choices[r].items()},
                     text,
                 )  # fmt: skip
             )
@@ -161,7 +166,8 @@ def measure_image_gain(vlm, dataset: ConversationDataset, tokenizer, max_samples
 def _sample_scores(
     batch, r, loss_right, loss_other, logits_right, logits_other, levels, choices, text
 ) -> dict:
-    """Loss sums per level and choice hits of one conversation (row r of a padded batch)."""
+    """Loss sums per level and choice hits of one conversation (row r of a padded batch); ``choices`` maps a turn
+    to the columns of its right and other answer token in ``logits_*``."""
     targets = batch["labels"][r, 1:]
     turns = batch["turns"][r, 1:] if "turns" in batch else torch.full_like(targets, -1)
     keep = targets != LM_IGNORE_INDEX
@@ -179,12 +185,12 @@ def _sample_scores(
                 float(loss_other[mask].sum()),
                 int(mask.sum()),
             )
-    for turn, (right_id, other_id) in choices.items():
+    for turn, (right_col, other_col) in choices.items():
         pos = torch.nonzero(keep & (turns == turn))
         if len(pos):
             t = int(pos[0])
-            out["choice"].append((bool(logits_right[t, right_id] > logits_right[t, other_id]),
-                                  bool(logits_other[t, right_id] > logits_other[t, other_id])))  # fmt: skip
+            out["choice"].append((bool(logits_right[t, right_col] > logits_right[t, other_col]),
+                                  bool(logits_other[t, right_col] > logits_other[t, other_col])))  # fmt: skip
     return out
 
 
