@@ -87,16 +87,15 @@ def generate_config(recipe: DataRecipe, dataset: RecipeDataset, scenes: int | No
 
 
 def write_recipe_data(
-    name: str, out: str | Path, scale: float = 1.0, image_size: int | None = None, workers: int = 1,
-    progress: bool = True, sizes: dict[str, int] | None = None,
+    name: str, out: str | Path, image_size: int | None = None, workers: int = 1, progress: bool = True,
+    sizes: dict[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every dataset of recipe ``name`` under ``out/<dataset>`` (resumable: finished ones are kept); each
-    dataset's size is ``sizes[name]`` where given, else its default times ``scale``. Returns the manifests."""
+    dataset's size is ``sizes[name]`` where given, else the recipe's. Returns the manifests."""
     recipe = DATA_RECIPES.get(name)
     manifests = {}
     for ds in recipe.datasets:
-        n = (sizes or {}).get(ds.name) or max(1, round(ds.scenes * scale))
-        cfg = generate_config(recipe, ds, n, image_size)
+        cfg = generate_config(recipe, ds, (sizes or {}).get(ds.name), image_size)
         spec = WriteSpec(Path(out) / ds.name, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
         manifests[ds.name] = write_dataset(SyntheticSource(cfg), spec, workers=workers, progress=progress)
     return manifests

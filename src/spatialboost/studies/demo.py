@@ -142,7 +142,6 @@ class DemoState:
 
 
 MAIN_EXTRA = {"choice_closer_point": 2, "choice_closer_object": 1}  # balanced A/B turns in every conversation
-READING_EXTRA = {"choice_closer_point": 4}  # the reading warm-up's conversations: terse A/B point questions
 
 
 def step_generate(state: DemoState) -> None:
@@ -154,7 +153,7 @@ def step_generate(state: DemoState) -> None:
     if state.recipe is None:  # the tiny path: its own conversations (no depth read-out turns)
         main = ConversationConfig(extra_turns=dict(MAIN_EXTRA))
         reading = ConversationConfig(
-            levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(READING_EXTRA)
+            levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns=dict(recipes.READING_EXTRA)
         )
         full, small = SyntheticConfig(), SyntheticConfig(image_size=64)
         n_reading, n_heldout = (32, 8) if state.quick else (384, 32)
