@@ -10,8 +10,9 @@ training config of the same name, ``resources/spatialboost.yaml``), reads four d
   demonstrably reads: docs/results.md).
 - ``heldout``: other scenes (seed 2) in the main format: the image gain (right vs swapped images) per stage.
 
-These are the study's datasets (``studies.replicate.data``, preset ``dinov2-s``) at its sizes;
-``tests/test_recipes.py`` holds the two to the same conversations, seeds and view mixes.
+These are the study's datasets (``studies.replicate.data``, preset ``dinov2-s``) at its sizes: the study reads
+its turn counts from here (``MAIN_EXTRA``, ``READING_EXTRA``, ``CHOICE_TURNS``), and ``tests/test_recipes.py``
+holds the two to the same conversations, sizes, seeds and view mixes.
 """
 
 from __future__ import annotations

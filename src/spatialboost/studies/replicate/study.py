@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from spatialboost.config import ConfigError
+from spatialboost.datagen.recipes import CHOICE_TURNS, MAIN_EXTRA, READING_EXTRA
 from spatialboost.registry import Registry
 
 Trainer = Literal["none", "llm", "dense", "simple-ft"]
@@ -78,12 +79,11 @@ class Recipe:
     # the image's patch tokens in the sequence too: off, because with them the from-scratch LM did not learn to
     # read the reference tokens at all within 500 steps (without: 85% on A/B points, docs/results.md)
     image_tokens: bool = False
-    extra_turns: tuple[tuple[str, int], ...] = (("choice_closer_point", 2), ("choice_closer_object", 1),
-                                                ("depth_readout", 1))  # fmt: skip
+    extra_turns: tuple[tuple[str, int], ...] = tuple(MAIN_EXTRA.items())  # datagen.recipes owns the turn counts
     # stage 1 as a reading warm-up: the LM (random at start) and projector learn to read reference tokens on
     # short conversations of terse A/B questions before the full conversations (empty: the paper's stage 1,
     # projector only, on the main data)
-    reading_turns: tuple[tuple[str, int], ...] = (("choice_closer_point", 4),)
+    reading_turns: tuple[tuple[str, int], ...] = tuple(READING_EXTRA.items())
     llm_width: int = 128  # the tiny LM's width (2 layers)
     cache_features: bool = True  # stages 1-2 read frozen encoder features computed once
     blind: bool = True  # train the text-only stages 1+2 baseline (seed 0): image gain vs text alone
@@ -165,7 +165,7 @@ DATA: dict[str, DataVariant] = {
         multiview_share=0.0,
         turns=(("pixel", 0), ("object", 0), ("scene", 0)),
         caption=False,
-        extra_turns=(("choice_closer_point", 6),),
+        extra_turns=(("choice_closer_point", CHOICE_TURNS),),  # the default recipe's stage-3 data
     ),
 }
 
