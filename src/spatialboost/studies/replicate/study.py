@@ -238,6 +238,14 @@ for _arm in (
         steps_scale=5.0,
         gate_init=-2.0,
     ),
+    # the default's data at 10x steps, run on test when val-choices-points-10x beats val-choices-points-5x
+    Arm(
+        "sb-dual-choices-points-10x",
+        "stage 3 on A/B point turns only, 10x steps",
+        "llm",
+        data="choices-points",
+        steps_scale=10.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -334,6 +342,17 @@ for _arm in (
             candidate=False,
         )
         for _tag, _lr in (("5e-6", 5e-6), ("1e-4", 1e-4))
+    ),
+    # does a longer stage 2 read the image better (rung 2), and does stage 3 then pass more back?
+    Arm(
+        "val-stage2-5x-choices-points-5x",
+        "5x stage-2 steps, then stage 3 on A/B point turns only, 5x steps",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        instruct_scale=5.0,
+        search=True,
+        candidate=False,
     ),
     Arm(
         "val-stage2-5x",
