@@ -73,3 +73,26 @@ def test_instance_overlay_keeps_each_objects_own_colour():
 def test_depth_colorbar_labels_metres():
     bar = depth_colorbar(0.5, 4.25)
     assert "0.50 m" in bar and "4.25 m" in bar
+
+
+def test_a_sample_that_cannot_be_read_is_skipped_and_listed(dataset, tmp_path):
+    """A corrupt ground-truth file or an image path leading outside the dataset skips that sample, not the page."""
+    import json
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    (copy / "gt" / "00000001.npz").write_bytes(b"not an npz")
+    shard = copy / "shards" / "shard-00000.jsonl"
+    records = [json.loads(line) for line in shard.read_text().splitlines()]
+    records[3]["image"] = "../outside.png"
+    shard.write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0].pop("hash", None)  # an edited shard: its recorded hash no longer matches
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "r.html"
+    assert main(["view", str(copy), "--out", str(out), "--max-samples", "5"]) == 0
+    text = out.read_text()
+    assert text.count('<div class="s">') == 3
+    assert "2 sample(s) skipped" in text and "sample 00000001" in text and "sample 00000003" in text
+    assert "outside.png" in text and "spatialboost validate" in text

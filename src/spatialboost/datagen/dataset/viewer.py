@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from spatialboost.datagen.scenes.scene import Scene
 from spatialboost.dataset_format import iter_records, read_manifest
 from spatialboost.errors import UserError
 from spatialboost.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 LEVEL_ORDER = ("pixel", "object", "scene", "caption")
 DEPTH_CMAP = "magma"
@@ -207,18 +210,27 @@ def write_report(
     start: int = 0,
     links: list[tuple[str, str]] | None = None,
 ) -> int:
-    """Write the HTML report of samples ``start .. start + max_samples - 1``; returns how many were written.
+    """Write the HTML report of samples ``start .. start + max_samples - 1``; returns how many were shown
+    (a sample that cannot be read is skipped, logged and listed on the page; none readable is an error).
     ``links``: (href, text) pairs listed under the title (the demo links its results page)."""
     if max_samples < 1 or start < 0:
         raise UserError(f"--max-samples must be >= 1 and --start >= 0, got {max_samples} and {start}")
     root = Path(dataset_dir)
     manifest = read_manifest(root)
-    bodies = []
+    bodies, skipped = [], []
     for i, record in enumerate(iter_records(root)):
-        if len(bodies) >= max_samples:
+        if len(bodies) + len(skipped) >= max_samples:
             break
         if i >= start:
-            bodies.append(_sample_or_error(root, record))
+            body, why = _sample_or_skip(root, record)
+            if why is None:
+                bodies.append(body)
+            else:
+                skipped.append(why)
+    if skipped and not bodies:
+        raise UserError(f"{root}: no sample on the page could be read: {skipped[0]}"
+                        + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "")
+                        + f"; `spatialboost validate {root}` lists every problem")  # fmt: skip
     c = manifest["counts"]
     summary = html.escape(
         f"{c['samples']} samples, {c['views']} views, {c['turns']} turns {c['turns_per_level']}"
@@ -226,9 +238,8 @@ def write_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>SpatialBoost dataset {html.escape(root.name)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(str(root))}</h1>{_links_html(links)}<p>{summary}</p>"
-        f"<p><b>{html.escape(showing_line(root, start, len(bodies), c['samples'], max_samples))}</b></p>{_KEY}"
-        + "".join(bodies)
-        + "</body></html>\n"
+        f"<p><b>{html.escape(showing_line(root, start, len(bodies) + len(skipped), c['samples'], max_samples))}</b>"
+        f"</p>{_skipped_html(root, skipped)}{_KEY}" + "".join(bodies) + "</body></html>\n"
     )
     atomic_write_text(out, page)
     return len(bodies)
@@ -251,11 +262,21 @@ def showing_line(root: Path, start: int, shown: int, total: int, page: int) -> s
     return text + f"; all at once: --start 0 --max-samples {total}"
 
 
-def _sample_or_error(root: Path, record: dict) -> str:
+def _sample_or_skip(root: Path, record: dict) -> tuple[str, str | None]:
+    """(the sample's HTML, None), or ("", why it was skipped) for a sample that cannot be read (a missing or
+    corrupt file, a path leading outside the dataset): the page shows the rest and lists the skipped ones."""
     try:
-        return sample_html(root, record)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return sample_html(root, record), None
+    except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         rid = record.get("id") if isinstance(record, dict) else None
-        raise UserError(
-            f"{root}: sample {rid}: cannot read it ({e}); `spatialboost validate {root}` lists every problem"
-        ) from None
+        why = f"sample {rid}: cannot read it ({e})"
+        log.warning("%s: %s; skipped", root, why)
+        return "", why
+
+
+def _skipped_html(root: Path, skipped: list[str]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in skipped)
+    hint = html.escape(f"`spatialboost validate {root}` lists every problem of the dataset.")
+    return f"<div class='skipped'><b>{len(skipped)} sample(s) skipped:</b><ul>{items}</ul>{hint}</div>"

@@ -79,7 +79,8 @@ class Recipe:
     # the image's patch tokens in the sequence too: off, because with them the from-scratch LM did not learn to
     # read the reference tokens at all within 500 steps (without: 85% on A/B points, docs/results.md)
     image_tokens: bool = False
-    extra_turns: tuple[tuple[str, int], ...] = tuple(MAIN_EXTRA.items())  # datagen.recipes owns the turn counts
+    # the turn counts: datagen.recipes owns them (the default recipe's data)
+    extra_turns: tuple[tuple[str, int], ...] = tuple(MAIN_EXTRA.items())
     # stage 1 as a reading warm-up: the LM (random at start) and projector learn to read reference tokens on
     # short conversations of terse A/B questions before the full conversations (empty: the paper's stage 1,
     # projector only, on the main data)
