@@ -62,9 +62,9 @@ CASES = [
     ),
     (
         ["replicate", "--out", "o", "--seeds", "2", "--size", "small", "--recipe", "paper-text", "--no-search",
-         "--cache", "c", "--probes", "all3d", "--arms", "base, order-reverse"],
+         "--cache", "c", "--bench-tasks", "all3d", "--arms", "base, order-reverse"],
         {"out": "o", "seeds": 2, "quick": False, "search": False, "recipe_name": "paper-text",
-         "cache_dir": "c", "extra_probes": ["all3d"], "arms": ["base", "order-reverse"],
+         "cache_dir": "c", "bench_tasks": ["all3d"], "arms": ["base", "order-reverse"],
          "sizes.scenes": 160, "recipe.refs": ()},
     ),
     (["replicate", "--out", "o", "--quick", "--size", "small"], {"quick": True, "sizes.scenes": 8, "arms": []}),

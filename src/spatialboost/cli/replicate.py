@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 
 from spatialboost.cli.common import load_command_config
@@ -61,13 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write into a non-empty --out that spatialboost did not write (only its own files are replaced)",
     )
     parser.add_argument(
-        "--probes", default="", help="extra probes on table A's arms: all3d,robot (eval.benches)"
+        "--bench-tasks",
+        default="",
+        help="tasks of the 3D and robot benches on table A's arms: all3d,robot (eval.benches)",
     )
+    parser.add_argument("--probes", default="", help="deprecated name of --bench-tasks")
 
 
 def build_config(args: argparse.Namespace) -> StudyConfig:
     """The StudyConfig of the size preset and recipe named by the flags, then the other flags; validated (an
-    unknown arm or extra probe fails here, listing the known ones, before any work)."""
+    unknown arm or bench task fails here, listing the known ones, before any work)."""
     args.size, args.recipe = resolve_preset(args.preset, args.size, args.recipe)
     sizes, recipe = preset(args.size, args.recipe, args.quick)
     flags = {
@@ -79,10 +83,18 @@ def build_config(args: argparse.Namespace) -> StudyConfig:
         "recipe": recipe,
         "search": not args.no_search,
         "arms": _names(args.arms),
-        "extra_probes": _names(args.probes),
+        "bench_tasks": bench_tasks(args, warn=True),
         "cache_dir": str(args.cache) if args.cache else "",
     }
     return load_command_config(StudyConfig, None, [], flags)
+
+
+def bench_tasks(args: argparse.Namespace, warn: bool = False) -> list[str]:
+    """``--bench-tasks`` as a list, then what the deprecated ``--probes`` names (with a FutureWarning)."""
+    old = _names(getattr(args, "probes", ""))
+    if old and warn:
+        warnings.warn("--probes is deprecated: use --bench-tasks", FutureWarning, stacklevel=2)
+    return _names(getattr(args, "bench_tasks", "")) + old
 
 
 def _names(flag: str) -> list[str]:
@@ -132,7 +144,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--quick"] * args.quick + [f"--size {args.size}", f"--recipe {args.recipe}"]
     parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
-    parts += [f"--probes {args.probes}"] * bool(getattr(args, "probes", ""))
+    tasks = ",".join(bench_tasks(args))
+    parts += [f"--bench-tasks {tasks}"] * bool(tasks)
     return " ".join(parts)
 
 

@@ -2,7 +2,9 @@
 
 Each probe is ``(train: FeatureSet, test: FeatureSet, cfg, seed) -> ProbeResult``: it fits a head on the
 train split and scores the test split. Deterministic given ``seed`` (zero-initialised heads, batch order
-from a seeded ``torch.Generator``; no global RNG).
+from a seeded ``torch.Generator``; no global RNG). ``@register_probe(name, Config)`` registers a probe with its
+config class; ``ProbeConfigs`` (a probe job's ``probes`` section) is derived from them at the end of the module,
+one field per 2D ``ProbeSpec`` in spec order, named ``ProbeSpec.config_field`` (``probes.cls_linear.epochs``).
 
 - ``depth``: per-patch linear head on patch tokens (+ CLS), ``bins`` (softmax over K depth-bin centres,
   linear in [0, max_depth], SILog loss) or ``log-regression`` (log-depth, MSE on valid pixels); the per-patch
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +38,7 @@ from spatialboost.eval.metrics import (
     segmentation_metrics_from_confusion,
     top1_accuracy,
 )
-from spatialboost.eval.specs import SPECS
+from spatialboost.eval.specs import SPECS, probe_spec
 from spatialboost.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,7 @@ class KnnConfig:
     temperature: float = 0.07
 
 
-@dataclass
-class ProbeConfigs:
-    depth: DepthProbeConfig = field(default_factory=DepthProbeConfig)
-    seg: SegProbeConfig = field(default_factory=SegProbeConfig)
-    cls_linear: ClsLinearConfig = field(default_factory=ClsLinearConfig)
-    cls_knn: KnnConfig = field(default_factory=KnnConfig)
+# ``ProbeConfigs``, the section of every 2D probe's config, is derived from the registered probes at the end
 
 
 @dataclass
@@ -104,12 +101,30 @@ class ProbeResult:
 
 
 Probe = Callable[[FeatureSet, FeatureSet, Any, int], ProbeResult]
-PROBES: Registry[Probe] = Registry("probe")
-CONFIG_FIELD = {name: s.config_field for name, s in SPECS.items() if s.config_field}  # probe -> ProbeConfigs
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    fn: Probe
+    config: type  # the dataclass ``fn`` takes as ``cfg``: its ProbeConfigs field (``ProbeSpec.config_field``)
+
+
+PROBES: Registry[ProbeEntry] = Registry("probe")
+
+
+def register_probe(name: str, config: type) -> Callable[[Probe], Probe]:
+    """``@register_probe("cls-linear", ClsLinearConfig)``: a 2D probe (its ``ProbeSpec`` in ``eval.specs`` under
+    the same name) and the config class it takes."""
+
+    def deco(fn: Probe) -> Probe:
+        PROBES.add(name, ProbeEntry(fn, config))
+        return fn
+
+    return deco
 
 
 def run_probe(name: str, train: FeatureSet, test: FeatureSet, cfgs: ProbeConfigs, seed: int) -> ProbeResult:
-    return PROBES.get(name)(train, test, getattr(cfgs, CONFIG_FIELD[name]), seed)
+    return PROBES.get(name).fn(train, test, getattr(cfgs, probe_spec(name).config_field), seed)
 
 
 # --- shared training loop -------------------------------------------------------------------------------
@@ -205,7 +220,7 @@ def _depth_from_out(out: torch.Tensor, mode: str, centers: torch.Tensor) -> torc
     return out[:, 0].exp()
 
 
-@PROBES.register("depth")
+@register_probe("depth", DepthProbeConfig)
 def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed: int) -> ProbeResult:
     """Scored at the probe resolution against the cached S x S targets (the ``probe`` protocol)."""
     if train.depth is None or test.depth is None:
@@ -297,7 +312,7 @@ def _num_seg_classes(*sets: FeatureSet) -> int:
     return top
 
 
-@PROBES.register("seg")
+@register_probe("seg", SegProbeConfig)
 def seg_probe(train: FeatureSet, test: FeatureSet, cfg: SegProbeConfig, seed: int) -> ProbeResult:
     if train.seg is None or test.seg is None:
         raise ValueError("seg probe needs segmentation targets in both splits")
@@ -359,7 +374,7 @@ def fit_linear_classifier(
     return head, history
 
 
-@PROBES.register("cls-linear")
+@register_probe("cls-linear", ClsLinearConfig)
 def cls_linear_probe(train: FeatureSet, test: FeatureSet, cfg: ClsLinearConfig, seed: int) -> ProbeResult:
     x_tr, y_tr = _labelled(train, _cls_features(train, cfg.use_avgpool))
     x_te, y_te = _labelled(test, _cls_features(test, cfg.use_avgpool))
@@ -393,7 +408,7 @@ def knn_predict(
     return torch.cat(scores)
 
 
-@PROBES.register("cls-knn")
+@register_probe("cls-knn", KnnConfig)
 def cls_knn_probe(train: FeatureSet, test: FeatureSet, cfg: KnnConfig, seed: int) -> ProbeResult:
     x_tr, y_tr = _labelled(train, np.asarray(train.cls, dtype=np.float32))
     x_te, y_te = _labelled(test, np.asarray(test.cls, dtype=np.float32))
@@ -403,3 +418,19 @@ def cls_knn_probe(train: FeatureSet, test: FeatureSet, cfg: KnnConfig, seed: int
     proto = {"head": "cls-knn", "seed": seed, "image_size": train.image_size, "k": cfg.k,
              "temperature": cfg.temperature, "features": "cls"}  # fmt: skip
     return ProbeResult(metrics=top1_accuracy(scores.numpy(), y_te), protocol=proto)
+
+
+# --- the probes' configs ---------------------------------------------------------------------------------
+
+
+def probe_configs_class() -> type:
+    """``ProbeConfigs``: one field per 2D probe of ``SPECS``, in spec order, named by its ``config_field`` and
+    holding the config class the probe registered with (``probes.depth``, ``probes.seg``, ``probes.cls_linear``,
+    ``probes.cls_knn``)."""
+    entries = {s.config_field: PROBES.get(s.name).config for s in SPECS.values() if s.bench == "2d"}
+    cls = make_dataclass("ProbeConfigs", [(f, c, field(default_factory=c)) for f, c in entries.items()])
+    cls.__module__, cls.__doc__ = __name__, "Every 2D probe's config, by its ``ProbeSpec.config_field``."
+    return cls
+
+
+ProbeConfigs = probe_configs_class()

@@ -24,15 +24,14 @@ from typing import Any
 import numpy as np
 
 from spatialboost.eval.specs import METRIC_ORDER as SPEC_METRIC_ORDER
-from spatialboost.eval.specs import SPECS
+from spatialboost.eval.specs import SPECS, headline
 from spatialboost.io import OutputDir, atomic_open
 from spatialboost.noise import NOISE_RULE, lower_is_better, verdict
 
 log = logging.getLogger(__name__)
 
-# probe -> headline metrics, in report order; the 2D probes' metrics in table order (eval.specs); other
-# metrics follow by name
-HEADLINE = {name: list(spec.headline) for name, spec in SPECS.items()}
+# probes in report order and their headline metrics: eval.specs (SPECS, headline), read on each use; the 2D
+# probes' metrics in table order (eval.specs); other metrics follow by name
 METRIC_ORDER = SPEC_METRIC_ORDER
 
 
@@ -42,7 +41,7 @@ def _rows_by_key(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str
 
 def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
     keys = {(r["probe"], r["metric"]) for r in summary["rows"]}
-    probe_order = list(HEADLINE)
+    probe_order = list(SPECS)
     return sorted(keys, key=lambda k: (probe_order.index(k[0]) if k[0] in probe_order else 99,
                                        METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
 
@@ -61,12 +60,12 @@ def markdown_table(summary: dict[str, Any], headline_only: bool = False) -> str:
     head = ["probe", "metric", *encoders, *(f"Δ {b} vs {a}" for b, a in pairs.items())]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for probe, metric in _metric_keys(summary):
-        if headline_only and metric not in HEADLINE.get(probe, []):
+        if headline_only and metric not in headline(probe):
             continue
-        cells = [probe, f"{metric} {'↓' if lower_is_better(metric) else '↑'}"]
-        for enc in encoders:
-            r = rows.get((enc, probe, metric))
-            cells.append("-" if r is None else _mean_std(r))
+        found = [rows.get((enc, probe, metric)) for enc in encoders]
+        row = next((r for r in found if r), None)  # its direction: the row's own (its probe's spec)
+        cells = [probe, f"{metric} {'↓' if lower_is_better(metric, row) else '↑'}"]
+        cells += ["-" if r is None else _mean_std(r) for r in found]
         for boosted, base in pairs.items():
             a, b = rows.get((base, probe, metric)), rows.get((boosted, probe, metric))
             cells.append("-" if a is None or b is None else delta_text(a, b))
@@ -207,7 +206,7 @@ def bars_figure(summary: dict[str, Any]):
     plt = _figure()
     rows = _rows_by_key(summary)
     encoders = list(summary["encoders"])
-    keys = [k for k in _metric_keys(summary) if k[1] in HEADLINE.get(k[0], [])]
+    keys = [k for k in _metric_keys(summary) if k[1] in headline(k[0])]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.8 * max(1, len(keys)), 3.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     n = len(summary.get("seeds", []))

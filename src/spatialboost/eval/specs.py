@@ -9,12 +9,17 @@ study read them from here. A metric whose name carries a threshold (``recall@0.1
 the defaults; the model card, which cannot import ``eval``, reads a row's ``lower_is_better`` and otherwise
 ``spatialboost.noise.LOWER_IS_BETTER``, which the test keeps equal to the directions here.
 
-``TASKS`` (what ``--task`` and a config's ``tasks`` name) is derived from the specs: each spec's task runs its
-probes on its bench, ``all`` the 2D probes (those the dataset has targets for) and ``all3d`` the 3D ones; a job
-(``eval.job.run_job``) builds one bench per kind from it (``eval.benches.build_benches``).
+``TASKS`` (what ``--task`` and a config's ``tasks`` name) is derived from the specs, on each use: each spec's
+task runs its probes on its bench, ``all`` the 2D probes (those the dataset has targets for) and ``all3d`` the 3D
+ones; a job (``eval.job.run_job``) builds one bench per kind from it (``eval.benches.build_benches``).
 
-A new 2D probe: its function (``@PROBES.register``) and config in ``eval/probes.py``, its ``ProbeSpec`` here,
-and its test.
+A new 2D probe is three edits: its function and config class in ``eval/probes.py`` (``@register_probe(name,
+Config)``), its ``ProbeSpec`` here, and its test. Everything else follows from those two: its section of a probe
+job's config (``ProbeConfigs``: field ``ProbeSpec.config_field``, ``cls-linear`` -> ``probes.cls_linear``), its
+task (a new task name included), its place in ``all``, its rows' direction and the report's headline
+(``tests/test_eval_new_probe.py`` runs a toy probe through a job and its report with nothing else added). Its
+``targets`` name arrays a ``FeatureSet`` already carries (``eval.features.TARGET_OF_TASK`` maps a dataset's own
+task names to them; only a new kind of target needs more: the datasets and the feature cache).
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ class ProbeSpec:
     metrics: tuple[str, ...]  # what it reports; for 2D probes also their order in the tables
     headline: tuple[str, ...]  # the metrics bars.png and headline tables show
     lower_is_better: frozenset[str] = frozenset()  # those of ``metrics`` where lower is better
-    config_field: str | None = None  # its field of ``ProbeConfigs`` (2D probes)
     targets: tuple[str, ...] = ()  # the dataset targets it trains and scores on ("depth", "seg", "label")
     needs_train: bool = True  # fits (or stores) something on a train split
 
     def is_lower_better(self, metric: str) -> bool:
         return metric in self.lower_is_better
+
+    @property
+    def config_field(self) -> str:
+        """Its section of a probe job's config, ``probes.<config_field>`` (``eval.probes.ProbeConfigs``; 2D
+        probes): the name with ``-`` as ``_`` (``cls-linear`` -> ``cls_linear``)."""
+        return self.name.replace("-", "_")
 
 
 _DEPTH = ("rmse", "absrel", "log10", "log10_rmse", "delta1", "delta2", "delta3")
@@ -48,11 +58,10 @@ _DEPTH_ERRORS = frozenset({"rmse", "absrel", "log10", "log10_rmse"})
 SPECS: dict[str, ProbeSpec] = {
     s.name: s
     for s in (
-        ProbeSpec("depth", "depth", "2d", _DEPTH, ("rmse", "absrel", "delta1"), _DEPTH_ERRORS, "depth", ("depth",)),
-        ProbeSpec("seg", "seg", "2d", ("miou", "pixel_acc"), ("miou", "pixel_acc"), config_field="seg",
-                  targets=("seg",)),
-        ProbeSpec("cls-linear", "cls", "2d", ("top1",), ("top1",), config_field="cls_linear", targets=("label",)),
-        ProbeSpec("cls-knn", "cls", "2d", ("top1",), ("top1",), config_field="cls_knn", targets=("label",)),
+        ProbeSpec("depth", "depth", "2d", _DEPTH, ("rmse", "absrel", "delta1"), _DEPTH_ERRORS, ("depth",)),
+        ProbeSpec("seg", "seg", "2d", ("miou", "pixel_acc"), ("miou", "pixel_acc"), targets=("seg",)),
+        ProbeSpec("cls-linear", "cls", "2d", ("top1",), ("top1",), targets=("label",)),
+        ProbeSpec("cls-knn", "cls", "2d", ("top1",), ("top1",), targets=("label",)),
         ProbeSpec("corr", "corr", "3d", ("recall@0.1m", "recall@0.2m", "recall@0.4m"),
                   ("recall@0.1m", "recall@0.2m", "recall@0.4m"), targets=("depth",), needs_train=False),
         ProbeSpec("register", "register", "3d", ("rr@0.2m", "rte", "rre", "rmse_median"), ("rr@0.2m", "rte", "rre"),
@@ -75,8 +84,9 @@ class Task:
     probes: tuple[str, ...]  # its probes (``all``: those the dataset has targets for)
 
 
-def _tasks() -> Registry[Task]:
-    """Every spec's task, then its bench's group task, bench by bench in report order."""
+def task_table() -> dict[str, Task]:
+    """Every spec's task, then its bench's group task, bench by bench in report order (a task name twice
+    raises)."""
     tasks: Registry[Task] = Registry("probe task")
     for bench in dict.fromkeys(s.bench for s in SPECS.values()):
         specs = [s for s in SPECS.values() if s.bench == bench]
@@ -84,10 +94,25 @@ def _tasks() -> Registry[Task]:
             tasks.add(task, Task(bench, tuple(s.name for s in specs if s.task == task)))
         if bench in GROUPS:
             tasks.add(GROUPS[bench], Task(bench, tuple(s.name for s in specs)))
-    return tasks
+    return dict(tasks.items())
 
 
-TASKS = _tasks()
+class SpecTasks(Registry[Task]):
+    """``TASKS``: a registry of ``task_table()``, read from ``SPECS`` on each use, so a spec added later (a test's
+    toy probe) brings its task along; a task is added by adding a spec, never by ``add``."""
+
+    def __init__(self) -> None:  # no item store of its own: ``_items`` is derived
+        self.kind = "probe task"
+
+    @property
+    def _items(self) -> dict[str, Task]:  # type: ignore[override]
+        return task_table()
+
+    def add(self, name: str, obj: Task) -> None:
+        raise TypeError(f"probe tasks come from eval.specs.SPECS: add a ProbeSpec for {name!r}")
+
+
+TASKS = SpecTasks()
 METRIC_ORDER = list(dict.fromkeys(m for s in SPECS.values() if s.bench == "2d" for m in s.metrics))
 
 

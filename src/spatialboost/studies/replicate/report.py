@@ -17,7 +17,7 @@ import numpy as np
 
 from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, verdict
-from spatialboost.studies.replicate.extra import extra_columns, extra_table
+from spatialboost.studies.replicate.benches import bench_columns, bench_table
 from spatialboost.studies.replicate.probing import COLUMNS
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
@@ -68,7 +68,7 @@ def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
             "seconds": [r["seconds"] for r in recs], "recipe": recs[0]["recipe"],
             "trainer": recs[0]["arm_config"]["trainer"],
             "diagnostics": {r["seed"]: r["diagnostics"] for r in recs}, "base": recs[0].get("base", {}),
-            "extra": extra_columns(recs)}  # fmt: skip
+            "benches": bench_columns(recs)}  # fmt: skip
 
 
 def _data_content(out: Path) -> dict[str, Any]:
@@ -411,7 +411,7 @@ def markdown(
             arm_table(summary, t["arms"]),
             "",
         ]
-        parts += extra_table(summary) if t["key"] == "A" else []
+        parts += bench_table(summary) if t["key"] == "A" else []
     parts += ["## Hyper-parameter search (val split, seed 0; one factor at a time from the untuned recipe)", "",
               search_table(summary), "", "## Diagnostics", "",
               "### Does the stage-2 VLM read the image? (held-out conversations, seeds' shared stages 1+2)", "",

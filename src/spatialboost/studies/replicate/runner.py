@@ -58,7 +58,7 @@ class Study:
     base_path: Path = Path()
     pretrain: dict[str, Any] = field(default_factory=dict)
     _bench: Any = None
-    _extras: Any = None
+    _bench_probes: Any = None
     _dense: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,12 +78,12 @@ class Study:
         return self._bench
 
     @property
-    def extras(self):
-        if self._extras is None:
-            from spatialboost.studies.replicate.extra import ExtraProbes
+    def bench_probes(self):
+        if self._bench_probes is None:
+            from spatialboost.studies.replicate.benches import BenchProbes
 
-            self._extras = ExtraProbes(self.cfg.extra_probes, self.cfg.sizes, self.cache / "features")
-        return self._extras
+            self._bench_probes = BenchProbes(self.cfg.bench_tasks, self.cfg.sizes, self.cache / "features")
+        return self._bench_probes
 
     def data(self, name: str) -> Path:
         from spatialboost.studies.replicate.data import ensure_dataset
@@ -189,7 +189,7 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     log.info("arm %s seed %d: %s", arm.name, seed, arm.label)
     encoder, diag = TRAINERS[arm.trainer](study, arm, seed)
     metrics = study.bench.run(encoder, arm.split, seed)
-    metrics.update(run_extra_probes(study, arm, encoder, seed))
+    metrics.update(run_bench_probes(study, arm, encoder, seed))
     record = {"arm": arm.name, "label": arm.label, "seed": seed, "split": arm.split, "arm_config": asdict(arm),
               "recipe": recipe_dict(study, arm), "metrics": metrics, "diagnostics": diag,
               "seconds": time.perf_counter() - t0, "base": study.pretrain}  # fmt: skip
@@ -197,13 +197,13 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     return record
 
 
-def run_extra_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
-    """The 3D / robot probes of ``cfg.extra_probes`` on table A's arms (test split); {} otherwise."""
-    from spatialboost.studies.replicate.extra import extra_arms
+def run_bench_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
+    """The 3D / robot probes of ``cfg.bench_tasks`` on table A's arms (test split); {} otherwise."""
+    from spatialboost.studies.replicate.benches import bench_arms
 
-    if not study.cfg.extra_probes or arm.split != "test" or arm.name not in extra_arms():
+    if not study.cfg.bench_tasks or arm.split != "test" or arm.name not in bench_arms():
         return {}
-    return study.extras.run(encoder, seed)
+    return study.bench_probes.run(encoder, seed)
 
 
 def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:

@@ -10,8 +10,9 @@ split (seed 0 only). The ``tuned`` arm copies the recipe of the best ``search`` 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from spatialboost.config import ConfigError
 from spatialboost.datagen.recipes import CHOICE_TURNS, MAIN_EXTRA, READING_EXTRA
@@ -407,9 +408,10 @@ class StudyConfig:
     recipe: Recipe = field(default_factory=Recipe)
     search: bool = True  # run the val-split search and the tuned arm
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
-    extra_probes: list[str] = field(
-        default_factory=list
-    )  # eval.benches.TASKS on table A's arms (replicate.extra)
+    # eval.benches.TASKS of the 3D and robot benches, run on table A's arms (replicate.benches)
+    bench_tasks: list[str] = field(default_factory=list)
+
+    RENAMED: ClassVar[dict[str, str]] = {"extra_probes": "bench_tasks"}  # old key -> new (config.from_dict)
 
     def validate(self) -> None:
         if self.seeds < 1:
@@ -418,13 +420,20 @@ class StudyConfig:
             raise ConfigError(f"unknown recipe {self.recipe_name!r}; known: {', '.join(RECIPES)}")
         for name in self.arms:
             ARMS.get(name)
-        if self.extra_probes:
+        if self.bench_tasks:
             from spatialboost.eval.benches import TASKS
 
             known = [n for n, t in TASKS.items() if t.bench != "2d"]  # the study runs its 2D probes itself
-            bad = [n for n in self.extra_probes if n not in known]
+            bad = [n for n in self.bench_tasks if n not in known]
             if bad:
-                raise ConfigError(f"unknown extra probe(s) {bad}; known: {', '.join(known)}")
+                raise ConfigError(f"unknown bench task(s) {bad}; known: {', '.join(known)}")
+
+    @property
+    def extra_probes(self) -> list[str]:
+        """Deprecated name of ``bench_tasks`` (the tasks of the 3D and robot benches, not "extra" ones)."""
+        warnings.warn("StudyConfig.extra_probes is deprecated: use StudyConfig.bench_tasks", FutureWarning,
+                      stacklevel=2)  # fmt: skip
+        return self.bench_tasks
 
 
 FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text: docs/results-v1.md)

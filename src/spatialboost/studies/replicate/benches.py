@@ -1,10 +1,12 @@
-"""The 3D and robot probes in the study (issue 12): table A's arms gain their columns.
+"""The benches' probes in the study (issue 12: the 3D and robot probes of ``eval.benches``): table A's arms gain
+their columns.
 
-``StudyConfig.extra_probes`` lists task names of ``spatialboost.eval.benches.TASKS`` (``all3d``, ``corr``,
-``register``, ``sem3d``, ``robot``; ``spatialboost replicate --probes all3d,robot``). They run after the 2D probes on
-the arms of table ``EXTRA_TABLE`` (base, dual-channel, tuned, full FT, LoRA), every seed, on the held-out test
-scenes, with the study seed as the probe seed; their metrics land in the arm's json beside the 2D ones and in a
-second table A. Sizes follow the study preset (``extra_configs``); the quick preset only checks the mechanics.
+``StudyConfig.bench_tasks`` lists task names of ``spatialboost.eval.benches.TASKS`` that run on the 3D and robot
+benches (``all3d``, ``corr``, ``register``, ``sem3d``, ``robot``; ``spatialboost replicate --bench-tasks
+all3d,robot``). They run after the 2D probes on the arms of table ``BENCH_TABLE`` (base, dual-channel, tuned, full
+FT, LoRA), every seed, on the held-out test scenes, with the study seed as the probe seed; their metrics land in the
+arm's json beside the 2D ones (by probe name) and, as the summary's per-arm ``benches`` columns, in a second table
+A. Sizes follow the study preset (``bench_configs``); the quick preset only checks the mechanics.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from spatialboost.eval.robot import RobotConfig
 from spatialboost.eval.runner import ProbeConfig
 from spatialboost.studies.replicate.study import TABLES, Sizes
 
-EXTRA_TABLE = "A"
-# (probe, metric) -> column of the extra table; lower is better for RTE
+BENCH_TABLE = "A"
+# (probe, metric) -> column of the bench table; lower is better for RTE
 COLUMNS = {
     ("corr", "recall@0.2m"): "corr recall@0.2m",
     ("register", "rr@0.2m"): "reg. recall@0.2m",
@@ -32,11 +34,11 @@ COLUMNS = {
 }
 
 
-def extra_arms() -> tuple[str, ...]:
-    return next(t.arms for t in TABLES if t.key == EXTRA_TABLE)
+def bench_arms() -> tuple[str, ...]:
+    return next(t.arms for t in TABLES if t.key == BENCH_TABLE)
 
 
-def extra_configs(sizes: Sizes):
+def bench_configs(sizes: Sizes):
     """``(Probe3DConfig, RobotConfig)`` for a study preset: the eval defaults, shrunk for the quick preset."""
 
     p3d, robot = Probe3DConfig(), RobotConfig()
@@ -47,12 +49,13 @@ def extra_configs(sizes: Sizes):
     return p3d, robot
 
 
-class ExtraProbes:
-    """The benches of the extra tasks, built once per study (demos, scenes, caches) and run per arm and seed."""
+class BenchProbes:
+    """The benches of the study's bench tasks, built once per study (demos, scenes, caches) and run per arm and
+    seed."""
 
     def __init__(self, tasks: list[str], sizes: Sizes, cache_dir: str | Path) -> None:
 
-        p3d, robot = extra_configs(sizes)
+        p3d, robot = bench_configs(sizes)
         cfg = ProbeConfig(probes3d=p3d, robot=robot)  # synthetic scenes, the last block's features
         self.benches = build_benches(tasks, cfg, sizes.image_size, cache_dir)
 
@@ -66,8 +69,8 @@ class ExtraProbes:
         return {b.kind: b.info() for b in self.benches}
 
 
-def extra_columns(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean +- std over seeds of every extra column the records have (records without them are left out)."""
+def bench_columns(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean +- std over seeds of every bench column the records have (records without them are left out)."""
     cols = {}
     for (probe, metric), col in COLUMNS.items():
         vals = [r["metrics"][probe][metric] for r in records if metric in r["metrics"].get(probe, {})]
@@ -78,15 +81,15 @@ def extra_columns(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return cols
 
 
-def extra_table(summary: dict[str, Any]) -> list[str]:
+def bench_table(summary: dict[str, Any]) -> list[str]:
     """Markdown lines of table A's 3D and robot columns, or nothing when no arm has them."""
     arms = summary["arms"]
-    names = [n for n in extra_arms() if arms.get(n, {}).get("extra")]
+    names = [n for n in bench_arms() if arms.get(n, {}).get("benches")]
     if not names:
         return []
-    cols = [c for c in COLUMNS.values() if any(c in arms[n]["extra"] for n in names)]
+    cols = [c for c in COLUMNS.values() if any(c in arms[n]["benches"] for n in names)]
     head = ["arm", "seeds", *cols]
-    lines = [f"## Table {EXTRA_TABLE} (continued): 3D and robot probes (paper Tables 3 and 4)", "",
+    lines = [f"## Table {BENCH_TABLE} (continued): 3D and robot probes (paper Tables 3 and 4)", "",
              "Paper: registration recall 22.6 -> 78.8% and 3D semantic mIoU 6.9 -> 54.9 (OpenCLIP, Lexicon3D on "
              "ScanNet); CortexBench +5 to +8 points. Here: synthetic 4-view scenes (corr: mutual-NN patch matches "
              "within 0.2 m; registration: RMSE <= 0.2 m; sem3d: linear head on fused point features) and Meta-World "
@@ -94,9 +97,9 @@ def extra_table(summary: dict[str, Any]) -> list[str]:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for n in names:
         a = arms[n]
-        cells = [_cell(a["extra"][c]) if c in a["extra"] else "" for c in cols]
+        cells = [_cell(a["benches"][c]) if c in a["benches"] else "" for c in cols]
         lines.append(
-            f"| {a['label']} | {max(c['n'] for c in a['extra'].values())} | " + " | ".join(cells) + " |"
+            f"| {a['label']} | {max(c['n'] for c in a['benches'].values())} | " + " | ".join(cells) + " |"
         )
     return [*lines, ""]
 
