@@ -240,14 +240,6 @@ for _arm in (
         steps_scale=5.0,
         gate_init=-2.0,
     ),
-    # the default's data at 10x steps, run on test when val-choices-points-10x beats val-choices-points-5x
-    Arm(
-        "sb-dual-choices-points-10x",
-        "stage 3 on A/B point turns only, 10x steps",
-        "llm",
-        data="choices-points",
-        steps_scale=10.0,
-    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
