@@ -60,17 +60,11 @@ def test_one_seed_shows_no_std():
 
 def test_bars_zoom_on_the_differences_and_say_which_way_is_better():
     rows = [_row("base", "rmse", [0.80, 0.81, 0.79], True), _row("boosted", "rmse", [0.78, 0.79, 0.77], True)]
-    fig = bars_figure(_summary(rows))
-    try:
-        ax = fig.axes[0]
-        lo, hi = ax.get_ylim()
-        assert lo > 0.5 and hi < 1.0  # an axis from 0 would flatten a 2.5% difference
-        assert "lower is better" in ax.get_title()
-        assert any(len(c.lines) > 1 for c in ax.containers if hasattr(c, "lines"))  # error bars drawn
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    ax = bars_figure(_summary(rows)).axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo > 0.5 and hi < 1.0  # an axis from 0 would flatten a 2.5% difference
+    assert "lower is better" in ax.get_title()
+    assert any(len(c.lines) > 1 for c in ax.containers if hasattr(c, "lines"))  # error bars drawn
 
 
 def test_depth_grid_has_a_colour_bar_in_metres():
@@ -83,13 +77,8 @@ def test_depth_grid_has_a_colour_bar_in_metres():
         "base": rng.uniform(1, 4, (2, 16, 16)).astype(np.float32),
     }
     fig = depth_grid_figure(previews, ["base"])
-    try:
-        labels = [ax.get_ylabel() for ax in fig.axes] + [ax.get_xlabel() for ax in fig.axes]
-        assert any("depth (m)" in text for text in labels)
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    labels = [ax.get_ylabel() for ax in fig.axes] + [ax.get_xlabel() for ax in fig.axes]
+    assert any("depth (m)" in text for text in labels)
 
 
 def test_accuracy_on_few_images_is_within_its_sampling_noise():

@@ -24,7 +24,11 @@ the top.
 from __future__ import annotations
 
 import ast
+import json
+import os
 import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -357,3 +361,64 @@ def test_an_unexplained_lazy_import_is_caught(tmp_path, body, caught):
     (tmp_path / "spatialboost" / "models").mkdir(parents=True)
     (tmp_path / "spatialboost" / "models" / "extra.py").write_text(body)
     assert bool(unexplained_lazy_imports(tmp_path / "spatialboost")) is caught
+
+
+# Imports inside library functions (issue 27): kept only for a third-party package that is optional (onnx, h5py,
+# Meta-World, VGGT, moderngl's GL context, tensorboard) or that takes seconds to load where it is not already
+# loaded (transformers in the perception backends, imported by one function, ``perception.hf.transformers_module``).
+LAZY_IMPORT_BUDGET = 10
+
+
+def library_lazy_imports(src: Path) -> list[str]:
+    """``path:line: module`` of every import statement inside a function of a library module."""
+    return [
+        f"{path.relative_to(src.parent)}:{line}: {module}"
+        for path in sorted(src.rglob("*.py"))
+        if package_of(module_name(path, src)) in LIBRARY
+        for line, module, _ in lazy_imports(path)
+    ]
+
+
+def test_lazy_import_budget():
+    found = library_lazy_imports(SRC)
+    assert len(found) <= LAZY_IMPORT_BUDGET, (
+        f"{len(found)} imports inside library functions (budget {LAZY_IMPORT_BUDGET}): import at the top of the "
+        "module, or let one function own the lazy import of an optional or heavy package:\n"
+        + "\n".join(found)
+    )
+
+
+def test_the_lazy_import_count_sees_every_function(tmp_path):
+    """Methods, nested functions and each statement of a run count; module-level and class-level imports
+    do not; only library packages are counted."""
+    (tmp_path / "spatialboost" / "models").mkdir(parents=True)
+    (tmp_path / "spatialboost" / "cli").mkdir()
+    (tmp_path / "spatialboost" / "models" / "extra.py").write_text(
+        "import json\n\n\nclass A:\n    import os\n\n    def f(self):\n        # lazy: optional\n"
+        "        import x\n        from y import z\n\n\ndef g():\n    def h():\n        import w  # optional\n"
+    )
+    (tmp_path / "spatialboost" / "cli" / "extra.py").write_text("def f():\n    import x  # optional\n")
+    found = library_lazy_imports(tmp_path / "spatialboost")
+    assert [f.rsplit(": ", 1)[1] for f in found] == ["x", "y", "w"], found
+    assert all(f.startswith("spatialboost/models/extra.py:") for f in found), found
+
+
+# the synthetic path of ``spatialboost generate`` (and the perception package it loads for ``generate images``)
+CHEAP_STARTUP = ("spatialboost.cli.generate", "spatialboost.datagen.real.perception")
+HEAVY = ("transformers", "peft")  # seconds to import; only a model backend, a model or training needs them
+
+
+def test_generate_does_not_import_transformers():
+    """A fresh interpreter that imports the generate command loads neither transformers nor peft: the
+    perception backends reach transformers only through ``transformers_module()`` when a model backend is built."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {CHEAP_STARTUP!r}: importlib.import_module(m)\n"
+        f"print(json.dumps({{m: m in sys.modules for m in {CHEAP_STARTUP + HEAVY!r}}}))\n"
+    )
+    path = os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=path),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(loaded[m] for m in CHEAP_STARTUP), loaded
+    assert not any(loaded[m] for m in HEAVY), f"the generate command now imports {loaded}"

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import rcParams
+from matplotlib.figure import Figure
 
 from spatialboost.eval.specs import METRIC_ORDER as SPEC_METRIC_ORDER
 from spatialboost.eval.specs import SPECS, headline
@@ -168,18 +170,9 @@ def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str
             "beyond_noise": bool(abs(d.mean()) > 2 * se)}  # fmt: skip
 
 
-def _figure():
-    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    # lazy: matplotlib loads only when a plot is drawn (Agg backend set first)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``. Figures are built with matplotlib's object API (``Figure``), not pyplot:
+    saving renders with Agg and no global backend or figure registry is touched."""
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     return path
@@ -187,28 +180,23 @@ def _save(fig, path: Path) -> Path:
 
 def plot_bars(summary: dict[str, Any], path: str | Path) -> Path:
     """Before/after bars with seed-std error bars, one panel per headline metric (``bars_figure``)."""
-    plt = _figure()
-    fig = bars_figure(summary)
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _save(bars_figure(summary), Path(path))
 
 
 def has_depth_previews(previews: dict[str, Any], encoders: list[str]) -> bool:
     return previews.get("test") is not None and any(e in previews for e in encoders)
 
 
-def bars_figure(summary: dict[str, Any]):
+def bars_figure(summary: dict[str, Any]) -> Figure:
     """One panel per headline metric: a bar per encoder, seed std as error bar, the y axis zoomed on the
     bars and their error bars (an axis from 0 hides a few-percent difference), the better direction in the
     title."""
-    plt = _figure()
     rows = _rows_by_key(summary)
     encoders = list(summary["encoders"])
     keys = [k for k in _metric_keys(summary) if k[1] in headline(k[0])]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.8 * max(1, len(keys)), 3.2), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(2.8 * max(1, len(keys)), 3.2))
+    axes = fig.subplots(1, max(1, len(keys)), squeeze=False)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     n = len(summary.get("seeds", []))
     for ax, (probe, metric) in zip(axes[0], keys, strict=False):
         vals = [rows.get((e, probe, metric)) for e in encoders]
@@ -241,26 +229,20 @@ def _zoomed_limits(means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
 def plot_depth_grid(previews: dict[str, Any], encoders: list[str], path: str | Path) -> Path | None:
     """Rows of (image, ground truth, each encoder's prediction); None when no depth probe ran."""
     fig = depth_grid_figure(previews, encoders)
-    if fig is None:
-        return None
-    plt = _figure()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return None if fig is None else _save(fig, Path(path))
 
 
-def depth_grid_figure(previews: dict[str, Any], encoders: list[str]):
+def depth_grid_figure(previews: dict[str, Any], encoders: list[str]) -> Figure | None:
     """The depth grid: per row one colour scale (0 .. the ground truth's 99th percentile) and a colour bar
     labelled in metres; None when no depth probe ran."""
     test = previews.get("test")
     preds = [e for e in encoders if e in previews]
     if test is None or not preds:
         return None
-    plt = _figure()
     k = len(test["image"])
     cols = 2 + len(preds)
-    fig, axes = plt.subplots(k, cols, figsize=(2.2 * cols + 0.8, 2.2 * k), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols + 0.8, 2.2 * k))
+    axes = fig.subplots(k, cols, squeeze=False)
     for i in range(k):
         gt = test["depth"][i]
         vmax = float(np.percentile(gt[gt > 0], 99)) if (gt > 0).any() else 1.0

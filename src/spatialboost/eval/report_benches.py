@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from spatialboost.eval.report import _figure, _save, paired_difference
+from spatialboost.eval.report import _save, paired_difference
 from spatialboost.io import OutputDir
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ def plot_corr_rotation(summary: dict[str, Any], path: str | Path) -> Path | None
     rows = [r for r in _rows(summary, "corr") if " rot[" in r["metric"]]
     if not rows:
         return None
-    plt = _figure()
     bins = sorted({r["metric"].split(" ", 1)[1] for r in rows}, key=lambda b: float(b[4:].split(",")[0]))
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    fig = Figure(figsize=(4.2, 3.0))
+    ax = fig.subplots()
     for enc in summary["encoders"]:
         got = {r["metric"].split(" ", 1)[1]: r for r in rows if r["encoder"] == enc}
         ax.errorbar(range(len(bins)), [got[b]["mean"] if b in got else np.nan for b in bins],
@@ -128,10 +129,7 @@ def plot_corr_rotation(summary: dict[str, Any], path: str | Path) -> Path | None
     ax.set_ylabel(rows[0]["metric"].split(" ")[0])
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _save(fig, Path(path))
 
 
 def write_bench_sections(results: Any, out: OutputDir, plots: bool = True) -> dict[str, Path]:

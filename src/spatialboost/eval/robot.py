@@ -108,11 +108,10 @@ def import_metaworld():
     try:
         # lazy: optional extra [robot] (Meta-World), needed only by the robot probe
         import mujoco
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-        from metaworld.policies import ENV_POLICY_MAP
+        from metaworld import env_dict, policies
     except ImportError:
         raise UserError(INSTALL_HINT) from None
-    return ALL_V3_ENVIRONMENTS, ENV_POLICY_MAP, mujoco
+    return env_dict.ALL_V3_ENVIRONMENTS, policies.ENV_POLICY_MAP, mujoco
 
 
 def versions() -> dict[str, str]:

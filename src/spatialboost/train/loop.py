@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm import tqdm
 
 from spatialboost.errors import UserError
@@ -276,9 +281,6 @@ def find_resume(out_dir: Path, vlm, total: int) -> tuple[int, dict | None]:
 
 def restore_optimizer(model, opt, sched, state: dict, strategy: str) -> None:
     if strategy == "fsdp" and dist_utils.unwrap(model) is model and _is_sharded(model):
-        # lazy: FSDP-only modules, loaded only when a model is sharded
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(
             model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True)
         )
@@ -376,9 +378,6 @@ def save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step, total, loss,
 
 def _optimizer_state(model, opt, strategy: str) -> dict:
     if strategy == "fsdp" and _is_sharded(model):
-        # lazy: FSDP-only modules, loaded only when a model is sharded
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(model, opt, options=opts)
     return opt.state_dict()

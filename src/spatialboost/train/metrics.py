@@ -27,7 +27,7 @@ class MetricsLogger:
         self._tb = None
         if enabled and tensorboard:
             try:
-                # lazy: tensorboard is slow to import and used only when enabled
+                # lazy: optional at run time: a broken tensorboard install falls back to metrics.jsonl alone
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(log_dir=str(Path(stage_dir) / "tb"))

@@ -21,6 +21,7 @@ Multi-view: ``fuse_views`` merges posed frames into one world-frame cloud per in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 
 from spatialboost.datagen.real.images import ImageLimits, load_rgb
@@ -313,12 +315,10 @@ VGGT_INSTALL_HINT = (
 
 
 def vggt_reconstructor(model: str = "facebook/VGGT-1B", device: str = "cpu") -> UnposedReconstructor:
-    """A VGGT-backed reconstructor when ``import vggt`` works, else a UserError saying what to install."""
-    try:
-        # lazy: optional dependency (VGGT), needed only to reconstruct unposed images
-        import vggt  # noqa: F401
-    except ImportError:
-        raise UserError(VGGT_INSTALL_HINT) from None
+    """A VGGT-backed reconstructor when the ``vggt`` package is installed, else a UserError saying what to
+    install."""
+    if importlib.util.find_spec("vggt") is None:
+        raise UserError(VGGT_INSTALL_HINT)
     return _VGGT(model, device)
 
 
@@ -333,8 +333,7 @@ class _VGGT:
         self.net = VGGT.from_pretrained(model).to(device).eval()
 
     def reconstruct(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        # lazy: only the VGGT adapter needs torch; reading RGB-D folders does not
-        import torch
+        # lazy: optional dependency (VGGT), needed only to reconstruct unposed images
         from vggt.utils.pose_enc import pose_encoding_to_extri_intri
 
         x = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]).to(

@@ -19,6 +19,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 from spatialboost.constants import SEG_IGNORE_INDEX
@@ -70,9 +71,6 @@ class NYUMatDataset(ProbeDataset):
 def _load_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise UserError(f"{path}: NYUv2 .mat file not found")
-    # lazy: only NYUv2 .mat files need scipy.io
-    import scipy.io
-
     try:
         mat = scipy.io.loadmat(str(path), variable_names=["images", "depths", "labels"])
         images = np.moveaxis(mat["images"], -1, 0)  # (H,W,3,N) -> (N,H,W,3)
@@ -104,9 +102,6 @@ def _load_mat_h5(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 def _split_indices(splits_path: Path | None, n: int, which: str) -> list[int]:
     if splits_path is not None and splits_path.is_file():
-        # lazy: only NYUv2 .mat files need scipy.io
-        import scipy.io
-
         try:
             key = "trainNdxs" if which == "train" else "testNdxs"
             idx = scipy.io.loadmat(str(splits_path))[key].reshape(-1).astype(int) - 1

@@ -21,6 +21,7 @@ from spatialboost.datagen.real.perception.hf import (
     IMAGENET_STANDARD_STD,
     Preprocess,
     load_model,
+    transformers_module,
 )
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,9 @@ def intrinsics_from_fov_deg(width: int, height: int, fov_deg: float) -> tuple[np
 @DEPTH_BACKENDS.register("depth-pro")
 class DepthProBackend:
     def __init__(self, cfg: BackendConfig) -> None:
-        # lazy: this backend's model code loads only when the backend is built
-        from transformers import DepthProForDepthEstimation
-
         self.cfg = cfg
         model = cfg.model or DEFAULT_MODEL
-        self.net = load_model(DepthProForDepthEstimation, model, cfg.device, cfg.dtype)
+        self.net = load_model(transformers_module().DepthProForDepthEstimation, model, cfg.device, cfg.dtype)
         self.preprocess = Preprocess.from_pretrained(model, DEFAULT_PREPROCESS)
         self.default_fov_deg = float(cfg.options.get("fov_deg", 60.0))  # used when the model has no FOV head
 

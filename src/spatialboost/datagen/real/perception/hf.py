@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,16 @@ IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def transformers_module() -> ModuleType:
+    """The ``transformers`` package, imported on first use: the one lazy import of it in the perception
+    backends. Its model, processor and tokenizer classes then load on attribute access
+    (``transformers_module().Sam2Model``), so only building a backend pays for them."""
+    # lazy: transformers takes seconds to load; the synthetic path (and every oracle backend) never needs it
+    import transformers
+
+    return transformers
 
 
 @dataclass
@@ -90,10 +101,9 @@ def read_preprocessor_config(model: str) -> dict[str, Any]:
     if Path(model).exists():
         return {}
     try:
-        # lazy: transformers' hub helpers, read only for a hub checkpoint's preprocessor
-        from transformers.utils import cached_file
-
-        path = cached_file(model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+        path = transformers_module().utils.cached_file(
+            model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
     except OSError:
         return {}
     return json.loads(Path(path).read_text()) if path else {}

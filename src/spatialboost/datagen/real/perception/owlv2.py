@@ -20,7 +20,7 @@ from spatialboost.datagen.real.perception.base import (
     batched,
     non_max_suppression,
 )
-from spatialboost.datagen.real.perception.hf import load_model
+from spatialboost.datagen.real.perception.hf import load_model, transformers_module
 
 
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -37,14 +37,12 @@ class _PromptedDetector:
     one forward pass of a chunk of images against one tokenised prompt."""
 
     def __init__(self, cfg: BackendConfig, model_class: type, default_model: str) -> None:
-        # lazy: this backend's model code loads only when the backend is built
-        from transformers import AutoImageProcessor, AutoTokenizer
-
         self.cfg = cfg
         model = cfg.model or default_model
         self.net = load_model(model_class, model, cfg.device, cfg.dtype)
-        self.image_processor = AutoImageProcessor.from_pretrained(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        transformers = transformers_module()
+        self.image_processor = transformers.AutoImageProcessor.from_pretrained(model)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model)
 
     def _forward(self, chunk: Sequence[np.ndarray], text: dict, pixel_mask: bool = False):
         """The net on ``chunk`` (uint8 RGB images), the prompt ``text`` (1, L) repeated for each image."""
@@ -65,10 +63,9 @@ class Owlv2Detector(_PromptedDetector):
     """OWLv2: each vocabulary word is a text query; boxes are relative to the image padded to a square."""
 
     def __init__(self, cfg: BackendConfig) -> None:
-        # lazy: this backend's model code loads only when the backend is built
-        from transformers import Owlv2ForObjectDetection
-
-        super().__init__(cfg, Owlv2ForObjectDetection, "google/owlv2-base-patch16-ensemble")
+        super().__init__(
+            cfg, transformers_module().Owlv2ForObjectDetection, "google/owlv2-base-patch16-ensemble"
+        )
 
     @torch.no_grad()
     def detect(
@@ -105,10 +102,9 @@ class GroundingDinoDetector(_PromptedDetector):
     highest (max over the phrase's tokens), its score the query's best token score."""
 
     def __init__(self, cfg: BackendConfig) -> None:
-        # lazy: this backend's model code loads only when the backend is built
-        from transformers import GroundingDinoForObjectDetection
-
-        super().__init__(cfg, GroundingDinoForObjectDetection, "IDEA-Research/grounding-dino-base")
+        super().__init__(
+            cfg, transformers_module().GroundingDinoForObjectDetection, "IDEA-Research/grounding-dino-base"
+        )
 
     def _prompt(self, vocabulary: Sequence[str]) -> tuple[dict, list[list[int]]]:
         """Token ids of "w1. w2. ..." and, per word, the token positions of its phrase."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from spatialboost.datagen.real.perception.base import SEGMENTERS, BackendConfig, batched
-from spatialboost.datagen.real.perception.hf import Preprocess, load_model
+from spatialboost.datagen.real.perception.hf import Preprocess, load_model, transformers_module
 from spatialboost.image_transform import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_MODEL = "facebook/sam2.1-hiera-large"
@@ -25,12 +25,9 @@ DEFAULT_PREPROCESS = Preprocess(1024, 1024, IMAGENET_MEAN, IMAGENET_STD)
 @SEGMENTERS.register("sam2")
 class Sam2Segmenter:
     def __init__(self, cfg: BackendConfig) -> None:
-        # lazy: this backend's model code loads only when the backend is built
-        from transformers import Sam2Model
-
         self.cfg = cfg
         model = cfg.model or DEFAULT_MODEL
-        self.net = load_model(Sam2Model, model, cfg.device, cfg.dtype)
+        self.net = load_model(transformers_module().Sam2Model, model, cfg.device, cfg.dtype)
         self.preprocess = Preprocess.from_pretrained(model, DEFAULT_PREPROCESS)
 
     @torch.no_grad()

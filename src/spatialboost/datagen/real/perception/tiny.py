@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from spatialboost.datagen.real.perception.hf import transformers_module
 
 WORDS = (
     "a",
@@ -34,10 +37,6 @@ def _seed(seed: int) -> None:
 
 
 def _word_tokenizer(vocab: dict[str, int], cls: str, sep: str, pad: str, unk: str, lowercase: bool = True):
-    # lazy: builds a test checkpoint's tokenizer only when one is made
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     if lowercase:
         tok.normalizer = normalizers.Lowercase()
@@ -45,7 +44,7 @@ def _word_tokenizer(vocab: dict[str, int], cls: str, sep: str, pad: str, unk: st
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])]
     )
-    return PreTrainedTokenizerFast(
+    return transformers_module().PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=cls,
         eos_token=sep,
@@ -57,35 +56,31 @@ def _word_tokenizer(vocab: dict[str, int], cls: str, sep: str, pad: str, unk: st
 
 
 def tiny_depth_pro(directory: Path, seed: int = 0) -> None:
-    # lazy: this backend's model code loads only when the backend is built
-    from transformers import DepthProConfig, DepthProForDepthEstimation
-
+    transformers = transformers_module()
     _seed(seed)
     sub = dict(
         model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         patch_size=4, image_size=16,
     )  # fmt: skip
-    cfg = DepthProConfig(
+    cfg = transformers.DepthProConfig(
         patch_size=16, fusion_hidden_size=16, intermediate_hook_ids=[1, 0], intermediate_feature_dims=[16, 16],
         scaled_images_ratios=[0.5, 1], scaled_images_overlap_ratios=[0.0, 0.5], scaled_images_feature_dims=[16, 16],
         merge_padding_value=1, use_fov_model=True, num_fov_head_layers=1,
         image_model_config=dict(sub), patch_model_config=dict(sub), fov_model_config=dict(sub),
     )  # fmt: skip
-    DepthProForDepthEstimation(cfg).save_pretrained(directory)
+    transformers.DepthProForDepthEstimation(cfg).save_pretrained(directory)
     _preprocessor(directory, "DepthProImageProcessor", 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def tiny_sam2(directory: Path, seed: int = 0) -> None:
-    # lazy: this backend's model code loads only when the backend is built
-    from transformers import Sam2Config, Sam2Model
-
+    transformers = transformers_module()
     _seed(seed)
     backbone = dict(
         model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[64, 64],
         blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
         window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
     )  # fmt: skip
-    cfg = Sam2Config(
+    cfg = transformers.Sam2Config(
         vision_config=dict(
             model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
             backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=32,
@@ -93,14 +88,12 @@ def tiny_sam2(directory: Path, seed: int = 0) -> None:
         prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=8),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16),
     )  # fmt: skip
-    Sam2Model(cfg).save_pretrained(directory)
+    transformers.Sam2Model(cfg).save_pretrained(directory)
     _preprocessor(directory, "Sam2ImageProcessor", 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def tiny_owlv2(directory: Path, seed: int = 0) -> None:
-    # lazy: this backend's model code loads only when the backend is built
-    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
-
+    transformers = transformers_module()
     _seed(seed)
     vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     tok = _word_tokenizer(vocab, "<bos>", "<eos>", "<pad>", "<unk>")
@@ -116,27 +109,21 @@ def tiny_owlv2(directory: Path, seed: int = 0) -> None:
         image_size=32,
         patch_size=8,
     )
-    Owlv2ForObjectDetection(
-        Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)
+    transformers.Owlv2ForObjectDetection(
+        transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)
     ).save_pretrained(directory)
-    Owlv2ImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
+    transformers.Owlv2ImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
     tok.save_pretrained(directory)
 
 
 def tiny_grounding_dino(directory: Path, seed: int = 0) -> None:
-    # lazy: this backend's model code loads only when the backend is built
-    from transformers import (
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessorPil,
-    )
-
+    transformers = transformers_module()
     _seed(seed)
     # Grounding DINO hard-codes BERT's special ids: [CLS] 101, [SEP] 102, "." 1012, "?" 1029
     vocab = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
     vocab.update({w: 200 + i for i, w in enumerate(WORDS)})
     tok = _word_tokenizer(vocab, "[CLS]", "[SEP]", "[PAD]", "[UNK]")
-    cfg = GroundingDinoConfig(
+    cfg = transformers.GroundingDinoConfig(
         backbone_config=dict(model_type="swin", embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=4,
                              image_size=32, out_features=["stage1", "stage2"]),
         text_config=dict(model_type="bert", vocab_size=1100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -146,8 +133,10 @@ def tiny_grounding_dino(directory: Path, seed: int = 0) -> None:
         encoder_n_points=2, decoder_n_points=2, max_text_len=32, use_timm_backbone=False, backbone=None,
         use_pretrained_backbone=False,
     )  # fmt: skip
-    GroundingDinoForObjectDetection(cfg).save_pretrained(directory)
-    GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 48}).save_pretrained(directory)
+    transformers.GroundingDinoForObjectDetection(cfg).save_pretrained(directory)
+    transformers.GroundingDinoImageProcessorPil(
+        size={"shortest_edge": 32, "longest_edge": 48}
+    ).save_pretrained(directory)
     tok.save_pretrained(directory)
 
 
