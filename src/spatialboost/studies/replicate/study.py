@@ -169,6 +169,14 @@ DATA: dict[str, DataVariant] = {
         caption=False,
         extra_turns=(("choice_closer_point", CHOICE_TURNS),),  # the default recipe's stage-3 data
     ),
+    # A/B point turns plus metric depth read-outs: a VLM that already answers the A/B turns passes back little
+    # gradient (DINOv2-S's stage-3 loss falls to ~0.05); the read-outs' numbers keep a loss the encoder can lower
+    "choices-points-readout": DataVariant(
+        multiview_share=0.0,
+        turns=(("pixel", 0), ("object", 0), ("scene", 0)),
+        caption=False,
+        extra_turns=(("choice_closer_point", 4), ("depth_readout", 2)),
+    ),
 }
 
 
@@ -239,6 +247,14 @@ for _arm in (
         data="choices-points",
         steps_scale=5.0,
         gate_init=-2.0,
+    ),
+    # run on test if val-choices-points-readout-5x beats val-choices-points-5x on val depth RMSE
+    Arm(
+        "sb-dual-choices-points-readout-5x",
+        "stage 3 on A/B point turns + metric depth read-outs, 5x steps",
+        "llm",
+        data="choices-points-readout",
+        steps_scale=5.0,
     ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
@@ -345,6 +361,15 @@ for _arm in (
         data="choices-points",
         steps_scale=5.0,
         instruct_scale=5.0,
+        search=True,
+        candidate=False,
+    ),
+    Arm(
+        "val-choices-points-readout-5x",
+        "stage 3 on A/B point turns + metric depth read-outs, 5x steps",
+        "llm",
+        data="choices-points-readout",
+        steps_scale=5.0,
         search=True,
         candidate=False,
     ),
