@@ -228,9 +228,8 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-w{r['llm_width']}" if arm.llm_scale != 1 else ""
     key += _recipe_tag(study)
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
-    if (
-        arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3
-    ):  # 1e-3: the first studies' layout
+    # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
+    if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
     return key + (f"-{arm.target}" if arm.target else "")
 
