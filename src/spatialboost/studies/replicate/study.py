@@ -237,6 +237,16 @@ for _arm in (
         steps_scale=5.0,
         gate_init=-2.0,
     ),
+    # Table A on matched data: the default's turns and steps with every encoder weight trained (no Attn+, no
+    # gates), so forgetting compares modes and nothing else
+    Arm(
+        "sb-full-choices-points-5x",
+        "full fine-tuning on the default recipe's data (A/B point turns, 5x steps)",
+        "llm",
+        mode="full",
+        data="choices-points",
+        steps_scale=5.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -378,7 +388,7 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
+          ("base", DEFAULT_ARM, "sb-full-choices-points-5x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x",
