@@ -247,6 +247,23 @@ for _arm in (
         data="choices-points",
         steps_scale=5.0,
     ),
+    # the pre-trained LM's stage 3 at the tiny-LM default's length: real-lm's stage 3 is 4 steps x 100 = 400,
+    # the same as 80 x 5 at real (stages 1+2 stay real-lm's short ones)
+    Arm(
+        "sb-dual-choices-points-100x",
+        "the default recipe's data at 100x steps (400 at --size real-lm, the tiny-LM default's length)",
+        "llm",
+        data="choices-points",
+        steps_scale=100.0,
+    ),
+    Arm(
+        "sb-full-choices-points-100x",
+        "full fine-tuning on the default recipe's data at 100x steps (400 at --size real-lm)",
+        "llm",
+        mode="full",
+        data="choices-points",
+        steps_scale=100.0,
+    ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
     _add(_arm)
@@ -388,7 +405,8 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, "sb-full-choices-points-5x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
+          ("base", DEFAULT_ARM, "sb-full-choices-points-5x", "sb-dual-choices-points-100x",
+           "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x",
