@@ -14,7 +14,7 @@ from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.probes import PROBES, ProbeConfigs, run_probe
 from spatialboost.eval.probes3d import PROBES_3D, Probe3DConfig
 from spatialboost.eval.runner import aggregate
-from spatialboost.eval.specs import SPECS, TASK_PROBES, ProbeSpec, metric_lower_is_better, probe_spec
+from spatialboost.eval.specs import SPECS, ProbeSpec, metric_lower_is_better, probe_spec
 from spatialboost.noise import LOWER_IS_BETTER
 
 
@@ -24,7 +24,11 @@ def test_every_registered_probe_has_a_spec_and_every_spec_a_probe():
     assert {n for n, s in SPECS.items() if s.bench == "3d"} == set(PROBES_3D.names())
     task_probes = {p for name in TASKS.names() for p in TASKS.get(name).probes}
     assert task_probes == set(SPECS)  # every probe is run by a task, 2D, 3D and robot alike
-    assert {p for ps in TASK_PROBES.values() for p in ps} == specs_2d == set(TASKS.get("all").probes)
+    assert (
+        {p for _, t in TASKS.items() if t.bench == "2d" for p in t.probes}
+        == specs_2d
+        == set(TASKS.get("all").probes)
+    )
     # ProbeConfigs: one field per 2D spec, in spec order, of the config class its probe registered with
     fields = {f.name: f.type for f in dataclasses.fields(ProbeConfigs)}
     assert fields == {s.config_field: PROBES.get(s.name).config for s in SPECS.values() if s.bench == "2d"}
@@ -92,7 +96,9 @@ def _features(n: int, seed: int) -> FeatureSet:
                       label=rng.integers(0, 2, size=n).astype(np.int64))  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list(TASK_PROBES["depth"] + TASK_PROBES["seg"] + TASK_PROBES["cls"]))
+@pytest.mark.parametrize(
+    "name", [*TASKS.get("depth").probes, *TASKS.get("seg").probes, *TASKS.get("cls").probes]
+)
 def test_a_2d_probe_reports_exactly_its_declared_metrics(name):
     cfgs = ProbeConfigs()
     for field in ("depth", "seg", "cls_linear"):

@@ -25,16 +25,14 @@ import numpy as np
 from matplotlib import rcParams
 from matplotlib.figure import Figure
 
-from spatialboost.eval.specs import METRIC_ORDER as SPEC_METRIC_ORDER
-from spatialboost.eval.specs import SPECS, headline
+from spatialboost.eval.specs import SPECS, headline, metric_order
 from spatialboost.io import OutputDir, atomic_open
 from spatialboost.noise import NOISE_RULE, lower_is_better, verdict
 
 log = logging.getLogger(__name__)
 
-# probes in report order and their headline metrics: eval.specs (SPECS, headline), read on each use; the 2D
-# probes' metrics in table order (eval.specs); other metrics follow by name
-METRIC_ORDER = SPEC_METRIC_ORDER
+# probes in report order, their headline metrics and the 2D metrics' table order: eval.specs (SPECS, headline,
+# metric_order), read on each use; other metrics follow by name
 
 
 def _rows_by_key(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -43,9 +41,9 @@ def _rows_by_key(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str
 
 def _metric_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
     keys = {(r["probe"], r["metric"]) for r in summary["rows"]}
-    probe_order = list(SPECS)
+    probe_order, metrics = list(SPECS), metric_order()
     return sorted(keys, key=lambda k: (probe_order.index(k[0]) if k[0] in probe_order else 99,
-                                       METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else 99, k))  # fmt: skip
+                                       metrics.index(k[1]) if k[1] in metrics else 99, k))  # fmt: skip
 
 
 PAIRED_RULE = (
@@ -170,7 +168,7 @@ def paired_difference(base: dict[str, Any], boosted: dict[str, Any]) -> dict[str
             "beyond_noise": bool(abs(d.mean()) > 2 * se)}  # fmt: skip
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     """``fig`` as a PNG at ``path``. Figures are built with matplotlib's object API (``Figure``), not pyplot:
     saving renders with Agg and no global backend or figure registry is touched."""
     with atomic_open(path, "wb") as f:
@@ -180,7 +178,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def plot_bars(summary: dict[str, Any], path: str | Path) -> Path:
     """Before/after bars with seed-std error bars, one panel per headline metric (``bars_figure``)."""
-    return _save(bars_figure(summary), Path(path))
+    return save_png(bars_figure(summary), Path(path))
 
 
 def has_depth_previews(previews: dict[str, Any], encoders: list[str]) -> bool:
@@ -229,7 +227,7 @@ def _zoomed_limits(means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
 def plot_depth_grid(previews: dict[str, Any], encoders: list[str], path: str | Path) -> Path | None:
     """Rows of (image, ground truth, each encoder's prediction); None when no depth probe ran."""
     fig = depth_grid_figure(previews, encoders)
-    return None if fig is None else _save(fig, Path(path))
+    return None if fig is None else save_png(fig, Path(path))
 
 
 def depth_grid_figure(previews: dict[str, Any], encoders: list[str]) -> Figure | None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from spatialboost.eval.report import _save, paired_difference
+from spatialboost.eval.report import paired_difference, save_png
 from spatialboost.io import OutputDir
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def plot_corr_rotation(summary: dict[str, Any], path: str | Path) -> Path | None
     ax.set_ylabel(rows[0]["metric"].split(" ")[0])
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def write_bench_sections(results: Any, out: OutputDir, plots: bool = True) -> dict[str, Path]:

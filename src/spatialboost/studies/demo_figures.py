@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from spatialboost.eval.report import _save
+from spatialboost.eval.report import save_png
 from spatialboost.io import atomic_write_text
 from spatialboost.models.encoder_base import VisionEncoder
 
@@ -84,7 +84,7 @@ def plot_depth_errors(test: dict[str, np.ndarray], preds: dict[str, np.ndarray],
             im, ax=group.ravel().tolist(), location="bottom", fraction=0.03, pad=0.02, aspect=30
         )
         bar.set_label(label, fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- PCA of the patch features ---------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def plot_pca(images: np.ndarray, encoders: dict[str, VisionEncoder], path: Path)
     fig.suptitle(
         f"Patch features on the top 3 principal components of the {first} features, as RGB", fontsize=10
     )
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- the stage losses ------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def plot_losses(losses: dict[str, tuple[list[int], list[float]]], path: Path) ->
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("training loss (nats / answer token)", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- the page --------------------------------------------------------------------------------------------------

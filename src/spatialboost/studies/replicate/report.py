@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-from spatialboost.io import atomic_open, atomic_write_json, atomic_write_text
+from spatialboost.eval.report import save_png
+from spatialboost.io import atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
 from spatialboost.studies.replicate.probing import COLUMNS
@@ -462,27 +465,11 @@ def _base_line(summary: dict[str, Any]) -> str:
 # --- plots --------------------------------------------------------------------------------------------------
 
 
-def _figure(rows: int, cols: int, size: tuple[float, float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(rows, cols, figsize=size)
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_arms(summary: dict[str, Any], path: Path) -> Path:
     """Depth RMSE, seg mIoU and cls linear of every test arm, mean with the seed std as error bar."""
     names = [n for n in summary["arms"] if not n.endswith("@val")]
-    plt, fig, axes = _figure(1, 3, (15, 0.35 * len(names) + 2))
+    fig = Figure(figsize=(15, 0.35 * len(names) + 2))
+    axes = fig.subplots(1, 3)
     for ax, col in zip(axes, ["depth RMSE (m)", "seg mIoU", "cls linear"], strict=True):
         means = [summary["arms"][n]["columns"][col]["mean"] for n in names]
         stds = [summary["arms"][n]["columns"][col]["std"] for n in names]
@@ -497,27 +484,27 @@ def plot_arms(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
         ax.set_title(col + (" (lower is better)" if "RMSE" in col else ""))
         ax.invert_yaxis()
-    return _save(plt, fig, path)
+    return save_png(fig, path)
 
 
 def plot_losses(summary: dict[str, Any], path: Path) -> Path | None:
     """Stage-3 loss curves (seed 0) of the arms trained through the LLM."""
-    plt, fig, ax = _figure(1, 1, (8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     drawn = 0
     for name, a in summary["arms"].items():
         d = a["diagnostics"].get(0, a["diagnostics"].get("0", {}))
         if d.get("stage3_loss"):
             steps, losses = zip(*d["stage3_loss"], strict=True)
             style = ("-", "--", ":")[(drawn // 10) % 3]
-            ax.plot(steps, losses, label=name, lw=1, ls=style, color=plt.cm.tab10(drawn % 10))
+            ax.plot(steps, losses, label=name, lw=1, ls=style, color=colormaps["tab10"](drawn % 10))
             drawn += 1
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("stage-3 step")
     ax.set_ylabel("answer-token loss (frozen LLM)")
     ax.legend(fontsize=7, ncol=2)
-    return _save(plt, fig, path)
+    return save_png(fig, path)
 
 
 # --- write --------------------------------------------------------------------------------------------------
