@@ -372,6 +372,17 @@ for _arm in (
         search=True,
         candidate=False,
     ),
+    # the converse: a VLM trained less answers wrong more often in stage 3; does the encoder then move more?
+    Arm(
+        "val-stage2-0.2x-choices-points-5x",
+        "0.2x stage-2 steps, then stage 3 on A/B point turns only, 5x steps",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        instruct_scale=0.2,
+        search=True,
+        candidate=False,
+    ),
     Arm(
         "val-choices-points-readout-5x",
         "stage 3 on A/B point turns + metric depth read-outs, 5x steps",
