@@ -125,6 +125,26 @@ def test_study_registry_and_job_order():
         StudyConfig(arms=["nope"]).validate()
 
 
+@pytest.mark.parametrize(
+    ("name", "differs"),
+    [
+        ("sb-full-choices-points-5x", {"mode": "full"}),
+        ("sb-dual-choices-points-100x", {"steps_scale": 100.0}),
+        ("sb-full-choices-points-100x", {"mode": "full", "steps_scale": 100.0}),
+    ],
+)
+def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
+    """Table A's matched comparisons (full FT on the default's data, the pre-trained LM's long stage 3) change
+    the default arm in the named fields and nothing else, so a difference in the results is theirs."""
+    from dataclasses import asdict
+
+    from spatialboost.studies.replicate.study import DEFAULT_ARM
+
+    default, arm = asdict(ARMS.get(DEFAULT_ARM)), asdict(ARMS.get(name))
+    changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}
+    assert changed == differs
+
+
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:
     g = torch.Generator().manual_seed(0)
     m = n_samples + 1  # sample 0 has two views
