@@ -213,3 +213,60 @@ def test_plan_table_estimates_what_is_left_from_the_measured_jobs():
     assert "8 min of single-job compute, plus 3 job(s) of arms not started yet" in table
     assert report.missing_jobs(summary) == ["sb-full seed 1", "sb-full seed 2", "sb-lora seed 0", "sb-lora seed 1",
                                             "sb-lora seed 2"]  # fmt: skip
+
+
+def test_val_seeds_plan_every_search_arm_on_each_val_seed():
+    from spatialboost.studies.replicate.runner import plan_jobs
+
+    cfg = make_config("unused", seeds=1, quick=True)
+    cfg.arms, cfg.val_seeds = ["base", "val-base", "val-gate-2", "val-steps3x"], 2
+    cfg.validate()
+    jobs = [(a.name, s) for a, s in plan_jobs(cfg)]
+    assert jobs == [("val-gate-2", 0), ("val-steps3x", 0), ("val-gate-2", 1), ("val-steps3x", 1), ("base", 0),
+                    ("val-base", 0), ("val-base", 1)]  # fmt: skip
+    summary = {"config": {"seeds": 1, "val_seeds": 2, "arms": cfg.arms, "search": True},
+               "arms": {"val-gate-2@val": {"seeds": [0, 1]}, "val-steps3x@val": {"seeds": [0]}}}  # fmt: skip
+    assert report.missing_jobs(summary) == [
+        "base seed 0",
+        "val-base seed 0",
+        "val-base seed 1",
+        "val-steps3x seed 1",
+    ]
+    cfg.val_seeds = 0
+    with pytest.raises(ValueError, match="val_seeds must be >= 1"):
+        cfg.validate()
+
+
+def test_tuned_arm_picks_the_lowest_mean_over_the_val_seeds(tmp_path):
+    """Seed 0 alone favours val-gate-2; the mean over both val seeds favours val-steps3x."""
+    from spatialboost.studies.replicate import runner
+
+    cfg = make_config(str(tmp_path), seeds=1, quick=True)
+    cfg.val_seeds = 2
+    study = runner.Study(cfg)
+    for name, rmses in {
+        "val-gate-2": (0.50, 0.90),
+        "val-steps3x": (0.60, 0.62),
+        "val-base": (0.1, 0.1),
+    }.items():
+        for seed, rmse in enumerate(rmses):
+            path = study.result_path(ARMS.get(name), seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"metrics": {"depth": {"rmse": rmse}}}))
+    tuned = runner.resolve_tuned(study, ARMS.get("sb-tuned"))
+    assert tuned.name == "sb-tuned" and tuned.steps_scale == ARMS.get("val-steps3x").steps_scale
+    tuning = json.loads((tmp_path / "tuning.json").read_text())
+    assert tuning["chosen"] == "val-steps3x" and tuning["per_seed"]["val-gate-2"] == [0.5, 0.9]
+    assert "val-base" not in tuning["candidates"]  # a reference, not a candidate
+    assert tuning["candidates"]["val-gate-2"] == pytest.approx(0.7)
+
+
+def test_report_only_with_arms_reports_the_plan_of_those_arms():
+    """A study run in several commands is reported as one: the named arms' plan, not the last command's."""
+    summary = {"config": {"seeds": 3, "arms": ["base"], "search": True, "sizes": {"scenes": 8}},
+               "arms": {"base": {"seeds": [0, 1, 2]}, "sb-full": {"seeds": [0, 1]}}}  # fmt: skip
+    assert report.missing_jobs(summary) == []
+    plan = {"arms": ["base", "sb-full"], "seeds": 3, "val_seeds": 1, "search": True}
+    replanned = report.replan(summary, plan)
+    assert replanned["missing"] == ["sb-full seed 2"] and not replanned["complete"]
+    assert replanned["config"]["sizes"] == {"scenes": 8} and summary["config"]["arms"] == ["base"]

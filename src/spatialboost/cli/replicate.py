@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from spatialboost.cli.common import load_command_config
+from spatialboost.config import to_dict
 from spatialboost.errors import UserError
 from spatialboost.io import OutputDir, atomic_write_json
 from spatialboost.studies.replicate.study import TABLES, StudyConfig, preset, resolve_preset
@@ -43,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     parser.add_argument("--no-search", action="store_true", help="skip the val search and the tuned arm")
+    parser.add_argument(
+        "--val-seeds",
+        type=int,
+        default=1,
+        help="training seeds of each val-split search arm (default 1); the tuned arm picks on their mean",
+    )
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
     parser.add_argument(
         "--docs-md", default="results.md", help="file name of the markdown written into --docs"
@@ -82,6 +89,7 @@ def build_config(args: argparse.Namespace) -> StudyConfig:
         "recipe_name": args.recipe,
         "recipe": recipe,
         "search": not args.no_search,
+        "val_seeds": args.val_seeds,
         "arms": _names(args.arms),
         "bench_tasks": bench_tasks(args, warn=True),
         "cache_dir": str(args.cache) if args.cache else "",
@@ -114,12 +122,15 @@ def run(args: argparse.Namespace) -> int:
     command, commit = command_line(args), git_commit()
     OutputDir.claim(args.out, STUDY_KIND, overwrite=args.overwrite, legacy=_legacy_study).finish(prune=False)
     if args.report_only:
-        from spatialboost.studies.replicate.report import collect
+        from spatialboost.studies.replicate.report import collect, replan
 
         summary = collect(args.out)
         if (args.out / "command.json").is_file():  # the command and commit of the study itself
             ran = json.loads((args.out / "command.json").read_text())
-            command, commit = ran["command"], ran["commit"]
+            commit = ran["commit"]
+            command = command if args.arms else ran["command"]
+        if args.arms:  # the plan of the arms named here: the command that runs (or resumes) them all
+            summary = replan(summary, to_dict(cfg))
     else:
         atomic_write_json(args.out / "command.json", {"command": command, "commit": commit})
         summary = run_study(cfg)
@@ -142,7 +153,8 @@ def command_line(args: argparse.Namespace) -> str:
     """The study's command, rebuilt from the parsed arguments (``main`` may be called with any argv)."""
     parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
     parts += ["--quick"] * args.quick + [f"--size {args.size}", f"--recipe {args.recipe}"]
-    parts += ["--no-search"] * args.no_search + [f"--cache {args.cache}"] * (args.cache is not None)
+    parts += ["--no-search"] * args.no_search + [f"--val-seeds {args.val_seeds}"] * (args.val_seeds != 1)
+    parts += [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     tasks = ",".join(bench_tasks(args))
     parts += [f"--bench-tasks {tasks}"] * bool(tasks)

@@ -109,8 +109,18 @@ def planned_jobs(summary: dict[str, Any]) -> list[tuple[str, str, set[int], set[
             continue
         key = f"{name}@val" if arm.search else name
         have = set(summary["arms"].get(key, {}).get("seeds", []))
-        plan.append((name, key, {0} if arm.search else set(range(seeds)), have))
+        plan.append((name, key, set(range(cfg.get("val_seeds", 1) if arm.search else seeds)), have))
     return plan
+
+
+def replan(summary: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the plan of ``plan`` (a StudyConfig as a dict: its arms, seeds, val seeds and search), so a
+    study run in several commands (each writes its own config) is reported as one."""
+    keys = ("arms", "seeds", "val_seeds", "search")
+    out = {**summary, "config": {**(summary.get("config") or {}), **{k: plan[k] for k in keys}}}
+    out["missing"] = missing_jobs(out)
+    out["complete"] = not out["missing"]
+    return out
 
 
 def missing_jobs(summary: dict[str, Any]) -> list[str]:
@@ -287,13 +297,18 @@ def depth_bound_lines(depth: dict[str, Any], diags: dict[Any, dict[str, Any]]) -
     return lines
 
 
+def val_seeds_text(summary: dict[str, Any]) -> str:
+    n = (summary.get("config") or {}).get("val_seeds", 1)
+    return "seed 0" if n == 1 else f"seeds 0-{n - 1}, mean ± std"
+
+
 def search_table(summary: dict[str, Any]) -> str:
     names = [k for k in summary["arms"] if k.endswith("@val")]
     if not names:
         return "_The val search did not run._"
     ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
     base = summary["arms"].get("val-base@val", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
-    head = ["search arm (val, seed 0)", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
+    head = [f"search arm (val, {val_seeds_text(summary)})", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
             "depth RMSE", "AbsRel",
             "seg mIoU", "cls linear", "RMSE vs untuned", "RMSE vs base"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -415,7 +430,8 @@ def markdown(
             "",
         ]
         parts += bench_table(summary) if t["key"] == "A" else []
-    parts += ["## Hyper-parameter search (val split, seed 0; one factor at a time from the untuned recipe)", "",
+    parts += [f"## Hyper-parameter search (val split, {val_seeds_text(summary)}; one factor at a time from the "
+              "untuned recipe)", "",
               search_table(summary), "", "## Diagnostics", "",
               "### Does the stage-2 VLM read the image? (held-out conversations, seeds' shared stages 1+2)", "",
               "Image gain = answer-token loss with other scenes' images minus loss with the right ones; a text-only "

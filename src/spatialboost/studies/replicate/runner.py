@@ -107,7 +107,8 @@ class Study:
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """Every selected arm for every seed (search arms: seed 0 on val); returns the collected summary."""
+    """Every selected arm for every seed (search arms: ``val_seeds`` seeds on val); returns the collected
+    summary."""
     from spatialboost.studies.replicate.report import collect
 
     cfg.validate()
@@ -129,12 +130,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
-    """Tuning candidates (val, seed 0) first, then seed by seed every other arm (so finished seeds are
-    complete), then the search arms that are diagnostics only."""
+    """Tuning candidates (val) first, then every other arm, then the search arms that are diagnostics only;
+    seed by seed within each group (so finished seeds are complete)."""
     arms = selected_arms(cfg)
-    jobs = [(a, 0) for a in arms if a.search and a.candidate]
+    jobs = [(a, s) for s in range(cfg.val_seeds) for a in arms if a.search and a.candidate]
     jobs += [(a, s) for s in range(cfg.seeds) for a in arms if not a.search]
-    return jobs + [(a, 0) for a in arms if a.search and not a.candidate]
+    return jobs + [(a, s) for s in range(cfg.val_seeds) for a in arms if a.search and not a.candidate]
 
 
 def prepare_base(study: Study) -> None:
@@ -429,17 +430,22 @@ def _max_length(recipe) -> int:
 
 
 def resolve_tuned(study: Study, arm: Arm) -> Arm | None:
-    """The tuned arm with the recipe of the search arm of lowest val depth RMSE (recorded in tuning.json)."""
-    results = {}
+    """The tuned arm with the recipe of the search arm of lowest val depth RMSE, the mean over the val seeds
+    it finished (recorded in tuning.json with each candidate's per-seed values)."""
+    per_seed: dict[str, list[float]] = {}
     for a in ARMS.names():
         candidate = ARMS.get(a)
-        path = study.result_path(candidate, 0)
-        if candidate.search and candidate.candidate and path.is_file():
-            results[a] = json.loads(path.read_text())["metrics"]["depth"]["rmse"]
-    if not results:
+        if not (candidate.search and candidate.candidate):
+            continue
+        paths = [study.result_path(candidate, s) for s in range(study.cfg.val_seeds)]
+        if values := [json.loads(p.read_text())["metrics"]["depth"]["rmse"] for p in paths if p.is_file()]:
+            per_seed[a] = values
+    if not per_seed:
         log.warning("no val search results: skipping the tuned arm")
         return None
+    results = {a: sum(v) / len(v) for a, v in per_seed.items()}
     best = ARMS.get(min(results, key=results.get))
-    atomic_write_json(study.out / "tuning.json", {"metric": "val depth RMSE (seed 0)", "candidates": results,
-                                                  "chosen": best.name, "recipe": recipe_dict(study, best)})  # fmt: skip
+    atomic_write_json(study.out / "tuning.json", {"metric": f"val depth RMSE (mean over seeds 0-{study.cfg.val_seeds - 1})",
+                                                  "candidates": results, "per_seed": per_seed, "chosen": best.name,
+                                                  "recipe": recipe_dict(study, best)})  # fmt: skip
     return replace(best, name=arm.name, label=f"{arm.label}: {best.label}", search=False, tuned=True)

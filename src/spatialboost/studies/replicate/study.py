@@ -5,7 +5,8 @@ share stages 1+2 (align, instruct) per seed and differ only in stage 3 (encoder 
 init) or in stage 3's data. Arms are registered by name in ``ARMS``; a table is a list of arm names.
 
 An arm is probed on the ``test`` split (every seed) or, for the hyper-parameter search, on the ``val``
-split (seed 0 only). The ``tuned`` arm copies the recipe of the best ``search`` arm on val depth RMSE.
+split (``val_seeds`` seeds, 1 by default). The ``tuned`` arm copies the recipe of the ``search`` arm of lowest
+val depth RMSE (the mean over its val seeds).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ class Arm:
     steps_scale: float = 1.0  # stage-3 length multiplier
     llm_scale: int = 1  # LM width = the recipe's x this; != 1: its own stages 1+2
     instruct_scale: float = 1.0  # stage-2 length multiplier (!= 1: its own stages 1+2)
-    search: bool = False  # probed on the val split, seed 0 only
+    search: bool = False  # probed on the val split, seeds 0..val_seeds-1
     candidate: bool = True  # a search arm the tuned recipe may be copied from
     tuned: bool = False  # resolved to the best search arm's recipe at run time
 
@@ -444,6 +445,7 @@ class StudyConfig:
     recipe_name: str = "reads-image"
     recipe: Recipe = field(default_factory=Recipe)
     search: bool = True  # run the val-split search and the tuned arm
+    val_seeds: int = 1  # training seeds of each val-split search arm (the tuned arm's pick: their mean)
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
     # eval.benches.TASKS of the 3D and robot benches, run on table A's arms (replicate.benches)
     bench_tasks: list[str] = field(default_factory=list)
@@ -453,6 +455,8 @@ class StudyConfig:
     def validate(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        if self.val_seeds < 1:
+            raise ConfigError(f"val_seeds must be >= 1, got {self.val_seeds}")
         if self.recipe_name not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe_name!r}; known: {', '.join(RECIPES)}")
         for name in self.arms:
