@@ -1,0 +1,98 @@
+"""Where does a finished study's kNN classification loss sit? (issue 23)
+
+The study's ``cls-knn`` probe is DINO's weighted kNN on the CLS token. This re-scores it from the probe
+features the study cached, for the base and for each named run's exported encoder (matched to its cached
+features by the weights' sha256), three ways: on the CLS token as the probe does, on the CLS token centred
+(the train mean subtracted: a shift shared by every image, to which cosine similarity is blind, is removed),
+and on the mean patch token (the features stage 3 supervises through the reference tokens). No training, no
+new features: only what the study wrote.
+
+    .venv/bin/python benchmarks/knn_tokens.py --study DIR --base dinov2-small-offline \\
+        --runs llm-dual-choices-points-lr2e-05-g0-s400-dinov2-s,llm-full-choices-points-lr2e-05-g0-s400-dinov2-s
+
+Writes ``STUDY/knn-tokens.json`` and prints one line per encoder (top-1 on the study's test split; the
+majority-class rate is the chance level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spatialboost.eval.features import FeatureSet, load_feature_set
+from spatialboost.eval.probes import KnnConfig, knn_predict
+from spatialboost.eval.runner import resolve_encoder
+from spatialboost.io import atomic_write_json
+from spatialboost.models.encoder_base import weights_sha256
+
+
+def cached_features(study: Path) -> dict[str, dict[str, Path]]:
+    """weights sha256 -> split (train/test) -> the cached probe-feature folder."""
+    found: dict[str, dict[str, Path]] = {}
+    for d in sorted((study / "cache" / "features").iterdir()):
+        meta = json.loads((d / "meta.json").read_text())
+        split = meta["dataset"].split("/")[1]
+        if split in ("train", "test"):
+            found.setdefault(meta["encoder"]["weights_sha256"], {})[split] = d
+    return found
+
+
+def knn_top1(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray) -> float:
+    cfg = KnnConfig()
+    keep_tr, keep_te = y_train >= 0, y_test >= 0
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    scores = knn_predict(torch.from_numpy(train[keep_tr]), torch.from_numpy(y_train[keep_tr]),
+                         torch.from_numpy(test[keep_te]), classes, cfg.k, cfg.temperature)  # fmt: skip
+    return float((scores.argmax(1).numpy() == y_test[keep_te]).mean())
+
+
+def token_views(fs: FeatureSet) -> dict[str, np.ndarray]:
+    return {
+        "cls": np.asarray(fs.cls, np.float32),
+        "mean_patch": np.stack([np.asarray(fs.patch[i], np.float32).mean(0) for i in range(len(fs))]),
+    }
+
+
+def score(train: FeatureSet, test: FeatureSet) -> dict[str, float]:
+    y_tr, y_te = np.asarray(train.label, np.int64), np.asarray(test.label, np.int64)
+    tr, te = token_views(train), token_views(test)
+    mu = tr["cls"].mean(0, keepdims=True)
+    return {
+        "cls": knn_top1(tr["cls"], y_tr, te["cls"], y_te),
+        "cls_centred": knn_top1(tr["cls"] - mu, y_tr, te["cls"] - mu, y_te),
+        "mean_patch": knn_top1(tr["mean_patch"], y_tr, te["mean_patch"], y_te),
+        "majority": float(np.bincount(y_te[y_te >= 0]).max() / max(1, (y_te >= 0).sum())),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", type=Path, required=True)
+    ap.add_argument("--base", required=True, help="the study's base encoder (a registered name or a folder)")
+    ap.add_argument("--runs", required=True, help="comma-separated run names under STUDY/runs/seedN/")
+    args = ap.parse_args()
+    cached = cached_features(args.study)
+    encoders = {"base": args.base}
+    for seed_dir in sorted((args.study / "runs").glob("seed*")):
+        for run in filter(None, args.runs.split(",")):
+            if (seed_dir / run / "encoder").is_dir():
+                encoders[f"{run} {seed_dir.name}"] = str(seed_dir / run / "encoder")
+    results = {}
+    for label, source in encoders.items():
+        feats = cached.get(weights_sha256(resolve_encoder(source)), {})
+        if set(feats) != {"train", "test"}:
+            print(f"{label}: no cached train and test features (was it probed by this study?)")
+            continue
+        results[label] = score(load_feature_set(feats["train"]), load_feature_set(feats["test"]))
+        r = results[label]
+        print(f"{label:64s} kNN CLS {r['cls']:.4f}  centred {r['cls_centred']:.4f}  mean patch {r['mean_patch']:.4f}"
+              f"  (majority {r['majority']:.4f})", flush=True)  # fmt: skip
+    atomic_write_json(args.study / "knn-tokens.json", results)
+
+
+if __name__ == "__main__":
+    main()
