@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spatialboost.eval.features import FeatureSet, load_feature_set
-from spatialboost.eval.probes import KnnConfig, knn_predict
+from spatialboost.eval.probes import KnnConfig, cls_knn_probe
 from spatialboost.eval.runner import resolve_encoder
 from spatialboost.io import atomic_write_json
 from spatialboost.models.encoder_base import weights_sha256
+from spatialboost.studies.replicate.report import majority_rate
 
 
 def cached_features(study: Path) -> dict[str, dict[str, Path]]:
@@ -41,31 +42,23 @@ def cached_features(study: Path) -> dict[str, dict[str, Path]]:
     return found
 
 
-def knn_top1(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray) -> float:
-    cfg = KnnConfig()
-    keep_tr, keep_te = y_train >= 0, y_test >= 0
-    classes = int(max(y_train.max(), y_test.max())) + 1
-    scores = knn_predict(torch.from_numpy(train[keep_tr]), torch.from_numpy(y_train[keep_tr]),
-                         torch.from_numpy(test[keep_te]), classes, cfg.k, cfg.temperature)  # fmt: skip
-    return float((scores.argmax(1).numpy() == y_test[keep_te]).mean())
+def knn_top1(train: FeatureSet, test: FeatureSet, features: dict[str, np.ndarray]) -> float:
+    """The study's ``cls-knn`` probe, with ``features[split]`` in place of each split's CLS token."""
+    swap = {split: replace(fs, cls=features[split]) for split, fs in (("train", train), ("test", test))}
+    return cls_knn_probe(swap["train"], swap["test"], KnnConfig(), seed=0).metrics["top1"]
 
 
-def token_views(fs: FeatureSet) -> dict[str, np.ndarray]:
-    return {
-        "cls": np.asarray(fs.cls, np.float32),
-        "mean_patch": np.stack([np.asarray(fs.patch[i], np.float32).mean(0) for i in range(len(fs))]),
-    }
+def mean_patch(fs: FeatureSet) -> np.ndarray:
+    return np.stack([np.asarray(fs.patch[i], np.float32).mean(0) for i in range(len(fs))])
 
 
 def score(train: FeatureSet, test: FeatureSet) -> dict[str, float]:
-    y_tr, y_te = np.asarray(train.label, np.int64), np.asarray(test.label, np.int64)
-    tr, te = token_views(train), token_views(test)
-    mu = tr["cls"].mean(0, keepdims=True)
+    mu = np.asarray(train.cls, np.float32).mean(0, keepdims=True)
     return {
-        "cls": knn_top1(tr["cls"], y_tr, te["cls"], y_te),
-        "cls_centred": knn_top1(tr["cls"] - mu, y_tr, te["cls"] - mu, y_te),
-        "mean_patch": knn_top1(tr["mean_patch"], y_tr, te["mean_patch"], y_te),
-        "majority": float(np.bincount(y_te[y_te >= 0]).max() / max(1, (y_te >= 0).sum())),
+        "cls": knn_top1(train, test, {"train": train.cls, "test": test.cls}),
+        "cls_centred": knn_top1(train, test, {"train": train.cls - mu, "test": test.cls - mu}),
+        "mean_patch": knn_top1(train, test, {"train": mean_patch(train), "test": mean_patch(test)}),
+        "majority": majority_rate(test.label),
     }
 
 

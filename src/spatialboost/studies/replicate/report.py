@@ -22,7 +22,7 @@ from spatialboost.io import atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
 from spatialboost.studies.replicate.probing import COLUMNS
-from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
+from spatialboost.studies.replicate.study import ARMS, DATA, TABLES, val_seeds_span
 
 log = logging.getLogger(__name__)
 DISCUSSION = "<!-- discussion -->"
@@ -84,6 +84,12 @@ def _data_content(out: Path) -> dict[str, Any]:
     return found
 
 
+def majority_rate(labels: np.ndarray) -> float:
+    """Accuracy of always answering the most frequent class (labels < 0: unlabelled, left out)."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels[labels >= 0]).max() / max(1, (labels >= 0).sum()))
+
+
 def majority_accuracy(out: Path, cfg: dict[str, Any]) -> dict[str, float]:
     """Accuracy of always answering the most frequent class, per probe split (from the feature cache)."""
     cache = Path(cfg.get("cache_dir") or out / "cache") / "features"
@@ -93,7 +99,7 @@ def majority_accuracy(out: Path, cfg: dict[str, Any]) -> dict[str, float]:
         for path in sorted(cache.glob(f"*-synthetic-{split}-*/label.npy")):
             labels = np.load(path)
             if len(labels) == sizes.get(f"probe_{split}"):
-                found[split] = float(np.bincount(labels[labels >= 0]).max() / max(1, (labels >= 0).sum()))
+                found[split] = majority_rate(labels)
                 break
     return found
 
@@ -299,7 +305,7 @@ def depth_bound_lines(depth: dict[str, Any], diags: dict[Any, dict[str, Any]]) -
 
 def val_seeds_text(summary: dict[str, Any]) -> str:
     n = (summary.get("config") or {}).get("val_seeds", 1)
-    return "seed 0" if n == 1 else f"seeds 0-{n - 1}, mean ± std"
+    return val_seeds_span(n) + (", mean ± std" if n > 1 else "")
 
 
 def search_table(summary: dict[str, Any]) -> str:

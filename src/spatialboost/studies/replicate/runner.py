@@ -30,7 +30,7 @@ from spatialboost.models.config import VLMConfig, is_tiny_llm
 from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
-from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms
+from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms, val_seeds_span
 from spatialboost.train.config import (
     AlignStage,
     CheckpointConfig,
@@ -445,7 +445,7 @@ def resolve_tuned(study: Study, arm: Arm) -> Arm | None:
         return None
     results = {a: sum(v) / len(v) for a, v in per_seed.items()}
     best = ARMS.get(min(results, key=results.get))
-    atomic_write_json(study.out / "tuning.json", {"metric": f"val depth RMSE (mean over seeds 0-{study.cfg.val_seeds - 1})",
+    atomic_write_json(study.out / "tuning.json", {"metric": f"val depth RMSE (mean over {val_seeds_span(study.cfg.val_seeds)})",
                                                   "candidates": results, "per_seed": per_seed, "chosen": best.name,
                                                   "recipe": recipe_dict(study, best)})  # fmt: skip
     return replace(best, name=arm.name, label=f"{arm.label}: {best.label}", search=False, tuned=True)

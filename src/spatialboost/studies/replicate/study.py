@@ -537,6 +537,11 @@ def make_config(
                        recipe=recipe_cfg)  # fmt: skip
 
 
+def val_seeds_span(n: int) -> str:
+    """The val seeds of a study with ``val_seeds = n``, as its report and tuning.json name them."""
+    return "seed 0" if n == 1 else f"seeds 0-{n - 1}"
+
+
 def selected_arms(cfg: StudyConfig) -> list[Arm]:
     """The arms this study runs, search arms first (the tuned arm needs their result)."""
     names = cfg.arms or ARMS.names()
