@@ -90,7 +90,7 @@ def time_steps(cfg: TrainConfig, stage: str, tok, steps: int, peak: float, cache
     times, tokens = [], 0
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        _, n_tok, _ = forward_backward(
+        _, n_tok, _, _ = forward_backward(
             vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad
         )
         clip_and_step(params, opt, sched, cfg.stages.get(stage))

@@ -144,7 +144,7 @@ def time_stage(cfg: TrainConfig, stage: str, tok, steps: int, packing: bool = Tr
     tokens = samples = 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        _, n_tok, n_samp = forward_backward(
+        _, n_tok, n_samp, _ = forward_backward(
             vlm, [batches[step]], plan.target_tokens(step), DistEnv(), nullctx
         )
         clip_and_step(params, opt, sched, cfg.stages.get(stage))
@@ -185,7 +185,7 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float, warmup: int = 0
     times, cpu, fwd_bwd, tokens, samples = [], [], [], [], []
     for step in range(warmup + 1, warmup + steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        _, n_tok, n_samp = forward_backward(
+        _, n_tok, n_samp, _ = forward_backward(
             vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad
         )
         t1 = time.perf_counter()

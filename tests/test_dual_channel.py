@@ -511,3 +511,28 @@ def test_the_former_name_is_the_same_function():
     from spatialboost.models import dual_channel
 
     assert spatialboost.add_dual_channel is dual_channel.boost_encoder is spatialboost.boost_encoder
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_original_only_runs_the_encoder_before_boosting(name):
+    base, boosted = pair(name)
+    perturb_adapter(boosted)
+    x = pixels(base)
+    base.requires_grad_(False)
+    with torch.no_grad():
+        want = base.forward_features(x)
+        moved = boosted.forward_features(x)
+        assert not torch.allclose(moved.cls, want.cls), "the perturbed adapter must change the output"
+        with dual_channel.original_only(boosted):
+            got = boosted.forward_features(x)
+        again = boosted.forward_features(x)  # the block restores the boosted encoder
+    close(got.cls, want.cls, msg="cls")
+    close(got.patch, want.patch, msg="patch")
+    assert torch.equal(again.cls, moved.cls)
+
+
+def test_original_only_needs_a_dual_channel_encoder():
+    _, lora = pair(FAMILIES[0], mode="lora")
+    with pytest.raises(ValueError, match="dual-channel"):
+        with dual_channel.original_only(lora):
+            pass

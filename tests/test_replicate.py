@@ -131,6 +131,8 @@ def test_study_registry_and_job_order():
         ("sb-full-choices-points-5x", {"mode": "full"}),
         ("sb-dual-choices-points-100x", {"steps_scale": 100.0}),
         ("sb-full-choices-points-100x", {"mode": "full", "steps_scale": 100.0}),
+        ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
+        ("sb-dual-anchor10-choices-points-5x", {"cls_anchor": 10.0}),
     ],
 )
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
@@ -143,6 +145,21 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     default, arm = asdict(ARMS.get(DEFAULT_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}
     assert changed == differs
+
+
+def test_anchor_arm_reaches_stage3_and_trains_in_its_own_run_dir(tmp_path, monkeypatch):
+    from spatialboost.studies.replicate import runner
+    from spatialboost.studies.replicate.study import DEFAULT_ARM
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    default, anchored = ARMS.get(DEFAULT_ARM), ARMS.get("sb-dual-anchor10-choices-points-5x")
+    assert runner.train_config(study, anchored, 0, tmp_path).stages.encoder.cls_anchor == 10.0
+    assert runner.train_config(study, default, 0, tmp_path).stages.encoder.cls_anchor == 0.0
+    assert runner.run_dir(study, anchored, 0) != runner.run_dir(study, default, 0)
+    assert runner.recipe_dict(study, anchored)["cls_anchor"] == 10.0
+    assert "cls_anchor" not in runner.recipe_dict(study, default)  # earlier studies' records keep their shape
 
 
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:

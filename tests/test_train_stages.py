@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from spatialboost.config import load_config
+from spatialboost.config import ConfigError, load_config
 from spatialboost.data.tokenizer import corpus_from_records, train_tokenizer
 from spatialboost.dataset_format import read_records
 from spatialboost.models.config import BoostConfig
@@ -97,6 +97,56 @@ def test_stage3_steps_leave_llm_and_original_encoder_bit_identical(setup):
         assert torch.equal(p, before[name]), f"frozen {name} changed"
     moved = [n for n in params if not torch.equal(params[n], before[n])]
     assert any(".plus." in n for n in moved) and any(n.startswith("projector.") for n in moved)
+
+
+def _anchored_steps(cfg, tok, weight: float, steps: int = 4) -> list[float]:
+    """Stage-3 steps from Attn+ moved off the original (so the CLS anchor starts > 0); the anchor per step."""
+    cfg = dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages))
+    cfg.stages.encoder = dataclasses.replace(cfg.stages.encoder, cls_anchor=weight, lr=3e-4)
+    vlm = build_vlm(cfg, tok, "encoder")
+    set_stage_trainable(vlm, "encoder", cfg.stages.encoder)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in vlm.encoder.named_parameters():
+            if ".plus." in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3 * (p.std() if p.numel() > 1 else 1.0))
+    params = trainable_named(vlm)
+    opt = make_optimizer(vlm, cfg.stages.encoder)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    data = load_train_data(cfg.data, tok, vlm)
+    plan = BatchPlan(data, None, 0, 4, 1, 1)
+    batches = micro_batch_loader(plan, 0, steps, 0, make_collator(cfg.data, tok.pad_token_id))
+    anchors = []
+    for step in range(steps):
+        out = forward_backward(vlm, [next(batches)], plan.target_tokens(step), DistEnv(), torch.enable_grad)
+        anchors.append(out.anchor)
+        clip_and_step(params, opt, sched, cfg.stages.encoder)
+    return anchors
+
+
+def test_cls_anchor_pulls_the_cls_token_back_to_the_original(setup):
+    cfg, tok = setup
+    free = _anchored_steps(cfg, tok, 1e-9)  # measured, too weak to act
+    held = _anchored_steps(cfg, tok, 1e3)
+    assert free[0] == pytest.approx(held[0]) and free[0] > 0  # same start: seeded build, same perturbation
+    assert held[-1] < 0.5 * held[0], held
+    assert held[-1] < free[-1], (held, free)
+
+
+def test_cls_anchor_off_returns_no_anchor_and_needs_dual_channel(setup):
+    cfg, tok = setup
+    vlm = build_vlm(cfg, tok, "encoder")
+    assert vlm.cls_anchor == 0.0
+    with pytest.raises(ConfigError, match="cls_anchor needs model.boost.mode=dual"):
+        load_config(
+            TrainConfig, None, [*_overrides(cfg), "stages.encoder.cls_anchor=1", "model.boost.mode=full"]
+        )
+    with pytest.raises(ConfigError, match=">= 0"):
+        load_config(TrainConfig, None, [*_overrides(cfg), "stages.encoder.cls_anchor=-1"])
+
+
+def _overrides(cfg) -> list[str]:
+    return [f"run_dir={cfg.run_dir}", f"data.datasets=[{cfg.data.datasets[0]}]", "model.encoder=tiny-dinov2"]
 
 
 def test_param_groups_and_gate_lr(setup):

@@ -48,11 +48,12 @@ the options recorded as ``encoder.boost_config`` so ``models.export`` can rebuil
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ class DualChannelAttention(nn.Module):
         # derived weights, never saved: the folded inference weights and each channel's (3D, D) QKV
         self._folded = WeightCache()
         self._qkv_cache = {"base": WeightCache(), "plus": WeightCache()}
+        self.original_only = False  # True (``original_only``): Attn alone, as the encoder was before boosting
 
     def alpha(self) -> torch.Tensor:
         """sigmoid(a) broadcast to the D output channels."""
@@ -112,6 +114,9 @@ class DualChannelAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        if self.original_only:
+            extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
+            return self.base(hidden_states, attention_mask=attention_mask, **extra, **kwargs)[0], None
         if self.fused and not self._weights_need_grad():
             return self._folded_forward(hidden_states, attention_mask, position_embeddings), None
         if self.fused:
@@ -379,6 +384,22 @@ def boost_encoder(encoder: VisionEncoder, config: BoostConfig | None = None, **o
     encoder.boost_config = cfg
     mark_only_adapter_trainable(encoder)
     return encoder
+
+
+@contextlib.contextmanager
+def original_only(encoder: nn.Module) -> Iterator[None]:
+    """Within the block, every dual-channel layer of ``encoder`` runs its frozen Attn alone: the encoder
+    before boosting, whatever Attn+ and the gates hold (the reference of stage 3's CLS anchor)."""
+    layers = [m for m in encoder.modules() if isinstance(m, DualChannelAttention)]
+    if not layers:
+        raise ValueError("original_only needs a dual-channel encoder (boost_encoder(..., mode='dual'))")
+    for m in layers:
+        m.original_only = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.original_only = False
 
 
 # the name before the three modes shared one entry point; kept so that code written against it still runs

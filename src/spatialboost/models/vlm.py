@@ -36,7 +36,7 @@ from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.errors import EmptyLabelsError
 from spatialboost.models.attention import supports_varlen, use_varlen_attention, varlen_kwargs
 from spatialboost.models.config import VLMConfig
-from spatialboost.models.dual_channel import boost_encoder, check_layers
+from spatialboost.models.dual_channel import boost_encoder, check_layers, original_only
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
@@ -51,6 +51,8 @@ class VLMOutput:
     loss: torch.Tensor | None  # scalar: mean over the batch's answer tokens
     logits: torch.Tensor | None  # (R, L, V); None when the loss was computed with return_logits=False
     num_label_tokens: int
+    # stage 3's CLS anchor (``cls_anchor_loss``), unweighted; None when ``SpatialVLM.cls_anchor`` is 0
+    anchor: torch.Tensor | None = None
 
 
 def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -107,6 +109,15 @@ def gather_patches(feats: torch.Tensor, images: torch.Tensor, patches: torch.Ten
     return flat.index_select(0, images * feats.shape[1] + patches)
 
 
+def cls_anchor_loss(encoder: nn.Module, pixel_values: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """How far the boosted encoder's CLS token ``cls`` (n, D) has moved from the frozen original's on the same
+    images: sum of squared differences over the sum of the original's squares (0 at init; 1 = moved as far as
+    the token is long). The original runs without gradient, its dual-channel layers on Attn alone."""
+    with torch.no_grad(), original_only(encoder):
+        ref = encoder.forward_features(pixel_values).cls.to(cls.dtype)
+    return (cls - ref).square().sum() / ref.square().sum().clamp_min(1e-12)
+
+
 def _count_labels(targets: torch.Tensor) -> int:
     count = int((targets != LM_IGNORE_INDEX).sum())
     if count == 0:
@@ -146,6 +157,8 @@ class SpatialVLM(nn.Module):
         self.image_token_id = image_token_id
         self.ref_token_ids = tuple(ref_token_ids)
         self.blind = False  # True: every image feature is zeroed (the text-only baseline)
+        # > 0 (stage 3, ``stages.encoder.cls_anchor``): training forwards also return ``cls_anchor_loss``
+        self.cls_anchor = 0.0
 
     @classmethod
     def from_config(
@@ -259,6 +272,11 @@ class SpatialVLM(nn.Module):
         ``extra`` (the collator's ``ref_*`` keys); other extra keys (``turns``) are ignored.
         """
         refs = {k: v for k, v in extra.items() if k.startswith("ref_")}
+        anchor = None
+        if self.cls_anchor and self.training and image_features is None and pixel_values is not None:
+            out = self.encoder.forward_features(pixel_values)
+            anchor = cls_anchor_loss(self.encoder, pixel_values, out.cls)
+            image_features = out.patch  # embed zeroes it when blind
         embeds = self.embed(input_ids, pixel_values, refs, image_features)
         attention_mask, varlen = self.packed_attention(seq_ids, attention_mask, embeds.dtype)
         llm_inputs = dict(
@@ -267,12 +285,12 @@ class SpatialVLM(nn.Module):
         if labels is not None and not return_logits and type(self.llm).__name__ in _PLAIN_LM_HEAD:
             hidden = self.llm.get_decoder()(**llm_inputs, **varlen).last_hidden_state  # (R, L, D)
             loss, count = labelled_lm_loss(hidden, labels, self.llm.get_output_embeddings())
-            return VLMOutput(loss, None, count)
+            return VLMOutput(loss, None, count, anchor)
         out = self.llm(**llm_inputs, **varlen)
         if labels is None:
-            return VLMOutput(None, out.logits, 0)
+            return VLMOutput(None, out.logits, 0, anchor)
         loss, count = causal_lm_loss(out.logits, labels)
-        return VLMOutput(loss, out.logits, count)
+        return VLMOutput(loss, out.logits, count, anchor)
 
     def packed_attention(
         self, seq_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, dtype: torch.dtype

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spatialboost.config import ConfigError, merge_over, to_dict
-from spatialboost.models.config import VLMConfig
+from spatialboost.models.config import VLMConfig, canonical_mode
 
 STAGE_NAMES = ("align", "instruct", "encoder")
 StageName = Literal["align", "instruct", "encoder"]
@@ -117,9 +117,14 @@ class InstructStage(StageConfig):
 class EncoderStage(StageConfig):
     lr: float = 2e-5  # "small lr" for Attn+/projector (not stated in the paper)
     lr_gates: float | None = 1e-3  # gates start at 0 with zero gradient; they need a larger lr to move
+    # not in the paper: weight of a loss holding the boosted CLS token to the frozen original's on the same
+    # images (models.vlm.cls_anchor_loss; one extra no-grad encoder forward a step). 0: the paper's stage 3
+    cls_anchor: float = 0.0
 
     def validate(self) -> None:
         super().validate()
+        if self.cls_anchor < 0:
+            raise ConfigError(f"stages.encoder.cls_anchor must be >= 0, got {self.cls_anchor}")
         if self.train_llm:
             raise ConfigError("stages.encoder.train_llm: the LLM is frozen in stage 3 (that is the method)")
 
@@ -213,6 +218,11 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
+        if self.stages.encoder.cls_anchor and canonical_mode(self.model.boost.mode) != "dual":
+            raise ConfigError(
+                f"stages.encoder.cls_anchor needs model.boost.mode=dual (the frozen Attn is its reference); "
+                f"got mode {self.model.boost.mode!r}"
+            )
         for name in STAGE_NAMES:
             if self.stages.get(name).data:
                 data = self.stage_data(name)  # an unknown key or a wrong type names stages.<name>.data.<key>

@@ -25,6 +25,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -112,7 +113,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     for step in range(start, total):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(scfg.grad_accum)]
-        loss, tokens, samples = forward_backward(model, micro, plan.target_tokens(step), env, amp)
+        loss, tokens, samples, anchor = forward_backward(model, micro, plan.target_tokens(step), env, amp)
         check_finite(loss, step, out_dir)
         grad_norm = clip_and_step(params, opt, sched, scfg)
         dt = time.perf_counter() - t0
@@ -121,7 +122,8 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
         if (step + 1) % cfg.log.every == 0 or step == start or step + 1 == total:
             lr = opt.param_groups[0]["lr"]
             metrics.log(step + 1, dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
-                                       samples_per_s=samples / dt, step_time_s=dt))  # fmt: skip
+                                       samples_per_s=samples / dt, step_time_s=dt)
+                        | ({} if anchor is None else {"cls_anchor": anchor}))  # fmt: skip
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
             save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env)
         if gain_due(cfg, stage, step + 1, total) and env.is_main:
@@ -303,15 +305,22 @@ def autocast_context(precision: str, device: torch.device):
 # One step
 
 
-def forward_backward(
-    model, micro: list[dict], global_tokens: int, env: DistEnv, amp
-) -> tuple[float, int, int]:
-    """Accumulate gradients of (summed answer-token loss / global answer tokens) over the micro-batches.
+class StepLoss(NamedTuple):
+    loss: float  # the global batch's mean answer-token loss
+    tokens: int  # real tokens seen (all processes)
+    samples: int
+    anchor: float | None = None  # stage 3's CLS anchor (unweighted, mean over micro-batches); None: off
+
+
+def forward_backward(model, micro: list[dict], global_tokens: int, env: DistEnv, amp) -> StepLoss:
+    """Accumulate gradients of (summed answer-token loss / global answer tokens) over the micro-batches,
+    plus ``cls_anchor`` x the CLS anchor averaged over micro-batches when the VLM returns one.
 
     Returns the global batch's mean token loss (reduced over processes), real tokens and samples seen.
     """
     scale = env.world_size / global_tokens  # DDP averages gradients over processes
     loss_sum = torch.zeros((), dtype=torch.float64)
+    anchor_sum = None
     tokens = samples = 0
     for i, batch in enumerate(micro):
         samples += len(batch.pop("ids"))
@@ -322,11 +331,16 @@ def forward_backward(
         with dist_utils.no_sync(model, i < len(micro) - 1), amp():
             out = model(**batch, return_logits=False)  # loss over the labelled positions only
         summed = out.loss * out.num_label_tokens  # the VLM returns the mean over its tokens
-        (summed * scale).backward()
+        objective = summed * scale
+        if out.anchor is not None:
+            objective = objective + dist_utils.unwrap(model).cls_anchor * out.anchor / len(micro)
+            anchor_sum = float(out.anchor.detach()) + (anchor_sum or 0.0)
+        objective.backward()
         loss_sum += summed.detach().double().cpu()
     counts = torch.tensor([float(loss_sum), tokens, samples], dtype=torch.float64)
     loss_total, tokens, samples = dist_utils.all_reduce_sum(counts, env).tolist()
-    return loss_total / global_tokens, int(tokens), int(samples)
+    anchor = None if anchor_sum is None else anchor_sum / len(micro)  # this process's
+    return StepLoss(loss_total / global_tokens, int(tokens), int(samples), anchor)
 
 
 def check_finite(loss: float, step: int, out_dir: Path) -> None:

@@ -90,6 +90,7 @@ def build_vlm(cfg: TrainConfig, tokenizer, stage: str) -> SpatialVLM:
         check_boost_layers=_boosts_later(cfg),
     )
     vlm.blind = cfg.blind
+    vlm.cls_anchor = cfg.stages.encoder.cls_anchor if stage == "encoder" else 0.0
     return vlm
 
 

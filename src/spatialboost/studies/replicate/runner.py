@@ -215,7 +215,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "llm_width": arm.llm_scale * r.llm_width, "mode": arm.mode,
             "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale)),
             "recipe": study.cfg.recipe_name, "refs": list(r.refs), "simple_ft_lr": r.simple_ft_lr,
-            "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm}  # fmt: skip
+            "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm,
+            **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {})}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -229,6 +230,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-w{r['llm_width']}" if arm.llm_scale != 1 else ""
     key += _recipe_tag(study)
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
+    key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -394,7 +396,7 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 
     r = recipe_dict(study, arm)
     stage = EncoderStage(max_steps=r["encoder_steps"], batch_size=r["batch_size"], lr=r["encoder_lr"],
-                         lr_gates=r["lr_gates"], warmup_ratio=0.05)  # fmt: skip
+                         lr_gates=r["lr_gates"], warmup_ratio=0.05, cls_anchor=arm.cls_anchor)  # fmt: skip
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
     tokenizer = shared / "tokenizer" if is_tiny_llm(r["llm"]) else None  # a pre-trained LM brings its own
