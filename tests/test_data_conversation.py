@@ -280,6 +280,18 @@ def test_dataset_reads_shards_images_and_skips_with_reason(tokenizer, tmp_path):
         ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, max_length=200, on_overflow="error")
 
 
+def test_swap_images_serves_another_scenes_images_with_the_same_text(tokenizer, tmp_path):
+    """The no-language control: each sample's text with the next sample's images of as many views."""
+    write_dataset(tmp_path, [make_record(i, n_images=1 + i % 2) for i in range(5)])
+    own = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8)
+    swapped = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, swap_images=True)
+    assert swapped.image_source == [2, 3, 4, 1, 0]  # views 1, 2, 1, 2, 1: partners with as many views
+    for i, j in enumerate(swapped.image_source):
+        assert torch.equal(swapped[i]["input_ids"], own[i]["input_ids"])
+        assert torch.equal(swapped[i]["pixel_values"], own[j]["pixel_values"])
+        assert not torch.equal(swapped[i]["pixel_values"], own[i]["pixel_values"])
+
+
 def test_dataset_without_manifest_names_the_folder(tokenizer, tmp_path):
     """Shards lying in the folder are not a dataset: the reader follows the manifest the engine writes."""
     (tmp_path / "shards").mkdir()

@@ -133,6 +133,7 @@ def test_study_registry_and_job_order():
         ("sb-full-choices-points-100x", {"mode": "full", "steps_scale": 100.0}),
         ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
         ("sb-dual-anchor10-choices-points-5x", {"cls_anchor": 10.0}),
+        ("sb-dual-swapped-choices-points-5x", {"swap_images": True}),
     ],
 )
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
@@ -147,7 +148,7 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     assert changed == differs
 
 
-def test_anchor_arm_reaches_stage3_and_trains_in_its_own_run_dir(tmp_path, monkeypatch):
+def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tmp_path, monkeypatch):
     from spatialboost.studies.replicate import runner
     from spatialboost.studies.replicate.study import DEFAULT_ARM
 
@@ -160,6 +161,10 @@ def test_anchor_arm_reaches_stage3_and_trains_in_its_own_run_dir(tmp_path, monke
     assert runner.run_dir(study, anchored, 0) != runner.run_dir(study, default, 0)
     assert runner.recipe_dict(study, anchored)["cls_anchor"] == 10.0
     assert "cls_anchor" not in runner.recipe_dict(study, default)  # earlier studies' records keep their shape
+    swapped = ARMS.get("sb-dual-swapped-choices-points-5x")
+    assert runner.train_config(study, swapped, 0, tmp_path).data.swap_images
+    assert not runner.train_config(study, default, 0, tmp_path).data.swap_images
+    assert runner.run_dir(study, swapped, 0) != runner.run_dir(study, default, 0)
 
 
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:

@@ -81,6 +81,16 @@ def tokenize_dataset(
     return _TOKENIZED[key]
 
 
+def partners(num_images: list[int]) -> list[int]:
+    """For each sample, the next sample (cyclically) with the same number of images (itself if none)."""
+    out = []
+    for i, n in enumerate(num_images):
+        k = len(num_images)
+        j = next((i + d) % k for d in range(1, k + 1) if num_images[(i + d) % k] == n)
+        out.append(j)
+    return out
+
+
 class ConversationDataset(Dataset):
     """Samples ``{"id", "input_ids", "labels", "turns", "pixel_values"}`` (+ reference weights) for the VLM.
 
@@ -93,6 +103,8 @@ class ConversationDataset(Dataset):
     (image side, patch grid side) of the encoder's input. Samples without a ground-truth sidecar get none.
     ``on_overflow``: ``"skip"`` drops (and logs, in ``self.skipped``) samples that cannot train, e.g.
     truncation to ``max_length`` that would cut every answer; ``"error"`` raises on the first one.
+    ``swap_images`` (a control, ``data.swap_images``): every sample gets the images of its ``partners`` sample,
+    another scene's, so the text no longer describes the image; reference tokens keep their places.
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class ConversationDataset(Dataset):
         on_overflow: str = "skip",
         ref_tokens: tuple[str, ...] = (),
         ref_grid: tuple[int, int] | None = None,
+        swap_images: bool = False,
     ) -> None:
         if on_overflow not in ("skip", "error"):
             raise ValueError(f"on_overflow must be 'skip' or 'error', got {on_overflow!r}")
@@ -122,6 +135,12 @@ class ConversationDataset(Dataset):
             log.warning("%s: skipped %d sample(s), e.g. %s", root, len(self.skipped), self.skipped[0][1])
         if not self.samples:
             raise UserError(f"{root}: no trainable samples ({len(self.skipped)} skipped)")
+        # which sample's images each sample reads (itself unless swap_images)
+        self.image_source = list(range(len(self.samples)))
+        if swap_images:
+            self.image_source = partners([s.num_images for s in self.samples])
+            kept = sum(i == j for i, j in enumerate(self.image_source))
+            log.info("%s: images swapped between samples (%d kept their own: no partner)", root, kept)
 
     @property
     def lengths(self) -> list[int]:
@@ -132,7 +151,8 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         sample = self.samples[i]
-        paths = record_images(self.records[i])[: sample.num_images]  # truncation may drop trailing images
+        # truncation may drop trailing images; a partner has as many as this sample
+        paths = record_images(self.records[self.image_source[i]])[: sample.num_images]
         item = {
             "id": sample.id,
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),

@@ -58,6 +58,9 @@ class DataConfig:
     # disk (<run_dir>/features) instead of running the encoder every step
     cache_features: bool = False
     feature_cache_dir: str = ""  # where the cached features live; "" = <run_dir>/features
+    # a control, not a recipe: every training sample reads another scene's images (the next sample with as many
+    # views), so the text no longer describes the image. What stage 3 gains then came from training at all
+    swap_images: bool = False
 
     def validate(self) -> None:
         if self.multi_view_ratio is not None and not 0.0 <= self.multi_view_ratio <= 1.0:

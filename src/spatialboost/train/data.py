@@ -59,7 +59,9 @@ def load_train_data(cfg: DataConfig, tokenizer, vlm) -> TrainData:
     if not cfg.datasets:
         raise UserError("data.datasets is empty: list dataset dirs made by `spatialboost generate`")
     options = dataset_options(cfg, vlm)
-    parts = [ConversationDataset(root, tokenizer, **options) for root in cfg.datasets]
+    parts = [
+        ConversationDataset(root, tokenizer, **options, swap_images=cfg.swap_images) for root in cfg.datasets
+    ]
     lengths, targets, multi = [], [], []
     for part in parts:
         for sample in part.samples:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PaddedCollator
-from spatialboost.data.dataset import ConversationDataset
+from spatialboost.data.dataset import ConversationDataset, partners
 from spatialboost.dataset_format import read_meta
 from spatialboost.train.data import dataset_options
 
@@ -41,16 +41,6 @@ log = logging.getLogger(__name__)
 LEVELS = ("pixel", "object", "scene", "caption")
 VALUE_LEVELS = ("numbers", "pixel_numbers")  # new numbers only (see the module doc)
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def partners(num_images: list[int]) -> list[int]:
-    """For each sample, the next sample (cyclically) with the same number of images (itself if none)."""
-    out = []
-    for i, n in enumerate(num_images):
-        k = len(num_images)
-        j = next((i + d) % k for d in range(1, k + 1) if num_images[(i + d) % k] == n)
-        out.append(j)
-    return out
 
 
 def answer_levels(meta: dict | None) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 
 from spatialboost.constants import LM_IGNORE_INDEX
 from spatialboost.data.collate import PaddedCollator
-from spatialboost.data.dataset import ConversationDataset
+from spatialboost.data.dataset import ConversationDataset, partners
 from spatialboost.data.refs import Ref, annotate_question, ref_weights
 from spatialboost.dataset_format import iter_records, read_instance, read_meta, record_images
 from spatialboost.io import confined
@@ -33,7 +33,6 @@ from spatialboost.models.preprocess import preprocess_images
 from spatialboost.train.checkpoint import load_weights
 from spatialboost.train.data import dataset_options
 from spatialboost.train.distributed import DistEnv
-from spatialboost.train.image_gain import partners
 from spatialboost.train.pipeline import prepare_tokenizer
 from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
 

@@ -216,7 +216,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "instruct_steps": max(1, round(s.instruct_steps * arm.instruct_scale)),
             "recipe": study.cfg.recipe_name, "refs": list(r.refs), "simple_ft_lr": r.simple_ft_lr,
             "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm,
-            **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {})}  # fmt: skip
+            **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
+            **({"swap_images": True} if arm.swap_images else {})}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -231,6 +232,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += _recipe_tag(study)
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
+    key += "-swapped" if arm.swap_images else ""
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -403,6 +405,7 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
     cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), tokenizer,
                         r["llm_width"], boost)  # fmt: skip
     cfg.init_from = str(shared)
+    cfg.data.swap_images = arm.swap_images
     return cfg
 
 

@@ -183,9 +183,8 @@ class Arm:
     steps_scale: float = 1.0  # stage-3 length multiplier
     llm_scale: int = 1  # LM width = the recipe's x this; != 1: its own stages 1+2
     instruct_scale: float = 1.0  # stage-2 length multiplier (!= 1: its own stages 1+2)
-    cls_anchor: float = (
-        0.0  # stages.encoder.cls_anchor (not in the paper): hold the CLS token to the original's
-    )
+    cls_anchor: float = 0.0  # stages.encoder.cls_anchor (not in the paper): CLS held to the original's
+    swap_images: bool = False  # stage 3 reads other scenes' images (data.swap_images): no-language control
     search: bool = False  # probed on the val split, seeds 0..val_seeds-1
     candidate: bool = True  # a search arm the tuned recipe may be copied from
     tuned: bool = False  # resolved to the best search arm's recipe at run time
@@ -267,6 +266,16 @@ for _arm in (
         mode="full",
         data="choices-points",
         steps_scale=100.0,
+    ),
+    # the control the default's gain needs: the same stage 3, each sample reading another scene's images, so the
+    # answers no longer describe what the encoder sees. A gain here came from training, not from language
+    Arm(
+        "sb-dual-swapped-choices-points-5x",
+        "control: the default recipe with every stage-3 sample reading another scene's images",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        swap_images=True,
     ),
     # not in the paper: the default with its CLS token held to the frozen original's (stages.encoder.cls_anchor),
     # against the classification loss measured on the default (docs/results.md); weight picked on val
@@ -451,7 +460,7 @@ TABLES: tuple[Table, ...] = (
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", "sb-dual-choices-points-5x",
-           "sb-dual-choices-points-5x-gate-2", "head-depth",
+           "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
