@@ -132,7 +132,7 @@ def test_study_registry_and_job_order():
         ("sb-dual-choices-points-100x", {"steps_scale": 100.0}),
         ("sb-full-choices-points-100x", {"mode": "full", "steps_scale": 100.0}),
         ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
-        ("sb-dual-anchor10-choices-points-5x", {"cls_anchor": 10.0}),
+        ("sb-dual-anchor0.1-choices-points-5x", {"cls_anchor": 0.1}),
         ("sb-dual-swapped-choices-points-5x", {"swap_images": True}),
     ],
 )
@@ -155,11 +155,11 @@ def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tm
     study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
     monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
     monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
-    default, anchored = ARMS.get(DEFAULT_ARM), ARMS.get("sb-dual-anchor10-choices-points-5x")
-    assert runner.train_config(study, anchored, 0, tmp_path).stages.encoder.cls_anchor == 10.0
+    default, anchored = ARMS.get(DEFAULT_ARM), ARMS.get("sb-dual-anchor0.1-choices-points-5x")
+    assert runner.train_config(study, anchored, 0, tmp_path).stages.encoder.cls_anchor == 0.1
     assert runner.train_config(study, default, 0, tmp_path).stages.encoder.cls_anchor == 0.0
     assert runner.run_dir(study, anchored, 0) != runner.run_dir(study, default, 0)
-    assert runner.recipe_dict(study, anchored)["cls_anchor"] == 10.0
+    assert runner.recipe_dict(study, anchored)["cls_anchor"] == 0.1
     assert "cls_anchor" not in runner.recipe_dict(study, default)  # earlier studies' records keep their shape
     swapped = ARMS.get("sb-dual-swapped-choices-points-5x")
     assert runner.train_config(study, swapped, 0, tmp_path).data.swap_images

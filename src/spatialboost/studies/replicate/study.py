@@ -288,7 +288,7 @@ for _arm in (
             steps_scale=5.0,
             cls_anchor=_w,
         )
-        for _w in (1.0, 10.0)
+        for _w in (0.1, 1.0)
     ),
     Arm("simple-ft", "simple FT (2D pre-training objective continued)", "simple-ft"),
 ):
@@ -420,7 +420,7 @@ for _arm in (
             search=True,
             candidate=False,
         )
-        for _w in (1.0, 10.0)
+        for _w in (0.1, 1.0)
     ),
     Arm(
         "val-choices-points-readout-5x",
