@@ -4,8 +4,10 @@ The study's ``cls-knn`` probe is DINO's weighted kNN on the CLS token. This re-s
 features the study cached, for the base and for each named run's exported encoder (matched to its cached
 features by the weights' sha256), three ways: on the CLS token as the probe does, on the CLS token centred
 (the train mean subtracted: a shift shared by every image, to which cosine similarity is blind, is removed),
-and on the mean patch token (the features stage 3 supervises through the reference tokens). No training, no
-new features: only what the study wrote.
+and on the mean patch token (the features stage 3 supervises through the reference tokens). Also how far each
+run's CLS token moved from the base's on the same test images, in the measure of stage 3's CLS anchor
+(``models.vlm.cls_anchor_loss``: squared distance over the base's squared norm). No training, no new features:
+only what the study wrote.
 
     .venv/bin/python benchmarks/knn_tokens.py --study DIR --base dinov2-small-offline \\
         --runs llm-dual-choices-points-lr2e-05-g0-s400-dinov2-s,llm-full-choices-points-lr2e-05-g0-s400-dinov2-s
@@ -52,9 +54,19 @@ def mean_patch(fs: FeatureSet) -> np.ndarray:
     return np.stack([np.asarray(fs.patch[i], np.float32).mean(0) for i in range(len(fs))])
 
 
-def score(train: FeatureSet, test: FeatureSet) -> dict[str, float]:
+def cls_drift(test: FeatureSet, base_test: FeatureSet) -> float:
+    """sum |CLS - CLS_base|^2 / sum |CLS_base|^2 over the same test images (0 for the base itself)."""
+    cls, ref = np.asarray(test.cls, np.float64), np.asarray(base_test.cls, np.float64)
+    same_truth = np.array_equal(test.label, base_test.label) and np.array_equal(test.depth, base_test.depth)
+    if cls.shape != ref.shape or not same_truth:
+        raise ValueError("the run's and the base's test features are not of the same images")
+    return float(np.square(cls - ref).sum() / np.square(ref).sum())
+
+
+def score(train: FeatureSet, test: FeatureSet, base_test: FeatureSet) -> dict[str, float]:
     mu = np.asarray(train.cls, np.float32).mean(0, keepdims=True)
     return {
+        "cls_drift": cls_drift(test, base_test),
         "cls": knn_top1(train, test, {"train": train.cls, "test": test.cls}),
         "cls_centred": knn_top1(train, test, {"train": train.cls - mu, "test": test.cls - mu}),
         "mean_patch": knn_top1(train, test, {"train": mean_patch(train), "test": mean_patch(test)}),
@@ -74,16 +86,20 @@ def main() -> None:
         for run in filter(None, args.runs.split(",")):
             if (seed_dir / run / "encoder").is_dir():
                 encoders[f"{run} {seed_dir.name}"] = str(seed_dir / run / "encoder")
-    results = {}
+    results, base_test = {}, None
     for label, source in encoders.items():
         feats = cached.get(weights_sha256(resolve_encoder(source)), {})
         if set(feats) != {"train", "test"}:
             print(f"{label}: no cached train and test features (was it probed by this study?)")
+            if label == "base":
+                raise SystemExit("the base's features are needed for every comparison")
             continue
-        results[label] = score(load_feature_set(feats["train"]), load_feature_set(feats["test"]))
+        test = load_feature_set(feats["test"])
+        base_test = base_test or test  # the base comes first
+        results[label] = score(load_feature_set(feats["train"]), test, base_test)
         r = results[label]
         print(f"{label:64s} kNN CLS {r['cls']:.4f}  centred {r['cls_centred']:.4f}  mean patch {r['mean_patch']:.4f}"
-              f"  (majority {r['majority']:.4f})", flush=True)  # fmt: skip
+              f"  (majority {r['majority']:.4f})  CLS drift {r['cls_drift']:.4f}", flush=True)  # fmt: skip
     atomic_write_json(args.study / "knn-tokens.json", results)
 
 
