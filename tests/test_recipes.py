@@ -31,14 +31,32 @@ def study(tmp_path, monkeypatch):
 
 
 def _stage(cfg: TrainConfig, name: str) -> dict:
-    keep = ("max_steps", "batch_size", "grad_accum", "lr", "lr_gates", "warmup_ratio", "train_projector")
+    keep = (
+        "max_steps",
+        "batch_size",
+        "grad_accum",
+        "lr",
+        "lr_gates",
+        "warmup_ratio",
+        "train_projector",
+        "cls_anchor",
+    )
     return {k: v for k, v in to_dict(getattr(cfg.stages, name)).items() if k in keep}
 
 
 def _data(cfg: TrainConfig, stage: str) -> dict:
     d = to_dict(cfg.stage_data(stage))
     return {
-        k: d[k] for k in ("image_size", "max_length", "packing", "refs", "image_tokens", "cache_features")
+        k: d[k]
+        for k in (
+            "image_size",
+            "max_length",
+            "packing",
+            "refs",
+            "image_tokens",
+            "cache_features",
+            "swap_images",
+        )
     }
 
 
