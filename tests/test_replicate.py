@@ -12,7 +12,7 @@ from spatialboost.cli import main
 from spatialboost.registry import UnknownNameError
 from spatialboost.studies.replicate import report
 from spatialboost.studies.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
-from spatialboost.studies.replicate.study import ARMS, TABLES, StudyConfig, make_config
+from spatialboost.studies.replicate.study import ARMS, DEFAULT_ARM, TABLES, StudyConfig, make_config
 from train_fixtures import one_thread  # noqa: F401
 
 
@@ -134,28 +134,30 @@ def test_study_registry_and_job_order():
         ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
         ("sb-dual-anchor0.1-choices-points-5x", {"cls_anchor": 0.1}),
         ("sb-dual-swapped-choices-points-5x", {"swap_images": True}),
+        (DEFAULT_ARM, {"cls_anchor": 0.1}),
     ],
 )
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
-    """Table A's matched comparisons (full FT on the default's data, the pre-trained LM's long stage 3) change
-    the default arm in the named fields and nothing else, so a difference in the results is theirs."""
+    """The matched comparisons (full FT on the default's data, the pre-trained LM's long stage 3, the CLS anchor,
+    the no-language control) change the paper's arm in the named fields and nothing else, so a difference in the
+    results is theirs; the default recipe is the paper's arm with the CLS anchor at 0.1."""
     from dataclasses import asdict
 
-    from spatialboost.studies.replicate.study import DEFAULT_ARM
+    from spatialboost.studies.replicate.study import PAPER_ARM
 
-    default, arm = asdict(ARMS.get(DEFAULT_ARM)), asdict(ARMS.get(name))
+    default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}
     assert changed == differs
 
 
 def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tmp_path, monkeypatch):
     from spatialboost.studies.replicate import runner
-    from spatialboost.studies.replicate.study import DEFAULT_ARM
+    from spatialboost.studies.replicate.study import PAPER_ARM
 
     study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
     monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
     monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
-    default, anchored = ARMS.get(DEFAULT_ARM), ARMS.get("sb-dual-anchor0.1-choices-points-5x")
+    default, anchored = ARMS.get(PAPER_ARM), ARMS.get(DEFAULT_ARM)
     assert runner.train_config(study, anchored, 0, tmp_path).stages.encoder.cls_anchor == 0.1
     assert runner.train_config(study, default, 0, tmp_path).stages.encoder.cls_anchor == 0.0
     assert runner.run_dir(study, anchored, 0) != runner.run_dir(study, default, 0)
