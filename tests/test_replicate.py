@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spatialboost.cli import main
+from spatialboost.config import ConfigError
 from spatialboost.registry import UnknownNameError
 from spatialboost.studies.replicate import report
 from spatialboost.studies.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
@@ -237,6 +238,30 @@ def test_plan_table_estimates_what_is_left_from_the_measured_jobs():
     assert "8 min of single-job compute, plus 3 job(s) of arms not started yet" in table
     assert report.missing_jobs(summary) == ["sb-full seed 1", "sb-full seed 2", "sb-lora seed 0", "sb-lora seed 1",
                                             "sb-lora seed 2"]  # fmt: skip
+
+
+def test_only_seeds_runs_those_seeds_of_the_plan_and_refuses_seeds_it_lacks():
+    """One process per seed runs a study in parallel: each plans only its seeds, in the full plan's order."""
+    import argparse
+
+    from spatialboost.cli.replicate import add_arguments, build_config
+    from spatialboost.studies.replicate.runner import plan_jobs
+
+    cfg = make_config("unused", seeds=3, quick=True)
+    cfg.arms, cfg.val_seeds = ["base", "sb-dual", "val-gate-2"], 2
+    full = [(a.name, s) for a, s in plan_jobs(cfg)]
+    cfg.only_seeds = [1]
+    cfg.validate()
+    assert [(a.name, s) for a, s in plan_jobs(cfg)] == [j for j in full if j[1] == 1]
+    cfg.only_seeds = [3]
+    with pytest.raises(ConfigError, match="only_seeds"):
+        cfg.validate()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_config(parser.parse_args(["--quick", "--out", "x", "--only-seeds", "0,2"])).only_seeds == [
+        0,
+        2,
+    ]
 
 
 def test_val_seeds_plan_every_search_arm_on_each_val_seed():

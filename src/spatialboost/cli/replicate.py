@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="training seeds of each val-split search arm (default 1); the tuned arm picks on their mean",
     )
+    parser.add_argument(
+        "--only-seeds",
+        default="",
+        help="comma-separated training seeds to run (default: all); one process per seed runs a study in "
+        "parallel, and the report reads every seed's finished results",
+    )
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
     parser.add_argument(
         "--docs-md", default="results.md", help="file name of the markdown written into --docs"
@@ -90,11 +96,19 @@ def build_config(args: argparse.Namespace) -> StudyConfig:
         "recipe": recipe,
         "search": not args.no_search,
         "val_seeds": args.val_seeds,
+        "only_seeds": _seed_list(args.only_seeds),
         "arms": _names(args.arms),
         "bench_tasks": bench_tasks(args, warn=True),
         "cache_dir": str(args.cache) if args.cache else "",
     }
     return load_command_config(StudyConfig, None, [], flags)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--only-seeds {text!r}: give training seeds as integers, e.g. 1,2") from None
 
 
 def bench_tasks(args: argparse.Namespace, warn: bool = False) -> list[str]:
@@ -154,6 +168,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["spatialboost replicate", f"--out {args.out}", f"--seeds {args.seeds}"]
     parts += ["--quick"] * args.quick + [f"--size {args.size}", f"--recipe {args.recipe}"]
     parts += ["--no-search"] * args.no_search + [f"--val-seeds {args.val_seeds}"] * (args.val_seeds != 1)
+    parts += [f"--only-seeds {args.only_seeds}"] * bool(args.only_seeds)
     parts += [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     tasks = ",".join(bench_tasks(args))

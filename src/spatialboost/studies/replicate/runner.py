@@ -131,11 +131,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 def plan_jobs(cfg: StudyConfig) -> list[tuple[Arm, int]]:
     """Tuning candidates (val) first, then every other arm, then the search arms that are diagnostics only;
-    seed by seed within each group (so finished seeds are complete)."""
+    seed by seed within each group (so finished seeds are complete); only ``cfg.only_seeds`` when it names any."""
     arms = selected_arms(cfg)
     jobs = [(a, s) for s in range(cfg.val_seeds) for a in arms if a.search and a.candidate]
     jobs += [(a, s) for s in range(cfg.seeds) for a in arms if not a.search]
-    return jobs + [(a, s) for s in range(cfg.val_seeds) for a in arms if a.search and not a.candidate]
+    jobs += [(a, s) for s in range(cfg.val_seeds) for a in arms if a.search and not a.candidate]
+    return [(a, s) for a, s in jobs if not cfg.only_seeds or s in cfg.only_seeds]
 
 
 def prepare_base(study: Study) -> None:

@@ -492,6 +492,9 @@ class StudyConfig:
     search: bool = True  # run the val-split search and the tuned arm
     val_seeds: int = 1  # training seeds of each val-split search arm (the tuned arm's pick: their mean)
     arms: list[str] = field(default_factory=list)  # [] = every registered arm
+    # [] = every seed; else only these training seeds of the plan (one process per seed runs a study in parallel;
+    # each seed's stages 1+2 are its own). The report always reads every seed's finished results
+    only_seeds: list[int] = field(default_factory=list)
     # eval.benches.TASKS of the 3D and robot benches, run on table A's arms (replicate.benches)
     bench_tasks: list[str] = field(default_factory=list)
 
@@ -502,6 +505,12 @@ class StudyConfig:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
         if self.val_seeds < 1:
             raise ConfigError(f"val_seeds must be >= 1, got {self.val_seeds}")
+        planned = range(max(self.seeds, self.val_seeds))
+        if any(seed not in planned for seed in self.only_seeds):
+            raise ConfigError(
+                f"only_seeds {self.only_seeds}: the plan has training seeds {planned.start}-{planned.stop - 1} "
+                f"(seeds {self.seeds}, val_seeds {self.val_seeds})"
+            )
         if self.recipe_name not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe_name!r}; known: {', '.join(RECIPES)}")
         for name in self.arms:
