@@ -272,7 +272,7 @@ for _arm in (
     # answers no longer describe what the encoder sees. A gain here came from training, not from language
     Arm(
         "sb-dual-swapped-choices-points-5x",
-        "control: the default recipe with every stage-3 sample reading another scene's images",
+        "control: the paper's stage 3 (no CLS anchor) with every stage-3 sample reading another scene's images",
         "llm",
         data="choices-points",
         steps_scale=5.0,
