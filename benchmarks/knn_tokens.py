@@ -24,12 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spatialboost.eval.features import FeatureSet, load_feature_set
 from spatialboost.eval.probes import KnnConfig, cls_knn_probe
 from spatialboost.eval.runner import resolve_encoder
 from spatialboost.io import atomic_write_json
 from spatialboost.models.encoder_base import weights_sha256
+from spatialboost.models.vlm import relative_drift
 from spatialboost.studies.replicate.report import majority_rate
 
 
@@ -56,11 +58,11 @@ def mean_patch(fs: FeatureSet) -> np.ndarray:
 
 def cls_drift(test: FeatureSet, base_test: FeatureSet) -> float:
     """sum |CLS - CLS_base|^2 / sum |CLS_base|^2 over the same test images (0 for the base itself)."""
-    cls, ref = np.asarray(test.cls, np.float64), np.asarray(base_test.cls, np.float64)
+    cls, ref = (torch.from_numpy(np.asarray(fs.cls, np.float64)) for fs in (test, base_test))
     same_truth = np.array_equal(test.label, base_test.label) and np.array_equal(test.depth, base_test.depth)
     if cls.shape != ref.shape or not same_truth:
         raise ValueError("the run's and the base's test features are not of the same images")
-    return float(np.square(cls - ref).sum() / np.square(ref).sum())
+    return float(relative_drift(cls, ref))
 
 
 def score(train: FeatureSet, test: FeatureSet, base_test: FeatureSet) -> dict[str, float]:

@@ -115,8 +115,9 @@ class DualChannelAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         if self.original_only:
-            extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
-            return self.base(hidden_states, attention_mask=attention_mask, **extra, **kwargs)[0], None
+            return self._channel(
+                self.base, hidden_states, attention_mask, position_embeddings, **kwargs
+            ), None
         if self.fused and not self._weights_need_grad():
             return self._folded_forward(hidden_states, attention_mask, position_embeddings), None
         if self.fused:
@@ -141,10 +142,14 @@ class DualChannelAttention(nn.Module):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
     def _naive_channels(self, x, attention_mask, position_embeddings, **kwargs):
+        out = self._channel(self.base, x, attention_mask, position_embeddings, **kwargs)
+        return out, self._channel(self.plus, x, attention_mask, position_embeddings, **kwargs)
+
+    @staticmethod
+    def _channel(attn: nn.Module, x, attention_mask, position_embeddings, **kwargs) -> torch.Tensor:
+        """One attention module called as its encoder calls it (``Attn`` or ``Attn+``); its output, no weights."""
         extra = {} if position_embeddings is None else {"position_embeddings": position_embeddings}
-        out, _ = self.base(x, attention_mask=attention_mask, **extra, **kwargs)
-        out_plus, _ = self.plus(x, attention_mask=attention_mask, **extra, **kwargs)
-        return out, out_plus
+        return attn(x, attention_mask=attention_mask, **extra, **kwargs)[0]
 
     def _attend(self, qkv, heads: int, attention_mask, position_embeddings) -> torch.Tensor:
         """(B, T, 3 * heads * hd) laid out q, k, v -> attention output (B, T, heads * hd)."""

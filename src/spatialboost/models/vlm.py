@@ -115,7 +115,13 @@ def cls_anchor_loss(encoder: nn.Module, pixel_values: torch.Tensor, cls: torch.T
     the token is long). The original runs without gradient, its dual-channel layers on Attn alone."""
     with torch.no_grad(), original_only(encoder):
         ref = encoder.forward_features(pixel_values).cls.to(cls.dtype)
-    return (cls - ref).square().sum() / ref.square().sum().clamp_min(1e-12)
+    return relative_drift(cls, ref)
+
+
+def relative_drift(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """sum |x - ref|^2 / sum |ref|^2 over every row: how far ``x`` moved from ``ref``, in units of its squared
+    norm (the CLS anchor's measure, and what ``benchmarks/knn_tokens.py`` reports for finished runs)."""
+    return (x - ref).square().sum() / ref.square().sum().clamp_min(1e-12)
 
 
 def _count_labels(targets: torch.Tensor) -> int:
