@@ -46,6 +46,10 @@ def test_depth_log_regression_recovers_linear_solution():
     assert eff_b.item() == pytest.approx(0.5, abs=0.05)
     assert res.metrics["absrel"] < 0.02 and res.metrics["delta1"] == 1.0
     assert res.protocol["mode"] == "log-regression" and res.protocol["seed"] == 0
+    # one value per test image, each the image's own metric; the reported metric is their mean
+    assert {k: len(v) for k, v in res.per_image.items()} == {k: 8 for k in res.metrics}
+    assert np.mean(res.per_image["rmse"]) == pytest.approx(res.metrics["rmse"])
+    assert len(set(res.per_image["rmse"])) == 8
 
 
 def test_seg_probe_learns_linear_boundary_and_is_deterministic():

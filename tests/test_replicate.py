@@ -48,6 +48,51 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
     assert (quick_study / "tuning.json").is_file()
     assert (quick_study / "docs" / "results.md").is_file()
     assert (quick_study / "docs" / "replicate_arms.png").is_file()
+    # every record keeps the depth probe's per-scene values, whose mean is the recorded number
+    cfg = json.loads((quick_study / "study-config.json").read_text())
+    for path in quick_study.glob("arms/*/seed*.json"):
+        rec = json.loads(path.read_text())
+        per_scene = rec["per_scene"]["depth"]
+        assert set(per_scene) == {"rmse", "absrel", "delta1"}
+        assert len(per_scene["rmse"]) == cfg["sizes"][f"probe_{rec['split']}"]
+        assert sum(per_scene["rmse"]) / len(per_scene["rmse"]) == pytest.approx(
+            rec["metrics"]["depth"]["rmse"]
+        )
+    assert summary["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["per_item"]
+
+
+@pytest.mark.slow
+def test_a_finished_record_without_per_scene_values_gets_them_from_its_saved_encoder(quick_study, tmp_path,
+                                                                                     monkeypatch):  # fmt: skip
+    """Records written before per-scene values were kept gain them on the next run, from the arm's saved
+    encoder and the same probe seed, without training; a record whose depth RMSE the re-run does not
+    reproduce is left as it is."""
+    import shutil
+
+    from spatialboost.studies.replicate import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished arm was trained again")
+
+    out = tmp_path / "study"
+    shutil.copytree(quick_study, out, ignore=shutil.ignore_patterns("docs"))
+    fresh, tampered = (
+        out / "arms" / "sb-dual" / "seed0-test.json",
+        out / "arms" / "sb-full" / "seed0-test.json",
+    )
+    kept = json.loads(fresh.read_text())
+    for path, shift in ((fresh, 0.0), (tampered, 0.5)):
+        rec = json.loads(path.read_text())
+        del rec["per_scene"]
+        rec["metrics"]["depth"]["rmse"] += shift
+        path.write_text(json.dumps(rec))
+    monkeypatch.setattr(runner, "TRAINERS", {k: refuse for k in runner.TRAINERS})
+    assert (
+        main(["replicate", "--quick", "--seeds", "1", "--out", str(out), "--arms", "base,sb-dual,sb-full"])
+        == 0
+    )
+    assert json.loads(fresh.read_text())["per_scene"] == kept["per_scene"]
+    assert "per_scene" not in json.loads(tampered.read_text())
 
 
 @pytest.mark.slow
@@ -104,6 +149,14 @@ def test_report_says_which_columns_differ_beyond_noise():
     assert report.beyond_noise(base, cols(1.70, 0.25), 256) == "none"
     assert report.beyond_noise(base, cols(1.70, 0.25), 100_000) == "cls linear better"
     assert report.beyond_noise(cols(1.7, 0.2, n=1), cols(1.0, 0.2, n=1), 256) == "1 seed: no noise estimate"
+    # a gain the seeds agree on but that two of four scenes carry is within the scenes' noise
+    scenes_a, scenes_b = [[1.0, 1.0, 2.0, 2.0]] * 3, [[1.0, 1.0, 1.6, 1.6]] * 3
+    base, arm = cols(1.5, 0.2, std=0.001), cols(1.3, 0.2, std=0.001)
+    assert report.beyond_noise(base, arm, 256) == "depth RMSE (m) better"
+    base["depth RMSE (m)"]["per_item"], arm["depth RMSE (m)"]["per_item"] = scenes_a, scenes_b
+    assert report.beyond_noise(base, arm, 256) == "none"
+    assert report.scene_change(base["depth RMSE (m)"], arm["depth RMSE (m)"]) == "-13.3% (± 7.7 scenes)"
+    assert report.scene_change(cols(1.5, 0.2)["depth RMSE (m)"], arm["depth RMSE (m)"]) == "-13.3%"
 
 
 def test_study_registry_and_job_order():

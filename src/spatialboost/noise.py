@@ -6,8 +6,12 @@ binomial standard error over its test images; 0 where the row has none). Where b
 ``values`` and the same ``seeds`` (base and boosted probed with the same probe-head seeds), the seed term is the
 paired one: ``std_Δ``, the sample std of the per-seed differences, times ``max(NOISE_K, t(0.975, n-1) / √n)``
 (a two-sided paired t-test at 95%, never looser than the per-draw rule): the probe seed's shared effect on both
-sides cancels, as it does in a paired comparison. ``verdict`` applies the rule to two rows and ``NOISE_RULE``
-is its wording for a table's footnote. Which way is "better" is owned here too:
+sides cancels, as it does in a paired comparison. Where both rows also carry ``per_item`` (per seed, the metric
+of each test item, the row's value being their mean: a depth probe's per-image RMSE) over the same items, the
+test set's own sampling enters too: ``per_item_se``, the standard error of the mean per-item difference
+(averaged over the common seeds), times ``NOISE_K``, in quadrature. Seeds cannot see it (every seed scores the
+same fixed test scenes), and on a few hundred synthetic scenes it is as large as the seed term. ``verdict``
+applies the rule to two rows and ``NOISE_RULE`` is its wording for a table's footnote. Which way is "better" is owned here too:
 ``lower_is_better`` (a row's own ``lower_is_better`` first, else ``LOWER_IS_BETTER``).
 
 Leaf module: it imports nothing from spatialboost.
@@ -24,7 +28,8 @@ NOISE_RULE = (
     "Δ says better/worse only where |Δ| > 2 × √(std_base² + std_boosted²) (seed std, ddof=1), or, where base "
     "and boosted were probed with the same probe seeds, |Δ| > max(2, t₀.₉₇₅(n-1)/√n) × std_Δ (std_Δ: the "
     "sample std of the n per-seed differences; a paired t-test at 95%, never looser than 2 std); for "
-    "accuracies 2 × the binomial s.e. √(p(1-p)/n_test) of each side is added in quadrature; else within noise; "
+    "accuracies 2 × the binomial s.e. √(p(1-p)/n_test) of each side, and for per-image means (depth) 2 × the "
+    "paired s.e. over the test images of the per-image difference, are added in quadrature; else within noise; "
     "one seed gives no noise estimate"
 )
 # two-sided 97.5% quantiles of Student's t by degrees of freedom (1..10; beyond: the 10-dof value, conservative)
@@ -59,16 +64,48 @@ def paired_k(n: int, k: float = NOISE_K) -> float:
     return max(k, _T975[min(n - 1, len(_T975)) - 1] / math.sqrt(n))
 
 
+def per_item_se(base: list[list[float]], boosted: list[list[float]]) -> float:
+    """The standard error of the mean over test items of ``boosted - base``, each item's difference averaged
+    over the seeds (``base[s][j]``: seed ``s``'s metric on item ``j``; the same items, in the same order, on both
+    sides); items that are NaN on any side are left out. Raises on mismatched shapes or under 2 items."""
+    shape_a, shape_b = [len(v) for v in base], [len(v) for v in boosted]
+    if not shape_a or shape_a != shape_b or len(set(shape_a)) != 1:
+        raise ValueError(f"per-item values must be one equal-length list per seed on both sides, got items per "
+                         f"seed {shape_a} (base) and {shape_b} (boosted)")  # fmt: skip
+    diffs = []
+    for items_a, items_b in zip(zip(*base, strict=True), zip(*boosted, strict=True), strict=True):  # one item
+        d = [y - x for x, y in zip(items_a, items_b, strict=True)]
+        if not any(map(math.isnan, d)):
+            diffs.append(statistics.fmean(d))
+    if len(diffs) < 2:
+        raise ValueError(f"per_item_se needs at least 2 items that are not NaN, got {len(diffs)}")
+    return statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def paired_item_se(base: dict[str, Any], boosted: dict[str, Any]) -> float:
+    """``per_item_se`` of two rows that carry ``per_item`` (paired by ``seeds``: their common seeds, in ``base``'s
+    order; by position where a row names none); 0.0 where either lacks them."""
+    if not (base.get("per_item") and boosted.get("per_item")):
+        return 0.0
+    seeds_a = base.get("seeds") or range(len(base["per_item"]))  # no seeds named: paired by position
+    seeds_b = boosted.get("seeds") or range(len(boosted["per_item"]))
+    by_seed = dict(zip(seeds_b, boosted["per_item"], strict=True))
+    common = [(items, by_seed[s]) for s, items in zip(seeds_a, base["per_item"], strict=True) if s in by_seed]
+    if not common:
+        return 0.0
+    return per_item_se([a for a, _ in common], [b for _, b in common])
+
+
 def noise_threshold(base: dict[str, Any], boosted: dict[str, Any], k: float = NOISE_K) -> float:
-    """The |Δ| two rows (``std`` and optional ``sampling_se``; paired when both carry per-seed ``values`` for the
-    same ``seeds``) must exceed to differ beyond noise."""
+    """The |Δ| two rows (``std``, optional ``sampling_se`` and ``per_item``; paired when both carry per-seed
+    ``values`` for the same ``seeds``) must exceed to differ beyond noise."""
     diffs = paired_differences(base, boosted)
     if diffs is None:
         seed_term = k**2 * (base["std"] ** 2 + boosted["std"] ** 2)
     else:
         seed_term = (paired_k(len(diffs), k) * statistics.stdev(diffs)) ** 2
     sampling = base.get("sampling_se", 0.0) ** 2 + boosted.get("sampling_se", 0.0) ** 2
-    return math.sqrt(seed_term + k**2 * sampling)
+    return math.sqrt(seed_term + k**2 * (sampling + paired_item_se(base, boosted) ** 2))
 
 
 def verdict(base: dict[str, Any], boosted: dict[str, Any], metric: str | None = None) -> str:

@@ -98,6 +98,9 @@ class ProbeResult:
     protocol: dict[str, Any]
     preview: np.ndarray | None = None  # (k, S, S) depth predictions of the first test images
     head: nn.Module | None = None  # the trained head (not serialised)
+    # metric -> one value per test image, where ``metrics`` is their mean (the depth probe): the scene
+    # sampling term of a paired comparison (``noise.per_item_se``)
+    per_image: dict[str, list[float]] | None = None
 
 
 Probe = Callable[[FeatureSet, FeatureSet, Any, int], ProbeResult]
@@ -233,10 +236,11 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
         per_image += [depth_metrics(p, t) for p, t in zip(pred, target, strict=True)]
         if sum(len(p) for p in previews) < cfg.preview:
             previews.append(pred[: cfg.preview])
-    metrics = {k: float(np.nanmean([m[k] for m in per_image])) for k in per_image[0]}
+    columns = {k: [m[k] for m in per_image] for k in per_image[0]}
+    metrics = {k: float(np.nanmean(v)) for k, v in columns.items()}
     preview = np.concatenate(previews)[: cfg.preview] if previews else None
     return ProbeResult(metrics=metrics, protocol=depth_protocol_fields(cfg, train, seed, history, centers, "probe"),
-                       preview=preview, head=head)  # fmt: skip
+                       preview=preview, head=head, per_image=columns)  # fmt: skip
 
 
 def depth_protocol_fields(

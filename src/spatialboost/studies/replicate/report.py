@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from spatialboost.eval.report import save_png
 from spatialboost.io import atomic_write_json, atomic_write_text
-from spatialboost.noise import NOISE_RULE, binomial_se, verdict
+from spatialboost.noise import NOISE_RULE, binomial_se, paired_item_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
 from spatialboost.studies.replicate.probing import COLUMNS
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES, val_seeds_span
@@ -67,6 +67,13 @@ def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
     recs = sorted(arm["records"], key=lambda r: r["seed"])
     seeds = [r["seed"] for r in recs]  # the probe-head seed is the study seed
     cols = {col: _stats([r["metrics"][p][m] for r in recs], seeds) for (p, m), col in COLUMNS.items()}
+    for (
+        p,
+        m,
+    ), col in COLUMNS.items():  # per-scene values where every seed kept them: the scene-sampling term
+        per_scene = [r.get("per_scene", {}).get(p, {}).get(m) for r in recs]
+        if all(per_scene):
+            cols[col]["per_item"] = per_scene
     return {"label": arm["label"], "split": arm["split"], "seeds": seeds, "columns": cols,
             "seconds": [r["seconds"] for r in recs], "recipe": recs[0]["recipe"],
             "trainer": recs[0]["arm_config"]["trainer"],
@@ -167,6 +174,14 @@ def rel_change(base: float, value: float) -> str:
     return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
 
 
+def scene_change(base: dict[str, Any], arm: dict[str, Any]) -> str:
+    """``rel_change`` of two columns, with ± the paired standard error over the scored scenes (in % of the
+    base) where both carry per-scene values: how far the same comparison moves on other scenes."""
+    text = rel_change(base["mean"], arm["mean"])
+    se = paired_item_se(base, arm)
+    return f"{text} (± {100.0 * se / base['mean']:.1f} scenes)" if se and base["mean"] else text
+
+
 def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) -> str:
     """The columns where ``arm`` differs from ``base`` beyond noise (``spatialboost.noise``: seed stds, plus an
     accuracy's binomial s.e. over ``n_test`` images), each said better or worse; "none"; or why it cannot say."""
@@ -210,10 +225,10 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
             )
             continue
         cells = [cell(a["columns"][c]) for c in COLUMNS.values()]
-        rmse = a["columns"]["depth RMSE (m)"]["mean"]
         gain = gain_stats(a["diagnostics"], "stage3")
         lines.append(f"| {a['label']} | {len(a['seeds'])} | " + " | ".join(cells)
-                     + f" | {cell(gain) if gain else ''} | {rel_change(base, rmse) if base and name != 'base' else ''} "
+                     + f" | {cell(gain) if gain else ''} "
+                     f"| {scene_change(base_cols['depth RMSE (m)'], a['columns']['depth RMSE (m)']) if base and name != 'base' else ''} "
                      f"| {beyond_noise(base_cols, a['columns'], n_test) if base_cols and name != 'base' else ''} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -313,7 +328,7 @@ def search_table(summary: dict[str, Any]) -> str:
     if not names:
         return "_The val search did not run._"
     ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
-    base = summary["arms"].get("val-base@val", {}).get("columns", {}).get("depth RMSE (m)", {}).get("mean")
+    base_col = summary["arms"].get("val-base@val", {}).get("columns", {}).get("depth RMSE (m)")
     head = [f"search arm (val, {val_seeds_text(summary)})", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
             "depth RMSE", "AbsRel",
             "seg mIoU", "cls linear", "RMSE vs untuned", "RMSE vs base"]  # fmt: skip
@@ -332,7 +347,7 @@ def search_table(summary: dict[str, Any]) -> str:
                      f"| {r['llm_width']} | {c['depth RMSE (m)']['mean']:.4f} | {c['AbsRel']['mean']:.4f} "
                      f"| {c['seg mIoU']['mean']:.4f} | {c['cls linear']['mean']:.4f} "
                      f"| {rel_change(untuned, c['depth RMSE (m)']['mean']) if untuned else ''} "
-                     f"| {rel_change(base, c['depth RMSE (m)']['mean']) if base else ''} |")  # fmt: skip
+                     f"| {scene_change(base_col, c['depth RMSE (m)']) if base_col else ''} |")  # fmt: skip
     tuning = summary.get("tuning") or {}
     if tuning:
         lines.append(f"\nChosen for the tuned arm (lowest val depth RMSE): **{tuning['chosen']}**.")
