@@ -22,7 +22,7 @@ from spatialboost.io import atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, paired_item_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
 from spatialboost.studies.replicate.probing import COLUMNS
-from spatialboost.studies.replicate.study import ARMS, DATA, TABLES, val_seeds_span
+from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
 log = logging.getLogger(__name__)
 DISCUSSION = "<!-- discussion -->"
@@ -318,9 +318,12 @@ def depth_bound_lines(depth: dict[str, Any], diags: dict[Any, dict[str, Any]]) -
     return lines
 
 
-def val_seeds_text(summary: dict[str, Any]) -> str:
-    n = (summary.get("config") or {}).get("val_seeds", 1)
-    return val_seeds_span(n) + (", mean ± std" if n > 1 else "")
+def seed_span(seeds: list[int]) -> str:
+    """ "0", "0-2" (consecutive) or "0, 2"."""
+    seeds = sorted(seeds)
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def search_table(summary: dict[str, Any]) -> str:
@@ -329,7 +332,7 @@ def search_table(summary: dict[str, Any]) -> str:
         return "_The val search did not run._"
     ref = summary["arms"].get("val-lr0.001@val", {}).get("columns", {})
     base_col = summary["arms"].get("val-base@val", {}).get("columns", {}).get("depth RMSE (m)")
-    head = [f"search arm (val, {val_seeds_text(summary)})", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
+    head = ["search arm (val; mean over its val seeds)", "val seeds", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
             "depth RMSE", "AbsRel",
             "seg mIoU", "cls linear", "RMSE vs untuned", "RMSE vs base"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -342,7 +345,7 @@ def search_table(summary: dict[str, Any]) -> str:
         if a.get("trainer") == "none":
             r = {k: "-" for k in r}
         untuned = ref.get("depth RMSE (m)", {}).get("mean")
-        lines.append(f"| {a['label']} | {r['encoder_lr']} | {r['gate_init']} | {r['encoder_steps']} "
+        lines.append(f"| {a['label']} | {seed_span(a['seeds'])} | {r['encoder_lr']} | {r['gate_init']} | {r['encoder_steps']} "
                      f"| {r.get('instruct_steps', '')} | {r['data']} "
                      f"| {r['llm_width']} | {c['depth RMSE (m)']['mean']:.4f} | {c['AbsRel']['mean']:.4f} "
                      f"| {c['seg mIoU']['mean']:.4f} | {c['cls linear']['mean']:.4f} "
@@ -451,8 +454,11 @@ def markdown(
             "",
         ]
         parts += bench_table(summary) if t["key"] == "A" else []
-    parts += [f"## Hyper-parameter search (val split, {val_seeds_text(summary)}; one factor at a time from the "
+    parts += ["## Hyper-parameter search (val split, the val seeds each row names; one factor at a time from the "
               "untuned recipe)", "",
+              "RMSE vs base: ± the paired standard error over the val scenes (128 at the real sizes): the val "
+              "split has half the test split's scenes, so its picks carry √2 times the scene noise of a test "
+              "number.", "",
               search_table(summary), "", "## Diagnostics", "",
               "### Does the stage-2 VLM read the image? (held-out conversations, seeds' shared stages 1+2)", "",
               "Image gain = answer-token loss with other scenes' images minus loss with the right ones; a text-only "
