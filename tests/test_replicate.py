@@ -59,6 +59,7 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
             rec["metrics"]["depth"]["rmse"]
         )
     assert summary["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["per_item"]
+    assert "### Where the depth change comes from" in md and "| the base's worst quarter of scenes |" in md
 
 
 @pytest.mark.slow
@@ -132,6 +133,16 @@ def test_report_cells_are_mean_and_sample_std_of_the_seeds():
     assert col["mean"] == pytest.approx(2.0) and col["std"] == pytest.approx(1.0) and col["n"] == 3
     assert report.cell(col) == "2.0000 ± 1.0000"
     assert report.rel_change(2.0, 1.5) == "-25.0%"
+    assert [report.seed_span(s) for s in ([0], [2, 0, 1], [0, 2])] == ["0", "0-2", "0, 2"]
+
+
+def test_scene_spread_splits_a_depth_change_by_the_bases_worst_quarter():
+    base = [[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 4.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 4.0]]
+    arm = [[1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 2.0, 2.0], [1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 2.0, float("nan")]]
+    spread = report.scene_spread(base, arm)
+    # the scene with a NaN is left out: of 7 scenes the worst quarter is the 1 worst (4.0 -> 2.0); the rest +10%
+    assert spread["better"] == pytest.approx(1 / 7)
+    assert spread["worst_quarter"] == pytest.approx(-50.0) and spread["rest"] == pytest.approx(10.0)
 
 
 def test_report_says_which_columns_differ_beyond_noise():
