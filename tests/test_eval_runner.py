@@ -69,6 +69,25 @@ def test_before_after_same_encoder_gives_zero_delta(tmp_path):
         b = {r["metric"]: r["mean"] for r in rows if r["encoder"] == "boosted" and r["probe"] == probe}
         assert a == b and a  # determinism: same features + same seeds -> same numbers
     assert "| depth | rmse ↓ |" in table and "+0.0000" in table
+    # the depth rows keep every seed's per-image values (the test images' own noise); the others have none
+    depth = next(
+        r for r in rows if r["encoder"] == "base" and r["probe"] == "depth" and r["metric"] == "rmse"
+    )
+    n_test = results.summary["dataset"]["n_test"]
+    assert [len(v) for v in depth["per_item"]] == [n_test] * len(depth["seeds"])
+    assert np.mean(depth["per_item"], axis=1) == pytest.approx(depth["values"])
+    assert not any("per_item" in r for r in rows if r["probe"] != "depth")
+
+
+def test_aggregate_keeps_per_image_values_only_where_every_seed_has_them():
+    def run(seed, per_image):
+        return {"encoder": "e", "probe": "depth", "task": "depth", "seed": seed, "metrics": {"rmse": 1.0},
+                "protocol": {}, **({"per_image": {"rmse": per_image}} if per_image else {})}  # fmt: skip
+
+    (row,) = aggregate([run(0, [1.0, 1.0]), run(1, [0.5, 1.5])])
+    assert row["per_item"] == [[1.0, 1.0], [0.5, 1.5]]
+    (row,) = aggregate([run(0, [1.0, 1.0]), run(1, None)])
+    assert "per_item" not in row
 
 
 def test_aggregate_mean_std_and_protocol():

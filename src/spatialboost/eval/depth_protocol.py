@@ -25,7 +25,13 @@ from spatialboost.eval.datasets import parse_data_spec
 from spatialboost.eval.datasets.base import ProbeDataset, ProbeSample
 from spatialboost.eval.features import FeatureSet
 from spatialboost.eval.metrics import depth_metrics
-from spatialboost.eval.probes import ProbeResult, depth_protocol_fields, fit_depth_head, predict_depth
+from spatialboost.eval.probes import (
+    ProbeResult,
+    depth_protocol_fields,
+    fit_depth_head,
+    image_means,
+    predict_depth,
+)
 from spatialboost.image_transform import ImageTransform
 
 PROTOCOLS = ("auto", "probe", "nyu-eigen")
@@ -162,8 +168,10 @@ def eigen_depth_probe(
     head, centers, history = fit_depth_head(train, cfg, seed)
     preds = np.concatenate([p for _, p in predict_depth(head, test_crops, cfg, centers)])  # (n * k, S, S)
     per_image = score_crops(preds, crops)
-    metrics = {k: float(np.nanmean([m[k] for m in per_image])) for k in per_image[0]}
+    metrics, columns = image_means(per_image)
     proto = depth_protocol_fields(cfg, train, seed, history, centers, "nyu-eigen")
     proto.update({"eval_resolution": list(NYU_SHAPE), "eigen_crop": list(EIGEN_CROP), "depth_range": [MIN_DEPTH, MAX_DEPTH],
                   "upsampling": "bilinear", "crops_per_image": len(crops.offsets)})  # fmt: skip
-    return ProbeResult(metrics=metrics, protocol=proto, preview=preds[: cfg.preview], head=head)
+    return ProbeResult(
+        metrics=metrics, protocol=proto, preview=preds[: cfg.preview], head=head, per_image=columns
+    )

@@ -77,7 +77,8 @@ def _bench_runs(
             if res.preview is not None and seed == seeds[0]:
                 previews[name] = res.preview
     return [{"encoder": name, "probe": probe, "task": bench.task(probe), "seed": seed,
-             "metrics": results[seed][probe].metrics, "protocol": results[seed][probe].protocol}
+             "metrics": results[seed][probe].metrics, "protocol": results[seed][probe].protocol,
+             **({"per_image": results[seed][probe].per_image} if results[seed][probe].per_image else {})}
             for probe in results[seeds[0]] for seed in seeds]  # fmt: skip
 
 

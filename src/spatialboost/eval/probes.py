@@ -236,11 +236,17 @@ def depth_probe(train: FeatureSet, test: FeatureSet, cfg: DepthProbeConfig, seed
         per_image += [depth_metrics(p, t) for p, t in zip(pred, target, strict=True)]
         if sum(len(p) for p in previews) < cfg.preview:
             previews.append(pred[: cfg.preview])
-    columns = {k: [m[k] for m in per_image] for k in per_image[0]}
-    metrics = {k: float(np.nanmean(v)) for k, v in columns.items()}
+    metrics, columns = image_means(per_image)
     preview = np.concatenate(previews)[: cfg.preview] if previews else None
     return ProbeResult(metrics=metrics, protocol=depth_protocol_fields(cfg, train, seed, history, centers, "probe"),
                        preview=preview, head=head, per_image=columns)  # fmt: skip
+
+
+def image_means(per_image: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(metric -> mean over the images, NaN left out; metric -> the per-image values): a per-image metric's
+    score and what ``noise.per_item_se`` needs."""
+    columns = {k: [m[k] for m in per_image] for k in per_image[0]}
+    return {k: float(np.nanmean(v)) for k, v in columns.items()}, columns
 
 
 def depth_protocol_fields(

@@ -166,16 +166,22 @@ def aggregate(runs: list[dict[str, Any]], n_test: int | dict[str, int] | None = 
     """One row per (encoder, probe, metric): mean, std (ddof=1) and the per-seed values; for a proportion
     over ``n_test`` images (one count, or one per probe) also ``sampling_se`` = sqrt(p (1 - p) / n_test), the
     test set's own noise (a deterministic head has no seed spread, yet one image of 32 moves top-1 by 3
-    points)."""
+    points); for a per-image mean whose runs kept their ``per_image`` values (depth) also ``per_item``, one
+    list per seed, from which ``noise`` takes the paired test-image term."""
     groups: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    items: dict[tuple[str, str, str], list[list[float] | None]] = {}
     protocols: dict[tuple[str, str], dict] = {}
     for r in runs:
         protocols.setdefault((r["encoder"], r["probe"]), {k: v for k, v in r["protocol"].items()
                                                           if k not in ("seed", "final_train_loss")})  # fmt: skip
         for metric, value in r["metrics"].items():
             groups.setdefault((r["encoder"], r["probe"], metric), []).append((r["seed"], value))
+            items.setdefault((r["encoder"], r["probe"], metric), []).append(
+                r.get("per_image", {}).get(metric)
+            )
     rows = []
-    for (enc, probe, metric), vals in groups.items():
+    for key, vals in groups.items():
+        enc, probe, metric = key
         values = np.array([v for _, v in vals], dtype=np.float64)
         rows.append({
             "encoder": enc, "probe": probe, "metric": metric,
@@ -186,6 +192,8 @@ def aggregate(runs: list[dict[str, Any]], n_test: int | dict[str, int] | None = 
         n = n_test.get(probe) if isinstance(n_test, dict) else n_test
         if n and metric in PROPORTIONS:
             rows[-1]["sampling_se"] = binomial_se(rows[-1]["mean"], n)
+        if all(items[key]):  # every seed's per-image values (a depth probe): the test images' own noise
+            rows[-1]["per_item"] = items[key]
     return rows
 
 

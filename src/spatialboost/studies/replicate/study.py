@@ -284,7 +284,7 @@ for _arm in (
     *(
         Arm(
             f"sb-dual-anchor{_w:g}-choices-points-5x",
-            "SpatialBoost default recipe `spatialboost`: A/B point turns, 5x steps, CLS anchor 0.1 (picked on val)"
+            "SpatialBoost default recipe `spatialboost`: A/B point turns, 5x steps, CLS anchor 0.1 (picked on DINOv2-S's val split)"
             if _w == 0.1
             else f"A/B point turns, 5x steps, CLS anchor {_w:g} (not in the paper)",
             "llm",
