@@ -58,7 +58,10 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
         assert sum(per_scene["rmse"]) / len(per_scene["rmse"]) == pytest.approx(
             rec["metrics"]["depth"]["rmse"]
         )
-    assert summary["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["per_item"]
+    # results.json keeps the paired scene s.e. against the base, not the per-scene values (the records have them)
+    assert "per_item" not in json.dumps(summary)
+    assert summary["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["scene_se_vs_base"] > 0
+    assert report.collect(quick_study)["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["per_item"]
     assert "### Where the depth change comes from" in md and "| the base's worst quarter of scenes |" in md
 
 

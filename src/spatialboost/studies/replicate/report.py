@@ -593,12 +593,29 @@ def plot_losses(summary: dict[str, Any], path: Path) -> Path | None:
 # --- write --------------------------------------------------------------------------------------------------
 
 
+def json_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` as ``results.json`` keeps it: each column's per-scene values (``per_item``, hundreds of
+    numbers a seed; the arm records under ``arms/`` keep them) replaced by ``scene_se_vs_base``, the paired
+    standard error over the scenes of its difference from the base of its split."""
+    arms = {}
+    for name, arm in summary["arms"].items():
+        base = summary["arms"].get("val-base@val" if name.endswith("@val") else "base", {}).get("columns", {})
+        columns = {}
+        for col, stats in arm["columns"].items():
+            kept = {k: v for k, v in stats.items() if k != "per_item"}
+            if stats.get("per_item") and base.get(col, {}).get("per_item"):
+                kept["scene_se_vs_base"] = paired_item_se(base[col], stats)
+            columns[col] = kept
+        arms[name] = {**arm, "columns": columns}
+    return {**summary, "arms": arms}
+
+
 def write_report(summary: dict[str, Any], out: str | Path, command: str = "", commit: str = "",
                  plots: bool = True, prefix: str = "", md_name: str = "results.md") -> Path:  # fmt: skip
     """``<prefix>results.json``, ``md_name`` (discussion kept) and ``<prefix>*.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{prefix}results.json", summary)
+    atomic_write_json(out / f"{prefix}results.json", json_summary(summary))
     names = []
     if plots and summary["arms"]:
         names.append(plot_arms(summary, out / f"{prefix}arms.png").name)
