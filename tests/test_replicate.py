@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -235,6 +236,32 @@ def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tm
     assert runner.train_config(study, swapped, 0, tmp_path).data.swap_images
     assert not runner.train_config(study, default, 0, tmp_path).data.swap_images
     assert runner.run_dir(study, swapped, 0) != runner.run_dir(study, default, 0)
+
+
+def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the_shared_stage_1(tmp_path,
+                                                                                                monkeypatch):  # fmt: skip
+    from spatialboost.studies.replicate import data, runner
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    monkeypatch.setattr(data, "ensure_reading_dataset", lambda *a, **k: tmp_path / "reading")
+    ran = []
+    monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
+    replay = ARMS.get("val-replay-anchor0.1-choices-points-5x")
+    shared = runner.ensure_shared(study, 0, replay=replay.stage2_replay)
+    plain, mixed = ran
+    assert plain.stages.run == ["align", "instruct"] and not plain.stages.instruct.data
+    assert mixed.stages.run == ["instruct"] and mixed.init_from == str(plain.run_dir)
+    assert mixed.stages.instruct.data == {"datasets": [str(tmp_path / "main"), str(tmp_path / "reading")]}
+    assert shared == Path(mixed.run_dir) == Path(f"{plain.run_dir}-replay")
+    assert mixed.model.tokenizer == str(Path(plain.run_dir) / "tokenizer")
+    stage3 = runner.train_config(study, replay, 0, shared)
+    assert stage3.init_from == str(shared) and stage3.model.tokenizer == mixed.model.tokenizer
+    assert runner.run_dir(study, replay, 0) != runner.run_dir(
+        study, ARMS.get("val-anchor0.1-choices-points-5x"), 0
+    )
+    assert runner.recipe_dict(study, replay)["stage2_replay"] is True
 
 
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:

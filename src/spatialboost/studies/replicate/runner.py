@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from spatialboost.config import to_dict
+from spatialboost.config import ConfigError, to_dict
 from spatialboost.io import atomic_write_json
 from spatialboost.models.config import VLMConfig, is_tiny_llm
 from spatialboost.models.dual_channel import boost_encoder
@@ -239,7 +239,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "recipe": study.cfg.recipe_name, "refs": list(r.refs), "simple_ft_lr": r.simple_ft_lr,
             "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm,
             **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
-            **({"swap_images": True} if arm.swap_images else {})}  # fmt: skip
+            **({"swap_images": True} if arm.swap_images else {}),
+            **({"stage2_replay": True} if arm.stage2_replay else {})}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -255,6 +256,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
+    key += "-replay" if arm.stage2_replay else ""
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -277,7 +279,7 @@ def train_llm(study: Study, arm: Arm, seed: int):
     from spatialboost.studies.replicate.diagnostics import adapter_stats, loss_curve, weight_change
 
     r = recipe_dict(study, arm)
-    shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"])
+    shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay)
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
     encoder = load_encoder(Path(cfg.run_dir) / "encoder")
@@ -374,12 +376,44 @@ def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
 # --- training configs ---------------------------------------------------------------------------------------
 
 
-def ensure_shared(study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0) -> Path:
-    """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length)."""
+def ensure_shared(
+    study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0, replay: bool = False
+) -> Path:
+    """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length).
+    ``replay``: a stage 2 of its own that also replays stage 1's reading conversations, on the same stage 1
+    (trained once, in the plain shared run)."""
 
     cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
+    if not replay:
+        return Path(cfg.run_dir)
+    if not (cfg.stages.align.data or {}).get("datasets"):
+        raise ConfigError(
+            f"recipe {study.cfg.recipe_name!r} has no reading warm-up (reading_turns) to replay"
+        )
+    plain, reading = Path(cfg.run_dir), cfg.stages.align.data["datasets"]
+    cfg.run_dir = replay_run(plain)
+    cfg.init_from = str(plain)  # stage 1's output
+    if is_tiny_llm(study.cfg.recipe.llm):  # stage 1's token ids: the plain run's corpus BPE
+        cfg.model.tokenizer = str(plain / "tokenizer")
+    cfg.stages.run = ["instruct"]
+    cfg.stages.instruct.data = {"datasets": [*cfg.data.datasets, *reading]}
+    cfg.image_gain.blind = False
+    run_training(cfg)
     return Path(cfg.run_dir)
+
+
+def replay_run(plain: Path) -> Path:
+    """The stage-2-replay run beside the plain shared run ``plain`` (whose stage 1 and tokenizer it uses)."""
+    return plain.with_name(f"{plain.name}{REPLAY_SUFFIX}")
+
+
+def plain_run(shared: Path) -> Path:
+    """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or a replay run's plain run."""
+    return shared.with_name(shared.name.removesuffix(REPLAY_SUFFIX))
+
+
+REPLAY_SUFFIX = "-replay"
 
 
 def _llm_options(width: int) -> dict[str, int]:
@@ -423,7 +457,7 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
                          lr_gates=r["lr_gates"], warmup_ratio=0.05, cls_anchor=arm.cls_anchor)  # fmt: skip
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
-    tokenizer = shared / "tokenizer" if is_tiny_llm(r["llm"]) else None  # a pre-trained LM brings its own
+    tokenizer = plain_run(shared) / "tokenizer" if is_tiny_llm(r["llm"]) else None  # pre-trained: its own
     cfg = _train_config(study, run_dir(study, arm, seed), seed, stages, study.data(arm.data), tokenizer,
                         r["llm_width"], boost)  # fmt: skip
     cfg.init_from = str(shared)

@@ -185,6 +185,9 @@ class Arm:
     instruct_scale: float = 1.0  # stage-2 length multiplier (!= 1: its own stages 1+2)
     cls_anchor: float = 0.0  # stages.encoder.cls_anchor (not in the paper): CLS held to the original's
     swap_images: bool = False  # stage 3 reads other scenes' images (data.swap_images): no-language control
+    # stage 2 also replays stage 1's reading conversations (a LLaVA-style data mix; its own stage 2, on the
+    # shared stage 1): does stage 2 then keep the reading stage 1 taught?
+    stage2_replay: bool = False
     search: bool = False  # probed on the val split, seeds 0..val_seeds-1
     candidate: bool = True  # a search arm the tuned recipe may be copied from
     tuned: bool = False  # resolved to the best search arm's recipe at run time
@@ -427,6 +430,17 @@ for _arm in (
             candidate=False,
         )
         for _w in (0.1, 1.0)
+    ),
+    Arm(
+        "val-replay-anchor0.1-choices-points-5x",
+        "stage 2 replaying stage 1's reading conversations, then the default's stage 3 (not in the paper)",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        cls_anchor=0.1,
+        stage2_replay=True,
+        search=True,
+        candidate=False,
     ),
     Arm(
         "val-choices-points-readout-5x",
