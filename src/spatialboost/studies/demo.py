@@ -60,7 +60,7 @@ class DemoSizes:
     choice_turns: int = 6
     heldout_scenes: int = 64  # the A/B accuracy with right vs swapped images
     probe_train: int = 128
-    probe_test: int = 64
+    probe_test: int = 256
     probe_seeds: int = 5
 
     def validate(self) -> None:
