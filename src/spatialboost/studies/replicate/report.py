@@ -174,12 +174,28 @@ def rel_change(base: float, value: float) -> str:
     return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
 
 
+def on_seeds(col: dict[str, Any], seeds: list[int] | None) -> dict[str, Any]:
+    """``col`` restricted to ``seeds`` (mean, std, values and per-scene values of those seeds only), so a base
+    probed with more seeds than an arm is compared, paired, over the arm's; ``col`` as it is where it names no
+    seeds or lacks one of ``seeds``."""
+    have = col.get("seeds")
+    if not seeds or not have or not set(seeds) <= set(have) or sorted(seeds) == sorted(have):
+        return dict(col)
+    idx = [have.index(s) for s in seeds]
+    out = {**_stats([col["values"][i] for i in idx], seeds)}
+    if col.get("per_item"):
+        out["per_item"] = [col["per_item"][i] for i in idx]
+    return out
+
+
 def scene_change(base: dict[str, Any], arm: dict[str, Any]) -> str:
-    """``rel_change`` of two columns, with ± the paired standard error over the scored scenes (in % of the
-    base) where both carry per-scene values: how far the same comparison moves on other scenes."""
-    text = rel_change(base["mean"], arm["mean"])
-    se = paired_item_se(base, arm)
-    return f"{text} (± {100.0 * se / base['mean']:.1f} scenes)" if se and base["mean"] else text
+    """``rel_change`` of two columns over their common seeds, with ± the paired standard error over the scored
+    scenes (in % of the base) where both carry per-scene values: how far the same comparison moves on other
+    scenes."""
+    b = on_seeds(base, arm.get("seeds"))
+    text = rel_change(b["mean"], arm["mean"])
+    se = paired_item_se(b, arm)
+    return f"{text} (± {100.0 * se / b['mean']:.1f} scenes)" if se and b["mean"] else text
 
 
 def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) -> str:
@@ -189,7 +205,7 @@ def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) 
         return "1 seed: no noise estimate"
     out = []
     for (_, metric), col in COLUMNS.items():
-        b, a = dict(base[col]), dict(arm[col])
+        b, a = on_seeds(base[col], arm[col].get("seeds")), dict(arm[col])
         if metric == "top1" and n_test:
             for row in (b, a):
                 row["sampling_se"] = binomial_se(row["mean"], n_test)
