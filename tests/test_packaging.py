@@ -34,12 +34,13 @@ def test_packaged_demo_recipe_is_configs_demo_dinov2_yaml():
     )
 
 
-def test_packaged_default_recipe_is_configs_spatialboost_yaml():
-    packaged = packaged_config("spatialboost")
-    assert packaged.read_bytes() == (REPO / "configs" / "spatialboost.yaml").read_bytes(), (
-        "src/spatialboost/resources/spatialboost.yaml and configs/spatialboost.yaml differ: copy one onto the other"
+@pytest.mark.parametrize("name", ["spatialboost", "spatialboost-clip-b16"])
+def test_packaged_recipes_are_their_configs_files(name):
+    packaged = packaged_config(name)
+    assert packaged.read_bytes() == (REPO / "configs" / f"{name}.yaml").read_bytes(), (
+        f"src/spatialboost/resources/{name}.yaml and configs/{name}.yaml differ: copy one onto the other"
     )
-    assert config_path("spatialboost") == packaged
+    assert config_path(name) == packaged
 
 
 def test_demo_reads_the_packaged_config(tmp_path, monkeypatch):

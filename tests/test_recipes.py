@@ -14,14 +14,26 @@ from spatialboost.datagen.recipes import DATA_RECIPES, generate_config, write_re
 from spatialboost.errors import UserError
 from spatialboost.studies.replicate import data as study_data
 from spatialboost.studies.replicate import runner
-from spatialboost.studies.replicate.study import ARMS, DATA, DEFAULT_ARM, DEFAULT_PRESET, PRESETS, make_config
+from spatialboost.studies.replicate.study import (
+    ARMS,
+    DATA,
+    DEFAULT_ARM,
+    DEFAULT_PRESET,
+    PAPER_ARM,
+    PRESETS,
+    make_config,
+)
 from spatialboost.train.config import TrainConfig
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     """The default study preset's configs, with its datasets stubbed (paths only, nothing generated)."""
-    size, recipe = PRESETS[DEFAULT_PRESET]
+    return _study(DEFAULT_PRESET, tmp_path, monkeypatch)
+
+
+def _study(preset: str, tmp_path, monkeypatch):
+    size, recipe = PRESETS[preset]
     st = runner.Study(make_config(str(tmp_path / "study"), size=size, recipe=recipe))
     runner.prepare_base(st)
     monkeypatch.setattr(runner.Study, "data", lambda self, name: Path(f"data/{name}"))
@@ -60,9 +72,21 @@ def _data(cfg: TrainConfig, stage: str) -> dict:
     }
 
 
-def test_train_without_config_is_the_study_default_arm(study):
-    packaged = load_config(TrainConfig, config_path(DEFAULT_RECIPE))
-    arm = ARMS.get(DEFAULT_ARM)
+# packaged recipe -> the study preset and arm it is held to
+PACKAGED_RECIPES = {
+    DEFAULT_RECIPE: (DEFAULT_PRESET, DEFAULT_ARM),
+    "spatialboost-clip-b16": ("clip-b16", PAPER_ARM),
+}
+
+
+@pytest.mark.parametrize("name", list(PACKAGED_RECIPES))
+def test_each_packaged_recipe_is_the_study_arm_it_names(name, tmp_path, monkeypatch):
+    """``spatialboost train`` with no --config runs the study's default arm; the CLIP recipe is the arm CLIP's
+    own val split picked."""
+    preset, arm_name = PACKAGED_RECIPES[name]
+    study = _study(preset, tmp_path, monkeypatch)
+    packaged = load_config(TrainConfig, config_path(name))
+    arm = ARMS.get(arm_name)
     shared = runner.shared_config(study, 0)
     stage3 = runner.train_config(study, arm, 0, Path("shared"))
     for stage, ours in (("align", shared), ("instruct", shared), ("encoder", stage3)):

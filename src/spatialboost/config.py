@@ -43,7 +43,7 @@ __all__ = [
     "validate_tree",
     "load_yaml_mapping",
 ]
-PACKAGED_CONFIGS = ("demo", "spatialboost")  # spatialboost/resources/<name>.yaml
+PACKAGED_CONFIGS = ("demo", "spatialboost", "spatialboost-clip-b16")  # spatialboost/resources/<name>.yaml
 
 C = TypeVar("C")
 

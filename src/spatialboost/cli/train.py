@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RECIPE,
         help=f"YAML training config: a file (a source checkout has examples in configs/), or a config shipped "
         f"with the package: `{DEFAULT_RECIPE}` (the default recipe, reading data/{{main,reading,choices,heldout}} "
-        f"from `spatialboost generate synthetic --recipe {DEFAULT_RECIPE} --out data`) or `demo` (tiny models)",
+        f"from `spatialboost generate synthetic --recipe {DEFAULT_RECIPE} --out data`), `spatialboost-clip-b16` "
+        "(the same data on CLIP-B/16, without the CLS anchor: CLIP's own val pick) or `demo` (tiny models)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
