@@ -426,22 +426,20 @@ def scene_spread(base: list[list[float]], arm: list[list[float]]) -> dict[str, f
 
 
 def spread_table(summary: dict[str, Any], names: list[str]) -> str:
-    """``scene_spread`` of every named test arm against the base, over their common seeds."""
+    """``scene_spread`` of every named test arm against the base, over the arm's seeds (an arm with a seed the
+    base lacks is left out)."""
     base = summary["arms"].get("base", {}).get("columns", {}).get("depth RMSE (m)", {})
     head = ["arm", "seeds", "depth RMSE vs base", "scenes better", "the base's worst quarter of scenes",
             "the other three quarters"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         col = summary["arms"].get(name, {}).get("columns", {}).get("depth RMSE (m)", {})
-        if not (base.get("per_item") and col.get("per_item")) or name == "base":
+        if name == "base" or not (base.get("per_item") and col.get("per_item")):
             continue
-        by_seed = dict(zip(base["seeds"], base["per_item"], strict=True))
-        seeds = [s for s in col["seeds"] if s in by_seed]
-        if not seeds:
+        if not set(col["seeds"]) <= set(base["seeds"]):
             continue
-        arm_items = [v for s, v in zip(col["seeds"], col["per_item"], strict=True) if s in by_seed]
-        spread = scene_spread([by_seed[s] for s in seeds], arm_items)
-        lines.append(f"| {summary['arms'][name]['label']} | {seed_span(seeds)} | {scene_change(base, col)} "
+        spread = scene_spread(on_seeds(base, col["seeds"])["per_item"], col["per_item"])
+        lines.append(f"| {summary['arms'][name]['label']} | {seed_span(col['seeds'])} | {scene_change(base, col)} "
                      f"| {spread['better']:.0%} | {spread['worst_quarter']:+.1f}% | {spread['rest']:+.1f}% |")  # fmt: skip
     return "\n".join(lines) if len(lines) > 2 else "_No per-scene depth values were recorded._"
 

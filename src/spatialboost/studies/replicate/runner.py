@@ -256,7 +256,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
-    key += "-replay" if arm.stage2_replay else ""
+    key += REPLAY_SUFFIX if arm.stage2_replay else ""
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -403,6 +403,9 @@ def ensure_shared(
     return Path(cfg.run_dir)
 
 
+REPLAY_SUFFIX = "-replay"  # a stage-2-replay run (shared stages, stage 3 alike) beside its plain twin
+
+
 def replay_run(plain: Path) -> Path:
     """The stage-2-replay run beside the plain shared run ``plain`` (whose stage 1 and tokenizer it uses)."""
     return plain.with_name(f"{plain.name}{REPLAY_SUFFIX}")
@@ -411,9 +414,6 @@ def replay_run(plain: Path) -> Path:
 def plain_run(shared: Path) -> Path:
     """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or a replay run's plain run."""
     return shared.with_name(shared.name.removesuffix(REPLAY_SUFFIX))
-
-
-REPLAY_SUFFIX = "-replay"
 
 
 def _llm_options(width: int) -> dict[str, int]:
