@@ -59,45 +59,91 @@ def test_quick_study_writes_every_arm_and_table(quick_study):
         assert sum(per_scene["rmse"]) / len(per_scene["rmse"]) == pytest.approx(
             rec["metrics"]["depth"]["rmse"]
         )
+        assert [h["rmse"] for h in rec["depth_heads"]] == [rec["metrics"]["depth"]["rmse"]]  # quick: one head
     # results.json keeps the paired scene s.e. against the base, not the per-scene values (the records have them)
     assert "per_item" not in json.dumps(summary)
     assert summary["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["scene_se_vs_base"] > 0
     assert report.collect(quick_study)["arms"]["sb-dual"]["columns"]["depth RMSE (m)"]["per_item"]
+    assert "The depth probe trains one head per encoder" in md and summary["depth_heads"]["short"] == []
     assert "### Where the depth change comes from" in md and "| the base's worst quarter of scenes |" in md
 
 
 @pytest.mark.slow
-def test_a_finished_record_without_per_scene_values_gets_them_from_its_saved_encoder(quick_study, tmp_path,
-                                                                                     monkeypatch):  # fmt: skip
-    """Records written before per-scene values were kept gain them on the next run, from the arm's saved
-    encoder and the same probe seed, without training; a record whose depth RMSE the re-run does not
-    reproduce is left as it is."""
+def test_a_finished_record_is_brought_up_to_the_studys_depth_heads_from_its_saved_encoder(quick_study, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    """Records written with fewer depth heads than the study asks for, or before per-scene values were kept,
+    gain them on the next run, from the arm's saved encoder, without training: head 0 is the recorded probe,
+    the record's depth metrics and per-scene values become the heads' means. A record whose recorded head the
+    re-run does not reproduce is left as it is."""
     import shutil
+    from dataclasses import replace
 
-    from spatialboost.studies.replicate import runner
+    from spatialboost.studies.replicate import probing, runner
+    from spatialboost.studies.replicate import study as study_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
 
     out = tmp_path / "study"
     shutil.copytree(quick_study, out, ignore=shutil.ignore_patterns("docs"))
-    fresh, tampered = (
+    fresh, tampered, base = (
         out / "arms" / "sb-dual" / "seed0-test.json",
         out / "arms" / "sb-full" / "seed0-test.json",
+        out / "arms" / "base" / "seed0-test.json",
     )
-    kept = json.loads(fresh.read_text())
+    kept = {path: json.loads(path.read_text()) for path in (fresh, tampered, base)}
     for path, shift in ((fresh, 0.0), (tampered, 0.5)):
         rec = json.loads(path.read_text())
-        del rec["per_scene"]
+        del rec["per_scene"], rec["depth_heads"]
         rec["metrics"]["depth"]["rmse"] += shift
         path.write_text(json.dumps(rec))
     monkeypatch.setattr(runner, "TRAINERS", {k: refuse for k in runner.TRAINERS})
-    assert (
-        main(["replicate", "--quick", "--seeds", "1", "--out", str(out), "--arms", "base,sb-dual,sb-full"])
-        == 0
+    monkeypatch.setitem(study_mod.SIZES, "quick", replace(study_mod.QUICK, depth_heads=3))
+    seeds = []
+    real_probe = probing.run_probe
+    monkeypatch.setattr(
+        probing, "run_probe", lambda name, *a: seeds.append((name, a[-1])) or real_probe(name, *a)
     )
-    assert json.loads(fresh.read_text())["per_scene"] == kept["per_scene"]
+    args = ["replicate", "--quick", "--seeds", "1", "--out", str(out), "--arms", "base,sb-dual,sb-full"]
+    assert main(args) == 0
+    for path in (fresh, base):
+        rec, old = json.loads(path.read_text()), kept[path]
+        heads = rec["depth_heads"]
+        assert len(heads) == 3 and heads[0] == pytest.approx(old["metrics"]["depth"])
+        for metric, value in rec["metrics"]["depth"].items():
+            assert value == pytest.approx(sum(h[metric] for h in heads) / 3)
+        scenes = rec["per_scene"]["depth"]["rmse"]
+        assert sum(scenes) / len(scenes) == pytest.approx(rec["metrics"]["depth"]["rmse"])
+        assert rec["metrics"]["seg"] == old["metrics"]["seg"]
     assert "per_scene" not in json.loads(tampered.read_text())
+    assert seeds.count(("depth", 0)) == seeds.count(("depth", 1000)) == seeds.count(("depth", 2000)) == 3
+    upgraded = fresh.read_text()
+    assert main(args) == 0 and fresh.read_text() == upgraded  # enough heads: nothing re-run
+    md = (out / "results.md").read_text()
+    assert "the mean of 3 probe heads per encoder" in md
+    short = report.collect(out)["depth_heads"]["short"]  # the arms this run did not cover, and the tampered one
+    assert "sb-full seed 0" in short and "sb-dual seed 0" not in short and "base seed 0" not in short
+    assert f"**Records with fewer depth heads: {len(short)}**" in md
+
+
+def test_average_heads_means_each_metric_and_each_scene_over_the_heads():
+    import numpy as np
+
+    from spatialboost.eval.probes import ProbeResult
+    from spatialboost.studies.replicate.probing import average_heads, head_seed
+
+    def head(rmse, scenes):
+        return ProbeResult({"rmse": rmse, "absrel": rmse / 4, "delta1": 1 - rmse}, {},
+                           per_image={"rmse": scenes, "absrel": [x / 4 for x in scenes],
+                                      "delta1": [1 - x for x in scenes]})  # fmt: skip
+
+    got = average_heads([head(0.6, [0.5, 0.7]), head(0.8, [0.7, float("nan")])])
+    assert got.metrics == pytest.approx({"rmse": 0.7, "absrel": 0.175, "delta1": 0.3})
+    assert got.per_scene["rmse"][0] == pytest.approx(0.6) and np.isnan(got.per_scene["rmse"][1])
+    assert [h["rmse"] for h in got.heads] == [0.6, 0.8]
+    assert head_seed(3, 0) == 3 and len({head_seed(s, k) for s in range(7) for k in range(5)}) == 35
+    with pytest.raises(ValueError):
+        average_heads([])
 
 
 @pytest.mark.slow

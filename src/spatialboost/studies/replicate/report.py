@@ -21,7 +21,7 @@ from spatialboost.eval.report import save_png
 from spatialboost.io import atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, paired_item_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
-from spatialboost.studies.replicate.probing import COLUMNS
+from spatialboost.studies.replicate.probing import COLUMNS, HEAD_SEED_STRIDE, depth_heads_of
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,32 @@ def collect(out: str | Path) -> dict[str, Any]:
                "reading_bound": _read(out / "reading-bound.json"),
                "data": _data_content(out)}  # fmt: skip
     summary["cls_majority"] = majority_accuracy(out, summary["config"])
+    summary["depth_heads"] = depth_heads_state(records, summary["config"])
     summary["missing"] = missing_jobs(summary)
     summary["complete"] = not summary["missing"]
     return summary
+
+
+def depth_heads_state(records: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study's depth heads per encoder and the records probed with fewer (written before it asked for
+    them; the next study run re-probes them from their saved encoders)."""
+    want = cfg.get("sizes", {}).get("depth_heads", 1)
+    short = [f"{r['arm']} seed {r['seed']}" for r in records if len(depth_heads_of(r)) < want]
+    return {"study": want, "short": short}
+
+
+def _heads_text(summary: dict[str, Any]) -> str:
+    heads = summary.get("depth_heads") or {"study": 1, "short": []}
+    if heads["study"] <= 1:
+        text = "The depth probe trains one head per encoder (its RMSE varies by ~2% from head to head)."
+    else:
+        text = (f"The depth columns are the mean of {heads['study']} probe heads per encoder (seeds s, "
+                f"s + {HEAD_SEED_STRIDE}, ...; one head's RMSE varies by ~2% on a fixed encoder).")  # fmt: skip
+    if heads["short"]:
+        text += (f" **Records with fewer depth heads: {len(heads['short'])}** ({', '.join(heads['short'][:6])}"
+                 f"{', ...' if len(heads['short']) > 6 else ''}): run the study command again; it re-probes them "
+                 "from their saved encoders, training nothing.")  # fmt: skip
+    return text
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -486,7 +509,7 @@ def markdown(
              f"- seeds: {cfg.get('seeds')}; sizes: `{json.dumps(cfg.get('sizes', {}))}`",
              f"- untuned recipe `{cfg.get('recipe_name', 'paper-text')}`: `{json.dumps(cfg.get('recipe', {}))}`", _base_line(summary), _time_line(summary), "",
              "Cells: mean ± std (sample std) over seeds, probes on held-out synthetic test scenes; the probe head "
-             "seed is the study seed. Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better. "
+             f"seed is the study seed. {_heads_text(summary)} Depth RMSE/AbsRel: lower is better; delta1, mIoU, accuracy: higher is better. "
              f"'beyond noise vs base': {NOISE_RULE} (arms and base share the probe seeds, so the paired rule "
              "applies).",
              _majority_line(summary),

@@ -30,6 +30,7 @@ from spatialboost.models.config import VLMConfig, is_tiny_llm
 from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
+from spatialboost.studies.replicate.probing import depth_heads_of
 from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms, val_seeds_span
 from spatialboost.train.config import (
     AlignStage,
@@ -186,37 +187,46 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     path = study.result_path(arm, seed)
     if path.is_file():
         log.info("arm %s seed %d: done (%s)", arm.name, seed, path)
-        return add_per_scene(study, arm, seed, path)
+        return upgrade_record(study, arm, seed, path)
     t0 = time.perf_counter()
     log.info("arm %s seed %d: %s", arm.name, seed, arm.label)
     encoder, diag = TRAINERS[arm.trainer](study, arm, seed)
-    metrics, per_scene = study.bench.run(encoder, arm.split, seed)
-    metrics.update(run_bench_probes(study, arm, encoder, seed))
+    probed = study.bench.run(encoder, arm.split, seed)
+    metrics = {**probed.metrics, **run_bench_probes(study, arm, encoder, seed)}
     record = {"arm": arm.name, "label": arm.label, "seed": seed, "split": arm.split, "arm_config": asdict(arm),
-              "recipe": recipe_dict(study, arm), "metrics": metrics, "per_scene": per_scene, "diagnostics": diag,
-              "seconds": time.perf_counter() - t0, "base": study.pretrain}  # fmt: skip
+              "recipe": recipe_dict(study, arm), "metrics": metrics, "per_scene": probed.per_scene,
+              "depth_heads": probed.depth_heads, "diagnostics": diag, "seconds": time.perf_counter() - t0,
+              "base": study.pretrain}  # fmt: skip
     atomic_write_json(path, record)
     return record
 
 
-def add_per_scene(study: Study, arm: Arm, seed: int, path: Path) -> dict[str, Any]:
-    """A finished record, with per-scene depth values added when it was written before they were kept: the
-    depth probe re-run on the arm's saved encoder (features cached; the same probe seed), kept only where it
-    reproduces the record's depth RMSE (else the record stays as it is, and says why in the log)."""
+def upgrade_record(study: Study, arm: Arm, seed: int, path: Path) -> dict[str, Any]:
+    """A finished record brought up to the study's depth probe, training nothing: per-scene values where it was
+    written before they were kept, and ``sizes.depth_heads`` heads where it has fewer. The depth probe is
+    re-run on the arm's saved encoder (features cached) with every head, and the record takes the heads' mean
+    only where the re-run reproduces each head it already has (else it stays as it is, and the log says
+    why)."""
     record = json.loads(path.read_text())
+    have = depth_heads_of(record)
     saved = run_dir(study, arm, seed) / "encoder"
-    if record.get("per_scene") or (arm.trainer != "none" and not saved.is_dir()):
+    if (record.get("per_scene") and len(have) >= study.bench.depth_heads) or (
+        arm.trainer != "none" and not saved.is_dir()
+    ):
         return record
     encoder = train_none(study, arm, seed)[0] if arm.trainer == "none" else load_encoder(saved)
-    rmse, per_scene = study.bench.depth_per_scene(encoder, arm.split, seed)
-    recorded = record["metrics"]["depth"]["rmse"]
-    if abs(rmse - recorded) > 1e-4 * abs(recorded):
-        log.warning("arm %s seed %d: the depth probe re-run gives RMSE %.6f, the record %.6f; per-scene values "
-                    "not added (%s)", arm.name, seed, rmse, recorded, path)  # fmt: skip
-        return record
-    record["per_scene"] = per_scene
+    depth = study.bench.depth(encoder, arm.split, seed)
+    for k, (old, new) in enumerate(zip(have, depth.heads, strict=False)):  # the heads it has
+        if abs(new["rmse"] - old["rmse"]) > 1e-4 * abs(old["rmse"]):
+            log.warning("arm %s seed %d: depth head %d re-run gives RMSE %.6f, the record %.6f; record left as "
+                        "it is (%s)", arm.name, seed, k, new["rmse"], old["rmse"], path)  # fmt: skip
+            return record
+    record["metrics"]["depth"] = depth.metrics
+    record["per_scene"] = {**record.get("per_scene", {}), "depth": depth.per_scene}
+    record["depth_heads"] = depth.heads
     atomic_write_json(path, record)
-    log.info("arm %s seed %d: per-scene depth values added (%s)", arm.name, seed, path)
+    log.info("arm %s seed %d: depth probe now %d heads, with per-scene values (%s)", arm.name, seed,
+             len(depth.heads), path)  # fmt: skip
     return record
 
 
