@@ -121,7 +121,9 @@ def test_a_finished_record_is_brought_up_to_the_studys_depth_heads_from_its_save
     assert main(args) == 0 and fresh.read_text() == upgraded  # enough heads: nothing re-run
     md = (out / "results.md").read_text()
     assert "the mean of 3 probe heads per encoder" in md
-    short = report.collect(out)["depth_heads"]["short"]  # the arms this run did not cover, and the tampered one
+    short = report.collect(out)["depth_heads"][
+        "short"
+    ]  # the arms this run did not cover, and the tampered one
     assert "sb-full seed 0" in short and "sb-dual seed 0" not in short and "base seed 0" not in short
     assert f"**Records with fewer depth heads: {len(short)}**" in md
 
@@ -314,6 +316,37 @@ def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the
         study, ARMS.get("val-anchor0.1-choices-points-5x"), 0
     )
     assert runner.recipe_dict(study, replay)["stage2_replay"] is True
+
+
+def test_the_no_points_arm_trains_its_own_stage_2_on_that_variant_from_the_shared_stage_1(tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    """Stage 3's A/B point task held out of stage 2: a stage 2 of its own on main without its point turns, on
+    the shared stage 1 and its tokenizer; stage 3 (the default's) reads from it."""
+    from spatialboost.studies.replicate import runner
+    from spatialboost.studies.replicate.study import DATA
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    ran = []
+    monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
+    arm = ARMS.get("val-s2-no-points-anchor0.1-choices-points-5x")
+    assert "choice_closer_point" not in DATA[arm.stage2_data].extra_turns_for({"choice_closer_point": 2})
+    shared = runner.ensure_shared(study, 0, stage2_data=arm.stage2_data)
+    plain, own = ran
+    assert own.stages.run == ["instruct"] and own.init_from == str(plain.run_dir)
+    assert own.stages.instruct.data == {"datasets": [str(tmp_path / "main-no-points")]}
+    assert shared == Path(own.run_dir) == Path(f"{plain.run_dir}-s2-main-no-points")
+    assert (
+        runner.plain_run(shared) == Path(plain.run_dir) == runner.plain_run(Path(f"{plain.run_dir}-replay"))
+    )
+    stage3 = runner.train_config(study, arm, 0, shared)
+    assert stage3.init_from == str(shared) and stage3.model.tokenizer == str(
+        Path(plain.run_dir) / "tokenizer"
+    )
+    default = ARMS.get("val-anchor0.1-choices-points-5x")
+    assert runner.run_dir(study, arm, 0).name == runner.run_dir(study, default, 0).name + "-s2-main-no-points"
+    assert runner.recipe_dict(study, arm)["stage2_data"] == "main-no-points"
 
 
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:

@@ -250,7 +250,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm,
             **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
             **({"swap_images": True} if arm.swap_images else {}),
-            **({"stage2_replay": True} if arm.stage2_replay else {})}  # fmt: skip
+            **({"stage2_replay": True} if arm.stage2_replay else {}),
+            **({"stage2_data": arm.stage2_data} if arm.stage2_data else {})}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -266,7 +267,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
-    key += REPLAY_SUFFIX if arm.stage2_replay else ""
+    key += own_stage2_suffix(arm.stage2_replay, arm.stage2_data)
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -289,7 +290,9 @@ def train_llm(study: Study, arm: Arm, seed: int):
     from spatialboost.studies.replicate.diagnostics import adapter_stats, loss_curve, weight_change
 
     r = recipe_dict(study, arm)
-    shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay)
+    shared = ensure_shared(
+        study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay, arm.stage2_data
+    )
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
     encoder = load_encoder(Path(cfg.run_dir) / "encoder")
@@ -387,43 +390,51 @@ def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
 
 
 def ensure_shared(
-    study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0, replay: bool = False
+    study: Study,
+    seed: int,
+    llm_width: int = 0,
+    instruct_steps: int = 0,
+    replay: bool = False,
+    stage2_data: str = "",
 ) -> Path:
     """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length).
-    ``replay``: a stage 2 of its own that also replays stage 1's reading conversations, on the same stage 1
-    (trained once, in the plain shared run)."""
-
+    ``replay`` / ``stage2_data``: a stage 2 of its own on the same stage 1 (trained once, in the plain shared
+    run), which also replays stage 1's reading conversations / trains on that data variant instead of main."""
     cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
-    if not replay:
+    if not replay and not stage2_data:
         return Path(cfg.run_dir)
-    if not (cfg.stages.align.data or {}).get("datasets"):
+    if replay and not (cfg.stages.align.data or {}).get("datasets"):
         raise ConfigError(
             f"recipe {study.cfg.recipe_name!r} has no reading warm-up (reading_turns) to replay"
         )
-    plain, reading = Path(cfg.run_dir), cfg.stages.align.data["datasets"]
-    cfg.run_dir = replay_run(plain)
+    plain = Path(cfg.run_dir)
+    main = [str(study.data(stage2_data))] if stage2_data else list(cfg.data.datasets)
+    reading = cfg.stages.align.data["datasets"] if replay else []
+    cfg.run_dir = plain.with_name(plain.name + own_stage2_suffix(replay, stage2_data))
     cfg.init_from = str(plain)  # stage 1's output
     if is_tiny_llm(study.cfg.recipe.llm):  # stage 1's token ids: the plain run's corpus BPE
         cfg.model.tokenizer = str(plain / "tokenizer")
     cfg.stages.run = ["instruct"]
-    cfg.stages.instruct.data = {"datasets": [*cfg.data.datasets, *reading]}
+    cfg.stages.instruct.data = {"datasets": [*main, *reading]}
     cfg.image_gain.blind = False
     run_training(cfg)
     return Path(cfg.run_dir)
 
 
 REPLAY_SUFFIX = "-replay"  # a stage-2-replay run (shared stages, stage 3 alike) beside its plain twin
+STAGE2_DATA_MARK = "-s2-"  # a run whose own stage 2 trains on another data variant: -s2-<variant>
 
 
-def replay_run(plain: Path) -> Path:
-    """The stage-2-replay run beside the plain shared run ``plain`` (whose stage 1 and tokenizer it uses)."""
-    return plain.with_name(f"{plain.name}{REPLAY_SUFFIX}")
+def own_stage2_suffix(replay: bool, stage2_data: str) -> str:
+    """What a run with its own stage 2 (shared stages and stage 3 alike) adds to its plain twin's name."""
+    return (REPLAY_SUFFIX if replay else "") + (f"{STAGE2_DATA_MARK}{stage2_data}" if stage2_data else "")
 
 
 def plain_run(shared: Path) -> Path:
-    """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or a replay run's plain run."""
-    return shared.with_name(shared.name.removesuffix(REPLAY_SUFFIX))
+    """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or the plain twin of a run
+    with its own stage 2."""
+    return shared.with_name(shared.name.split(STAGE2_DATA_MARK)[0].removesuffix(REPLAY_SUFFIX))
 
 
 def _llm_options(width: int) -> dict[str, int]:

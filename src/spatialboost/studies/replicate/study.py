@@ -180,6 +180,10 @@ DATA: dict[str, DataVariant] = {
     "choices-points-readout": replace(
         _AUX_ONLY, extra_turns=(("choice_closer_point", 4), ("depth_readout", 2))
     ),
+    # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
+    # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
+    # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.95 over 7 seeds)
+    "main-no-points": DataVariant(extra_turns=(("choice_closer_object", 1), ("depth_readout", 1))),
 }
 
 
@@ -201,6 +205,8 @@ class Arm:
     # stage 2 also replays stage 1's reading conversations (a LLaVA-style data mix; its own stage 2, on the
     # shared stage 1): does stage 2 then keep the reading stage 1 taught?
     stage2_replay: bool = False
+    # a DATA variant stage 2 trains on instead of main (its own stage 2, on the shared stage 1)
+    stage2_data: str = ""
     search: bool = False  # probed on the val split, seeds 0..val_seeds-1
     candidate: bool = True  # a search arm the tuned recipe may be copied from
     tuned: bool = False  # resolved to the best search arm's recipe at run time
@@ -452,6 +458,18 @@ for _arm in (
         steps_scale=5.0,
         cls_anchor=0.1,
         stage2_replay=True,
+        search=True,
+        candidate=False,
+    ),
+    Arm(
+        "val-s2-no-points-anchor0.1-choices-points-5x",
+        "stage 2 without the A/B point turns (stage 3's task held out of stage 2), then the default's stage 3 "
+        "(not in the paper)",
+        "llm",
+        data="choices-points",
+        steps_scale=5.0,
+        cls_anchor=0.1,
+        stage2_data="main-no-points",
         search=True,
         candidate=False,
     ),
