@@ -498,3 +498,39 @@ def test_report_only_with_arms_reports_the_plan_of_those_arms():
     replanned = report.replan(summary, plan)
     assert replanned["missing"] == ["sb-full seed 2"] and not replanned["complete"]
     assert replanned["config"]["sizes"] == {"scenes": 8} and summary["config"]["arms"] == ["base"]
+
+
+def test_reading_depth_rows_correlate_each_seeds_stage_2_accuracy_with_its_paired_depth_change():
+    def col(values, seeds):
+        return {
+            "values": values,
+            "seeds": seeds,
+            "mean": sum(values) / len(values),
+            "std": 0.0,
+            "n": len(values),
+        }
+
+    def diag(acc):
+        return {"image_gain": {"stage2": {"choice": {"acc_right": acc, "acc_other": 0.5}}}}
+
+    seeds = [0, 1, 2, 3, 4]
+    base = col(
+        [1.0, 1.0, 2.0, 1.0, 1.0, 1.0], [*seeds, 5]
+    )  # seed 5: the base only; seed 2: its own probe head
+    acc = [0.6, 0.7, 0.8, 0.9, 0.5]
+    arm = col([0.8, 0.85, 1.8, 0.95, 0.75], seeds)  # -20, -15, -10, -5, -25%: worse readers move depth more
+    summary = {"arms": {"base": {"columns": {"depth RMSE (m)": base}, "diagnostics": {}},
+                        "x": {"label": "X", "columns": {"depth RMSE (m)": arm},
+                              "diagnostics": {str(s): diag(a) for s, a in zip(seeds, acc, strict=True)}},
+                        "short": {"label": "S", "columns": {"depth RMSE (m)": col([0.9] * 3, [0, 1, 2])},
+                                  "diagnostics": {s: diag(0.7) for s in range(3)}}}}  # fmt: skip
+    (row,) = report.reading_depth_rows(summary, ["base", "x", "short"])
+    assert row["arm"] == "x" and row["seeds"] == seeds
+    assert row["change"] == pytest.approx([-20.0, -15.0, -10.0, -5.0, -25.0])
+    assert row["r"] == pytest.approx(1.0) and row["p"] < 1e-3
+    table = report.reading_depth_table(summary, ["x"])
+    assert "| X | 0-4 | 60.0 / 70.0 / 80.0 / 90.0 / 50.0% |" in table and "+1.00" in table
+    summary["arms"]["x"]["diagnostics"]["3"] = {}  # 4 seeds left with an accuracy: still a row
+    assert report.reading_depth_rows(summary, ["x"])[0]["seeds"] == [0, 1, 2, 4]
+    summary["arms"]["x"]["diagnostics"]["4"] = {}
+    assert report.reading_depth_rows(summary, ["x"]) == []

@@ -467,6 +467,54 @@ def spread_table(summary: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "_No per-scene depth values were recorded._"
 
 
+def stage2_accuracy(diagnostics: dict[Any, Any]) -> dict[int, float]:
+    """seed -> the stage-2 VLM's held-out A/B accuracy with the right images, where the arm's records have it."""
+    out = {}
+    for seed, d in diagnostics.items():
+        choice = (d.get("image_gain") or {}).get("stage2", {}).get("choice")
+        if choice:
+            out[int(seed)] = choice["acc_right"]
+    return out
+
+
+def reading_depth_rows(summary: dict[str, Any], names: list[str], min_seeds: int = 4) -> list[dict[str, Any]]:
+    """Per LLM arm with ``min_seeds`` seeds or more: each seed's stage-2 A/B accuracy and paired depth change
+    (%, against the base at the same probe seed), and their Pearson correlation over the seeds."""
+    from scipy.stats import pearsonr
+
+    base = summary["arms"].get("base", {}).get("columns", {}).get("depth RMSE (m)", {})
+    rows = []
+    for name in names:
+        arm = summary["arms"].get(name, {})
+        col, acc = arm.get("columns", {}).get("depth RMSE (m)"), stage2_accuracy(arm.get("diagnostics", {}))
+        seeds = [s for s in (col or {}).get("seeds", []) if s in acc and s in base.get("seeds", [])]
+        if len(seeds) < min_seeds or len(set(acc[s] for s in seeds)) < 2:
+            continue
+        b, a = on_seeds(base, seeds), on_seeds(col, seeds)
+        change = [100.0 * (v / bv - 1.0) for v, bv in zip(a["values"], b["values"], strict=True)]
+        r, pvalue = pearsonr([acc[s] for s in seeds], change)
+        rows.append({"arm": name, "seeds": seeds, "accuracy": [acc[s] for s in seeds], "change": change,
+                     "r": float(r), "p": float(pvalue)})  # fmt: skip
+    return rows
+
+
+def reading_depth_table(summary: dict[str, Any], names: list[str]) -> str:
+    rows = reading_depth_rows(summary, names)
+    head = [
+        "arm",
+        "seeds",
+        "stage-2 A/B accuracy, right images",
+        "depth RMSE change vs base",
+        "Pearson r (p)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append(f"| {summary['arms'][row['arm']]['label']} | {seed_span(row['seeds'])} "
+                     f"| {' / '.join(f'{100 * x:.1f}' for x in row['accuracy'])}% "
+                     f"| {' / '.join(f'{x:+.1f}' for x in row['change'])}% | {row['r']:+.2f} ({row['p']:.3f}) |")  # fmt: skip
+    return "\n".join(lines) if rows else "_No arm has 4 or more seeds with a measured stage-2 A/B accuracy._"
+
+
 def answers_table(summary: dict[str, Any]) -> str:
     head = ["arm (seed 0)", "answer loss before -> after", "token acc. before -> after",
             "digit-token acc. before -> after", "loss with other scenes' images before -> after"]  # fmt: skip
@@ -541,6 +589,13 @@ def markdown(
               "a little elsewhere (regression to the mean): read a row against the no-language control and the "
               "linear heads, not against zero. A gain that holds on the other three quarters is a broad one.", "",
               spread_table(summary, [n for n in summary["arms"] if not n.endswith("@val")]), "",
+              "### Does the depth change follow the stage-2 VLM's errors? (per training seed)", "",
+              "Each seed's shared stage-2 VLM answers the held-out A/B questions with some accuracy before stage 3 "
+              "trains the encoder through it; the seed's depth change is paired with the base at the same probe "
+              "seed. A positive r says stage 3 lowered depth RMSE more where the frozen VLM answered worse. A "
+              "correlation "
+              "over a handful of seeds, not a controlled experiment (the stage-2 arms of the search table are).", "",
+              reading_depth_table(summary, [n for n in summary["arms"] if not n.endswith("@val")]), "",
               "### Training movement", "", diagnostics_table(summary),
               "", "### Pixel-level answers of the frozen LLM (held-out pixel-only conversations)", "",
               answers_table(summary), "", "### Spatial content of the conversations", "", data_table(summary), ""]  # fmt: skip
