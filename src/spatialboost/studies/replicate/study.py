@@ -185,7 +185,9 @@ DATA: dict[str, DataVariant] = {
     # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.95 over 7 seeds)
     # the default's stage-3 data on 4x the scenes: at the default's 400 steps each conversation is seen ~1.25
     # times instead of 5 (stage 3's loss falls from 0.24 to 0.07 over 5 epochs of 640 conversations)
-    "choices-points-4x": replace(_AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),), fraction=4.0),
+    "choices-points-4x": replace(
+        _AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),), fraction=4.0
+    ),
     "main-no-points": DataVariant(extra_turns=(("choice_closer_object", 1), ("depth_readout", 1))),
 }
 
