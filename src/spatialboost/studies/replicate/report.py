@@ -193,6 +193,11 @@ def cell(col: dict[str, Any]) -> str:
     return f"{col['mean']:.4f} ± {col['std']:.4f}" if col["n"] > 1 else f"{col['mean']:.4f}"
 
 
+def table_head(head: list[str]) -> list[str]:
+    """A markdown table's header and rule lines."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def rel_change(base: float, value: float) -> str:
     return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
 
@@ -253,7 +258,7 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
         "RMSE vs base",
         "beyond noise vs base",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for name in names:
         a = arms.get(name)
         if a is None:
@@ -290,7 +295,7 @@ def reading_table(summary: dict[str, Any]) -> str:
     diags = arm["diagnostics"]
     head = ["answers", "loss, right images", "loss, other scenes' images", "image gain (nats/token)",
             "loss, text-only model", "beyond noise?"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     names = {"numbers": "new numbers (all answers)", "pixel_numbers": "new numbers (pixel answers)"}
     for level in ("all", "pixel", "object", "scene", "caption", *names):
         gain = gain_stats(diags, "stage2", level)
@@ -374,7 +379,7 @@ def search_table(summary: dict[str, Any]) -> str:
     head = ["search arm (val; mean over its val seeds)", "val seeds", "lr", "gate init", "stage-3 steps", "stage-2 steps", "data", "LM width",
             "depth RMSE", "AbsRel",
             "seg mIoU", "cls linear", "RMSE vs untuned", "RMSE vs base"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for name in sorted(names, key=lambda n: summary["arms"][n]["columns"]["depth RMSE (m)"]["mean"]):
         a, r = summary["arms"][name], dict(summary["arms"][name]["recipe"])
         c = a["columns"]
@@ -410,7 +415,7 @@ def _mean_over_seeds(diags: dict[Any, dict[str, Any]], key: str) -> float | None
 def diagnostics_table(summary: dict[str, Any]) -> str:
     head = ["arm", "split", "stage-3 loss, first -> last 10% of steps", "gate weight on frozen Attn", "Attn+ rel. change",
             "weight rel. change"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for _name, a in summary["arms"].items():
         diags = a["diagnostics"]
         curves = [d["stage3_loss"] for d in diags.values() if d.get("stage3_loss")]
@@ -454,7 +459,7 @@ def spread_table(summary: dict[str, Any], names: list[str]) -> str:
     base = summary["arms"].get("base", {}).get("columns", {}).get("depth RMSE (m)", {})
     head = ["arm", "seeds", "depth RMSE vs base", "scenes better", "the base's worst quarter of scenes",
             "the other three quarters"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for name in names:
         col = summary["arms"].get(name, {}).get("columns", {}).get("depth RMSE (m)", {})
         if name == "base" or not (base.get("per_item") and col.get("per_item")):
@@ -507,7 +512,7 @@ def reading_depth_table(summary: dict[str, Any], names: list[str]) -> str:
         "depth RMSE change vs base",
         "Pearson r (p)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for row in rows:
         lines.append(f"| {summary['arms'][row['arm']]['label']} | {seed_span(row['seeds'])} "
                      f"| {' / '.join(f'{100 * x:.1f}' for x in row['accuracy'])}% "
@@ -518,7 +523,7 @@ def reading_depth_table(summary: dict[str, Any], names: list[str]) -> str:
 def answers_table(summary: dict[str, Any]) -> str:
     head = ["arm (seed 0)", "answer loss before -> after", "token acc. before -> after",
             "digit-token acc. before -> after", "loss with other scenes' images before -> after"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for _name, a in summary["arms"].items():
         ans = a["diagnostics"].get(0, a["diagnostics"].get("0", {})).get("answers")
         if not ans:
@@ -534,7 +539,7 @@ def answers_table(summary: dict[str, Any]) -> str:
 def data_table(summary: dict[str, Any]) -> str:
     head = ["dataset", "samples", "images/sample", "queried points/image", "answer turns/sample",
             "answer chars/sample", "digit share of answers"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(head)
     for name, d in summary["data"].items():
         lines.append(
             f"| {name} | {d['samples']} | {d['images_per_sample']:.2f} | {d['points_per_image']:.2f} | "
