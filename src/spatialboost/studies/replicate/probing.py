@@ -6,7 +6,7 @@ study seed: the base row's std is the probe heads' own noise (kNN is determinist
 
 The depth probe is the noisy one: on DINOv2-S at the real sizes, 35 heads on the same frozen base gave depth
 RMSE 0.727 m with a std of 0.015 m (2.1%), as large as the changes the study measures, where seg varies by
-0.1% and linear classification not at all. So the depth probe trains ``Sizes.depth_heads`` heads (seeds
+0.2% and linear classification not at all. So the depth probe trains ``Sizes.depth_heads`` heads (seeds
 ``head_seed``) and records their mean, each scene's mean, and each head's metrics (``DepthHeads``).
 """
 
@@ -39,9 +39,8 @@ COLUMNS = {
     ("cls-linear", "top1"): "cls linear",
     ("cls-knn", "top1"): "cls kNN",
 }
-HEAD_SEED_STRIDE = (
-    1000  # depth head k of study seed s: probe seed s + 1000 k (head 0 is the study seed itself)
-)
+# depth head k of study seed s trains with probe seed s + 1000 k (head 0: the study seed itself, the one-head probe)
+HEAD_SEED_STRIDE = 1000
 
 
 def head_seed(seed: int, head: int) -> int:
