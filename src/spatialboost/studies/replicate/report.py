@@ -503,8 +503,8 @@ def reading_depth_rows(summary: dict[str, Any], names: list[str], min_seeds: int
     return rows
 
 
-def reading_depth_table(summary: dict[str, Any], names: list[str]) -> str:
-    rows = reading_depth_rows(summary, names)
+def reading_depth_table(summary: dict[str, Any], names: list[str], min_seeds: int = 4) -> str:
+    rows = reading_depth_rows(summary, names, min_seeds)
     head = [
         "arm",
         "seeds",
@@ -517,7 +517,11 @@ def reading_depth_table(summary: dict[str, Any], names: list[str]) -> str:
         lines.append(f"| {summary['arms'][row['arm']]['label']} | {seed_span(row['seeds'])} "
                      f"| {' / '.join(f'{100 * x:.1f}' for x in row['accuracy'])}% "
                      f"| {' / '.join(f'{x:+.1f}' for x in row['change'])}% | {row['r']:+.2f} ({row['p']:.3f}) |")  # fmt: skip
-    return "\n".join(lines) if rows else "_No arm has 4 or more seeds with a measured stage-2 A/B accuracy._"
+    return (
+        "\n".join(lines)
+        if rows
+        else f"_No arm has {min_seeds} or more seeds with a measured stage-2 A/B accuracy._"
+    )
 
 
 def answers_table(summary: dict[str, Any]) -> str:

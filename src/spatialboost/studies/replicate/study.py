@@ -159,6 +159,7 @@ class DataVariant:
 
 # no hierarchical turns and no caption, single-view: only the variant's auxiliary turns (``extra_turns``)
 _AUX_ONLY = DataVariant(multiview_share=0.0, turns=(("pixel", 0), ("object", 0), ("scene", 0)), caption=False)
+_CHOICES_POINTS = replace(_AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),))
 
 DATA: dict[str, DataVariant] = {
     "main": DataVariant(),
@@ -173,21 +174,19 @@ DATA: dict[str, DataVariant] = {
     # only the terse A/B turns, the answers the stage-2 VLM demonstrably reads (single-view, as the warm-up)
     "choices": replace(_AUX_ONLY, extra_turns=(("choice_closer_point", 4), ("choice_closer_object", 2))),
     # the default recipe's stage-3 data
-    "choices-points": replace(_AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),)),
+    "choices-points": _CHOICES_POINTS,
     # A/B point turns plus metric depth read-outs: a VLM that already answers the A/B turns passes back little
     # gradient (DINOv2-S's stage-3 loss falls from 0.24 to 0.07); the read-outs' numbers keep a loss the encoder
     # can lower (on val: -11.7% depth RMSE against the default's -14.7%, so not picked)
     "choices-points-readout": replace(
         _AUX_ONLY, extra_turns=(("choice_closer_point", 4), ("depth_readout", 2))
     ),
-    # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
-    # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
-    # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.95 over 7 seeds)
     # the default's stage-3 data on 4x the scenes: at the default's 400 steps each conversation is seen ~1.25
     # times instead of 5 (stage 3's loss falls from 0.24 to 0.07 over 5 epochs of 640 conversations)
-    "choices-points-4x": replace(
-        _AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),), fraction=4.0
-    ),
+    "choices-points-4x": replace(_CHOICES_POINTS, fraction=4.0),
+    # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
+    # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
+    # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.94 over 7 seeds)
     "main-no-points": DataVariant(extra_turns=(("choice_closer_object", 1), ("depth_readout", 1))),
 }
 
