@@ -349,6 +349,41 @@ def test_the_no_points_arm_trains_its_own_stage_2_on_that_variant_from_the_share
     assert runner.recipe_dict(study, arm)["stage2_data"] == "main-no-points"
 
 
+def test_the_stop_at_accuracy_arm_trains_its_own_stage_2_that_checks_its_ab_accuracy(tmp_path, monkeypatch):
+    """A stage 2 of its own on the shared stage 1 that ends at STAGE2_STOP held-out A/B accuracy, checked about
+    STOP_CHECKS times over its length; its val and test twins share it, and stage 3 reads from it."""
+    from spatialboost.studies.replicate import runner
+    from spatialboost.studies.replicate.study import STAGE2_STOP
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    ran = []
+    monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
+    arm = ARMS.get(f"val-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x")
+    twin = ARMS.get(f"sb-dual-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x")
+    shared = runner.ensure_shared(study, 0, stage2_stop=arm.stage2_stop)
+    plain, own = ran
+    assert plain.stages.instruct.stop_at_ab_accuracy == 0 and plain.image_gain.every == 0
+    assert own.stages.run == ["instruct"] and own.init_from == str(plain.run_dir)
+    assert own.stages.instruct.stop_at_ab_accuracy == STAGE2_STOP == arm.stage2_stop
+    steps = own.stages.instruct.max_steps
+    assert own.image_gain.every == max(1, round(steps / runner.STOP_CHECKS)) and own.image_gain.datasets
+    assert own.stages.instruct.data == {"datasets": list(plain.data.datasets)}  # main, as the shared stage 2
+    assert shared == Path(own.run_dir) == Path(f"{plain.run_dir}-s2stop{STAGE2_STOP:g}")
+    assert runner.plain_run(shared) == Path(plain.run_dir)
+    assert runner.plain_run(Path(f"{plain.run_dir}-replay-s2-x-s2stop0.5")) == Path(plain.run_dir)
+    default = ARMS.get("val-anchor0.1-choices-points-5x")
+    assert runner.run_dir(study, arm, 0) == runner.run_dir(study, twin, 0)
+    assert (
+        runner.run_dir(study, arm, 0).name
+        == runner.run_dir(study, default, 0).name + f"-s2stop{STAGE2_STOP:g}"
+    )
+    assert runner.recipe_dict(study, arm)["stage2_stop_at_ab_accuracy"] == STAGE2_STOP
+    stage3 = runner.train_config(study, arm, 0, shared)
+    assert stage3.init_from == str(shared) and stage3.stages.encoder.cls_anchor == 0.1
+
+
 def _dense_data(n_samples: int = 4, side: int = 32, classes: int = 3) -> DenseData:
     g = torch.Generator().manual_seed(0)
     m = n_samples + 1  # sample 0 has two views

@@ -100,3 +100,61 @@ def test_token_losses_keep_only_the_asked_logits_and_match_the_full_loss(engine_
                                              reduction="none")  # fmt: skip
     assert kept.shape == (*full.shape[:2], 3) and torch.equal(kept, full[..., keep])
     torch.testing.assert_close(loss, want)
+
+
+def test_stage_2_stops_at_its_ab_accuracy_target_and_a_rerun_keeps_the_stop(engine_data, tmp_path):
+    """stages.instruct.stop_at_ab_accuracy: stage 2 ends at the first held-out check that reaches the target, its
+    checkpoint there is final (stage 3 starts from it), and re-running the command trains nothing more."""
+    from spatialboost.cli import main
+    from spatialboost.train import checkpoint as ckpt
+    from spatialboost.train.stages import finished_output, stage_dir
+    from train_fixtures import TRAIN_BARE, tiny_overrides
+
+    run = tmp_path / "run"
+    args = [*TRAIN_BARE, *tiny_overrides(run, engine_data["train"], steps=6, every=10, batch=2),
+            "data.refs=[point,region]", "data.max_length=2048", f"image_gain.datasets=[{engine_data['heldout']}]",
+            "image_gain.max_samples=4", "image_gain.every=2"]  # fmt: skip
+    torch.set_num_threads(1)
+    assert main([*args, "stages.instruct.stop_at_ab_accuracy=0.01"]) == 0  # any accuracy above 0 stops it
+    last = finished_output(run, "instruct")
+    state = ckpt.read_state(last)
+    assert state["step"] == 2 and state["total_steps"] == 6 and state["done"]
+    assert state["stopped"] == {"step": 2, "stop_at_ab_accuracy": 0.01}
+    gain = json.loads((stage_dir(run, "instruct") / "image_gain.json").read_text())
+    assert gain["step"] == 2 and gain["choice"]["acc_right"] >= 0.01
+    assert ckpt.read_state(finished_output(run, "encoder"))["step"] == 6  # stage 3 ran whole, from step 2
+    weights = (last / ckpt.WEIGHTS).read_bytes()
+    assert main([*args, "stages.instruct.stop_at_ab_accuracy=0.01"]) == 0
+    assert finished_output(run, "instruct") == last and (last / ckpt.WEIGHTS).read_bytes() == weights
+    # a target no check reaches trains the whole stage (a fresh run dir: the config differs)
+    full = tmp_path / "full"
+    assert main([*args, f"run_dir={full}", "stages.instruct.stop_at_ab_accuracy=1.0",
+                 "stages.run=[align,instruct]"]) == 0  # fmt: skip
+    accuracy = json.loads((stage_dir(full, "instruct") / "image_gain.json").read_text())["choice"][
+        "acc_right"
+    ]
+    assert ckpt.read_state(finished_output(full, "instruct"))["step"] == 6 or accuracy == 1.0
+
+
+def test_stop_at_ab_accuracy_needs_held_out_checks():
+    from spatialboost.config import ConfigError, from_dict, validate_tree
+    from spatialboost.train.config import TrainConfig
+
+    def check(tree: dict) -> TrainConfig:
+        cfg = from_dict(TrainConfig, tree)
+        validate_tree(cfg)
+        return cfg
+
+    with pytest.raises(ConfigError, match="image_gain.every"):
+        check({"stages": {"instruct": {"stop_at_ab_accuracy": 0.7}}})
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        check(
+            {
+                "stages": {"instruct": {"stop_at_ab_accuracy": 70}},
+                "image_gain": {"datasets": ["x"], "every": 5},
+            }
+        )
+    ok = check(
+        {"stages": {"instruct": {"stop_at_ab_accuracy": 0.7}}, "image_gain": {"datasets": ["x"], "every": 5}}
+    )
+    assert ok.stages.instruct.stop_at_ab_accuracy == 0.7

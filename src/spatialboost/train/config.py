@@ -114,6 +114,17 @@ class AlignStage(StageConfig):
 @dataclass
 class InstructStage(StageConfig):
     lr: float = 2e-5  # LLaVA-1.5's stage-2 lr (not stated in the paper)
+    # not in the paper: end stage 2 at the first image-gain measurement (every ``image_gain.every`` steps) whose
+    # held-out A/B accuracy with the right images reaches this; 0: train max_steps. Stage 3 passes back what the
+    # frozen VLM still gets wrong, so a VLM that reads but not perfectly can teach the encoder more (docs/results.md)
+    stop_at_ab_accuracy: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.stop_at_ab_accuracy <= 1.0:
+            raise ConfigError(
+                f"stages.instruct.stop_at_ab_accuracy must be in [0, 1], got {self.stop_at_ab_accuracy}"
+            )
 
 
 @dataclass
@@ -221,6 +232,13 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
+        if self.stages.instruct.stop_at_ab_accuracy and not (
+            self.image_gain.datasets and self.image_gain.every
+        ):
+            raise ConfigError(
+                "stages.instruct.stop_at_ab_accuracy reads the held-out A/B accuracy: set image_gain.datasets "
+                "(held-out data) and image_gain.every (how often to measure it, in steps)"
+            )
         if self.stages.encoder.cls_anchor and canonical_mode(self.model.boost.mode) != "dual":
             raise ConfigError(
                 f"stages.encoder.cls_anchor needs model.boost.mode=dual (the frozen Attn is its reference); "

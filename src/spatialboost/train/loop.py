@@ -3,7 +3,7 @@
 ``train_stage`` reads like a table of contents: build the model for the stage, load what earlier stages
 produced, pick the trainable set, plan the data, resume from the newest checkpoint, then step::
 
-    for step in range(start, total):
+    for step in range(start, end):
         loss = train_step(...)      # grad accumulation, loss over the global batch's answer tokens
         check_finite(loss)          # NaN/inf: stop before the update; the last good checkpoint stays
         log + checkpoint
@@ -95,7 +95,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     if data.cache_features and STAGES[stage].encoder == "frozen":
         attach_feature_cache(cfg, data, vlm, plan.data, env)
     total = total_steps(scfg, plan)
-    start, resume_state = find_resume(out_dir, vlm, total)
+    start, resume_state, end = find_resume(out_dir, vlm, total)
     vlm.to(env.device)
     model = dist_utils.wrap_distributed(vlm, env, cfg.distributed)
     params = trainable_named(vlm)
@@ -110,7 +110,7 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
                disable=not (env.is_main and cfg.log.progress), dynamic_ncols=True)  # fmt: skip
     amp = autocast_context(cfg.precision, env.device)
     vlm.train()
-    for step in range(start, total):
+    for step in range(start, end):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(scfg.grad_accum)]
         loss, tokens, samples, anchor = forward_backward(model, micro, plan.target_tokens(step), env, amp)
@@ -124,16 +124,22 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
             metrics.log(step + 1, dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
                                        samples_per_s=samples / dt, step_time_s=dt)
                         | ({} if anchor is None else {"cls_anchor": anchor}))  # fmt: skip
-        if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
-            save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env)
-        if gain_due(cfg, stage, step + 1, total) and env.is_main:
-            log_image_gain(cfg, stage, data, vlm, tokenizer, metrics, step + 1)
+        stop = gain_due(cfg, stage, step + 1, total) and measure_and_check(cfg, stage, data, vlm, tokenizer, metrics,
+                                                                           step + 1, env)  # fmt: skip
+        if stop or (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
+            save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env,
+                                  stopped=stop_record(cfg, step + 1) if stop else None)  # fmt: skip
+        if stop:
+            end = step + 1
+            log.info("stage %s: held-out A/B accuracy reached stages.instruct.stop_at_ab_accuracy=%g at step "
+                     "%d/%d: stopped", stage, cfg.stages.instruct.stop_at_ab_accuracy, end, total)  # fmt: skip
+            break
     bar.close()
     if env.is_main and stage in GAIN_STAGES:
-        record_image_gain(cfg, stage, data, vlm, tokenizer, metrics, total)
+        record_image_gain(cfg, stage, data, vlm, tokenizer, metrics, end)
     metrics.close()
     dist_utils.barrier(env)
-    return summarize(stage, out_dir, total, trainable, start, sources)
+    return summarize(stage, out_dir, end, trainable, start, sources)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,6 +154,30 @@ def gain_due(cfg: TrainConfig, stage: str, step: int, total: int) -> bool:
     return bool(
         cfg.image_gain.datasets and every and stage in GAIN_STAGES and step % every == 0 and step < total
     )
+
+
+def measure_and_check(
+    cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, metrics, step: int, env: DistEnv
+) -> bool:
+    """Log the image gain now (rank 0 measures); True on every rank when stage 2 should stop here: its held-out
+    A/B accuracy with the right images reached ``stages.instruct.stop_at_ab_accuracy``."""
+    reached = torch.zeros((), device=env.device)
+    if env.is_main:
+        result = log_image_gain(cfg, stage, dcfg, vlm, tokenizer, metrics, step)
+        reached.fill_(float(reaches_stop_target(cfg, stage, result)))
+    return bool(dist_utils.all_reduce_sum(reached, env).item())
+
+
+def reaches_stop_target(cfg: TrainConfig, stage: str, result: dict) -> bool:
+    target = cfg.stages.instruct.stop_at_ab_accuracy
+    return bool(
+        stage == "instruct" and target and "choice" in result and result["choice"]["acc_right"] >= target
+    )
+
+
+def stop_record(cfg: TrainConfig, step: int) -> dict:
+    """What an early-stopped stage's final checkpoint records (find_resume ends the stage there)."""
+    return {"step": step, "stop_at_ab_accuracy": cfg.stages.instruct.stop_at_ab_accuracy}
 
 
 def measure_stage_gain(cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, step: int) -> dict:
@@ -263,13 +293,14 @@ def total_steps(scfg: StageConfig, plan: BatchPlan) -> int:
     return max(1, int(scfg.epochs * plan.steps_per_epoch))
 
 
-def find_resume(out_dir: Path, vlm, total: int) -> tuple[int, dict | None]:
-    """Load the newest checkpoint's weights into ``vlm``; returns (start step, optimiser/RNG state)."""
+def find_resume(out_dir: Path, vlm, total: int) -> tuple[int, dict | None, int]:
+    """Load the newest checkpoint's weights into ``vlm``; returns (start step, optimiser/RNG state, end step):
+    the end is ``total``, or the step a finished stage stopped early at."""
     root = out_dir / "checkpoints"
     ckpt.clear_leftovers(root)
     last = ckpt.latest_checkpoint(root)
     if last is None:
-        return 0, None
+        return 0, None, total
     weights, optim_state, state = ckpt.load_checkpoint(last)
     if state["total_steps"] != total:
         raise UserError(
@@ -278,7 +309,7 @@ def find_resume(out_dir: Path, vlm, total: int) -> tuple[int, dict | None]:
         )
     load_trainable(vlm, weights, source=str(last))
     log.info("resuming %s at step %d/%d", out_dir.name, state["step"], total)
-    return state["step"], optim_state
+    return state["step"], optim_state, state["step"] if state.get("stopped") else total
 
 
 def restore_optimizer(model, opt, sched, state: dict, strategy: str) -> None:
@@ -370,12 +401,16 @@ def clip_and_step(params: dict, opt, sched, scfg: StageConfig) -> float:
 # Checkpoints and summary
 
 
-def save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step, total, loss, env: DistEnv) -> None:
-    """Gather the trainable weights + optimiser state (collective under FSDP); rank 0 writes."""
+def save_stage_checkpoint(
+    cfg, stage, model, vlm, opt, sched, step, total, loss, env: DistEnv, stopped: dict | None = None
+) -> None:
+    """Gather the trainable weights + optimiser state (collective under FSDP); rank 0 writes. ``stopped``: the
+    stage ends here before ``total`` (``stop_record``), so this checkpoint is its final one."""
     weights = dist_utils.full_state(dict(trainable_named(vlm)))
     optim_state = _optimizer_state(model, opt, cfg.distributed)
     if env.is_main:
-        state = {"stage": stage, "step": step, "total_steps": total, "done": step == total, "loss": loss}
+        state = {"stage": stage, "step": step, "total_steps": total, "done": step == total or stopped is not None,
+                 "loss": loss} | ({"stopped": stopped} if stopped else {})  # fmt: skip
         extra = _encoder_writer(cfg, vlm, weights) if stage == "encoder" else None
         path = ckpt.save_checkpoint(
             checkpoints_dir(cfg.run_dir, stage),

@@ -251,7 +251,8 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
             **({"swap_images": True} if arm.swap_images else {}),
             **({"stage2_replay": True} if arm.stage2_replay else {}),
-            **({"stage2_data": arm.stage2_data} if arm.stage2_data else {})}  # fmt: skip
+            **({"stage2_data": arm.stage2_data} if arm.stage2_data else {}),
+            **({"stage2_stop_at_ab_accuracy": arm.stage2_stop} if arm.stage2_stop else {})}  # fmt: skip
 
 
 def stage3_steps(study: Study, arm: Arm) -> int:
@@ -267,7 +268,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
-    key += own_stage2_suffix(arm.stage2_replay, arm.stage2_data)
+    key += own_stage2_suffix(arm.stage2_replay, arm.stage2_data, arm.stage2_stop)
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -291,7 +292,7 @@ def train_llm(study: Study, arm: Arm, seed: int):
 
     r = recipe_dict(study, arm)
     shared = ensure_shared(
-        study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay, arm.stage2_data
+        study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay, arm.stage2_data, arm.stage2_stop
     )
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
@@ -396,13 +397,15 @@ def ensure_shared(
     instruct_steps: int = 0,
     replay: bool = False,
     stage2_data: str = "",
+    stage2_stop: float = 0.0,
 ) -> Path:
     """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length).
-    ``replay`` / ``stage2_data``: a stage 2 of its own on the same stage 1 (trained once, in the plain shared
-    run), which also replays stage 1's reading conversations / trains on that data variant instead of main."""
+    ``replay`` / ``stage2_data`` / ``stage2_stop``: a stage 2 of its own on the same stage 1 (trained once, in
+    the plain shared run), which also replays stage 1's reading conversations / trains on that data variant
+    instead of main / stops once its held-out A/B accuracy reaches ``stage2_stop`` (``stage2_stop_config``)."""
     cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
-    if not replay and not stage2_data:
+    if not replay and not stage2_data and not stage2_stop:
         return Path(cfg.run_dir)
     if replay and not (cfg.stages.align.data or {}).get("datasets"):
         raise ConfigError(
@@ -411,30 +414,46 @@ def ensure_shared(
     plain = Path(cfg.run_dir)
     main = [str(study.data(stage2_data))] if stage2_data else list(cfg.data.datasets)
     reading = cfg.stages.align.data["datasets"] if replay else []
-    cfg.run_dir = plain.with_name(plain.name + own_stage2_suffix(replay, stage2_data))
+    cfg.run_dir = plain.with_name(plain.name + own_stage2_suffix(replay, stage2_data, stage2_stop))
     cfg.init_from = str(plain)  # stage 1's output
     if is_tiny_llm(study.cfg.recipe.llm):  # stage 1's token ids: the plain run's corpus BPE
         cfg.model.tokenizer = str(plain / "tokenizer")
     cfg.stages.run = ["instruct"]
     cfg.stages.instruct.data = {"datasets": [*main, *reading]}
     cfg.image_gain.blind = False
+    if stage2_stop:
+        stage2_stop_config(cfg, stage2_stop)
     run_training(cfg)
     return Path(cfg.run_dir)
 
 
+# the held-out A/B accuracy a stop-at-accuracy stage 2 checks this many times over its max_steps
+STOP_CHECKS = 15
+
+
+def stage2_stop_config(cfg, target: float) -> None:
+    """Stage 2 ends at the first check (about ``STOP_CHECKS`` over its length) whose held-out A/B accuracy with
+    the right images reaches ``target`` (``stages.instruct.stop_at_ab_accuracy``)."""
+    cfg.stages.instruct.stop_at_ab_accuracy = target
+    cfg.image_gain.every = max(1, round(cfg.stages.instruct.max_steps / STOP_CHECKS))
+
+
 REPLAY_SUFFIX = "-replay"  # a stage-2-replay run (shared stages, stage 3 alike) beside its plain twin
 STAGE2_DATA_MARK = "-s2-"  # a run whose own stage 2 trains on another data variant: -s2-<variant>
+STAGE2_STOP_MARK = "-s2stop"  # a run whose own stage 2 stops at an A/B accuracy: -s2stop<accuracy>
 
 
-def own_stage2_suffix(replay: bool, stage2_data: str) -> str:
+def own_stage2_suffix(replay: bool, stage2_data: str, stage2_stop: float = 0.0) -> str:
     """What a run with its own stage 2 (shared stages and stage 3 alike) adds to its plain twin's name."""
-    return (REPLAY_SUFFIX if replay else "") + (f"{STAGE2_DATA_MARK}{stage2_data}" if stage2_data else "")
+    return ((REPLAY_SUFFIX if replay else "") + (f"{STAGE2_DATA_MARK}{stage2_data}" if stage2_data else "")
+            + (f"{STAGE2_STOP_MARK}{stage2_stop:g}" if stage2_stop else ""))  # fmt: skip
 
 
 def plain_run(shared: Path) -> Path:
     """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or the plain twin of a run
     with its own stage 2."""
-    return shared.with_name(shared.name.split(STAGE2_DATA_MARK)[0].removesuffix(REPLAY_SUFFIX))
+    name = shared.name.split(STAGE2_DATA_MARK)[0].split(STAGE2_STOP_MARK)[0]
+    return shared.with_name(name.removesuffix(REPLAY_SUFFIX))
 
 
 def _llm_options(width: int) -> dict[str, int]:
