@@ -508,17 +508,13 @@ for _arm in (
         search=True,
         candidate=False,
     ),
-    Arm(
-        f"val-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x",
-        f"stage 2 stopped at {STAGE2_STOP:.0%} held-out A/B accuracy, then the default's stage 3 (not in the paper)",
-        "llm",
-        data="choices-points",
-        steps_scale=5.0,
-        cls_anchor=0.1,
-        stage2_stop=STAGE2_STOP,
+    # STOP_ARM's val twin: the same training run, probed on val
+    replace(
+        ARMS.get(STOP_ARM),
+        name=f"val-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x",
         search=True,
         candidate=False,
-    ),
+    ),  # fmt: skip
     Arm(
         "val-s2-no-points-anchor0.1-choices-points-5x",
         "stage 2 without the A/B point turns (stage 3's task held out of stage 2), then the default's stage 3 "
