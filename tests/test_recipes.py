@@ -111,7 +111,8 @@ def test_recipe_data_is_the_study_data(study):
         "main": (study_data.conversation_config(DATA["main"], dict(r.extra_turns)), sizes.scenes, 0,
                  sizes.multiview_share),
         "reading": (study_data.reading_conversation(dict(r.reading_turns)), sizes.scenes, 0, 0.0),
-        "choices": (study_data.conversation_config(DATA[ARMS.get(DEFAULT_ARM).data]), sizes.scenes, 0, 0.0),
+        "choices": (study_data.conversation_config(DATA[ARMS.get(DEFAULT_ARM).data]),
+                    study_data.variant_scenes(DATA[ARMS.get(DEFAULT_ARM).data], sizes), 0, 0.0),
         "heldout": (study_data.conversation_config(DATA["main"], dict(r.extra_turns)), sizes.heldout_scenes, 2,
                     sizes.multiview_share),
     }  # fmt: skip
@@ -136,7 +137,7 @@ def test_generate_recipe_writes_every_dataset_the_recipe_reads(tmp_path):
 
 
 def test_generate_recipe_cli_sizes_and_refusals(tmp_path):
-    assert generate_cli.recipe_sizes("spatialboost", 100) == {"main": 100, "reading": 100, "choices": 100,
+    assert generate_cli.recipe_sizes("spatialboost", 100) == {"main": 100, "reading": 100, "choices": 400,
                                                                "heldout": 10}  # fmt: skip
     assert generate_cli.recipe_sizes("spatialboost", None) is None
     parser = __import__("argparse").ArgumentParser()

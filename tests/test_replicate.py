@@ -257,16 +257,22 @@ def test_study_registry_and_job_order():
         ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
         ("sb-dual-anchor0.1-choices-points-5x", {"cls_anchor": 0.1}),
         ("sb-dual-swapped-choices-points-5x", {"swap_images": True}),
-        (DEFAULT_ARM, {"cls_anchor": 0.1}),
+        (DEFAULT_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x"}),
+        ("sb-dual-swapped-anchor0.1-choices-points-4xdata-5x",
+         {"cls_anchor": 0.1, "data": "choices-points-4x", "swap_images": True}),
+        ("sb-dual-s2stop0.65-anchor0.1-choices-points-5x", {"cls_anchor": 0.1, "stage2_stop": 0.65}),
     ],
-)
+)  # fmt: skip
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     """The matched comparisons (full FT on the default's data, the pre-trained LM's long stage 3, the CLS anchor,
-    the no-language control) change the paper's arm in the named fields and nothing else, so a difference in the
-    results is theirs; the default recipe is the paper's arm with the CLS anchor at 0.1."""
-    from dataclasses import asdict
+    the no-language controls, the stage-2 stop) change the paper's arm in the named fields and nothing else, so a
+    difference in the results is theirs; the default recipe is the paper's arm with the CLS anchor at 0.1 on 4x
+    the scenes (a data variant with the same turns, only 4x the scenes)."""
+    from dataclasses import asdict, replace
 
-    from spatialboost.studies.replicate.study import PAPER_ARM
+    from spatialboost.studies.replicate.study import DATA, PAPER_ARM
+
+    assert DATA["choices-points-4x"] == replace(DATA["choices-points"], fraction=4.0)
 
     default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}

@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     syn.add_argument(
         "--recipe", choices=DATA_RECIPES.names(),
         help="write every dataset this training recipe reads, each under OUT/<name> (e.g. `spatialboost`: main, "
-        "reading, choices, heldout for `spatialboost train`); --scenes then sets the size of the main-scene "
-        "datasets (heldout: a tenth, at least 8), --image-size the rendered side; no other config options",
+        "reading, choices, heldout for `spatialboost train`); --scenes N then sets the size of main and the other "
+        "main-scene datasets in proportion (choices: 4N; heldout: a tenth, at least 8), --image-size the rendered "
+        "side; no other config options",
     )  # fmt: skip
     add_run_arguments(syn)
     syn.add_argument(
@@ -131,11 +132,12 @@ def run_recipe(args: argparse.Namespace) -> int:
 
 
 def recipe_sizes(recipe: str, scenes: int | None) -> dict[str, int] | None:
-    """--scenes N: N for the datasets of the main scenes (seed 0), a tenth (at least 8) for the others."""
+    """--scenes N: N for the main dataset; the other datasets of the main scenes (seed 0) keep their ratio to it
+    (stage 3's ``choices``: 4N), the others get a tenth (at least 8)."""
     if scenes is None:
         return None
     if scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {scenes}")
-    return {
-        d.name: scenes if d.seed == 0 else max(8, scenes // 10) for d in DATA_RECIPES.get(recipe).datasets
-    }
+    datasets = DATA_RECIPES.get(recipe).datasets
+    main = datasets[0].scenes
+    return {d.name: round(scenes * d.scenes / main) if d.seed == 0 else max(8, scenes // 10) for d in datasets}
