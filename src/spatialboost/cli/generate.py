@@ -140,4 +140,6 @@ def recipe_sizes(recipe: str, scenes: int | None) -> dict[str, int] | None:
         raise UserError(f"--scenes must be >= 1, got {scenes}")
     datasets = DATA_RECIPES.get(recipe).datasets
     main = datasets[0].scenes
-    return {d.name: round(scenes * d.scenes / main) if d.seed == 0 else max(8, scenes // 10) for d in datasets}
+    return {
+        d.name: round(scenes * d.scenes / main) if d.seed == 0 else max(8, scenes // 10) for d in datasets
+    }
