@@ -110,6 +110,10 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
                disable=not (env.is_main and cfg.log.progress), dynamic_ncols=True)  # fmt: skip
     amp = autocast_context(cfg.precision, env.device)
     vlm.train()
+    stop, gain = (
+        False,
+        None,
+    )  # an early stop and its deciding image gain (a resumed finished stage runs no step)
     for step in range(start, end):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(scfg.grad_accum)]
@@ -124,8 +128,8 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
             metrics.log(step + 1, dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / dt,
                                        samples_per_s=samples / dt, step_time_s=dt)
                         | ({} if anchor is None else {"cls_anchor": anchor}))  # fmt: skip
-        stop = gain_due(cfg, stage, step + 1, total) and measure_and_check(cfg, stage, data, vlm, tokenizer, metrics,
-                                                                           step + 1, env)  # fmt: skip
+        if gain_due(cfg, stage, step + 1, total):
+            stop, gain = measure_and_check(cfg, stage, data, vlm, tokenizer, metrics, step + 1, env)
         if stop or (step + 1) % cfg.checkpoint.every == 0 or step + 1 == total:
             save_stage_checkpoint(cfg, stage, model, vlm, opt, sched, step + 1, total, loss, env,
                                   stopped=stop_record(cfg, step + 1) if stop else None)  # fmt: skip
@@ -136,7 +140,8 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
             break
     bar.close()
     if env.is_main and stage in GAIN_STAGES:
-        record_image_gain(cfg, stage, data, vlm, tokenizer, metrics, end)
+        # an early stop's deciding measurement is the stage's final one (same weights, same step)
+        record_image_gain(cfg, stage, data, vlm, tokenizer, metrics, end, measured=gain if stop else None)
     metrics.close()
     dist_utils.barrier(env)
     return summarize(stage, out_dir, end, trainable, start, sources)
@@ -158,14 +163,15 @@ def gain_due(cfg: TrainConfig, stage: str, step: int, total: int) -> bool:
 
 def measure_and_check(
     cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, metrics, step: int, env: DistEnv
-) -> bool:
-    """Log the image gain now (rank 0 measures); True on every rank when stage 2 should stop here: its held-out
-    A/B accuracy with the right images reached ``stages.instruct.stop_at_ab_accuracy``."""
-    reached = torch.zeros((), device=env.device)
+) -> tuple[bool, dict | None]:
+    """Log the image gain now (rank 0 measures; its result, None on other ranks); the flag is True on every rank
+    when stage 2 should stop here: its held-out A/B accuracy with the right images reached
+    ``stages.instruct.stop_at_ab_accuracy``."""
+    reached, result = torch.zeros((), device=env.device), None
     if env.is_main:
         result = log_image_gain(cfg, stage, dcfg, vlm, tokenizer, metrics, step)
         reached.fill_(float(reaches_stop_target(cfg, stage, result)))
-    return bool(dist_utils.all_reduce_sum(reached, env).item())
+    return bool(dist_utils.all_reduce_sum(reached, env).item()), result
 
 
 def reaches_stop_target(cfg: TrainConfig, stage: str, result: dict) -> bool:
@@ -210,13 +216,21 @@ def log_image_gain(
 
 
 def record_image_gain(
-    cfg: TrainConfig, stage: str, dcfg: DataConfig, vlm, tokenizer, metrics, step: int
+    cfg: TrainConfig,
+    stage: str,
+    dcfg: DataConfig,
+    vlm,
+    tokenizer,
+    metrics,
+    step: int,
+    measured: dict | None = None,
 ) -> dict | None:
-    """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json)."""
+    """Measure the image gain on ``image_gain.datasets`` once per finished stage (image_gain.json); ``measured``:
+    a measurement of these weights already taken (and logged) at ``step``, written as it is."""
     path = stage_dir(cfg.run_dir, stage) / GAIN_FILE
     if not cfg.image_gain.datasets or path.is_file():
         return json.loads(path.read_text()) if path.is_file() else None
-    result = log_image_gain(cfg, stage, dcfg, vlm, tokenizer, metrics, step)
+    result = measured or log_image_gain(cfg, stage, dcfg, vlm, tokenizer, metrics, step)
     atomic_write_json(path, result)
     return result
 
