@@ -100,6 +100,33 @@ def test_choice_closer_point_asks_about_one_image_row():
             assert abs(args["y1"] - args["y2"]) <= 1
 
 
+@pytest.mark.parametrize("name", ["choice_closer_point", "choice_closer_point_fine"])
+def test_closer_point_pairs_keep_their_depth_gap_and_the_letter_names_the_closer_point(name):
+    """The default pairs differ by at least 0.25 m and 10%; the fine pairs by less, but by at least 0.08 m and 4%
+    (clear of the relation's tie margin). The answer letter names the point the depth map puts closer."""
+    from spatialboost.datagen.dataset.validate import check_fact
+    from spatialboost.datagen.questions.choices import FINE_POINT_GAP, MIN_POINT_GAP
+
+    cfg = ConversationConfig(levels=["pixel"], turns={"pixel": 0}, caption=False, extra_turns={name: 4})
+    gaps = []
+    for seed in range(12):
+        scene = random_scene(seed)
+        graph = SceneGraph(scene)
+        for qa in build_conversation(graph, cfg, random.Random(seed)):
+            assert qa.template == name and check_fact(graph, qa.fact, qa.answer, qa.template) == []
+            a = qa.fact["args"]
+            depth = scene.views[a["view"]].depth
+            d1, d2 = float(depth[a["y1"], a["x1"]]), float(depth[a["y2"], a["x2"]])
+            clear = abs(d1 - d2) >= max(MIN_POINT_GAP, 0.1 * min(d1, d2))
+            if name.endswith("_fine"):
+                assert not clear and abs(d1 - d2) >= max(FINE_POINT_GAP[0], FINE_POINT_GAP[1] * min(d1, d2))
+            else:
+                assert clear
+            assert qa.answer == ("A." if d1 < d2 else "B.")
+            gaps.append(abs(d1 - d2))
+    assert len(gaps) > 20
+
+
 def test_orders():
     g = SceneGraph(four_boxes())
     fwd = [

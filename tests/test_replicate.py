@@ -261,6 +261,8 @@ def test_study_registry_and_job_order():
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x", "swap_images": True}),
         ("sb-dual-s2stop0.65-anchor0.1-choices-points-5x", {"cls_anchor": 0.1, "stage2_stop": 0.65}),
+        ("sb-dual-anchor0.1-choices-points-4xdata-dense-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
+        ("sb-dual-anchor0.1-choices-points-4xdata-fine-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-fine"}),
     ],
 )  # fmt: skip
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
@@ -273,6 +275,13 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     from spatialboost.studies.replicate.study import DATA, PAPER_ARM
 
     assert DATA["choices-points-4x"] == replace(DATA["choices-points"], fraction=4.0)
+    ((kind, turns),) = DATA["choices-points"].extra_turns
+    assert DATA["choices-points-4x-dense"] == replace(
+        DATA["choices-points-4x"], extra_turns=((kind, 4 * turns),)
+    )
+    assert DATA["choices-points-4x-fine"] == replace(
+        DATA["choices-points-4x"], extra_turns=((f"{kind}_fine", turns),)
+    )
 
     default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}

@@ -47,6 +47,9 @@ from spatialboost.datagen.scenes.scene import Scene
 
 CHOICES = ["A", "B"]
 MIN_POINT_GAP = 0.25  # metres between the two points' depths (and 10% of the nearer one)
+# the fine pairs of ``choice_closer_point_fine``: closer than the default's gap (below 0.25 m or 10%), yet at least
+# 0.08 m and 4% apart, clear of the closer_point relation's own tie margin (0.05 m or 3%)
+FINE_POINT_GAP = (0.08, 0.04)
 MIN_OBJECT_GAP = 0.30  # metres between two objects' viewer-forward centres
 READOUT_POINTS = 6
 
@@ -63,8 +66,21 @@ def _ab_order(rng: random.Random, first_is_answer: bool) -> bool:
     return want_a != first_is_answer
 
 
-def _same_row_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, int, int, int] | None:
-    """Two pixels on (nearly) the same row, far apart in x, with valid depths differing clearly."""
+def _clear_gap(d1: float, d2: float) -> bool:
+    """The default pairs' depth gap: large enough to be visible."""
+    return abs(d1 - d2) >= max(MIN_POINT_GAP, 0.1 * min(d1, d2))
+
+
+def _fine_gap(d1: float, d2: float) -> bool:
+    """A gap the default pairs exclude (below theirs) but clear of the relation's tie margin."""
+    metres, share = FINE_POINT_GAP
+    return not _clear_gap(d1, d2) and abs(d1 - d2) >= max(metres, share * min(d1, d2))
+
+
+def _same_row_pair(
+    ctx: Context, rng: random.Random, view: int, gap=_clear_gap
+) -> tuple[int, int, int, int] | None:
+    """Two pixels on (nearly) the same row, far apart in x, with valid depths whose difference passes ``gap``."""
     depth = ctx.graph.scene.views[view].depth
     if depth is None:
         return None
@@ -77,15 +93,25 @@ def _same_row_pair(ctx: Context, rng: random.Random, view: int) -> tuple[int, in
         d1, d2 = float(depth[y1, x1]), float(depth[y2, x2])
         if abs(x1 - x2) < w / 8 or d1 <= 0 or d2 <= 0:
             continue
-        if abs(d1 - d2) >= max(MIN_POINT_GAP, 0.1 * min(d1, d2)):
+        if gap(d1, d2):
             return x1, y1, x2, y2
     return None
 
 
 @template("choice_closer_point", "pixel", auxiliary=True)
 def t_choice_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    return _closer_point_choice(ctx, rng, "choice_closer_point", _clear_gap)
+
+
+@template("choice_closer_point_fine", "pixel", auxiliary=True)
+def t_choice_closer_point_fine(scene: Scene, ctx: Context, rng: random.Random) -> QA | None:
+    """``choice_closer_point`` on pairs closer in depth than its gap (FINE_POINT_GAP): harder for the VLM."""
+    return _closer_point_choice(ctx, rng, "choice_closer_point_fine", _fine_gap)
+
+
+def _closer_point_choice(ctx: Context, rng: random.Random, name: str, gap) -> QA | None:
     v = ctx.view
-    pair = _same_row_pair(ctx, rng, v)
+    pair = _same_row_pair(ctx, rng, v, gap)
     if pair is None:
         return None
     x1, y1, x2, y2 = pair
@@ -100,7 +126,7 @@ def t_choice_closer_point(scene: Scene, ctx: Context, rng: random.Random) -> QA 
     q = f"Which point is closer to the camera: (A) {sa} or (B) {sb}? Answer with A or B. {coord_note(ctx)}"
     args = {"view": v, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
     fact = _choice_fact("closer_point", args, d, letter)
-    return QA("pixel", "choice_closer_point", in_view_text(ctx, v, q), f"{letter}.", fact)
+    return QA("pixel", name, in_view_text(ctx, v, q), f"{letter}.", fact)
 
 
 def _object_choice(ctx: Context, rng: random.Random, decide, first_label: str, min_gap: float = 0.0):

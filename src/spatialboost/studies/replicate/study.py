@@ -184,6 +184,16 @@ DATA: dict[str, DataVariant] = {
     # the same turns on 4x the scenes, the default recipe's stage-3 data: at 400 steps each conversation is seen
     # ~1.25 times instead of 5 (stage 3's loss falls from 0.24 to 0.07 over 5 epochs of 640 conversations)
     "choices-points-4x": replace(_CHOICES_POINTS, fraction=4.0),
+    # the same scenes with 4x the A/B point turns per conversation (24): stage 3's cost is the encoder's pass over
+    # the image, so more questions per image give the encoder 4x the depth comparisons per step at almost no cost
+    "choices-points-4x-dense": replace(
+        _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point", 4 * CHOICE_TURNS),)
+    ),
+    # the same count of A/B point turns on the same scenes, each pair closer in depth than the default's gap (0.08 m
+    # and 4% up to 0.25 m or 10%): questions the frozen VLM gets wrong more often, so stage 3 passes more back
+    "choices-points-4x-fine": replace(
+        _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point_fine", CHOICE_TURNS),)
+    ),
     # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
     # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
     # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.94 over 7 seeds)
@@ -349,6 +359,27 @@ for _arm in (
         "llm",
         data="choices-points-4x",
         steps_scale=10.0,
+        cls_anchor=0.1,
+    ),
+    # the default with 4x the A/B point turns per conversation (24 per image): the seeds whose frozen VLM already
+    # answers stage 3's questions (starting loss 0.07-0.10) passed little back; more comparisons per image, each
+    # a point pair the VLM may still get wrong, give the encoder more to move on. Run with its val twin
+    Arm(
+        "sb-dual-anchor0.1-choices-points-4xdata-dense-5x",
+        "the default recipe with 4x the A/B point turns per conversation (24 per image; not in the paper)",
+        "llm",
+        data="choices-points-4x-dense",
+        steps_scale=5.0,
+        cls_anchor=0.1,
+    ),
+    # the default on fine pairs only (choices-points-4x-fine): a harder stage-3 task through the same question text
+    Arm(
+        "sb-dual-anchor0.1-choices-points-4xdata-fine-5x",
+        "the default recipe on A/B pairs closer in depth (0.08 m / 4% up to the default's 0.25 m / 10%; not in the "
+        "paper)",
+        "llm",
+        data="choices-points-4x-fine",
+        steps_scale=5.0,
         cls_anchor=0.1,
     ),
     # the CLS-anchor arm with a stage 2 of its own that stops at STAGE2_STOP held-out A/B accuracy, run on test beside
@@ -532,6 +563,15 @@ for _arm in (
         search=True,
         candidate=False,
     ),  # fmt: skip
+    *(
+        replace(
+            ARMS.get(f"sb-dual-anchor0.1-choices-points-4xdata-{_kind}-5x"),
+            name=f"val-anchor0.1-choices-points-4xdata-{_kind}-5x",
+            search=True,
+            candidate=False,
+        )
+        for _kind in ("dense", "fine")
+    ),  # fmt: skip
     # STOP_ARM's val twin: the same training run, probed on val
     replace(
         ARMS.get(STOP_ARM),
@@ -599,7 +639,8 @@ TABLES: tuple[Table, ...] = (
           "mixed 50/50 beats single-only and multi-only.", ("base", "view-single", "view-multi", "sb-dual")),
     Table("D", "Data size at a fixed number of steps (paper Fig. 5)", "monotonic gains with data size.",
           ("base", "size-quarter", "size-half", "sb-dual", ANCHOR_ARM, DEFAULT_ARM,
-           "sb-dual-anchor0.1-choices-points-4xdata-10x")),
+           "sb-dual-anchor0.1-choices-points-4xdata-10x", "sb-dual-anchor0.1-choices-points-4xdata-dense-5x",
+           "sb-dual-anchor0.1-choices-points-4xdata-fine-5x")),
     Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
           ("base", "simple-ft", DEFAULT_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
 )  # fmt: skip
