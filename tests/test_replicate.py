@@ -263,6 +263,8 @@ def test_study_registry_and_job_order():
         ("sb-dual-s2stop0.65-anchor0.1-choices-points-5x", {"cls_anchor": 0.1, "stage2_stop": 0.65}),
         ("sb-dual-anchor0.1-choices-points-4xdata-dense-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
         ("sb-dual-anchor0.1-choices-points-4xdata-fine-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-fine"}),
+        ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
+         {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
     ],
 )  # fmt: skip
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):

@@ -406,6 +406,11 @@ ANCHOR_ARM = "sb-dual-anchor0.1-choices-points-5x"
 SWAPPED_DEFAULT = "sb-dual-swapped-anchor0.1-choices-points-4xdata-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=SWAPPED_DEFAULT, swap_images=True,
              label="control: the default recipe with every stage-3 sample reading another scene's images"))  # fmt: skip
+# the dense arm's no-language control: its 24 A/B turns per image, each sample reading another scene's images
+_add(replace(ARMS.get("sb-dual-anchor0.1-choices-points-4xdata-dense-5x"),
+             name="sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x", swap_images=True,
+             label="control: the dense arm (24 A/B turns per image) with every stage-3 sample reading another "
+                   "scene's images"))  # fmt: skip
 # the paper's stage 3 (no CLS anchor) on 640 scenes at the default's steps: what the matched arms vary one field of
 PAPER_ARM = "sb-dual-choices-points-5x"
 # the default with its stage 2 stopped at STAGE2_STOP held-out A/B accuracy
@@ -631,7 +636,9 @@ TABLES: tuple[Table, ...] = (
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", PAPER_ARM, ANCHOR_ARM, DEFAULT_ARM,
-           "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", SWAPPED_DEFAULT, "head-depth",
+           "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", SWAPPED_DEFAULT,
+           "sb-dual-anchor0.1-choices-points-4xdata-dense-5x", "sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
+           "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
