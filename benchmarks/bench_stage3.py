@@ -1,6 +1,7 @@
 """Stage-3 step with the real encoder (DINOv2-S) and the tiny or a pre-trained LM, on the study's data (CPU, fp32).
 
-The data is the real-encoder study's stage-3 set (``choices-points``): terse A/B point questions with
+The data is the default recipe's stage-3 set (``choices-points-4x-dense``: 24 terse A/B point questions per image;
+``--choice-turns 6,24`` also times the 6 of the study's earlier arms in the same run), questions with
 ``<point>`` / ``<region>`` reference tokens and no image-token prefix (``data.refs=[point, region]``,
 ``data.image_tokens=false``), 112 px single-view scenes. Per LM (``tiny-qwen2`` at the demo's width 128, and
 ``smollm2-135m``): the median stage-3 step time, real tokens/s, images/s, its FLOPs (``bench_train``'s count:
@@ -16,7 +17,8 @@ own size, what a config with ``data.image_size: null`` trains at). The machine i
 steadier; the load average is reported with the figures. A SmolLM2 step takes tens of seconds on one core.
 
     .venv/bin/python benchmarks/bench_stage3.py [--steps 5] [--warmup 1] [--batch 8] [--image-size 112]
-        [--threads N] [--llms tiny-qwen2,smollm2-135m] [--cls-anchors 0.1] [--profile] [--cache-steps 2]
+        [--threads N] [--llms tiny-qwen2,smollm2-135m] [--cls-anchors 0.1] [--choice-turns 24] [--profile]
+        [--cache-steps 2]
         [--out runs/bench-stage3]
 
 ``--cls-anchors 0,0.1`` times the paper's stage 3 and the default recipe's (its CLS anchor costs one no-grad
@@ -36,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spatialboost.config import load_config
+from spatialboost.datagen.recipes import CHOICE_TURNS, DENSE_CHOICE_TURNS
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import micro_batch_loader
 from spatialboost.train.distributed import DistEnv
@@ -47,18 +50,25 @@ from bench_train import CPU_ATTENTION_FLOPS, matmul_peak, setup, stage3_flops, t
 
 ENCODER = "dinov2-small-offline"
 TINY_LLM = ["model.llm=tiny-qwen2", "model.llm_options={hidden_size: 128, intermediate_size: 256}"]
-# the real-encoder study's stage-3 conversations (DATA["choices-points"]): six terse A/B point questions
-CONVERSATION = [
-    "conversation.turns={pixel: 0, object: 0, scene: 0}",
-    "conversation.caption=false",
-    "conversation.extra_turns={choice_closer_point: 6}",
-]
 
 
-def make_data(out: Path, scenes: int, image_size: int) -> Path:
+def conversation(turns: int) -> list[str]:
+    """The study's stage-3 conversations: ``turns`` terse A/B point questions, nothing else."""
+    return [
+        "conversation.turns={pixel: 0, object: 0, scene: 0}",
+        "conversation.caption=false",
+        f"conversation.extra_turns={{choice_closer_point: {turns}}}",
+    ]
+
+
+def make_data(out: Path, scenes: int, image_size: int, turns: int = DENSE_CHOICE_TURNS) -> Path:
     from spatialboost.cli import main as cli
 
-    data = out / f"data-{image_size}px-{scenes}"
+    data = (
+        out / f"data-{image_size}px-{scenes}"
+        if turns == CHOICE_TURNS
+        else out / f"data-{image_size}px-{scenes}-t{turns}"
+    )
     if not (data / "manifest.json").is_file():
         argv = [
             "generate",
@@ -70,7 +80,7 @@ def make_data(out: Path, scenes: int, image_size: int) -> Path:
             "--image-size",
             str(image_size),
         ]
-        cli([*argv, "--out", str(data), "--no-progress", *CONVERSATION])
+        cli([*argv, "--out", str(data), "--no-progress", *conversation(turns)])
     return data
 
 
@@ -215,24 +225,33 @@ def main() -> None:
         default="0.1",
         help="stage-3 CLS anchor weights to time, each a row (the default recipe: 0.1; 0: the paper's)",
     )
+    p.add_argument(
+        "--choice-turns",
+        default=str(DENSE_CHOICE_TURNS),
+        help="A/B turns per image, each a row (the default recipe: 24; the study's earlier arms: 6)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench-stage3"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    data = make_data(args.out, args.scenes, 112)  # the study's scenes; --image-size 224 upsamples them
+    turn_counts = [int(t) for t in args.choice_turns.split(",")]
+    # the study's scenes; --image-size 224 upsamples them
+    datas = {t: make_data(args.out, args.scenes, 112, t) for t in turn_counts}
     peak = max(matmul_peak() for _ in range(3))  # the best of three: the machine is shared
     peak_cpu = max(matmul_peak(clock=time.process_time) for _ in range(3))  # per CPU second
-    report: dict = {"encoder": ENCODER, "image_size": args.image_size, "batch": args.batch, "data": str(data),
+    report: dict = {"encoder": ENCODER, "image_size": args.image_size, "batch": args.batch,
+                    "data": {t: str(d) for t, d in datas.items()},
                     "threads": torch.get_num_threads(), "fp32_matmul_peak_gflops": peak / 1e9,
                     "fp32_matmul_peak_gflops_per_cpu_s": peak_cpu / 1e9,
                     "stage3": {}, "profile": {}, "cache_features": {}}  # fmt: skip
     anchors = [float(w) for w in args.cls_anchors.split(",")]
     for llm in args.llms.split(","):
-        for anchor in anchors:
-            cfg = make_config(args, data, llm, anchor)
+        for turns, anchor in [(t, a) for t in turn_counts for a in anchors]:
+            cfg = make_config(args, datas[turns], llm, anchor)
             tok = prepare_tokenizer(cfg, DistEnv())
-            key = llm if len(anchors) == 1 else f"{llm} anchor {anchor:g}"
+            key = llm + ("" if len(anchors) == 1 else f" anchor {anchor:g}")
+            key += "" if len(turn_counts) == 1 else f" {turns} turns"
             r = report["stage3"][key] = stage3_flops(cfg, tok, args.steps, peak, warmup=args.warmup)
             r["fraction_of_peak_cpu_time"] = r["step_gflop"] * 1e9 / r["step_cpu_s"] / peak_cpu
         if args.profile:

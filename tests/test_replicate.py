@@ -257,11 +257,11 @@ def test_study_registry_and_job_order():
         ("sb-dual-anchor1-choices-points-5x", {"cls_anchor": 1.0}),
         ("sb-dual-anchor0.1-choices-points-5x", {"cls_anchor": 0.1}),
         ("sb-dual-swapped-choices-points-5x", {"swap_images": True}),
-        (DEFAULT_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x"}),
+        ("sb-dual-anchor0.1-choices-points-4xdata-5x", {"cls_anchor": 0.1, "data": "choices-points-4x"}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x", "swap_images": True}),
         ("sb-dual-s2stop0.65-anchor0.1-choices-points-5x", {"cls_anchor": 0.1, "stage2_stop": 0.65}),
-        ("sb-dual-anchor0.1-choices-points-4xdata-dense-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
+        (DEFAULT_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
         ("sb-dual-anchor0.1-choices-points-4xdata-fine-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-fine"}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
@@ -271,7 +271,7 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     """The matched comparisons (full FT on the default's data, the pre-trained LM's long stage 3, the CLS anchor,
     the no-language controls, the stage-2 stop) change the paper's arm in the named fields and nothing else, so a
     difference in the results is theirs; the default recipe is the paper's arm with the CLS anchor at 0.1 on 4x
-    the scenes (a data variant with the same turns, only 4x the scenes)."""
+    the scenes and 4x the A/B turns per image (a data variant with the same kind of turn, only more of them)."""
     from dataclasses import asdict, replace
 
     from spatialboost.studies.replicate.study import DATA, PAPER_ARM

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
 from spatialboost.config import ConfigError
-from spatialboost.datagen.recipes import CHOICE_TURNS, MAIN_EXTRA, READING_EXTRA
+from spatialboost.datagen.recipes import CHOICE_TURNS, DENSE_CHOICE_TURNS, MAIN_EXTRA, READING_EXTRA
 from spatialboost.registry import Registry
 
 Trainer = Literal["none", "llm", "dense", "simple-ft"]
@@ -181,13 +181,14 @@ DATA: dict[str, DataVariant] = {
     "choices-points-readout": replace(
         _AUX_ONLY, extra_turns=(("choice_closer_point", 4), ("depth_readout", 2))
     ),
-    # the same turns on 4x the scenes, the default recipe's stage-3 data: at 400 steps each conversation is seen
-    # ~1.25 times instead of 5 (stage 3's loss falls from 0.24 to 0.07 over 5 epochs of 640 conversations)
+    # the same turns on 4x the scenes (the default recipe's stage-3 data in session 9): at 400 steps each
+    # conversation is seen ~1.25 times instead of 5 (stage 3's loss falls from 0.24 to 0.07 over 5 epochs of 640)
     "choices-points-4x": replace(_CHOICES_POINTS, fraction=4.0),
-    # the same scenes with 4x the A/B point turns per conversation (24): stage 3's cost is the encoder's pass over
-    # the image, so more questions per image give the encoder 4x the depth comparisons per step at almost no cost
+    # the same scenes with 4x the A/B point turns per conversation (24), the default recipe's stage-3 data since
+    # session 10: stage 3's cost is mostly the encoder's pass over the image, so more questions per image give the
+    # encoder 4x the depth comparisons per step for ~1.8x the step time
     "choices-points-4x-dense": replace(
-        _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point", 4 * CHOICE_TURNS),)
+        _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
     ),
     # the same count of A/B point turns on the same scenes, each pair closer in depth than the default's gap (0.08 m
     # and 4% up to 0.25 m or 10%): questions the frozen VLM gets wrong more often, so stage 3 passes more back
@@ -290,7 +291,7 @@ for _arm in (
     # gates), so forgetting compares modes and nothing else
     Arm(
         "sb-full-choices-points-5x",
-        "full fine-tuning on the default recipe's data (A/B point turns, 5x steps)",
+        "full fine-tuning on the paper's stage-3 data (A/B point turns on 640 scenes, 5x steps)",
         "llm",
         mode="full",
         data="choices-points",
@@ -307,7 +308,7 @@ for _arm in (
     ),
     Arm(
         "sb-full-choices-points-100x",
-        "full fine-tuning on the default recipe's data at 100x steps (400 at --size real-lm)",
+        "full fine-tuning on the paper's stage-3 data at 100x steps (400 at --size real-lm)",
         "llm",
         mode="full",
         data="choices-points",
@@ -341,11 +342,12 @@ for _arm in (
         for _w in (0.1, 1.0)
     ),
     # the CLS-anchor arm on 4x the stage-3 scenes (~1.25 epochs at 400 steps). Its val twin tied with the anchor arm
-    # on 3 val seeds (-14.5% against -13.7%) and beat it on 7 (-0.011 m, scene s.e. 0.005 m): the default recipe
+    # on 3 val seeds (-14.5% against -13.7%) and beat it on 7 (-0.011 m, scene s.e. 0.005 m): the default recipe of
+    # session 9 (SPARSE_ARM), until 24 A/B turns per image beat its 6 on val (session 10)
     Arm(
         "sb-dual-anchor0.1-choices-points-4xdata-5x",
-        "SpatialBoost default recipe `spatialboost`: A/B point turns on 2560 scenes, 400 steps, CLS anchor 0.1 "
-        "(picked on DINOv2-S's val split)",
+        "6 A/B point turns per image on 2560 scenes, 400 steps, CLS anchor 0.1 (not in the paper; the default in "
+        "session 9)",
         "llm",
         data="choices-points-4x",
         steps_scale=5.0,
@@ -355,27 +357,29 @@ for _arm in (
     # moved least (-1.2..-3.7% -> -5.2..-5.7%); do more steps on fresh scenes move it further? Run with its val twin
     Arm(
         "sb-dual-anchor0.1-choices-points-4xdata-10x",
-        "the default recipe at 2x the steps (2560 scenes, 800 steps; not in the paper)",
+        "the session-9 default at 2x the steps (6 A/B turns per image, 2560 scenes, 800 steps; not in the paper)",
         "llm",
         data="choices-points-4x",
         steps_scale=10.0,
         cls_anchor=0.1,
     ),
-    # the default with 4x the A/B point turns per conversation (24 per image): the seeds whose frozen VLM already
+    # SPARSE_ARM with 4x the A/B point turns per conversation (24 per image): the seeds whose frozen VLM already
     # answers stage 3's questions (starting loss 0.07-0.10) passed little back; more comparisons per image, each
-    # a point pair the VLM may still get wrong, give the encoder more to move on. Run with its val twin
+    # a point pair the VLM may still get wrong, give the encoder more to move on. Its val twin beat SPARSE_ARM's on
+    # 3 val seeds (session 10): the default recipe
     Arm(
         "sb-dual-anchor0.1-choices-points-4xdata-dense-5x",
-        "the default recipe with 4x the A/B point turns per conversation (24 per image; not in the paper)",
+        "SpatialBoost default recipe `spatialboost`: 24 A/B point turns per image on 2560 scenes, 400 steps, CLS "
+        "anchor 0.1 (picked on DINOv2-S's val split)",
         "llm",
         data="choices-points-4x-dense",
         steps_scale=5.0,
         cls_anchor=0.1,
     ),
-    # the default on fine pairs only (choices-points-4x-fine): a harder stage-3 task through the same question text
+    # SPARSE_ARM on fine pairs only (choices-points-4x-fine): a harder stage-3 task through the same question text
     Arm(
         "sb-dual-anchor0.1-choices-points-4xdata-fine-5x",
-        "the default recipe on A/B pairs closer in depth (0.08 m / 4% up to the default's 0.25 m / 10%; not in the "
+        "6 A/B turns per image on pairs closer in depth (0.08 m / 4% up to the other arms' 0.25 m / 10%; not in the "
         "paper)",
         "llm",
         data="choices-points-4x-fine",
@@ -399,18 +403,20 @@ for _arm in (
     _add(_arm)
 
 # the arm `spatialboost train` runs with no --config (configs/spatialboost.yaml; tests/test_recipes.py)
-DEFAULT_ARM = "sb-dual-anchor0.1-choices-points-4xdata-5x"
+DEFAULT_ARM = "sb-dual-anchor0.1-choices-points-4xdata-dense-5x"
+# the default in session 9: 6 A/B turns per image on the same 2560 scenes
+SPARSE_ARM = "sb-dual-anchor0.1-choices-points-4xdata-5x"
 # the default before session 9: the same stage 3 on 640 scenes (the matched arms below vary it)
 ANCHOR_ARM = "sb-dual-anchor0.1-choices-points-5x"
 # the default's no-language control: its stage 3 with every sample reading another scene's images
-SWAPPED_DEFAULT = "sb-dual-swapped-anchor0.1-choices-points-4xdata-5x"
+SWAPPED_DEFAULT = "sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=SWAPPED_DEFAULT, swap_images=True,
              label="control: the default recipe with every stage-3 sample reading another scene's images"))  # fmt: skip
-# the dense arm's no-language control: its 24 A/B turns per image, each sample reading another scene's images
-_add(replace(ARMS.get("sb-dual-anchor0.1-choices-points-4xdata-dense-5x"),
-             name="sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x", swap_images=True,
-             label="control: the dense arm (24 A/B turns per image) with every stage-3 sample reading another "
-                   "scene's images"))  # fmt: skip
+# SPARSE_ARM's no-language control
+SWAPPED_SPARSE = "sb-dual-swapped-anchor0.1-choices-points-4xdata-5x"
+_add(replace(ARMS.get(SPARSE_ARM), name=SWAPPED_SPARSE, swap_images=True,
+             label="control: 6 A/B turns per image on 2560 scenes (the default in session 9) with every stage-3 "
+                   "sample reading another scene's images"))  # fmt: skip
 # the paper's stage 3 (no CLS anchor) on 640 scenes at the default's steps: what the matched arms vary one field of
 PAPER_ARM = "sb-dual-choices-points-5x"
 # the default with its stage 2 stopped at STAGE2_STOP held-out A/B accuracy
@@ -554,7 +560,8 @@ for _arm in (
     ),
     Arm(
         "val-anchor0.1-choices-points-4xdata-5x",
-        "the default recipe's val twin: A/B point turns on 2560 scenes (~1.25 epochs at 400 steps), CLS anchor 0.1",
+        "the session-9 default's val twin: 6 A/B point turns per image on 2560 scenes (~1.25 epochs at 400 steps), "
+        "CLS anchor 0.1",
         "llm",
         data="choices-points-4x",
         steps_scale=5.0,
@@ -629,27 +636,26 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
+          ("base", DEFAULT_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
            "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
     Table("B", "Supervision signal (paper Table 6)",
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", PAPER_ARM, ANCHOR_ARM, DEFAULT_ARM,
-           "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", SWAPPED_DEFAULT,
-           "sb-dual-anchor0.1-choices-points-4xdata-dense-5x", "sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
-           "head-depth",
+           SPARSE_ARM, "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", SWAPPED_SPARSE,
+           SWAPPED_DEFAULT, "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
     Table("C2", "Single- vs multi-view data at a fixed total (paper Table 7 text)",
           "mixed 50/50 beats single-only and multi-only.", ("base", "view-single", "view-multi", "sb-dual")),
     Table("D", "Data size at a fixed number of steps (paper Fig. 5)", "monotonic gains with data size.",
-          ("base", "size-quarter", "size-half", "sb-dual", ANCHOR_ARM, DEFAULT_ARM,
-           "sb-dual-anchor0.1-choices-points-4xdata-10x", "sb-dual-anchor0.1-choices-points-4xdata-dense-5x",
+          ("base", "size-quarter", "size-half", "sb-dual", ANCHOR_ARM, SPARSE_ARM,
+           "sb-dual-anchor0.1-choices-points-4xdata-10x", DEFAULT_ARM,
            "sb-dual-anchor0.1-choices-points-4xdata-fine-5x")),
     Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
-          ("base", "simple-ft", DEFAULT_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
+          ("base", "simple-ft", DEFAULT_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
 )  # fmt: skip
 
 
