@@ -38,7 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spatialboost.config import load_config
-from spatialboost.datagen.recipes import CHOICE_TURNS, DENSE_CHOICE_TURNS
+from spatialboost.datagen.recipes import DENSE_CHOICE_TURNS
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.data import micro_batch_loader
 from spatialboost.train.distributed import DistEnv
@@ -64,11 +64,7 @@ def conversation(turns: int) -> list[str]:
 def make_data(out: Path, scenes: int, image_size: int, turns: int = DENSE_CHOICE_TURNS) -> Path:
     from spatialboost.cli import main as cli
 
-    data = (
-        out / f"data-{image_size}px-{scenes}"
-        if turns == CHOICE_TURNS
-        else out / f"data-{image_size}px-{scenes}-t{turns}"
-    )
+    data = out / f"data-{image_size}px-{scenes}-t{turns}"
     if not (data / "manifest.json").is_file():
         argv = [
             "generate",

@@ -34,7 +34,7 @@ MAIN_EXTRA = {"choice_closer_point": 2, "choice_closer_object": 1, "depth_readou
 READING_EXTRA = {"choice_closer_point": 4}
 CHOICE_TURNS = 6  # choice_closer_point turns per stage-3 conversation in the study's arms up to session 9
 # the default recipe's stage 3: 24 per image. Stage 3's cost is mostly the encoder's pass over the image, so 4x the
-# questions give the encoder 4x the depth comparisons per step for ~1.8x the step time
+# questions give the encoder 4x the depth comparisons per step for ~2.1x the step time (benchmarks/bench_stage3.py)
 DENSE_CHOICE_TURNS = 4 * CHOICE_TURNS
 
 

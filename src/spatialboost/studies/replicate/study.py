@@ -186,7 +186,7 @@ DATA: dict[str, DataVariant] = {
     "choices-points-4x": replace(_CHOICES_POINTS, fraction=4.0),
     # the same scenes with 4x the A/B point turns per conversation (24), the default recipe's stage-3 data since
     # session 10: stage 3's cost is mostly the encoder's pass over the image, so more questions per image give the
-    # encoder 4x the depth comparisons per step for ~1.8x the step time
+    # encoder 4x the depth comparisons per step for ~2.1x the step time
     "choices-points-4x-dense": replace(
         _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
     ),
