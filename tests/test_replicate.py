@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,6 @@ def test_a_finished_record_is_brought_up_to_the_studys_depth_heads_from_its_save
     the record's depth metrics and per-scene values become the heads' means. A record whose recorded head the
     re-run does not reproduce is left as it is."""
     import shutil
-    from dataclasses import replace
 
     from spatialboost.studies.replicate import probing, runner
     from spatialboost.studies.replicate import study as study_mod
@@ -272,7 +272,7 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     the no-language controls, the stage-2 stop) change the paper's arm in the named fields and nothing else, so a
     difference in the results is theirs; the default recipe is the paper's arm with the CLS anchor at 0.1 on 4x
     the scenes and 4x the A/B turns per image (a data variant with the same kind of turn, only more of them)."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from spatialboost.studies.replicate.study import DATA, PAPER_ARM
 
@@ -320,7 +320,7 @@ def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the
     ran = []
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     replay = ARMS.get("val-replay-anchor0.1-choices-points-5x")
-    shared = runner.ensure_shared(study, 0, replay=replay.stage2_replay)
+    shared = runner.ensure_shared(study, 0, own=replay.own_stage2)
     plain, mixed = ran
     assert plain.stages.run == ["align", "instruct"] and not plain.stages.instruct.data
     assert mixed.stages.run == ["instruct"] and mixed.init_from == str(plain.run_dir)
@@ -349,7 +349,7 @@ def test_the_no_points_arm_trains_its_own_stage_2_on_that_variant_from_the_share
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     arm = ARMS.get("val-s2-no-points-anchor0.1-choices-points-5x")
     assert "choice_closer_point" not in DATA[arm.stage2_data].extra_turns_for({"choice_closer_point": 2})
-    shared = runner.ensure_shared(study, 0, stage2_data=arm.stage2_data)
+    shared = runner.ensure_shared(study, 0, own=arm.own_stage2)
     plain, own = ran
     assert own.stages.run == ["instruct"] and own.init_from == str(plain.run_dir)
     assert own.stages.instruct.data == {"datasets": [str(tmp_path / "main-no-points")]}
@@ -366,6 +366,42 @@ def test_the_no_points_arm_trains_its_own_stage_2_on_that_variant_from_the_share
     assert runner.recipe_dict(study, arm)["stage2_data"] == "main-no-points"
 
 
+def test_the_reads_arm_trains_its_own_stage_2_on_main_plus_reading_data_from_scenes_stage_3_never_sees(
+    tmp_path, monkeypatch
+):
+    """READS_ARM: a stage 2 of its own on main beside the default's A/B turns on scenes of their own (scene seed
+    3, none of stage 3's, the diagnostics' or the held-out ones), on the shared stage 1; val and test twins share
+    it, and stage 3 (the default's) reads from it."""
+    from spatialboost.studies.replicate import runner
+    from spatialboost.studies.replicate.study import DATA, READS_ARM
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    ran = []
+    monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
+    arm, val = ARMS.get(READS_ARM), ARMS.get(READS_ARM.replace("sb-dual-", "val-"))
+    default = ARMS.get(DEFAULT_ARM)
+    assert replace(arm, name=default.name, label=default.label, stage2_plus="") == default
+    other = DATA[arm.stage2_plus]
+    assert other.seed not in {0, 1, 2} | {v.seed for n, v in DATA.items() if n != arm.stage2_plus}
+    assert other.extra_turns == DATA[default.data].extra_turns  # the default's stage-3 questions
+    shared = runner.ensure_shared(study, 0, own=arm.own_stage2)
+    plain, own = ran
+    assert plain.stages.run == ["align", "instruct"] and not plain.stages.instruct.data
+    assert own.stages.run == ["instruct"] and own.init_from == str(plain.run_dir)
+    assert own.stages.instruct.data == {"datasets": [*plain.data.datasets, str(tmp_path / arm.stage2_plus)]}
+    assert shared == Path(own.run_dir) == Path(f"{plain.run_dir}-s2plus-{arm.stage2_plus}")
+    assert runner.plain_run(shared) == Path(plain.run_dir)
+    assert runner.run_dir(study, arm, 0) == runner.run_dir(study, val, 0)
+    assert (
+        runner.run_dir(study, arm, 0).name
+        == runner.run_dir(study, default, 0).name + f"-s2plus-{arm.stage2_plus}"
+    )
+    assert runner.recipe_dict(study, arm)["stage2_plus"] == arm.stage2_plus
+    assert runner.train_config(study, arm, 0, shared).init_from == str(shared)
+
+
 def test_the_stop_at_accuracy_arm_trains_its_own_stage_2_that_checks_its_ab_accuracy(tmp_path, monkeypatch):
     """A stage 2 of its own on the shared stage 1 that ends at STAGE2_STOP held-out A/B accuracy, checked about
     STOP_CHECKS times over its length; its val and test twins share it, and stage 3 reads from it."""
@@ -379,7 +415,7 @@ def test_the_stop_at_accuracy_arm_trains_its_own_stage_2_that_checks_its_ab_accu
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     arm = ARMS.get(f"val-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x")
     twin = ARMS.get(f"sb-dual-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x")
-    shared = runner.ensure_shared(study, 0, stage2_stop=arm.stage2_stop)
+    shared = runner.ensure_shared(study, 0, own=arm.own_stage2)
     plain, own = ran
     assert plain.stages.instruct.stop_at_ab_accuracy == 0 and plain.image_gain.every == 0
     assert own.stages.run == ["instruct"] and own.init_from == str(plain.run_dir)
@@ -586,3 +622,29 @@ def test_reading_depth_rows_correlate_each_seeds_stage_2_accuracy_with_its_paire
     assert report.reading_depth_rows(summary, ["x"])[0]["seeds"] == [0, 1, 2, 4]
     summary["arms"]["x"]["diagnostics"]["4"] = {}
     assert report.reading_depth_rows(summary, ["x"]) == []
+
+
+def test_reading_table_reads_the_shared_stage_2_from_whichever_shared_arm_has_the_most_seeds():
+    def diag(acc, gain):
+        level = {"gain": gain, "loss_right": 1.0, "loss_other": 1.0 + gain, "stderr": 0.001}
+        return {"image_gain": {"stage2": {"all": level, "choice": {"acc_right": acc, "acc_other": 0.5,
+                                                                   "questions": 100}}}}  # fmt: skip
+
+    def arm(accs, gain=0.01):
+        return {"diagnostics": {str(s): diag(a, gain) for s, a in enumerate(accs)}}
+
+    assert ARMS.get(DEFAULT_ARM).shared_stage2 and ARMS.get("sb-dual").shared_stage2
+    own = next(n for n, a in ARMS.items() if a.trainer == "llm" and a.stage2_replay)
+    assert not ARMS.get(own).shared_stage2 and not ARMS.get("base").shared_stage2
+    summary = {"arms": {"sb-dual": arm([0.6, 0.7]), DEFAULT_ARM: arm([0.7, 0.8, 0.9]),
+                        own: arm([0.99] * 5, gain=0.5), "base": {"diagnostics": {}}}}  # fmt: skip
+    assert report.shared_reading_arm(summary) == DEFAULT_ARM  # most seeds; the own stage 2 never counts
+    table = report.reading_table(summary)
+    assert (
+        "0.8000 ± 0.1000 with the right images" in table
+        and f"Training seeds 0-2, as recorded with `{DEFAULT_ARM}`" in table
+    )
+    summary["arms"]["sb-dual"] = arm([0.6, 0.7, 0.8])
+    assert report.shared_reading_arm(summary) == "sb-dual"  # a tie: the paper's arm
+    del summary["arms"]["sb-dual"], summary["arms"][DEFAULT_ARM]
+    assert report.reading_table(summary).startswith("_No image gain was measured")

@@ -284,15 +284,29 @@ def gain_stats(diags: dict[Any, dict[str, Any]], stage: str, level: str = "all",
     return _stats(values) if values else None
 
 
+def shared_reading_arm(summary: dict[str, Any]) -> str | None:
+    """The arm whose records carry the seeds' shared stage-2 reading for the most seeds (every arm that trains
+    stage 3 through the plain shared stages 1+2 records the same numbers; ``sb-dual`` first on a tie)."""
+
+    def seeds(arm: dict[str, Any]) -> int:
+        return sum(
+            bool(d.get("image_gain", {}).get("stage2", {}).get("all")) for d in arm["diagnostics"].values()
+        )
+
+    shared = [(seeds(a), n == "sb-dual", n) for n, a in summary["arms"].items()
+              if n.removesuffix("@val") in ARMS and ARMS.get(n.removesuffix("@val")).shared_stage2]  # fmt: skip
+    best = max((c for c in shared if c[0]), default=None)
+    return best[2] if best else None
+
+
 def reading_table(summary: dict[str, Any]) -> str:
     """Does the stage-2 VLM read the image? Per CoT level, over the seeds' shared stages 1+2."""
-    arm = next(
-        (a for n, a in summary["arms"].items() if n == "sb-dual" and gain_stats(a["diagnostics"], "stage2")),
-        None,
-    )
-    if arm is None:
+    name = shared_reading_arm(summary)
+    if name is None:
         return "_No image gain was measured (the recipe ran without held-out image-gain data)._"
-    diags = arm["diagnostics"]
+    diags = {
+        s: d for s, d in summary["arms"][name]["diagnostics"].items() if d.get("image_gain", {}).get("stage2")
+    }
     head = ["answers", "loss, right images", "loss, other scenes' images", "image gain (nats/token)",
             "loss, text-only model", "beyond noise?"]  # fmt: skip
     lines = table_head(head)
@@ -310,7 +324,9 @@ def reading_table(summary: dict[str, Any]) -> str:
         beyond = "yes" if gain["mean"] > 2 * max(gain["std"], noise["mean"]) else "no"
         lines.append(f"| {names.get(level, level)} | {cell(right)} | {cell(other)} | {cell(gain)} "
                      f"| {cell(blind) if blind else ''} | {beyond} |")  # fmt: skip
-    lines += ["", "New numbers: the tokens of numbers an answer states that appear nowhere earlier in the "
+    lines += ["", f"Training seeds {seed_span([int(s) for s in diags])}, as recorded with `{name}` (every arm that trains "
+              "stage 3 through the shared stages 1+2 records the same).", "",
+              "New numbers: the tokens of numbers an answer states that appear nowhere earlier in the "
               "conversation (\"2.94\" in \"The depth at (34, 26) is 2.94 m.\", not the copied coordinates): "
               "where only the image can help."]  # fmt: skip
     acc = [(d["image_gain"]["stage2"]["choice"], d["image_gain"].get("blind", {}).get("choice"))

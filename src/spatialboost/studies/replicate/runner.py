@@ -31,7 +31,14 @@ from spatialboost.models.dual_channel import boost_encoder
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.studies.replicate.probing import depth_heads_of
-from spatialboost.studies.replicate.study import ARMS, Arm, StudyConfig, selected_arms, val_seeds_span
+from spatialboost.studies.replicate.study import (
+    ARMS,
+    Arm,
+    OwnStage2,
+    StudyConfig,
+    selected_arms,
+    val_seeds_span,
+)
 from spatialboost.train.config import (
     AlignStage,
     CheckpointConfig,
@@ -252,6 +259,7 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             **({"swap_images": True} if arm.swap_images else {}),
             **({"stage2_replay": True} if arm.stage2_replay else {}),
             **({"stage2_data": arm.stage2_data} if arm.stage2_data else {}),
+            **({"stage2_plus": arm.stage2_plus} if arm.stage2_plus else {}),
             **({"stage2_stop_at_ab_accuracy": arm.stage2_stop} if arm.stage2_stop else {})}  # fmt: skip
 
 
@@ -268,7 +276,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
-    key += own_stage2_suffix(arm.stage2_replay, arm.stage2_data, arm.stage2_stop)
+    key += own_stage2_suffix(arm.own_stage2)
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
         key += f"-ftlr{study.cfg.recipe.simple_ft_lr:g}"
@@ -291,9 +299,7 @@ def train_llm(study: Study, arm: Arm, seed: int):
     from spatialboost.studies.replicate.diagnostics import adapter_stats, loss_curve, weight_change
 
     r = recipe_dict(study, arm)
-    shared = ensure_shared(
-        study, seed, r["llm_width"], r["instruct_steps"], arm.stage2_replay, arm.stage2_data, arm.stage2_stop
-    )
+    shared = ensure_shared(study, seed, r["llm_width"], r["instruct_steps"], arm.own_stage2)
     cfg = train_config(study, arm, seed, shared)
     run_training(cfg)
     encoder = load_encoder(Path(cfg.run_dir) / "encoder")
@@ -391,38 +397,33 @@ def _save(out: Path, encoder, diag: dict[str, Any], include_base: bool):
 
 
 def ensure_shared(
-    study: Study,
-    seed: int,
-    llm_width: int = 0,
-    instruct_steps: int = 0,
-    replay: bool = False,
-    stage2_data: str = "",
-    stage2_stop: float = 0.0,
+    study: Study, seed: int, llm_width: int = 0, instruct_steps: int = 0, own: OwnStage2 | None = None
 ) -> Path:
     """Stages 1+2 of ``seed`` (trained once, reused by every LLM arm of that seed, LM width, stage-2 length).
-    ``replay`` / ``stage2_data`` / ``stage2_stop``: a stage 2 of its own on the same stage 1 (trained once, in
-    the plain shared run), which also replays stage 1's reading conversations / trains on that data variant
-    instead of main / stops once its held-out A/B accuracy reaches ``stage2_stop`` (``stage2_stop_config``)."""
+    ``own``: a stage 2 of its own on the same stage 1 (trained once, beside the plain shared run), which also
+    replays stage 1's reading conversations / trains on a data variant instead of main / beside main / stops once
+    its held-out A/B accuracy reaches ``own.stop`` (``stage2_stop_config``)."""
     cfg = shared_config(study, seed, llm_width, instruct_steps)
     run_training(cfg)  # finished stages are skipped
-    if not replay and not stage2_data and not stage2_stop:
+    if not own:
         return Path(cfg.run_dir)
-    if replay and not (cfg.stages.align.data or {}).get("datasets"):
+    if own.replay and not (cfg.stages.align.data or {}).get("datasets"):
         raise ConfigError(
             f"recipe {study.cfg.recipe_name!r} has no reading warm-up (reading_turns) to replay"
         )
     plain = Path(cfg.run_dir)
-    main = [str(study.data(stage2_data))] if stage2_data else list(cfg.data.datasets)
-    reading = cfg.stages.align.data["datasets"] if replay else []
-    cfg.run_dir = plain.with_name(plain.name + own_stage2_suffix(replay, stage2_data, stage2_stop))
+    main = [str(study.data(own.data))] if own.data else list(cfg.data.datasets)
+    plus = [str(study.data(own.plus))] if own.plus else []
+    reading = cfg.stages.align.data["datasets"] if own.replay else []
+    cfg.run_dir = plain.with_name(plain.name + own_stage2_suffix(own))
     cfg.init_from = str(plain)  # stage 1's output
     if is_tiny_llm(study.cfg.recipe.llm):  # stage 1's token ids: the plain run's corpus BPE
         cfg.model.tokenizer = str(plain / "tokenizer")
     cfg.stages.run = ["instruct"]
-    cfg.stages.instruct.data = {"datasets": [*main, *reading]}
+    cfg.stages.instruct.data = {"datasets": [*main, *plus, *reading]}
     cfg.image_gain.blind = False
-    if stage2_stop:
-        stage2_stop_config(cfg, stage2_stop)
+    if own.stop:
+        stage2_stop_config(cfg, own.stop)
     run_training(cfg)
     return Path(cfg.run_dir)
 
@@ -440,19 +441,23 @@ def stage2_stop_config(cfg, target: float) -> None:
 
 REPLAY_SUFFIX = "-replay"  # a stage-2-replay run (shared stages, stage 3 alike) beside its plain twin
 STAGE2_DATA_MARK = "-s2-"  # a run whose own stage 2 trains on another data variant: -s2-<variant>
+STAGE2_PLUS_MARK = "-s2plus-"  # a run whose own stage 2 also trains on a data variant: -s2plus-<variant>
 STAGE2_STOP_MARK = "-s2stop"  # a run whose own stage 2 stops at an A/B accuracy: -s2stop<accuracy>
 
 
-def own_stage2_suffix(replay: bool, stage2_data: str, stage2_stop: float = 0.0) -> str:
+def own_stage2_suffix(own: OwnStage2) -> str:
     """What a run with its own stage 2 (shared stages and stage 3 alike) adds to its plain twin's name."""
-    return ((REPLAY_SUFFIX if replay else "") + (f"{STAGE2_DATA_MARK}{stage2_data}" if stage2_data else "")
-            + (f"{STAGE2_STOP_MARK}{stage2_stop:g}" if stage2_stop else ""))  # fmt: skip
+    return ((REPLAY_SUFFIX if own.replay else "") + (f"{STAGE2_DATA_MARK}{own.data}" if own.data else "")
+            + (f"{STAGE2_PLUS_MARK}{own.plus}" if own.plus else "")
+            + (f"{STAGE2_STOP_MARK}{own.stop:g}" if own.stop else ""))  # fmt: skip
 
 
 def plain_run(shared: Path) -> Path:
     """The plain shared run a shared run's stage 1 and tokenizer come from: itself, or the plain twin of a run
     with its own stage 2."""
-    name = shared.name.split(STAGE2_DATA_MARK)[0].split(STAGE2_STOP_MARK)[0]
+    name = shared.name
+    for mark in (STAGE2_DATA_MARK, STAGE2_PLUS_MARK, STAGE2_STOP_MARK):
+        name = name.split(mark)[0]
     return shared.with_name(name.removesuffix(REPLAY_SUFFIX))
 
 
