@@ -14,7 +14,9 @@ encoder vs the LM). Then the speed-up of a stage-2 (instruct) step from cached s
 
 The encoder runs at ``--image-size`` (``data.image_size``; 112 keeps the scenes' pixels, 224 is the encoder's
 own size, what a config with ``data.image_size: null`` trains at). The machine is shared: ``--threads 1`` is
-steadier; the load average is reported with the figures. A SmolLM2 step takes tens of seconds on one core.
+steadier; the load average is reported with the figures. A SmolLM2 step at batch 8 on one core took 42 s at 6
+turns and 205 s at the default's 24 (~70% of the matmul peak both; peak RSS 5.7 and 18.6 GB), so time it with
+``--choice-turns 6`` unless the 24-turn figure is what you need.
 
     .venv/bin/python benchmarks/bench_stage3.py [--steps 5] [--warmup 1] [--batch 8] [--image-size 112]
         [--threads N] [--llms tiny-qwen2,smollm2-135m] [--cls-anchors 0.1] [--choice-turns 24] [--profile]
