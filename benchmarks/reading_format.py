@@ -13,12 +13,13 @@ VLM; a stage-3 run twice, with its stage-2 VLM (its ``init_from``) and after sta
 the same frozen LM).
 
     .venv/bin/python benchmarks/reading_format.py --study /work/studies/dinov2-s RUN [RUN ...]
-        [--bound-data choices-points-dense-other] [--out reading-format.json]
+        [--bound-data choices-points-dense-other] [--skip-bound] [--out reading-format.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,16 +99,19 @@ def main() -> None:
     p.add_argument("--study", type=Path, required=True, help="the study's --out folder")
     p.add_argument("--preset", default="dinov2-s")
     p.add_argument("--bound-data", default="choices-points-dense-other", help="comma-separated DATA variants")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default: STUDY/reading-format.json)")
+    p.add_argument("--skip-bound", action="store_true", help="keep the rung-1 numbers already in --out")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON (default: STUDY/reading-format.json; runs already in it are kept unless scored again)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
     size, recipe = resolve_preset(args.preset, None, None)
     study = Study(make_config(str(args.study), size=size, recipe=recipe))
     data_root = heldout_set(study)
-    result = {
-        "heldout": str(data_root),
-        "bound": bounds(study, data_root, [v for v in args.bound_data.split(",") if v]),
-    }
+    out = args.out or args.study / "reading-format.json"
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result["heldout"] = str(data_root)
+    if not (args.skip_bound and "bound" in result):
+        result["bound"] = bounds(study, data_root, [v for v in args.bound_data.split(",") if v])
     for run in args.runs:
         stages = [False, True] if finished_output(run, "encoder") else [False]
         for after in stages:
@@ -116,7 +120,7 @@ def main() -> None:
             r = result[key]
             print(f"{key}: {r['acc_right']:.3f} right vs {r['acc_other']:.3f} other images "
                   f"({r['questions']} questions), answer loss {r['loss_right']:.4f}", flush=True)  # fmt: skip
-    atomic_write_json(args.out or args.study / "reading-format.json", result)
+    atomic_write_json(out, result)
 
 
 if __name__ == "__main__":
