@@ -3,10 +3,11 @@
 The study report's reading table scores A/B accuracy on held-out *main* conversations (pixel, object and scene
 turns with two A/B questions among them). Stage 3 trains on another format: the default recipe's terse A/B
 point questions, 24 per image (``DATA[ARMS[DEFAULT_ARM].data]``). This script scores a study's VLMs on held-out
-conversations of that format -- 64 single-view scenes of scene seed 4, none of the study's -- with the right
-images and with another scene's (``train.image_gain.measure_image_gain``), and gives rung 1 on the same
-questions: an MLP on the frozen base features of the two points (``diagnostics.choice_probe``), trained on the
-main conversations' A/B questions (what the shared stage 2 saw) and on each ``--bound-data`` variant's.
+conversations of that format -- 64 single-view scenes of scene seed 4 (DATA variant ``choices-points-dense-heldout``),
+none of the study's -- with the right images and with another scene's (``train.image_gain.measure_image_gain``),
+and gives rung 1 on the same questions: an MLP on the frozen base features of the two points
+(``diagnostics.choice_probe``), trained on the main conversations' A/B questions (what the shared stage 2 saw)
+and on each ``--bound-data`` variant's.
 
 Each RUN is a run folder of the study (``OUT/runs/seed<k>/<name>``): a stages-1+2 run is scored as its stage-2
 VLM; a stage-3 run twice, with its stage-2 VLM (its ``init_from``) and after stage 3 (its boosted encoder under
@@ -20,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from spatialboost.config import load_config
-from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
-from spatialboost.datagen.scenes.synthetic import SyntheticConfig
-from spatialboost.datagen.sources import GenerateConfig, SyntheticSource
 from spatialboost.io import atomic_write_json
 from spatialboost.models.encoders import create_encoder
-from spatialboost.studies.replicate.data import conversation_config
+from spatialboost.studies.replicate.data import ensure_dataset
 from spatialboost.studies.replicate.diagnostics import choice_probe, record_features
 from spatialboost.studies.replicate.runner import Study
 from spatialboost.studies.replicate.study import ARMS, DATA, DEFAULT_ARM, make_config, resolve_preset
@@ -42,23 +39,17 @@ from spatialboost.train.image_gain import load_eval_dataset, measure_image_gain
 from spatialboost.train.pipeline import RESOLVED_FILE, prepare_tokenizer
 from spatialboost.train.stages import build_vlm, finished_output, load_previous_outputs, load_trainable
 
-HELDOUT_SEED = 4  # scene seed of the held-out set: the study's data use 0 (training), 1, 2 and 3
+HELDOUT = "choices-points-dense-heldout"  # DATA variant: the default's stage-3 turns on scene seed 4
 HELDOUT_SCENES = 64
 
 
 def heldout_set(study: Study) -> Path:
     """64 held-out single-view scenes with the default's stage-3 conversations (written once, then reused)."""
-    out = study.out / "data" / "heldout-stage3-format"
-    if (out / "manifest.json").is_file():
-        return out
-    variant = replace(DATA[ARMS.get(DEFAULT_ARM).data], seed=HELDOUT_SEED)
-    cfg = GenerateConfig(scenes=HELDOUT_SCENES, seed=HELDOUT_SEED, multiview_share=0.0, shard_size=16,
-                         synthetic=SyntheticConfig(image_size=study.cfg.sizes.image_size),
-                         conversation=conversation_config(variant))  # fmt: skip
-    write_dataset(
-        SyntheticSource(cfg), WriteSpec(out, HELDOUT_SCENES, HELDOUT_SEED, cfg.shard_size, cfg.conversation)
-    )
-    return out
+    if DATA[HELDOUT].extra_turns != DATA[ARMS.get(DEFAULT_ARM).data].extra_turns:
+        raise SystemExit(
+            f"DATA[{HELDOUT!r}] no longer asks the default recipe's stage-3 questions; update it"
+        )
+    return ensure_dataset(study.out / "data", HELDOUT, study.cfg.sizes, scenes=HELDOUT_SCENES)
 
 
 def score(run: Path, data_root: Path, after_stage3: bool) -> dict:

@@ -201,6 +201,11 @@ DATA: dict[str, DataVariant] = {
     "choices-points-dense-other": replace(
         _CHOICES_POINTS, seed=3, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
     ),
+    # the same turns on 64 scenes of scene seed 4, never trained on: held-out questions in stage 3's own format
+    # (benchmarks/reading_format.py builds it with ``ensure_dataset(..., scenes=64)``)
+    "choices-points-dense-heldout": replace(
+        _CHOICES_POINTS, seed=4, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
+    ),
     # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
     # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
     # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.94 over 7 seeds)
@@ -216,9 +221,8 @@ class OwnStage2:
     replay: bool = False  # also replays stage 1's reading conversations (a LLaVA-style data mix)
     data: str = ""  # a DATA variant stage 2 trains on instead of main
     plus: str = ""  # a DATA variant stage 2 trains on beside main
-    stop: float = (
-        0.0  # ends once its held-out A/B accuracy reaches this (stages.instruct.stop_at_ab_accuracy)
-    )
+    # ends once its held-out A/B accuracy reaches this (stages.instruct.stop_at_ab_accuracy)
+    stop: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.replay or self.data or self.plus or self.stop)
