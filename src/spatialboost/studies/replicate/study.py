@@ -160,6 +160,8 @@ class DataVariant:
 # no hierarchical turns and no caption, single-view: only the variant's auxiliary turns (``extra_turns``)
 _AUX_ONLY = DataVariant(multiview_share=0.0, turns=(("pixel", 0), ("object", 0), ("scene", 0)), caption=False)
 _CHOICES_POINTS = replace(_AUX_ONLY, extra_turns=(("choice_closer_point", CHOICE_TURNS),))
+# the default recipe's stage-3 questions: 24 A/B point turns per image
+_DENSE_POINTS = replace(_AUX_ONLY, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),))
 
 DATA: dict[str, DataVariant] = {
     "main": DataVariant(),
@@ -187,9 +189,7 @@ DATA: dict[str, DataVariant] = {
     # the same scenes with 4x the A/B point turns per conversation (24), the default recipe's stage-3 data since
     # session 10: stage 3's cost is mostly the encoder's pass over the image, so more questions per image give the
     # encoder 4x the depth comparisons per step for ~2.1x the step time
-    "choices-points-4x-dense": replace(
-        _CHOICES_POINTS, fraction=4.0, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
-    ),
+    "choices-points-4x-dense": replace(_DENSE_POINTS, fraction=4.0),
     # the same count of A/B point turns on the same scenes, each pair closer in depth than the default's gap (0.08 m
     # and 4% up to 0.25 m or 10%): questions the frozen VLM gets wrong more often, so stage 3 passes more back
     "choices-points-4x-fine": replace(
@@ -198,14 +198,10 @@ DATA: dict[str, DataVariant] = {
     # the default's stage-3 turns (24 A/B point questions per image) on 640 scenes of their own (scene seed 3: none
     # of them is a stage-3, diagnostic or held-out scene): reading practice for a stage 2 of an arm's own, so the
     # VLM learns to read from scenes stage 3 never trains on
-    "choices-points-dense-other": replace(
-        _CHOICES_POINTS, seed=3, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
-    ),
+    "choices-points-dense-other": replace(_DENSE_POINTS, seed=3),
     # the same turns on 64 scenes of scene seed 4, never trained on: held-out questions in stage 3's own format
     # (benchmarks/reading_format.py builds it with ``ensure_dataset(..., scenes=64)``)
-    "choices-points-dense-heldout": replace(
-        _CHOICES_POINTS, seed=4, extra_turns=(("choice_closer_point", DENSE_CHOICE_TURNS),)
-    ),
+    "choices-points-dense-heldout": replace(_DENSE_POINTS, seed=4),
     # the main conversations without their A/B point turns: stage 3's task held out of stage 2, so the frozen
     # VLM stage 3 trains through answers it from stage 1's warm-up alone. Per seed, the worse the stage-2 VLM
     # answered A/B points (58.6-81.7%), the more depth the paper's stage 3 gained (r = 0.94 over 7 seeds)
