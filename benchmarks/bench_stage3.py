@@ -34,51 +34,42 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spatialboost.config import load_config
+from spatialboost.datagen import recipes
 from spatialboost.datagen.recipes import DENSE_CHOICE_TURNS
 from spatialboost.train.config import TrainConfig
-from spatialboost.train.data import micro_batch_loader
 from spatialboost.train.distributed import DistEnv
 from spatialboost.train.loop import clip_and_step, forward_backward
 from spatialboost.train.pipeline import prepare_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import CPU_ATTENTION_FLOPS, matmul_peak, setup, stage3_flops, time_stage  # noqa: E402
+from bench_train import CPU_ATTENTION_FLOPS, matmul_peak, setup, stage3_flops, step_batches, time_stage  # noqa: E402
 
 ENCODER = "dinov2-small-offline"
 TINY_LLM = ["model.llm=tiny-qwen2", "model.llm_options={hidden_size: 128, intermediate_size: 256}"]
 
 
-def conversation(turns: int) -> list[str]:
-    """The study's stage-3 conversations: ``turns`` terse A/B point questions, nothing else."""
-    return [
-        "conversation.turns={pixel: 0, object: 0, scene: 0}",
-        "conversation.caption=false",
-        f"conversation.extra_turns={{choice_closer_point: {turns}}}",
-    ]
-
-
 def make_data(out: Path, scenes: int, image_size: int, turns: int = DENSE_CHOICE_TURNS) -> Path:
-    from spatialboost.cli import main as cli
+    """The default recipe's stage-3 dataset (``choices``: ``recipes.choices_conversation``) with ``turns`` A/B
+    point questions per image, ``scenes`` scenes; kept once written."""
+    from spatialboost.datagen.dataset.writer import WriteSpec, write_dataset
+    from spatialboost.datagen.sources import SyntheticSource
 
     data = out / f"data-{image_size}px-{scenes}-t{turns}"
     if not (data / "manifest.json").is_file():
-        argv = [
-            "generate",
-            "synthetic",
-            "--scenes",
-            str(scenes),
-            "--views",
-            "1",
-            "--image-size",
-            str(image_size),
-        ]
-        cli([*argv, "--out", str(data), "--no-progress", *conversation(turns)])
+        recipe = recipes.DATA_RECIPES.get("spatialboost")
+        choices = next(d for d in recipe.datasets if d.name == "choices")
+        choices = replace(choices, conversation=partial(recipes.choices_conversation, turns))
+        cfg = recipes.generate_config(recipe, choices, scenes, image_size)
+        spec = WriteSpec(data, cfg.scenes, cfg.seed, cfg.shard_size, cfg.conversation)
+        write_dataset(SyntheticSource(cfg), spec, progress=False)
     return data
 
 
@@ -95,7 +86,10 @@ def make_config(args, data: Path, llm: str, anchor: float = 0.1) -> TrainConfig:
         "data.image_tokens=false",
     ]
     overrides += [f"data.feature_cache_dir={args.out / 'features'}", "stages.run=[encoder]"]
-    overrides += [f"stages.{s}.batch_size={args.batch}" for s in ("align", "instruct", "encoder")]
+    overrides += [f"stages.{s}.batch_size={args.batch}" for s in ("align", "instruct")]
+    # stage 3's global batch is --batch, in --grad-accum micro-batches (what bounds its memory)
+    overrides += [f"stages.encoder.batch_size={args.batch // args.grad_accum}",
+                  f"stages.encoder.grad_accum={args.grad_accum}"]  # fmt: skip
     overrides += ["stages.encoder.lr=2e-5", "stages.encoder.lr_gates=1e-3"]  # recipe dinov2-s
     overrides += [f"stages.encoder.cls_anchor={anchor:g}"]  # the default recipe's 0.1; 0: the paper's stage 3
     overrides += llm_overrides(llm)
@@ -144,16 +138,16 @@ def step_profile(cfg: TrainConfig, tok, top: int = 15) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     vlm, plan, params, opt, sched, collate = setup(cfg, "encoder", tok, True)
-    batches = list(micro_batch_loader(plan, 0, 2, 0, collate))
+    batches = step_batches(plan, collate, 2)
     vlm.train()
-    flops = forward_flops(vlm, batches[1])
-    forward_backward(vlm, [batches[0]], plan.target_tokens(0), DistEnv(), torch.enable_grad)
+    flops = forward_flops(vlm, batches[1][0])  # one micro-batch
+    forward_backward(vlm, batches[0], plan.target_tokens(0), DistEnv(), torch.enable_grad)
     clip_and_step(params, opt, sched, cfg.stages.encoder)
     forward_s: dict[str, float] = {}
     handles = timed_parts(vlm, forward_s)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        forward_backward(vlm, [batches[1]], plan.target_tokens(1), DistEnv(), torch.enable_grad)
+        forward_backward(vlm, batches[1], plan.target_tokens(1), DistEnv(), torch.enable_grad)
         t1 = time.perf_counter()
         clip_and_step(params, opt, sched, cfg.stages.encoder)
         t2 = time.perf_counter()
@@ -177,7 +171,8 @@ def cache_speedup(cfg: TrainConfig, tok, steps: int) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nstage 3, {ENCODER} at {report['image_size']} px, batch {report['batch']}, "
+    print(f"\nstage 3, {ENCODER} at {report['image_size']} px, batch {report['batch']} in "
+          f"{report['grad_accum']} micro-batch(es), "
           f"{report['threads']} thread(s); fp32 matmul peak {report['fp32_matmul_peak_gflops']:.1f} GFLOP/s "
           f"(after: {report['fp32_matmul_peak_gflops_after']:.1f}), per CPU second {report['fp32_matmul_peak_gflops_per_cpu_s']:.1f}")  # fmt: skip
     head = f"{'LM':<24}{'step s':>8}{'fwd+bwd':>9}{'optim':>7}{'tok/s':>8}{'img/s':>7}{'GFLOP':>8}"
@@ -210,7 +205,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the FLOP-counted pass")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="stage 3's global batch (samples a step)")
+    p.add_argument(
+        "--grad-accum", type=int, default=1,
+        help="micro-batches a stage-3 step is cut into (stages.encoder.grad_accum): peak memory falls with the "
+        "micro-batch; 4 at --batch 8 is how SmolLM2 at 24 turns fits 12 GB",
+    )  # fmt: skip
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--image-size", type=int, default=112, help="encoder input and scene side, px (or 224)")
     p.add_argument("--llms", default="tiny-qwen2,smollm2-135m")
@@ -230,6 +230,8 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench-stage3"))
     args = p.parse_args()
+    if args.batch % args.grad_accum:
+        p.error(f"--batch {args.batch} is not a multiple of --grad-accum {args.grad_accum}")
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -239,6 +241,7 @@ def main() -> None:
     peak = max(matmul_peak() for _ in range(3))  # the best of three: the machine is shared
     peak_cpu = max(matmul_peak(clock=time.process_time) for _ in range(3))  # per CPU second
     report: dict = {"encoder": ENCODER, "image_size": args.image_size, "batch": args.batch,
+                    "grad_accum": args.grad_accum,
                     "data": {t: str(d) for t, d in datas.items()},
                     "threads": torch.get_num_threads(), "fp32_matmul_peak_gflops": peak / 1e9,
                     "fp32_matmul_peak_gflops_per_cpu_s": peak_cpu / 1e9,

@@ -127,31 +127,39 @@ def setup(cfg: TrainConfig, stage: str, tok, packing: bool):
     if cfg.data.cache_features and STAGES[stage].encoder == "frozen":  # as the trainer: cached features
         attach_feature_cache(cfg, cfg.data, vlm, data, DistEnv())
     scfg = cfg.stages.get(stage)
-    plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, 1, 1)
+    plan = BatchPlan(data, None, cfg.seed, scfg.batch_size, scfg.grad_accum, 1)
     params = trainable_named(vlm)
     opt = make_optimizer(vlm, scfg)
     sched = make_scheduler(opt, 1000, scfg)
     return vlm, plan, params, opt, sched, make_collator(cfg.data, tok.pad_token_id)
 
 
+def step_batches(plan: BatchPlan, collate, steps: int) -> list[list[dict]]:
+    """The micro-batches of steps 0 .. steps - 1, grouped per optimiser step (images decoded outside any
+    timing)."""
+    micro = list(micro_batch_loader(plan, 0, steps, 0, collate))
+    k = plan.grad_accum
+    return [micro[i * k : (i + 1) * k] for i in range(steps)]
+
+
 def time_stage(cfg: TrainConfig, stage: str, tok, steps: int, packing: bool = True) -> dict:
     vlm, plan, params, opt, sched, collate = setup(cfg, stage, tok, packing)
-    batches = list(micro_batch_loader(plan, 0, steps + 1, 0, collate))  # images decoded outside the timing
+    batches = step_batches(plan, collate, steps + 1)
     vlm.train()
     nullctx = torch.enable_grad
-    forward_backward(vlm, [batches[0]], plan.target_tokens(0), DistEnv(), nullctx)  # warm-up
+    forward_backward(vlm, batches[0], plan.target_tokens(0), DistEnv(), nullctx)  # warm-up
     clip_and_step(params, opt, sched, cfg.stages.get(stage))
     tokens = samples = 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         _, n_tok, n_samp, _ = forward_backward(
-            vlm, [batches[step]], plan.target_tokens(step), DistEnv(), nullctx
+            vlm, batches[step], plan.target_tokens(step), DistEnv(), nullctx
         )
         clip_and_step(params, opt, sched, cfg.stages.get(stage))
         tokens, samples = tokens + n_tok, samples + n_samp
     dt = time.perf_counter() - t0
-    rows = sum(int(b["input_ids"].shape[0]) for b in batches[1:])
-    width = sum(int(b["input_ids"].numel()) for b in batches[1:])
+    rows = sum(int(b["input_ids"].shape[0]) for step in batches[1:] for b in step)
+    width = sum(int(b["input_ids"].numel()) for step in batches[1:] for b in step)
     return {
         "samples_per_s": samples / dt,
         "tokens_per_s": tokens / dt,
@@ -170,23 +178,25 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float, warmup: int = 0
     the median split into forward+backward and optimiser, and the median CPU seconds of a step.
     """
     vlm, plan, params, opt, sched, collate = setup(cfg, "encoder", tok, True)
-    batches = list(micro_batch_loader(plan, 0, warmup + steps + 1, 0, collate))
+    batches = step_batches(plan, collate, warmup + steps + 1)
     vlm.train()
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-        forward_backward(vlm, [dict(batches[0])], plan.target_tokens(0), DistEnv(), torch.enable_grad)
+        forward_backward(
+            vlm, [dict(b) for b in batches[0]], plan.target_tokens(0), DistEnv(), torch.enable_grad
+        )
     flops = counter.get_total_flops()  # batches hold the same rows x width, so about the same count
     attention = sum(
         n for op, n in counter.get_flop_counts()["Global"].items() if "flash_attention" in str(op)
     )
     opt.zero_grad(set_to_none=True)
     for step in range(1, warmup + 1):
-        forward_backward(vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad)
+        forward_backward(vlm, batches[step], plan.target_tokens(step), DistEnv(), torch.enable_grad)
         clip_and_step(params, opt, sched, cfg.stages.encoder)
     times, cpu, fwd_bwd, tokens, samples = [], [], [], [], []
     for step in range(warmup + 1, warmup + steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         _, n_tok, n_samp, _ = forward_backward(
-            vlm, [batches[step]], plan.target_tokens(step), DistEnv(), torch.enable_grad
+            vlm, batches[step], plan.target_tokens(step), DistEnv(), torch.enable_grad
         )
         t1 = time.perf_counter()
         clip_and_step(params, opt, sched, cfg.stages.encoder)
@@ -199,7 +209,10 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float, warmup: int = 0
     return {
         "encoder": cfg.model.encoder,
         "llm_options": cfg.model.llm_options.overrides(),
-        "batch": {k: list(v.shape) for k, v in batches[0].items() if torch.is_tensor(v)},
+        "batch": {
+            k: list(v.shape) for k, v in batches[0][0].items() if torch.is_tensor(v)
+        },  # one micro-batch
+        "grad_accum": plan.grad_accum,
         "step_gflop": flops / 1e9,
         "attention_share_of_flops": attention / flops,
         "step_s": dt,

@@ -3,13 +3,14 @@ default arm (preset dinov2-s, arm sb-dual-choices-points-5x) are the same traini
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from spatialboost.cli import generate as generate_cli
 from spatialboost.cli.train import DEFAULT_RECIPE
-from spatialboost.config import config_path, load_config, to_dict
+from spatialboost.config import ConfigError, config_path, load_config, to_dict
 from spatialboost.datagen.recipes import DATA_RECIPES, generate_config, write_recipe_data
 from spatialboost.errors import UserError
 from spatialboost.studies.replicate import data as study_data
@@ -21,6 +22,7 @@ from spatialboost.studies.replicate.study import (
     DEFAULT_PRESET,
     PAPER_ARM,
     PRESETS,
+    SIZES,
     make_config,
 )
 from spatialboost.train.config import TrainConfig
@@ -167,6 +169,28 @@ def test_train_without_config_reads_the_recipe_data_and_warns_about_half_overrid
         "stages.encoder.data.datasets=[mine]",
     ]
     assert unchanged_stage_datasets(load_config(TrainConfig, config_path(DEFAULT_RECIPE), both), both) == []
+
+
+@pytest.mark.parametrize("preset, micro", [("dinov2-s-smollm2", 2), (DEFAULT_PRESET, 8)])
+def test_a_pretrained_lm_study_steps_on_the_same_global_batch_in_micro_batches(
+    preset, micro, tmp_path, monkeypatch
+):
+    """SmolLM2's LM stages cut each step of 8 samples into 4 micro-batches of 2 (one batch of 8 peaked at 18.6 GB
+    in stage 3); the tiny-LM study keeps one batch of 8, so its runs and records are unchanged."""
+    study = _study(preset, tmp_path, monkeypatch)
+    arm = ARMS.get(DEFAULT_ARM)
+    shared, stage3 = runner.shared_config(study, 0), runner.train_config(study, arm, 0, Path("shared"))
+    for stage in (shared.stages.align, shared.stages.instruct, stage3.stages.encoder):
+        assert stage.batch_size == micro
+        assert stage.batch_size * stage.grad_accum == study.cfg.sizes.batch_size == 8
+    recorded = runner.recipe_dict(study, arm)
+    assert recorded["batch_size"] == 8
+    assert recorded.get("grad_accum", 1) == 8 // micro
+
+
+def test_study_sizes_refuse_a_batch_the_micro_batches_do_not_divide():
+    with pytest.raises(ConfigError, match="multiple of grad_accum"):
+        replace(SIZES["real-lm"], grad_accum=3).validate()
 
 
 def test_a_pretrained_lm_study_keeps_the_lm_frozen_in_stage_1_and_its_own_tokenizer(tmp_path, monkeypatch):

@@ -15,7 +15,14 @@ from spatialboost.config import ConfigError
 from spatialboost.registry import UnknownNameError
 from spatialboost.studies.replicate import report
 from spatialboost.studies.replicate.dense import DenseConfig, DenseData, step_images, train_dense_head
-from spatialboost.studies.replicate.study import ARMS, DEFAULT_ARM, TABLES, StudyConfig, make_config
+from spatialboost.studies.replicate.study import (
+    ARMS,
+    DEFAULT_ARM,
+    DENSE48_ARM,
+    TABLES,
+    StudyConfig,
+    make_config,
+)
 from train_fixtures import one_thread  # noqa: F401
 
 
@@ -263,6 +270,7 @@ def test_study_registry_and_job_order():
         ("sb-dual-s2stop0.65-anchor0.1-choices-points-5x", {"cls_anchor": 0.1, "stage2_stop": 0.65}),
         (DEFAULT_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
         ("sb-dual-anchor0.1-choices-points-4xdata-fine-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-fine"}),
+        (DENSE48_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense48"}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
     ],
@@ -283,6 +291,9 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     )
     assert DATA["choices-points-4x-fine"] == replace(
         DATA["choices-points-4x"], extra_turns=((f"{kind}_fine", turns),)
+    )
+    assert DATA["choices-points-4x-dense48"] == replace(
+        DATA["choices-points-4x"], extra_turns=((kind, 8 * turns),), max_length=4096
     )
 
     default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
@@ -307,6 +318,22 @@ def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tm
     assert runner.train_config(study, swapped, 0, tmp_path).data.swap_images
     assert not runner.train_config(study, default, 0, tmp_path).data.swap_images
     assert runner.run_dir(study, swapped, 0) != runner.run_dir(study, default, 0)
+
+
+def test_the_48_turn_arm_trains_on_conversations_of_up_to_4096_tokens_in_a_run_dir_of_its_own(
+    tmp_path, monkeypatch
+):
+    """48 A/B turns make a ~3.6k-token conversation: at the recipe's 2048 its later turns would be cut."""
+    from spatialboost.studies.replicate import runner
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    dense48, default = ARMS.get(DENSE48_ARM), ARMS.get(DEFAULT_ARM)
+    assert runner.train_config(study, dense48, 0, tmp_path).data.max_length == 4096
+    assert runner.train_config(study, default, 0, tmp_path).data.max_length == 2048
+    assert runner.shared_config(study, 0).data.max_length == 2048  # stages 1+2 are the default's
+    assert runner.run_dir(study, dense48, 0) != runner.run_dir(study, default, 0)
 
 
 def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the_shared_stage_1(tmp_path,

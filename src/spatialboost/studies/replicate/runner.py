@@ -33,8 +33,10 @@ from spatialboost.models.export import load_encoder, save_encoder
 from spatialboost.studies.replicate.probing import depth_heads_of
 from spatialboost.studies.replicate.study import (
     ARMS,
+    DATA,
     Arm,
     OwnStage2,
+    Sizes,
     StudyConfig,
     selected_arms,
     val_seeds_span,
@@ -256,6 +258,7 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             "recipe": study.cfg.recipe_name, "refs": list(r.refs), "simple_ft_lr": r.simple_ft_lr,
             "encoder": r.encoder or "tiny-vit (2D pre-trained here)", "llm": r.llm,
             **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
+            **({"grad_accum": s.grad_accum} if s.grad_accum != 1 else {}),
             **({"swap_images": True} if arm.swap_images else {}),
             **({"stage2_replay": True} if arm.stage2_replay else {}),
             **({"stage2_data": arm.stage2_data} if arm.stage2_data else {}),
@@ -470,9 +473,9 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
     s, r = study.cfg.sizes, study.cfg.recipe
     stages = StagesConfig(
         run=["align", "instruct"],
-        align=AlignStage(max_steps=s.align_steps, batch_size=s.batch_size, lr=r.align_lr, warmup_ratio=0.05),
-        instruct=InstructStage(max_steps=instruct_steps or s.instruct_steps, batch_size=s.batch_size, lr=r.instruct_lr,
-                               warmup_ratio=0.05),
+        align=AlignStage(max_steps=s.align_steps, lr=r.align_lr, warmup_ratio=0.05, **micro_batches(s)),
+        instruct=InstructStage(max_steps=instruct_steps or s.instruct_steps, lr=r.instruct_lr, warmup_ratio=0.05,
+                               **micro_batches(s)),
     )  # fmt: skip
     width = llm_width or r.llm_width
     path = study.out / "runs" / f"seed{seed}" / f"shared-w{width}{_recipe_tag(study)}"
@@ -490,6 +493,11 @@ def shared_config(study: Study, seed: int, llm_width: int = 0, instruct_steps: i
     return cfg
 
 
+def micro_batches(s: Sizes) -> dict[str, int]:
+    """An LM stage's batch: ``s.batch_size`` samples a step in ``s.grad_accum`` micro-batches."""
+    return {"batch_size": s.batch_size // s.grad_accum, "grad_accum": s.grad_accum}
+
+
 def _recipe_tag(study: Study) -> str:
     """Runs of the default recipe keep the first study's layout names only for ``paper-text``."""
     return "" if study.cfg.recipe_name == "paper-text" else f"-{study.cfg.recipe_name}"
@@ -498,8 +506,8 @@ def _recipe_tag(study: Study) -> str:
 def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 
     r = recipe_dict(study, arm)
-    stage = EncoderStage(max_steps=r["encoder_steps"], batch_size=r["batch_size"], lr=r["encoder_lr"],
-                         lr_gates=r["lr_gates"], warmup_ratio=0.05, cls_anchor=arm.cls_anchor)  # fmt: skip
+    stage = EncoderStage(max_steps=r["encoder_steps"], lr=r["encoder_lr"], lr_gates=r["lr_gates"],
+                         warmup_ratio=0.05, cls_anchor=arm.cls_anchor, **micro_batches(study.cfg.sizes))  # fmt: skip
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
     tokenizer = plain_run(shared) / "tokenizer" if is_tiny_llm(r["llm"]) else None  # pre-trained: its own
@@ -507,6 +515,7 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
                         r["llm_width"], boost)  # fmt: skip
     cfg.init_from = str(shared)
     cfg.data.swap_images = arm.swap_images
+    cfg.data.max_length = DATA[arm.data].max_length or cfg.data.max_length
     return cfg
 
 

@@ -31,7 +31,11 @@ class Sizes:
     multiview_share: float = 0.5  # the paper's 50/50 single/multi-view mix
     pretrain_scenes: int = 2048
     pretrain_epochs: int = 4
-    batch_size: int = 8
+    batch_size: int = 8  # samples per optimiser step of every trained stage
+    # micro-batches each step of the LM stages is cut into (stages.*.grad_accum, batch_size / grad_accum samples
+    # each): the same global batch in less memory, for a pre-trained LM (SmolLM2's stage 3 at the default's 24
+    # turns peaks at 18.6 GB in one batch of 8)
+    grad_accum: int = 1
     align_steps: int = 10
     instruct_steps: int = 30
     encoder_steps: int = 20
@@ -61,6 +65,10 @@ class Sizes:
             < 1
         ):
             raise ConfigError("study sizes must be >= 1")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
+            )
         if self.scenes // 4 < self.batch_size:
             raise ConfigError(f"scenes ({self.scenes}) must be >= 4 x batch_size for the data-size arms")
 
@@ -151,6 +159,7 @@ class DataVariant:
     seed: int = 0
     caption: bool = True
     extra_turns: tuple[tuple[str, int], ...] | None = None  # None: the recipe's
+    max_length: int = 0  # tokens a conversation may have in training (data.max_length); 0: the recipe's
 
     def extra_turns_for(self, recipe_turns: dict[str, int] | None) -> dict[str, int]:
         """The auxiliary turns this variant's conversations get: its own, else the recipe's."""
@@ -190,6 +199,14 @@ DATA: dict[str, DataVariant] = {
     # session 10: stage 3's cost is mostly the encoder's pass over the image, so more questions per image give the
     # encoder 4x the depth comparisons per step for ~2.1x the step time
     "choices-points-4x-dense": replace(_DENSE_POINTS, fraction=4.0),
+    # twice the default's questions per image (48): 6 -> 24 turns moved val depth RMSE by 0.025 m; does the gain go
+    # on? A conversation is ~3.6k tokens, past the recipe's 2048, and a step costs ~2x the default's
+    "choices-points-4x-dense48": replace(
+        _DENSE_POINTS,
+        fraction=4.0,
+        extra_turns=(("choice_closer_point", 2 * DENSE_CHOICE_TURNS),),
+        max_length=4096,
+    ),
     # the same count of A/B point turns on the same scenes, each pair closer in depth than the default's gap (0.08 m
     # and 4% up to 0.25 m or 10%): questions the frozen VLM gets wrong more often, so stage 3 passes more back
     "choices-points-4x-fine": replace(
@@ -411,6 +428,16 @@ for _arm in (
         steps_scale=5.0,
         cls_anchor=0.1,
     ),
+    # the default with twice its questions per image (48 A/B point turns): is 24 where the gain stops?
+    Arm(
+        "sb-dual-anchor0.1-choices-points-4xdata-dense48-5x",
+        "48 A/B point turns per image on 2560 scenes, 400 steps, CLS anchor 0.1 (the default's data with twice the "
+        "questions; not in the paper)",
+        "llm",
+        data="choices-points-4x-dense48",
+        steps_scale=5.0,
+        cls_anchor=0.1,
+    ),
     # SPARSE_ARM on fine pairs only (choices-points-4x-fine): a harder stage-3 task through the same question text
     Arm(
         "sb-dual-anchor0.1-choices-points-4xdata-fine-5x",
@@ -439,6 +466,8 @@ for _arm in (
 
 # the arm `spatialboost train` runs with no --config (configs/spatialboost.yaml; tests/test_recipes.py)
 DEFAULT_ARM = "sb-dual-anchor0.1-choices-points-4xdata-dense-5x"
+# the default's stage 3 with 48 A/B turns per image instead of 24
+DENSE48_ARM = "sb-dual-anchor0.1-choices-points-4xdata-dense48-5x"
 # the default in session 9: 6 A/B turns per image on the same 2560 scenes
 SPARSE_ARM = "sb-dual-anchor0.1-choices-points-4xdata-5x"
 # the default before session 9: the same stage 3 on 640 scenes (the matched arms below vary it)
@@ -625,7 +654,7 @@ for _arm in (
             search=True,
             candidate=False,
         )
-        for _kind in ("dense", "fine")
+        for _kind in ("dense", "fine", "dense48")
     ),  # fmt: skip
     replace(ARMS.get(READS_ARM), name=READS_ARM.replace("sb-dual-", "val-"), search=True, candidate=False),
     # STOP_ARM's val twin: the same training run, probed on val
@@ -680,7 +709,7 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
+          ("base", DEFAULT_ARM, DENSE48_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
            "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
@@ -696,7 +725,7 @@ TABLES: tuple[Table, ...] = (
           "mixed 50/50 beats single-only and multi-only.", ("base", "view-single", "view-multi", "sb-dual")),
     Table("D", "Data size at a fixed number of steps (paper Fig. 5)", "monotonic gains with data size.",
           ("base", "size-quarter", "size-half", "sb-dual", ANCHOR_ARM, SPARSE_ARM,
-           "sb-dual-anchor0.1-choices-points-4xdata-10x", DEFAULT_ARM,
+           "sb-dual-anchor0.1-choices-points-4xdata-10x", DEFAULT_ARM, DENSE48_ARM,
            "sb-dual-anchor0.1-choices-points-4xdata-fine-5x")),
     Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
           ("base", "simple-ft", DEFAULT_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
@@ -763,9 +792,15 @@ REAL = replace(FULL, image_size=112, depth_heads=5)
 # the same through SmolLM2-135M: on one thread of a shared box a stage-1 step cost ~35 s and a stage-2 step
 # (the main conversations, the LM trained) ~95 s, so stage 1 is 100 steps of the short reading conversations,
 # stage 2 30, stage 3's 1x 4 steps (the 5x arms 20), the image gain reads 32 held-out scenes, and a checkpoint
-# every 5 steps lets a job outlive a session
+# every 5 steps lets a job outlive a session; micro-batches of 2 keep a job under 12 GB
 REAL_LM = replace(
-    REAL, align_steps=100, instruct_steps=30, encoder_steps=4, heldout_scenes=32, checkpoint_every=5
+    REAL,
+    align_steps=100,
+    instruct_steps=30,
+    encoder_steps=4,
+    heldout_scenes=32,
+    checkpoint_every=5,
+    grad_accum=4,
 )
 # rung 1 at 224 px (16x16 patches, 4x the cost of 112 px): the resolution check before choosing 112 px
 REAL_224 = replace(REAL, image_size=224)
