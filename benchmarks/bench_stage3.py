@@ -16,11 +16,13 @@ The encoder runs at ``--image-size`` (``data.image_size``; 112 keeps the scenes'
 own size, what a config with ``data.image_size: null`` trains at). The machine is shared: ``--threads 1`` is
 steadier; the load average is reported with the figures. A SmolLM2 step at batch 8 on one core took 42 s at 6
 turns and 205 s at the default's 24 (~70% of the matmul peak both; peak RSS 5.7 and 18.6 GB), so time it with
-``--choice-turns 6`` unless the 24-turn figure is what you need.
+``--choice-turns 6`` unless the 24-turn figure is what you need. ``--grad-accum 4`` runs the same 24-turn step as
+4 micro-batches of 2 (what the ``dinov2-s-smollm2`` study preset trains with): peak RSS 6.6 GB, 72.8% of the
+peak per CPU second (54.4% of wall clock beside two study jobs on the 2 cores).
 
     .venv/bin/python benchmarks/bench_stage3.py [--steps 5] [--warmup 1] [--batch 8] [--image-size 112]
-        [--threads N] [--llms tiny-qwen2,smollm2-135m] [--cls-anchors 0.1] [--choice-turns 24] [--profile]
-        [--cache-steps 2]
+        [--threads N] [--llms tiny-qwen2,smollm2-135m] [--cls-anchors 0.1] [--choice-turns 24] [--grad-accum 1]
+        [--profile] [--cache-steps 2]
         [--out runs/bench-stage3]
 
 ``--cls-anchors 0,0.1`` times the paper's stage 3 and the default recipe's (its CLS anchor costs one no-grad
