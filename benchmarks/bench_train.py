@@ -209,9 +209,8 @@ def stage3_flops(cfg: TrainConfig, tok, steps: int, peak: float, warmup: int = 0
     return {
         "encoder": cfg.model.encoder,
         "llm_options": cfg.model.llm_options.overrides(),
-        "batch": {
-            k: list(v.shape) for k, v in batches[0][0].items() if torch.is_tensor(v)
-        },  # one micro-batch
+        # the shapes of one micro-batch
+        "batch": {k: list(v.shape) for k, v in batches[0][0].items() if torch.is_tensor(v)},
         "grad_accum": plan.grad_accum,
         "step_gflop": flops / 1e9,
         "attention_share_of_flops": attention / flops,
