@@ -200,7 +200,7 @@ DATA: dict[str, DataVariant] = {
     # encoder 4x the depth comparisons per step for ~2.1x the step time
     "choices-points-4x-dense": replace(_DENSE_POINTS, fraction=4.0),
     # twice the default's questions per image (48): 6 -> 24 turns moved val depth RMSE by 0.025 m; does the gain go
-    # on? A conversation is ~3.6k tokens, past the recipe's 2048, and a step costs ~2x the default's
+    # on? A conversation is ~3.75k tokens (median 3754, max 3796), past the recipe's 2048; a step costs ~2x the default's
     "choices-points-4x-dense48": replace(
         _DENSE_POINTS,
         fraction=4.0,
