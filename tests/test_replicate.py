@@ -19,7 +19,9 @@ from spatialboost.studies.replicate.study import (
     ARMS,
     DEFAULT_ARM,
     DENSE48_ARM,
+    FROZEN_PROJECTOR_ARM,
     TABLES,
+    WIDE_DATA_ARM,
     StudyConfig,
     make_config,
 )
@@ -271,6 +273,8 @@ def test_study_registry_and_job_order():
         (DEFAULT_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense"}),
         ("sb-dual-anchor0.1-choices-points-4xdata-fine-5x", {"cls_anchor": 0.1, "data": "choices-points-4x-fine"}),
         (DENSE48_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense48"}),
+        (WIDE_DATA_ARM, {"cls_anchor": 0.1, "data": "choices-points-8x-dense"}),
+        (FROZEN_PROJECTOR_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "projector": False}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
     ],
@@ -295,6 +299,7 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     assert DATA["choices-points-4x-dense48"] == replace(
         DATA["choices-points-4x"], extra_turns=((kind, 8 * turns),), max_length=4096
     )
+    assert DATA["choices-points-8x-dense"] == replace(DATA["choices-points-4x-dense"], fraction=8.0)
 
     default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}
@@ -334,6 +339,26 @@ def test_the_48_turn_arm_trains_on_conversations_of_up_to_4096_tokens_in_a_run_d
     assert runner.train_config(study, default, 0, tmp_path).data.max_length == 2048
     assert runner.shared_config(study, 0).data.max_length == 2048  # stages 1+2 are the default's
     assert runner.run_dir(study, dense48, 0) != runner.run_dir(study, default, 0)
+
+
+def test_the_frozen_projector_arm_trains_only_the_encoder_in_stage_3_in_a_run_dir_of_its_own(
+    tmp_path, monkeypatch
+):
+    from spatialboost.studies.replicate import runner
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    frozen, default = ARMS.get(FROZEN_PROJECTOR_ARM), ARMS.get(DEFAULT_ARM)
+    assert runner.train_config(study, frozen, 0, tmp_path).stages.encoder.train_projector is False
+    assert runner.train_config(study, default, 0, tmp_path).stages.encoder.train_projector is True
+    assert runner.run_dir(study, frozen, 0) != runner.run_dir(study, default, 0)
+    assert runner.recipe_dict(study, frozen)["train_projector"] is False
+    assert "train_projector" not in runner.recipe_dict(study, default)
+    val = ARMS.get(FROZEN_PROJECTOR_ARM.replace("sb-dual-", "val-"))
+    assert val.search and runner.run_dir(study, val, 0) == runner.run_dir(
+        study, frozen, 0
+    )  # one run, two splits
 
 
 def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the_shared_stage_1(tmp_path,

@@ -260,6 +260,7 @@ def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
             **({"cls_anchor": arm.cls_anchor} if arm.cls_anchor else {}),
             **({"grad_accum": s.grad_accum} if s.grad_accum != 1 else {}),
             **({"swap_images": True} if arm.swap_images else {}),
+            **({"train_projector": False} if not arm.projector else {}),
             **({"stage2_replay": True} if arm.stage2_replay else {}),
             **({"stage2_data": arm.stage2_data} if arm.stage2_data else {}),
             **({"stage2_plus": arm.stage2_plus} if arm.stage2_plus else {}),
@@ -279,6 +280,7 @@ def recipe_key(study: Study, arm: Arm) -> str:
     key += f"-i{r['instruct_steps']}" if arm.instruct_scale != 1.0 else ""
     key += f"-anchor{arm.cls_anchor:g}" if arm.cls_anchor else ""
     key += "-swapped" if arm.swap_images else ""
+    key += "-frozenproj" if not arm.projector else ""
     key += own_stage2_suffix(arm.own_stage2)
     # simple FT at 1e-3 keeps the first studies' layout (no lr in the key)
     if arm.trainer == "simple-ft" and study.cfg.recipe.simple_ft_lr != 1e-3:
@@ -507,7 +509,8 @@ def train_config(study: Study, arm: Arm, seed: int, shared: Path):
 
     r = recipe_dict(study, arm)
     stage = EncoderStage(max_steps=r["encoder_steps"], lr=r["encoder_lr"], lr_gates=r["lr_gates"],
-                         warmup_ratio=0.05, cls_anchor=arm.cls_anchor, **micro_batches(study.cfg.sizes))  # fmt: skip
+                         warmup_ratio=0.05, cls_anchor=arm.cls_anchor, train_projector=arm.projector,
+                         **micro_batches(study.cfg.sizes))  # fmt: skip
     stages = StagesConfig(run=["encoder"], encoder=stage)
     boost = {"gate": "channel", "gate_init": r["gate_init"], "mode": arm.mode}
     tokenizer = plain_run(shared) / "tokenizer" if is_tiny_llm(r["llm"]) else None  # pre-trained: its own
