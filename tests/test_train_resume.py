@@ -99,8 +99,15 @@ def test_checkpoint_holds_only_trainable_weights_without_pickle(reference):
     assert [p.name for p in kept] == ["step-00000002", "step-00000004"]
 
 
-def test_rerun_of_a_finished_run_changes_nothing(reference, data):
+def test_rerun_of_a_finished_run_changes_nothing_and_plans_no_data(reference, data, monkeypatch):
+    """A finished stage is skipped before its data is tokenized (minutes for a big stage-3 set)."""
+    from spatialboost.train import loop
+
+    def no_plan(*a, **k):
+        raise AssertionError("a finished stage planned its data again")
+
     before = final_files(reference)
+    monkeypatch.setattr(loop, "plan_data", no_plan)
     assert main([*TRAIN_BARE, *tiny_overrides(reference, data, steps=4, every=2)]) == 0
     assert final_files(reference) == before
 

@@ -51,6 +51,7 @@ from spatialboost.train.stages import (
     build_encoder,
     build_vlm,
     checkpoints_dir,
+    finished_output,
     load_encoder_weights,
     load_previous_outputs,
     load_trainable,
@@ -91,6 +92,12 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     vlm = build_vlm(cfg, tokenizer, stage)
     sources = load_previous_outputs(vlm, cfg, stage)
     trainable = set_stage_trainable(vlm, stage, scfg)
+    done = finished_record(cfg, stage)
+    if (
+        done is not None
+    ):  # nothing left to compute: no data planned (tokenizing a big stage-3 set takes minutes)
+        log.info("stage %s: finished at step %d in %s; nothing to do", stage, done, out_dir)
+        return summarize(stage, out_dir, done, trainable, done, sources)
     plan, collate = plan_data(data, scfg, cfg.seed, vlm, tokenizer, env)
     if data.cache_features and STAGES[stage].encoder == "frozen":
         attach_feature_cache(cfg, data, vlm, plan.data, env)
@@ -145,6 +152,21 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     metrics.close()
     dist_utils.barrier(env)
     return summarize(stage, out_dir, end, trainable, start, sources)
+
+
+def finished_record(cfg: TrainConfig, stage: str) -> int | None:
+    """The step a stage finished at when a re-run has nothing left to compute: its final checkpoint is written
+    and, where a finished stage records one, its image gain too; else None (train, or finish recording)."""
+    last = finished_output(cfg.run_dir, stage)
+    if last is None:
+        return None
+    if (
+        stage in GAIN_STAGES
+        and cfg.image_gain.datasets
+        and not (stage_dir(cfg.run_dir, stage) / GAIN_FILE).is_file()
+    ):
+        return None
+    return int(ckpt.read_state(last)["step"])
 
 
 # ----------------------------------------------------------------------------------------------------
