@@ -257,6 +257,16 @@ def test_study_registry_and_job_order():
         StudyConfig(arms=["nope"]).validate()
 
 
+def dataless_study(tmp_path, monkeypatch):
+    """A quick one-seed study whose datasets are paths under ``tmp_path``: configs are built, no dataset is."""
+    from spatialboost.studies.replicate import runner
+
+    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
+    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)
+    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    return study
+
+
 @pytest.mark.parametrize(
     ("name", "differs"),
     [
@@ -310,9 +320,7 @@ def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tm
     from spatialboost.studies.replicate import runner
     from spatialboost.studies.replicate.study import PAPER_ARM
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     default, anchored = ARMS.get(PAPER_ARM), ARMS.get(DEFAULT_ARM)
     assert runner.train_config(study, anchored, 0, tmp_path).stages.encoder.cls_anchor == 0.1
     assert runner.train_config(study, default, 0, tmp_path).stages.encoder.cls_anchor == 0.0
@@ -331,9 +339,7 @@ def test_the_48_turn_arm_trains_on_conversations_of_up_to_4096_tokens_in_a_run_d
     """48 A/B turns make a ~3.6k-token conversation: at the recipe's 2048 its later turns would be cut."""
     from spatialboost.studies.replicate import runner
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     dense48, default = ARMS.get(DENSE48_ARM), ARMS.get(DEFAULT_ARM)
     assert runner.train_config(study, dense48, 0, tmp_path).data.max_length == 4096
     assert runner.train_config(study, default, 0, tmp_path).data.max_length == 2048
@@ -346,9 +352,7 @@ def test_the_frozen_projector_arm_trains_only_the_encoder_in_stage_3_in_a_run_di
 ):
     from spatialboost.studies.replicate import runner
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     frozen, default = ARMS.get(FROZEN_PROJECTOR_ARM), ARMS.get(DEFAULT_ARM)
     assert runner.train_config(study, frozen, 0, tmp_path).stages.encoder.train_projector is False
     assert runner.train_config(study, default, 0, tmp_path).stages.encoder.train_projector is True
@@ -365,9 +369,7 @@ def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the
                                                                                                 monkeypatch):  # fmt: skip
     from spatialboost.studies.replicate import data, runner
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "ensure_reading_dataset", lambda *a, **k: tmp_path / "reading")
     ran = []
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
@@ -394,9 +396,7 @@ def test_the_no_points_arm_trains_its_own_stage_2_on_that_variant_from_the_share
     from spatialboost.studies.replicate import runner
     from spatialboost.studies.replicate.study import DATA
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     ran = []
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     arm = ARMS.get("val-s2-no-points-anchor0.1-choices-points-5x")
@@ -427,9 +427,7 @@ def test_the_reads_arm_trains_its_own_stage_2_on_main_plus_reading_data_from_sce
     from spatialboost.studies.replicate import runner
     from spatialboost.studies.replicate.study import DATA, READS_ARM
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     ran = []
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     arm, val = ARMS.get(READS_ARM), ARMS.get(READS_ARM.replace("sb-dual-", "val-"))
@@ -460,9 +458,7 @@ def test_the_stop_at_accuracy_arm_trains_its_own_stage_2_that_checks_its_ab_accu
     from spatialboost.studies.replicate import runner
     from spatialboost.studies.replicate.study import STAGE2_STOP
 
-    study = runner.Study(make_config(str(tmp_path), seeds=1, quick=True))
-    monkeypatch.setattr(runner.Study, "data", lambda self, name: tmp_path / name)  # no dataset built
-    monkeypatch.setattr(runner.Study, "heldout", property(lambda self: tmp_path / "heldout"))
+    study = dataless_study(tmp_path, monkeypatch)
     ran = []
     monkeypatch.setattr(runner, "run_training", lambda cfg: ran.append(copy.deepcopy(cfg)))
     arm = ARMS.get(f"val-s2stop{STAGE2_STOP:g}-anchor0.1-choices-points-5x")
