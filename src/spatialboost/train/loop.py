@@ -92,10 +92,10 @@ def train_stage(cfg: TrainConfig, stage: str, env: DistEnv, tokenizer) -> StageR
     vlm = build_vlm(cfg, tokenizer, stage)
     sources = load_previous_outputs(vlm, cfg, stage)
     trainable = set_stage_trainable(vlm, stage, scfg)
+    # a finished stage has nothing left to compute: return before planning its data (tokenizing a big stage-3 set
+    # takes minutes)
     done = finished_record(cfg, stage)
-    if (
-        done is not None
-    ):  # nothing left to compute: no data planned (tokenizing a big stage-3 set takes minutes)
+    if done is not None:
         log.info("stage %s: finished at step %d in %s; nothing to do", stage, done, out_dir)
         return summarize(stage, out_dir, done, trainable, done, sources)
     plan, collate = plan_data(data, scfg, cfg.seed, vlm, tokenizer, env)

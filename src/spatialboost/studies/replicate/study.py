@@ -498,10 +498,6 @@ SWAPPED_SPARSE = "sb-dual-swapped-anchor0.1-choices-points-4xdata-5x"
 _add(replace(ARMS.get(SPARSE_ARM), name=SWAPPED_SPARSE, swap_images=True,
              label="control: 6 A/B turns per image on 2560 scenes (the default in session 9) with every stage-3 "
                    "sample reading another scene's images"))  # fmt: skip
-# the default with a stage 2 of its own that also reads the default's A/B point turns on 640 other scenes: a VLM
-# that reads by generalising, not by having seen stage 3's questions (the 5x and replay stage 2s read better and
-# passed back less: their stage-3 loss started at 0.04 on conversations stage 2 had trained on). Does it meet the
-# reading target (within 5 points of rung 1) and keep the depth gain?
 # the default with stage 2's projector frozen in stage 3: the encoder alone adapts to what the frozen LM asks.
 # Within noise (session 13): val -12.5% against the default's -12.2% (5 seeds, p = 0.68), test -9.3% against -8.7%
 FROZEN_PROJECTOR_ARM = "sb-dual-frozenproj-anchor0.1-choices-points-4xdata-dense-5x"
@@ -510,6 +506,10 @@ _add(replace(ARMS.get(DEFAULT_ARM), name=FROZEN_PROJECTOR_ARM, projector=False,
                    "paper is ambiguous)"))  # fmt: skip
 # the default on 8x the scenes
 WIDE_DATA_ARM = "sb-dual-anchor0.1-choices-points-8xdata-dense-5x"
+# the default with a stage 2 of its own that also reads the default's A/B point turns on 640 other scenes: a VLM
+# that reads by generalising, not by having seen stage 3's questions (the 5x and replay stage 2s read better and
+# passed back less: their stage-3 loss started at 0.04 on conversations stage 2 had trained on). Does it meet the
+# reading target (within 5 points of rung 1) and keep the depth gain?
 READS_ARM = "sb-dual-s2plus-reading-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=READS_ARM, stage2_plus="choices-points-dense-other",
              label="the default recipe on a stage 2 that also reads 24 A/B point turns per image on 640 scenes stage 3 "
