@@ -360,9 +360,8 @@ def test_the_frozen_projector_arm_trains_only_the_encoder_in_stage_3_in_a_run_di
     assert runner.recipe_dict(study, frozen)["train_projector"] is False
     assert "train_projector" not in runner.recipe_dict(study, default)
     val = ARMS.get(FROZEN_PROJECTOR_ARM.replace("sb-dual-", "val-"))
-    assert val.search and runner.run_dir(study, val, 0) == runner.run_dir(
-        study, frozen, 0
-    )  # one run, two splits
+    shared_run = runner.run_dir(study, val, 0) == runner.run_dir(study, frozen, 0)
+    assert val.search and shared_run  # one training run, probed on two splits
 
 
 def test_the_replay_arm_trains_its_own_stage_2_on_main_and_reading_data_from_the_shared_stage_1(tmp_path,

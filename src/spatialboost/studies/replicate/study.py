@@ -681,19 +681,11 @@ for _arm in (
         )
         for _kind in ("dense", "fine", "dense48")
     ),  # fmt: skip
-    replace(
-        ARMS.get(WIDE_DATA_ARM),
-        name="val-anchor0.1-choices-points-8xdata-dense-5x",
-        search=True,
-        candidate=False,
-    ),  # fmt: skip
-    replace(
-        ARMS.get(FROZEN_PROJECTOR_ARM),
-        name=FROZEN_PROJECTOR_ARM.replace("sb-dual-", "val-"),
-        search=True,
-        candidate=False,
-    ),  # fmt: skip
-    replace(ARMS.get(READS_ARM), name=READS_ARM.replace("sb-dual-", "val-"), search=True, candidate=False),
+    # val twins named by the test arm's name: the same training run, probed on val
+    *(
+        replace(ARMS.get(_name), name=_name.replace("sb-dual-", "val-"), search=True, candidate=False)
+        for _name in (WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, READS_ARM)
+    ),
     # STOP_ARM's val twin: the same training run, probed on val
     replace(
         ARMS.get(STOP_ARM),
