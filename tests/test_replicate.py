@@ -289,6 +289,8 @@ def dataless_study(tmp_path, monkeypatch):
         (FROZEN_PROJECTOR_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "projector": False}),
         (HIGH_LR_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "encoder_lr": 5e-5}),
         (GATE_ARM, {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "gate_init": -2.0}),
+        ("sb-dual-swapped-gate-2-anchor0.1-choices-points-4xdata-dense-5x",
+         {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "gate_init": -2.0, "swap_images": True}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
     ],

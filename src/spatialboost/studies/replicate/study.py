@@ -516,6 +516,11 @@ _add(replace(ARMS.get(DEFAULT_ARM), name=HIGH_LR_ARM, encoder_lr=5e-5,
 GATE_ARM = "sb-dual-gate-2-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=GATE_ARM, gate_init=-2.0,
              label="the default recipe with gate init -2 (Attn+ weighted 0.88 from the start; not in the paper)"))  # fmt: skip
+# GATE_ARM's no-language control: is what gate init -2 adds learned from the answers or from any training?
+SWAPPED_GATE = "sb-dual-swapped-gate-2-anchor0.1-choices-points-4xdata-dense-5x"
+_add(replace(ARMS.get(GATE_ARM), name=SWAPPED_GATE, swap_images=True,
+             label="control: gate init -2 on the default's stage 3 with every stage-3 sample reading another scene's "
+                   "images"))  # fmt: skip
 # the default with a stage 2 of its own that also reads the default's A/B point turns on 640 other scenes: a VLM
 # that reads by generalising, not by having seen stage 3's questions (the 5x and replay stage 2s read better and
 # passed back less: their stage-3 loss started at 0.04 on conversations stage 2 had trained on). Does it meet the
@@ -757,7 +762,7 @@ TABLES: tuple[Table, ...] = (
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", PAPER_ARM, ANCHOR_ARM, DEFAULT_ARM,
            SPARSE_ARM, "sb-dual-choices-points-5x-gate-2", "sb-dual-swapped-choices-points-5x", SWAPPED_SPARSE,
-           SWAPPED_DEFAULT, "head-depth",
+           SWAPPED_DEFAULT, GATE_ARM, SWAPPED_GATE, "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
