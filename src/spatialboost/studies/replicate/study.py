@@ -521,6 +521,11 @@ _add(replace(ARMS.get(DEFAULT_ARM), name=HIGH_LR_ARM, encoder_lr=5e-5,
 GATE_ARM = "sb-dual-gate-2-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=GATE_ARM, gate_init=-2.0,
              label="the default recipe with gate init -2 (Attn+ weighted 0.88 from the start; not in the paper)"))  # fmt: skip
+# gate init -4 weights Attn+ 0.98 (session 15): does moving further from the frozen channel keep paying, or does it
+# forget like full fine-tuning? The gates do not move from their init in any arm, so the init is the mix.
+GATE4_ARM = "sb-dual-gate-4-anchor0.1-choices-points-4xdata-dense-5x"
+_add(replace(ARMS.get(DEFAULT_ARM), name=GATE4_ARM, gate_init=-4.0,
+             label="the default recipe with gate init -4 (Attn+ weighted 0.98 from the start; not in the paper)"))  # fmt: skip
 # GATE_ARM's no-language control: is what gate init -2 adds learned from the answers or from any training?
 SWAPPED_GATE = "sb-dual-swapped-gate-2-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(GATE_ARM), name=SWAPPED_GATE, swap_images=True,
@@ -704,7 +709,7 @@ for _arm in (
     # val twins named by the test arm's name: the same training run, probed on val
     *(
         replace(ARMS.get(_name), name=_name.replace("sb-dual-", "val-"), search=True, candidate=False)
-        for _name in (WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, READS_ARM, HIGH_LR_ARM, GATE_ARM)
+        for _name in (WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, READS_ARM, HIGH_LR_ARM, GATE_ARM, GATE4_ARM)
     ),
     # STOP_ARM's val twin: the same training run, probed on val
     replace(
@@ -759,7 +764,7 @@ TABLES: tuple[Table, ...] = (
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
           ("base", DEFAULT_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM, GATE_ARM,
-           SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
+           GATE4_ARM,            SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
            "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
