@@ -17,6 +17,7 @@ whatever the split of the global batch across processes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -70,7 +71,11 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group. Collect garbage first: FSDP's module state is freed by the cycle collector, and
+    gloo work it still references, destroyed during interpreter finalisation, can abort the process at exit
+    (a rank's "terminate called without an active exception" after every output is written)."""
     if env.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
