@@ -511,7 +511,8 @@ WIDE_DATA_ARM = "sb-dual-anchor0.1-choices-points-8xdata-dense-5x"
 # a 2.5x larger Attn+/projector lr (lr 1e-4 was worse on the 640-scene data of session 5, never tried on the
 # default's 24 A/B turns per image), and gate init -2, which weights Attn+ 0.88 instead of 0.5 at the same lr.
 # Measured (session 14, paired with the default on the same stage-2 VLMs): lr 5e-5 moves Attn+ 1.5% and ties on val
-# (3 seeds: -14.2% against -14.0%) and test (-8.8% against -10.3%). Gate init -2 moves Attn+ less (0.67%) and is
+# (3 seeds: -14.2% against -14.0%) and test (-8.8% against -10.3%); on 5 seeds (session 15) val -12.6% against
+# -12.2% (p = 0.82), test -8.5% against -8.7%. Gate init -2 moves Attn+ less (0.67%) and is
 # the best stage 3 measured: val -15.2% ± 6.1 against -12.2% ± 3.8 (5 seeds; better on 4, a tie on seed 4; 0.023 m,
 # p = 0.10), test -10.8% ± 3.9 against -8.7% ± 2.3. Within the 2-std paired rule on val, so by the rule fixed in
 # session 13 (a candidate must beat the default on val beyond noise) it is not the default: model.boost.gate_init=-2
