@@ -768,7 +768,7 @@ TABLES: tuple[Table, ...] = (
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
           ("base", DEFAULT_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM, GATE_ARM,
-           GATE4_ARM,            SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
+           GATE4_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
            "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
