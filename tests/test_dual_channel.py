@@ -86,7 +86,7 @@ def close(a, b, tol: float = 1e-6, msg: str = "") -> None:
     assert err <= tol * scale, f"{msg}: max |a - b| = {err:.3g} > {tol:g} x {scale:.3g}"
 
 
-# the gate kinds at the paper's zero init, and the channel gate at -2 (Attn+ weighted 0.88; study.GATE_ARM): the
+# the gate kinds at the paper's zero init, and the channel gate at -2 (Attn+ weighted 0.88; study.DEFAULT_ARM): the
 # channels are mixed by lerp, so equal channels give the base exactly whatever the gates hold
 @pytest.mark.parametrize(
     "boost",
