@@ -508,10 +508,11 @@ _add(replace(ARMS.get(DENSE_ARM), name=FROZEN_PROJECTOR_ARM, projector=False,
                    "the gates train; the paper is ambiguous)"))  # fmt: skip
 # DENSE_ARM on 8x the scenes
 WIDE_DATA_ARM = "sb-dual-anchor0.1-choices-points-8xdata-dense-5x"
-# DENSE_ARM (then the default) with a larger step through Attn+ (session 14): stage 3 moves Attn+ 0.8% of its weights and the gates
-# stay at 0.49 in every arm, so the encoder may be under-moved. Two ways to move it more, each changing one field:
-# a 2.5x larger Attn+/projector lr (lr 1e-4 was worse on the 640-scene data of session 5, never tried on the
-# default's 24 A/B turns per image), and gate init -2, which weights Attn+ 0.88 instead of 0.5 at the same lr.
+# DENSE_ARM (then the default) with a larger step through Attn+ (session 14): stage 3 moves Attn+ 0.8% of its
+# weights and the gates stay at 0.49 in every arm, so the encoder may be under-moved. Two ways to move it more,
+# each changing one field: a 2.5x larger Attn+/projector lr (lr 1e-4 was worse on the 640-scene data of session 5,
+# never tried on the default's 24 A/B turns per image), and gate init -2, which weights Attn+ 0.88 instead of 0.5
+# at the same lr.
 # Measured (session 14, paired with the default on the same stage-2 VLMs): lr 5e-5 moves Attn+ 1.5% and ties on val
 # (3 seeds: -14.2% against -14.0%) and test (-8.8% against -10.3%); on 5 seeds (session 15) val -12.6% against
 # -12.2% (p = 0.82), test -8.5% against -8.7%. Gate init -2 moves Attn+ less (0.67%) and is
