@@ -75,12 +75,15 @@ def test_demo_falls_back_in_one_line_without_the_wheel(monkeypatch):
 def test_demo_recipe_file_and_full_overrides():
     """One file holds the recipe: sizes, the --full placeholder and the training config (stage 3 as issue 24)."""
     from spatialboost.studies import demo
+    from spatialboost.studies.replicate.study import ARMS, DEFAULT_ARM
 
     recipe = demo.load_recipe()
     enc = recipe.train.stages.encoder
     assert recipe.train.model.encoder == demo.REAL_ENCODER and recipe.sizes.image_size == 112
     assert (enc.lr, enc.lr_gates, enc.batch_size) == (2e-5, 1e-3, 8)
-    assert recipe.train.model.boost.gate_init == 0.0 and recipe.train.data.refs == ["point", "region"]
+    # the default recipe's stage 3, gate init included (study.DEFAULT_ARM: -2 since session 16)
+    assert recipe.train.model.boost.gate_init == ARMS.get(DEFAULT_ARM).gate_init == -2.0
+    assert recipe.train.data.refs == ["point", "region"]
     full = demo.load_recipe(full=True)
     assert recipe.full and full.sizes != recipe.sizes
     state = demo.DemoState(out=Path("/x"), scenes=4, recipe=recipe)
