@@ -484,6 +484,8 @@ for _arm in (
 # the default of sessions 10-15: 24 A/B point turns per image on 2560 scenes, CLS anchor 0.1, gate init 0. The
 # matched arms below each change it in one field; DEFAULT_ARM (gate init -2) is one of them
 DENSE_ARM = "sb-dual-anchor0.1-choices-points-4xdata-dense-5x"
+# how the labels of DENSE_ARM's matched arms name it
+DENSE_NAMED = "gate init 0 (the default in sessions 10-15)"
 # DENSE_ARM's stage 3 with 48 A/B turns per image instead of 24
 DENSE48_ARM = "sb-dual-anchor0.1-choices-points-4xdata-dense48-5x"
 # the default in session 9: 6 A/B turns per image on the same 2560 scenes
@@ -493,8 +495,7 @@ ANCHOR_ARM = "sb-dual-anchor0.1-choices-points-5x"
 # DENSE_ARM's no-language control: its stage 3 with every sample reading another scene's images
 SWAPPED_DENSE = "sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DENSE_ARM), name=SWAPPED_DENSE, swap_images=True,
-             label="control: gate init 0 (the default in sessions 10-15) with every stage-3 sample reading another "
-                   "scene's images"))  # fmt: skip
+             label=f"control: {DENSE_NAMED} with every stage-3 sample reading another scene's images"))  # fmt: skip
 # SPARSE_ARM's no-language control
 SWAPPED_SPARSE = "sb-dual-swapped-anchor0.1-choices-points-4xdata-5x"
 _add(replace(ARMS.get(SPARSE_ARM), name=SWAPPED_SPARSE, swap_images=True,
@@ -504,8 +505,8 @@ _add(replace(ARMS.get(SPARSE_ARM), name=SWAPPED_SPARSE, swap_images=True,
 # Within noise (session 13): val -12.5% against the default's -12.2% (5 seeds, p = 0.68), test -9.3% against -8.7%
 FROZEN_PROJECTOR_ARM = "sb-dual-frozenproj-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DENSE_ARM), name=FROZEN_PROJECTOR_ARM, projector=False,
-             label="gate init 0 (the default in sessions 10-15) with the projector frozen in stage 3 (only Attn+ and "
-                   "the gates train; the paper is ambiguous)"))  # fmt: skip
+             label=f"{DENSE_NAMED} with the projector frozen in stage 3 (only Attn+ and the gates train; the "
+                   "paper is ambiguous)"))  # fmt: skip
 # DENSE_ARM on 8x the scenes
 WIDE_DATA_ARM = "sb-dual-anchor0.1-choices-points-8xdata-dense-5x"
 # DENSE_ARM (then the default) with a larger step through Attn+ (session 14): stage 3 moves Attn+ 0.8% of its
@@ -522,8 +523,7 @@ WIDE_DATA_ARM = "sb-dual-anchor0.1-choices-points-8xdata-dense-5x"
 # 16 the issue's own rule (the val winner becomes the default) made it DEFAULT_ARM
 HIGH_LR_ARM = "sb-dual-lr5e-5-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DENSE_ARM), name=HIGH_LR_ARM, encoder_lr=5e-5,
-             label="gate init 0 (the default in sessions 10-15) at stage-3 lr 5e-5 for Attn+ and the projector (2.5x; "
-                   "not in the paper)"))  # fmt: skip
+             label=f"{DENSE_NAMED} at stage-3 lr 5e-5 for Attn+ and the projector (2.5x; not in the paper)"))  # fmt: skip
 GATE_ARM = "sb-dual-gate-2-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DENSE_ARM), name=GATE_ARM, gate_init=-2.0,
              label="SpatialBoost default recipe `spatialboost`: 24 A/B point turns per image on 2560 scenes, 400 "
@@ -555,8 +555,8 @@ SWAPPED_DEFAULT = SWAPPED_GATE
 # reading target (within 5 points of rung 1) and keep the depth gain?
 READS_ARM = "sb-dual-s2plus-reading-anchor0.1-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DENSE_ARM), name=READS_ARM, stage2_plus="choices-points-dense-other",
-             label="gate init 0 (the default in sessions 10-15) on a stage 2 that also reads 24 A/B point turns per "
-                   "image on 640 scenes stage 3 never sees (not in the paper)"))  # fmt: skip
+             label=f"{DENSE_NAMED} on a stage 2 that also reads 24 A/B point turns per image on 640 scenes stage 3 "
+                   "never sees (not in the paper)"))  # fmt: skip
 # the paper's stage 3 (no CLS anchor) on 640 scenes at the default's steps: what the matched arms vary one field of
 PAPER_ARM = "sb-dual-choices-points-5x"
 # the default with its stage 2 stopped at STAGE2_STOP held-out A/B accuracy
