@@ -295,6 +295,8 @@ def dataless_study(tmp_path, monkeypatch):
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "gate_init": -2.0, "swap_images": True}),
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
+        ("sb-full-choices-points-4xdata-dense-5x", {"mode": "full", "data": "choices-points-4x-dense"}),
+        ("sb-dual-gate-2-choices-points-4xdata-dense-5x", {"data": "choices-points-4x-dense", "gate_init": -2.0}),
     ],
 )  # fmt: skip
 def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
@@ -323,6 +325,27 @@ def test_matched_arms_differ_from_the_default_only_where_named(name, differs):
     default, arm = asdict(ARMS.get(PAPER_ARM)), asdict(ARMS.get(name))
     changed = {k: v for k, v in arm.items() if default[k] != v and k not in ("name", "label")}
     assert changed == differs
+
+
+@pytest.mark.parametrize(
+    ("name", "paper_arm"),
+    [("head-depth-gate-2-4xdata-dense-5x", "head-depth"), ("head-seg-gate-2-4xdata-dense-5x", "head-seg"),
+     ("simple-ft-4xdata-dense-5x", "simple-ft")],
+)  # fmt: skip
+def test_tables_b_and_e_have_rows_on_the_defaults_images_and_steps(tmp_path, monkeypatch, name, paper_arm):
+    """The linear heads and simple FT matched to the default: its stage-3 data and length, and (heads) its
+    adapter's gate init; each in a run dir of its own, so the 80-step rows of earlier studies stay as they are."""
+    from dataclasses import asdict
+
+    from spatialboost.studies.replicate import runner
+
+    default, arm, paper = ARMS.get(DEFAULT_ARM), ARMS.get(name), ARMS.get(paper_arm)
+    changed = {k: v for k, v in asdict(arm).items() if asdict(paper)[k] != v and k not in ("name", "label")}
+    expected = {"data": default.data, "steps_scale": default.steps_scale}
+    assert changed == expected | ({"gate_init": default.gate_init} if paper.trainer == "dense" else {})
+    study = dataless_study(tmp_path, monkeypatch)
+    assert runner.stage3_steps(study, arm) == runner.stage3_steps(study, default)
+    assert runner.run_dir(study, arm, 0) != runner.run_dir(study, paper, 0)
 
 
 def test_anchor_and_swapped_arms_reach_stage3_and_train_in_their_own_run_dirs(tmp_path, monkeypatch):

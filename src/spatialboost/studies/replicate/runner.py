@@ -351,12 +351,12 @@ def train_dense(study: Study, arm: Arm, seed: int):
     if reused is not None:
         return reused
     encoder = boost_encoder(create_encoder(str(study.base_path)), gate="channel", gate_init=r["gate_init"])
-    if "main" not in study._dense:
-        study._dense["main"] = load_dense_data(study.data(arm.data), encoder, s.image_size)
+    if arm.data not in study._dense:  # loaded once per process for every dense arm on the same data
+        study._dense[arm.data] = load_dense_data(study.data(arm.data), encoder, s.image_size)
     dcfg = DenseConfig(target=arm.target, steps=r["encoder_steps"], head_warmup_steps=s.head_warmup_steps,
                        batch_size=s.batch_size, lr=r["encoder_lr"], lr_gates=r["lr_gates"],
                        head_lr=study.cfg.recipe.head_lr, seed=seed)  # fmt: skip
-    _, result = train_dense_head(encoder, study._dense["main"], dcfg)
+    _, result = train_dense_head(encoder, study._dense[arm.data], dcfg)
     diag = {"warmup_loss": _ends(result.warmup_losses), "joint_loss": _ends(result.losses),
             "joint_loss_curve": result.losses, **adapter_stats(encoder)}  # fmt: skip
     return _save(out, encoder, diag, include_base=False)

@@ -549,6 +549,31 @@ _add(replace(ARMS.get(GATE_ARM), name=SWAPPED_GATE, swap_images=True,
 DEFAULT_ARM = GATE_ARM
 # the default's no-language control
 SWAPPED_DEFAULT = SWAPPED_GATE
+# Tables A, B and E on the default's stage-3 data and length (session 17): until now their full-FT, linear-head and
+# simple-FT rows trained 80 steps on 640 scenes (the untuned recipe, sessions 1-9), against a default that trains
+# 400 steps on 2560 scenes with 24 A/B point turns per image. Each arm below sees the default's images for the
+# default's steps, so what differs is how the encoder is trained and what supervises it.
+# Full fine-tuning has no frozen Attn to hold the CLS token to (stages.encoder.cls_anchor needs mode dual), so
+# Table A pairs it with the default without its anchor as well: that pair differs in the mode alone
+FULL_DEFAULT = "sb-full-choices-points-4xdata-dense-5x"
+_add(replace(ARMS.get(DEFAULT_ARM), name=FULL_DEFAULT, mode="full", cls_anchor=0.0, gate_init=None,
+             label="full fine-tuning through the LLM on the default's stage-3 data and steps (no CLS anchor: it "
+                   "needs the frozen Attn)"))  # fmt: skip
+NO_ANCHOR_DEFAULT = "sb-dual-gate-2-choices-points-4xdata-dense-5x"
+_add(replace(ARMS.get(DEFAULT_ARM), name=NO_ANCHOR_DEFAULT, cls_anchor=0.0,
+             label="the default recipe without its CLS anchor (dual-channel, gate init -2; full FT's matched "
+                   "pair)"))  # fmt: skip
+# the linear heads of Table 6 through the default's adapter (dual-channel, gate init -2) on its images and steps
+HEAD_DEPTH_DEFAULT = "head-depth-gate-2-4xdata-dense-5x"
+HEAD_SEG_DEFAULT = "head-seg-gate-2-4xdata-dense-5x"
+for _name, _target in ((HEAD_DEPTH_DEFAULT, "depth"), (HEAD_SEG_DEFAULT, "seg")):
+    _add(replace(ARMS.get(f"head-{_target}"), name=_name, data="choices-points-4x-dense", steps_scale=5.0,
+                 gate_init=-2.0, label=f"linear {_target} head through the default's adapter (gate init -2), on "
+                                       "its images and steps"))  # fmt: skip
+# Table 8's simple FT (the base's 2D objective, full fine-tuning) on the default's images and steps
+SIMPLE_FT_DEFAULT = "simple-ft-4xdata-dense-5x"
+_add(replace(ARMS.get("simple-ft"), name=SIMPLE_FT_DEFAULT, data="choices-points-4x-dense", steps_scale=5.0,
+             label="simple FT (2D objective continued) on the default's images and steps"))  # fmt: skip
 # DENSE_ARM with a stage 2 of its own that also reads the default's A/B point turns on 640 other scenes: a VLM
 # that reads by generalising, not by having seen stage 3's questions (the 5x and replay stage 2s read better and
 # passed back less: their stage-3 loss started at 0.04 on conversations stage 2 had trained on). Does it meet the
@@ -781,7 +806,7 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM,
+          ("base", DEFAULT_ARM, NO_ANCHOR_DEFAULT, FULL_DEFAULT, DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM,
            GATE4_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
@@ -790,7 +815,7 @@ TABLES: tuple[Table, ...] = (
           "LLM beats a linear depth head (depth -7.9% vs -15.8%) and a linear seg head (which hurts depth +18%).",
           ("base", "sb-dual", "sb-dual-choices", "sb-dual-choices-5x", PAPER_ARM, ANCHOR_ARM, DEFAULT_ARM,
            SWAPPED_DEFAULT, DENSE_ARM, SWAPPED_DENSE, SPARSE_ARM, "sb-dual-choices-points-5x-gate-2",
-           "sb-dual-swapped-choices-points-5x", SWAPPED_SPARSE, "head-depth",
+           "sb-dual-swapped-choices-points-5x", SWAPPED_SPARSE, HEAD_DEPTH_DEFAULT, HEAD_SEG_DEFAULT, "head-depth",
            "head-seg")),
     Table("C1", "CoT order (paper Table 7)", "forward >= reverse >= shuffled, differences of 0.01-0.02 m.",
           ("base", "sb-dual", "order-reverse", "order-shuffled")),
@@ -801,7 +826,7 @@ TABLES: tuple[Table, ...] = (
            "sb-dual-anchor0.1-choices-points-4xdata-10x", DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, DEFAULT_ARM,
            "sb-dual-anchor0.1-choices-points-4xdata-fine-5x")),
     Table("E", "Simple FT (paper Table 8)", "simple FT changes depth by -3% to +6%; SpatialBoost -19 to -25%.",
-          ("base", "simple-ft", DEFAULT_ARM, DENSE_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
+          ("base", SIMPLE_FT_DEFAULT, "simple-ft", DEFAULT_ARM, DENSE_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual")),
 )  # fmt: skip
 
 
