@@ -38,19 +38,71 @@ def test_bench_probes_only_on_table_a_test_arms():
 
 
 def test_bench_columns_and_table_from_arm_records():
-    recs = [{"metrics": {"depth": {"rmse": 1.0}, "register": {"rr@0.2m": v, "rte": 1.0}}} for v in (0.2, 0.4)]
+    recs = [{"seed": k, "metrics": {"depth": {"rmse": 1.0}, "register": {"rr@0.2m": v, "rte": 1.0}}}
+            for k, v in enumerate((0.2, 0.4))]  # fmt: skip
     cols = bench_columns(recs)
     assert (
         set(cols) == {"reg. recall@0.2m", "RTE (m)"}
         and cols["reg. recall@0.2m"]["mean"] == 0.30000000000000004
     )
-    assert bench_columns([{"metrics": {"depth": {"rmse": 1.0}}}]) == {}  # arms run without bench tasks
+    assert (
+        bench_columns([{"seed": 0, "metrics": {"depth": {"rmse": 1.0}}}]) == {}
+    )  # arms run without bench tasks
     summary = {
         "arms": {"base": {"label": "base", "benches": cols}, "sb-dual": {"label": "dual", "benches": {}}}
     }
     text = "\n".join(bench_table(summary))
-    assert "| base | 2 | 0.3000 ± 0.1414 | 1.0000 ± 0.0000 |" in text and "dual" not in text
+    assert "| base | 2 | 0.3000 ± 0.1414 | 1.0000 ± 0.0000 |  |" in text and "dual" not in text
     assert bench_table({"arms": {"base": {"label": "base", "benches": {}}}}) == []
+
+
+def test_bench_table_says_which_columns_differ_from_the_base_beyond_noise():
+    """Paired over the arm's seeds, in each metric's direction (RTE and RRE: lower is better)."""
+
+    def recs(rte, rre, rr):
+        return [{"seed": k, "metrics": {"register": {"rte": rte[k], "rre": rre[k], "rr@0.2m": rr[k]}}}
+                for k in range(len(rte))]  # fmt: skip
+
+    base = bench_columns(recs([1.0, 1.2, 0.9, 1.1], [50.0, 60.0, 55.0, 52.0], [0.1, 0.2, 0.1, 0.2]))
+    arm = bench_columns(recs([0.8, 1.0, 0.7], [60.0, 70.0, 65.0], [0.2, 0.1, 0.1]))  # seeds 0-2 of the base
+    summary = {
+        "arms": {"base": {"label": "base", "benches": base}, "sb-dual": {"label": "dual", "benches": arm}}
+    }
+    row = next(line for line in bench_table(summary) if line.startswith("| dual |"))
+    assert row.endswith("| RTE (m) better, RRE (deg) worse |")  # reg. recall is within noise
+    one = bench_columns(recs([0.8], [60.0], [0.2]))
+    summary["arms"]["sb-dual"]["benches"] = one
+    assert next(line for line in bench_table(summary) if line.startswith("| dual |")).endswith(
+        "| 1 seed: no noise estimate |"
+    )
+
+
+def test_finished_records_gain_the_bench_probes_they_lack(tmp_path, monkeypatch):
+    """--bench-tasks on a finished study probes the kept encoders of table A's test arms once, training nothing."""
+    import json
+
+    from spatialboost.studies.replicate import runner
+
+    calls = []
+
+    class Fake:
+        benches = [type("B", (), {"probes": ["corr", "register"]})()]
+
+        def run(self, encoder, seed):
+            calls.append(seed)
+            return {"corr": {"recall@0.2m": 0.5}, "register": {"rte": 1.0}}
+
+    study = Study(StudyConfig(bench_tasks=["corr", "register"]), _bench_probes=Fake())
+    monkeypatch.setattr(runner, "kept_encoder", lambda *a: "encoder")
+    path = tmp_path / "seed0.json"
+    record = {"seed": 0, "metrics": {"depth": {"rmse": 1.0}}}
+    path.write_text(json.dumps(record))
+    out = runner.add_bench_probes(study, ARMS.get("base"), 0, path, json.loads(path.read_text()))
+    assert out["metrics"]["corr"] == {"recall@0.2m": 0.5} and out["metrics"]["depth"] == {"rmse": 1.0}
+    assert json.loads(path.read_text()) == out and calls == [0]
+    assert runner.add_bench_probes(study, ARMS.get("base"), 0, path, out) == out and calls == [0]  # has them
+    assert runner.add_bench_probes(study, ARMS.get("head-depth"), 0, path, record) == record  # no bench arm
+    assert calls == [0]
 
 
 def test_unknown_bench_task_is_a_user_error(tmp_path, capsys):

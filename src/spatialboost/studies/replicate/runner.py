@@ -210,20 +210,54 @@ def run_arm(study: Study, arm: Arm, seed: int) -> dict[str, Any]:
     return record
 
 
+def kept_encoder_dir(study: Study, arm: Arm, seed: int) -> bool:
+    """Whether a finished arm's encoder can be probed again: the base always, a trained arm where its run kept
+    ``encoder/``."""
+    return arm.trainer == "none" or (run_dir(study, arm, seed) / "encoder").is_dir()
+
+
+def kept_encoder(study: Study, arm: Arm, seed: int):
+    return (
+        train_none(study, arm, seed)[0]
+        if arm.trainer == "none"
+        else load_encoder(run_dir(study, arm, seed) / "encoder")
+    )
+
+
 def upgrade_record(study: Study, arm: Arm, seed: int, path: Path) -> dict[str, Any]:
-    """A finished record brought up to the study's depth probe, training nothing: per-scene values where it was
-    written before they were kept, and ``sizes.depth_heads`` heads where it has fewer. The depth probe is
-    re-run on the arm's saved encoder (features cached) with every head, and the record takes the heads' mean
-    only where the re-run reproduces each head it already has (else it stays as it is, and the log says
-    why)."""
-    record = json.loads(path.read_text())
+    """A finished record brought up to the study's probes, training nothing: the depth probe
+    (``upgrade_depth``), then the bench probes it lacks (``add_bench_probes``)."""
+    record = upgrade_depth(study, arm, seed, path, json.loads(path.read_text()))
+    return add_bench_probes(study, arm, seed, path, record)
+
+
+def add_bench_probes(study: Study, arm: Arm, seed: int, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The 3D / robot probes of ``cfg.bench_tasks`` that a finished record of a bench arm lacks, run on its saved
+    encoder (the base: the study's base) with the study seed, as a fresh job would have run them; the record as it
+    is where it has them all, where the arm is no bench arm, or where its encoder was not kept."""
+    if not wants_bench_probes(study, arm):
+        return record
+    wanted = [p for bench in study.bench_probes.benches for p in bench.probes]
+    if all(p in record["metrics"] for p in wanted) or not kept_encoder_dir(study, arm, seed):
+        return record
+    encoder = kept_encoder(study, arm, seed)
+    record["metrics"] = {**record["metrics"], **study.bench_probes.run(encoder, seed)}
+    atomic_write_json(path, record)
+    log.info("arm %s seed %d: bench probes %s added (%s)", arm.name, seed, ", ".join(wanted), path)
+    return record
+
+
+def upgrade_depth(study: Study, arm: Arm, seed: int, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A finished record brought up to the study's depth probe: per-scene values where it was written before
+    they were kept, and ``sizes.depth_heads`` heads where it has fewer. The depth probe is re-run on the arm's
+    saved encoder (features cached) with every head, and the record takes the heads' mean only where the re-run
+    reproduces each head it already has (else it stays as it is, and the log says why)."""
     have = depth_heads_of(record)
-    saved = run_dir(study, arm, seed) / "encoder"
-    if (record.get("per_scene") and len(have) >= study.bench.depth_heads) or (
-        arm.trainer != "none" and not saved.is_dir()
+    if (record.get("per_scene") and len(have) >= study.bench.depth_heads) or not kept_encoder_dir(
+        study, arm, seed
     ):
         return record
-    encoder = train_none(study, arm, seed)[0] if arm.trainer == "none" else load_encoder(saved)
+    encoder = kept_encoder(study, arm, seed)
     depth = study.bench.depth(encoder, arm.split, seed)
     for k, (old, new) in enumerate(zip(have, depth.heads, strict=False)):  # the heads it has
         if abs(new["rmse"] - old["rmse"]) > 1e-4 * abs(old["rmse"]):
@@ -239,13 +273,15 @@ def upgrade_record(study: Study, arm: Arm, seed: int, path: Path) -> dict[str, A
     return record
 
 
-def run_bench_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
-    """The 3D / robot probes of ``cfg.bench_tasks`` on table A's arms (test split); {} otherwise."""
+def wants_bench_probes(study: Study, arm: Arm) -> bool:
+    """The 3D / robot probes of ``cfg.bench_tasks`` run on table A's arms, test split."""
     from spatialboost.studies.replicate.benches import bench_arms
 
-    if not study.cfg.bench_tasks or arm.split != "test" or arm.name not in bench_arms():
-        return {}
-    return study.bench_probes.run(encoder, seed)
+    return bool(study.cfg.bench_tasks) and arm.split == "test" and arm.name in bench_arms()
+
+
+def run_bench_probes(study: Study, arm: Arm, encoder, seed: int) -> dict[str, Any]:
+    return study.bench_probes.run(encoder, seed) if wants_bench_probes(study, arm) else {}
 
 
 def recipe_dict(study: Study, arm: Arm) -> dict[str, Any]:
