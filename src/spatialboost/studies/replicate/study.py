@@ -806,7 +806,7 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, NO_ANCHOR_DEFAULT, FULL_DEFAULT, DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM,
+          ("base", DEFAULT_ARM, SWAPPED_DEFAULT, NO_ANCHOR_DEFAULT, FULL_DEFAULT, DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM,
            GATE4_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
