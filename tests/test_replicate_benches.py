@@ -124,3 +124,18 @@ def test_the_old_names_still_work_with_a_warning():
     with pytest.warns(FutureWarning, match="--probes is deprecated: use --bench-tasks"):
         assert build_config(args).bench_tasks == ["corr", "robot"]
     assert "--bench-tasks corr,robot" in command_line(args) and "--probes" not in command_line(args)
+
+
+def test_the_study_records_the_commit_of_its_code_not_of_the_working_directory(tmp_path, monkeypatch):
+    """A study run from its output folder (no git checkout) still names the commit of the code that ran."""
+    import subprocess
+    from pathlib import Path
+
+    from spatialboost.cli.replicate import git_commit
+
+    src = Path(git_commit.__code__.co_filename).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=src)
+    if head.returncode != 0:
+        pytest.skip("the package is not in a git checkout here")
+    monkeypatch.chdir(tmp_path)
+    assert git_commit().split()[0] == head.stdout.strip()

@@ -183,12 +183,16 @@ def table_order(summary: dict) -> list[str]:
 
 
 def git_commit() -> str:
+    """The commit of the code that runs: git asked in this package's own folder, not the working directory (a
+    study started from its output folder, or from another checkout on PYTHONPATH, records the code's commit);
+    "unknown" where the package is not in a git checkout."""
+    src = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10, cwd=src
         )
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()  # fmt: skip
+                               text=True, timeout=10, cwd=src).stdout.strip()  # fmt: skip
         return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
