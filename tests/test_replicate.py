@@ -193,17 +193,19 @@ def test_report_marks_partial_results_and_keeps_the_discussion(quick_study, tmp_
 
 
 def test_report_cells_are_mean_and_sample_std_of_the_seeds():
-    col = report._stats([1.0, 2.0, 3.0])
+    from spatialboost.studies.replicate.columns import on_seeds, seed_stats
+
+    col = seed_stats([1.0, 2.0, 3.0])
     assert col["mean"] == pytest.approx(2.0) and col["std"] == pytest.approx(1.0) and col["n"] == 3
     assert report.cell(col) == "2.0000 ± 1.0000"
     assert report.rel_change(2.0, 1.5) == "-25.0%"
     assert [report.seed_span(s) for s in ([0], [2, 0, 1], [0, 2])] == ["0", "0-2", "0, 2"]
     # a base with more seeds than the arm is compared over the arm's seeds
-    base, arm = report._stats([1.0, 2.0, 9.0], seeds=[0, 1, 2]), report._stats([0.9, 1.8], seeds=[0, 1])
+    base, arm = seed_stats([1.0, 2.0, 9.0], seeds=[0, 1, 2]), seed_stats([0.9, 1.8], seeds=[0, 1])
     assert report.scene_change(base, arm) == "-10.0%"
-    restricted = report.on_seeds(base, [0, 1])
+    restricted = on_seeds(base, [0, 1])
     assert restricted["values"] == [1.0, 2.0] and restricted["seeds"] == [0, 1] and restricted["mean"] == 1.5
-    assert report.on_seeds(base, [0, 5]) == base  # a seed the base lacks: left as it is
+    assert on_seeds(base, [0, 5]) == base  # a seed the base lacks: left as it is
 
 
 def test_scene_spread_splits_a_depth_change_by_the_bases_worst_quarter():

@@ -45,9 +45,8 @@ def test_bench_columns_and_table_from_arm_records():
         set(cols) == {"reg. recall@0.2m", "RTE (m)"}
         and cols["reg. recall@0.2m"]["mean"] == 0.30000000000000004
     )
-    assert (
-        bench_columns([{"seed": 0, "metrics": {"depth": {"rmse": 1.0}}}]) == {}
-    )  # arms run without bench tasks
+    # arms run without bench tasks have no bench columns
+    assert bench_columns([{"seed": 0, "metrics": {"depth": {"rmse": 1.0}}}]) == {}
     summary = {
         "arms": {"base": {"label": "base", "benches": cols}, "sb-dual": {"label": "dual", "benches": {}}}
     }

@@ -14,13 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from spatialboost.eval.benches import build_benches
 from spatialboost.eval.probes3d import Probe3DConfig
 from spatialboost.eval.robot import RobotConfig
 from spatialboost.eval.runner import ProbeConfig
 from spatialboost.noise import verdict
+from spatialboost.studies.replicate.columns import on_seeds, seed_stats
 from spatialboost.studies.replicate.study import TABLES, Sizes
 
 BENCH_TABLE = "A"
@@ -77,17 +76,14 @@ def bench_columns(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for (probe, metric), col in COLUMNS.items():
         have = [r for r in records if metric in r["metrics"].get(probe, {})]
         if have:
-            v = np.asarray([r["metrics"][probe][metric] for r in have], np.float64)
-            cols[col] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
-                         "values": v.tolist(), "seeds": [r["seed"] for r in have], "metric": metric}  # fmt: skip
+            values = [r["metrics"][probe][metric] for r in have]
+            cols[col] = seed_stats(values, [r["seed"] for r in have]) | {"metric": metric}
     return cols
 
 
 def bench_verdicts(base: dict[str, Any], arm: dict[str, Any]) -> str:
     """The bench columns where ``arm`` differs from ``base`` beyond noise, paired over the arm's seeds (the
     2D columns' rule, ``spatialboost.noise.verdict``), each said better or worse; "none"; or why it cannot say."""
-    from spatialboost.studies.replicate.report import on_seeds
-
     said = []
     for col, a in arm.items():
         if col not in base:

@@ -21,6 +21,7 @@ from spatialboost.eval.report import save_png
 from spatialboost.io import atomic_write_json, atomic_write_text
 from spatialboost.noise import NOISE_RULE, binomial_se, paired_item_se, verdict
 from spatialboost.studies.replicate.benches import bench_columns, bench_table
+from spatialboost.studies.replicate.columns import on_seeds, seed_stats
 from spatialboost.studies.replicate.probing import COLUMNS, HEAD_SEED_STRIDE, depth_heads_of
 from spatialboost.studies.replicate.study import ARMS, DATA, TABLES
 
@@ -77,19 +78,10 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _stats(values: list[float], seeds: list[int] | None = None) -> dict[str, Any]:
-    """mean, std (ddof=1), n and the values; with ``seeds``, the seed of each value (``noise`` pairs arms probed
-    with the same probe seeds)."""
-    v = np.asarray(values, dtype=np.float64)
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return {"mean": float(np.mean(v)), "std": std, "n": len(v), "values": v.tolist(),
-            **({"seeds": list(seeds)} if seeds is not None else {})}  # fmt: skip
-
-
 def _aggregate(arm: dict[str, Any]) -> dict[str, Any]:
     recs = sorted(arm["records"], key=lambda r: r["seed"])
     seeds = [r["seed"] for r in recs]  # the probe-head seed is the study seed
-    cols = {col: _stats([r["metrics"][p][m] for r in recs], seeds) for (p, m), col in COLUMNS.items()}
+    cols = {col: seed_stats([r["metrics"][p][m] for r in recs], seeds) for (p, m), col in COLUMNS.items()}
     for (
         p,
         m,
@@ -202,20 +194,6 @@ def rel_change(base: float, value: float) -> str:
     return f"{100.0 * (value - base) / base:+.1f}%" if base else "n/a"
 
 
-def on_seeds(col: dict[str, Any], seeds: list[int] | None) -> dict[str, Any]:
-    """``col`` restricted to ``seeds`` (mean, std, values and per-scene values of those seeds only), so a base
-    probed with more seeds than an arm is compared, paired, over the arm's; ``col`` as it is where it names no
-    seeds or lacks one of ``seeds``."""
-    have = col.get("seeds")
-    if not seeds or not have or not set(seeds) <= set(have) or sorted(seeds) == sorted(have):
-        return dict(col)
-    idx = [have.index(s) for s in seeds]
-    out = {**_stats([col["values"][i] for i in idx], seeds)}
-    if col.get("per_item"):
-        out["per_item"] = [col["per_item"][i] for i in idx]
-    return out
-
-
 def scene_change(base: dict[str, Any], arm: dict[str, Any]) -> str:
     """``rel_change`` of two columns over their common seeds, with ± the paired standard error over the scored
     scenes (in % of the base) where both carry per-scene values: how far the same comparison moves on other
@@ -281,7 +259,7 @@ def gain_stats(diags: dict[Any, dict[str, Any]], stage: str, level: str = "all",
     """Mean ± std over seeds of a recorded image-gain number (None when the arm has none)."""
     values = [d["image_gain"][stage][level][key] for d in diags.values()
               if d.get("image_gain", {}).get(stage, {}).get(level)]  # fmt: skip
-    return _stats(values) if values else None
+    return seed_stats(values) if values else None
 
 
 def shared_reading_arm(summary: dict[str, Any]) -> str | None:
@@ -332,13 +310,13 @@ def reading_table(summary: dict[str, Any]) -> str:
     acc = [(d["image_gain"]["stage2"]["choice"], d["image_gain"].get("blind", {}).get("choice"))
            for d in diags.values() if "choice" in d.get("image_gain", {}).get("stage2", {})]  # fmt: skip
     if acc:
-        right = _stats([a["acc_right"] for a, _ in acc])
-        other = _stats([a["acc_other"] for a, _ in acc])
+        right = seed_stats([a["acc_right"] for a, _ in acc])
+        other = seed_stats([a["acc_other"] for a, _ in acc])
         blind = [b["acc_right"] for _, b in acc if b]
         n = acc[0][0]["questions"]
         lines += ["", f"Balanced A/B questions ({n} held-out, chance 50%, s.e. about {0.5 / n**0.5:.3f}): accuracy "
                   f"{cell(right)} with the right images, {cell(other)} with other scenes' images"
-                  + (f", {cell(_stats(blind))} for the text-only model" if blind else "") + "."]  # fmt: skip
+                  + (f", {cell(seed_stats(blind))} for the text-only model" if blind else "") + "."]  # fmt: skip
     bound = summary.get("reading_bound") or {}
     if bound:
         lines += ["", f"Upper bound (rung 1 of the ladder): an MLP on the frozen base features of the two places "
