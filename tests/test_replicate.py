@@ -298,6 +298,7 @@ def dataless_study(tmp_path, monkeypatch):
         ("sb-dual-swapped-anchor0.1-choices-points-4xdata-dense-5x",
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
         ("sb-full-choices-points-4xdata-dense-5x", {"mode": "full", "data": "choices-points-4x-dense"}),
+        ("sb-lora-choices-points-4xdata-dense-5x", {"mode": "lora", "data": "choices-points-4x-dense"}),
         ("sb-dual-gate-2-choices-points-4xdata-dense-5x", {"data": "choices-points-4x-dense", "gate_init": -2.0}),
     ],
 )  # fmt: skip

@@ -563,6 +563,13 @@ NO_ANCHOR_DEFAULT = "sb-dual-gate-2-choices-points-4xdata-dense-5x"
 _add(replace(ARMS.get(DEFAULT_ARM), name=NO_ANCHOR_DEFAULT, cls_anchor=0.0,
              label="the default recipe without its CLS anchor (dual-channel, gate init -2; full FT's matched "
                    "pair)"))  # fmt: skip
+# LoRA (rank 8 on q, k, v and the output projection, peft) on the default's data and steps (session 18). Its
+# matched pair is FULL_DEFAULT, at the same lr (2e-5) and without the anchor and gates LoRA has no use for, so the
+# pair differs in the mode alone: does training a low-rank update instead of every weight forget less?
+LORA_DEFAULT = "sb-lora-choices-points-4xdata-dense-5x"
+_add(replace(ARMS.get(FULL_DEFAULT), name=LORA_DEFAULT, mode="lora",
+             label="LoRA through the LLM on the default's stage-3 data and steps (rank 8, lr 2e-5 as full FT; no "
+                   "CLS anchor)"))  # fmt: skip
 # the linear heads of Table 6 through the default's adapter (dual-channel, gate init -2) on its images and steps
 HEAD_DEPTH_DEFAULT = "head-depth-gate-2-4xdata-dense-5x"
 HEAD_SEG_DEFAULT = "head-seg-gate-2-4xdata-dense-5x"
@@ -806,8 +813,8 @@ TABLES: tuple[Table, ...] = (
     Table("A", "Dual-channel vs full fine-tuning vs LoRA (paper Tables 1, 2, 5; Fig. 6)",
           "SpatialBoost improves depth RMSE 16-25% (linear, NYUd) and seg/cls by 1-3 pt; full FT and LoRA "
           "lose ImageNet accuracy (86.3 -> 79.5 / 83.7), dual-channel gains (87.6).",
-          ("base", DEFAULT_ARM, SWAPPED_DEFAULT, NO_ANCHOR_DEFAULT, FULL_DEFAULT, DENSE_ARM, DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM,
-           GATE4_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
+          ("base", DEFAULT_ARM, SWAPPED_DEFAULT, NO_ANCHOR_DEFAULT, FULL_DEFAULT, LORA_DEFAULT, DENSE_ARM,
+           DENSE48_ARM, WIDE_DATA_ARM, FROZEN_PROJECTOR_ARM, HIGH_LR_ARM, GATE4_ARM, SPARSE_ARM, ANCHOR_ARM, PAPER_ARM, "sb-dual-anchor1-choices-points-5x", STOP_ARM,
            "sb-full-choices-points-5x",
            "sb-dual-choices-points-100x",
            "sb-full-choices-points-100x", "sb-dual", "sb-tuned", "sb-full", "sb-lora")),
