@@ -125,6 +125,16 @@ def test_the_old_names_still_work_with_a_warning():
     assert "--bench-tasks corr,robot" in command_line(args) and "--probes" not in command_line(args)
 
 
+def test_the_recorded_command_names_the_report_files_it_wrote():
+    """A report written under another name than docs/results.md records that name, so its command, re-run, writes
+    the same files and not docs/results.md."""
+    argv = ["replicate", "--docs", "docs", "--docs-md", "results-s18.md", "--docs-prefix", "replicate-s18_"]
+    line = command_line(build_parser(argv)[0].parse_args(argv))
+    assert "--docs docs --docs-md results-s18.md --docs-prefix replicate-s18_" in line
+    argv = ["replicate", "--docs", "docs"]
+    assert "--docs-md" not in command_line(build_parser(argv)[0].parse_args(argv))
+
+
 def test_the_study_records_the_commit_of_its_code_not_of_the_working_directory(tmp_path, monkeypatch):
     """A study run from its output folder (no git checkout) still names the commit of the code that ran."""
     import subprocess

@@ -171,6 +171,10 @@ def command_line(args: argparse.Namespace) -> str:
     parts += [f"--only-seeds {args.only_seeds}"] * bool(args.only_seeds)
     parts += [f"--cache {args.cache}"] * (args.cache is not None)
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
+    # a report written beside docs/results.md under another name says so, or its command would overwrite that one
+    named = args.docs is not None
+    parts += [f"--docs-md {args.docs_md}"] * (named and args.docs_md != "results.md")
+    parts += [f"--docs-prefix {args.docs_prefix}"] * (named and args.docs_prefix != "replicate_")
     tasks = ",".join(bench_tasks(args))
     parts += [f"--bench-tasks {tasks}"] * bool(tasks)
     return " ".join(parts)
