@@ -299,6 +299,8 @@ def dataless_study(tmp_path, monkeypatch):
          {"cls_anchor": 0.1, "data": "choices-points-4x-dense", "swap_images": True}),
         ("sb-full-choices-points-4xdata-dense-5x", {"mode": "full", "data": "choices-points-4x-dense"}),
         ("sb-lora-choices-points-4xdata-dense-5x", {"mode": "lora", "data": "choices-points-4x-dense"}),
+        ("sb-lora-lr2e-4-choices-points-4xdata-dense-5x",
+         {"mode": "lora", "data": "choices-points-4x-dense", "encoder_lr": 2e-4}),
         ("sb-dual-gate-2-choices-points-4xdata-dense-5x", {"data": "choices-points-4x-dense", "gate_init": -2.0}),
     ],
 )  # fmt: skip
