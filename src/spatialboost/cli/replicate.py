@@ -16,6 +16,9 @@ from spatialboost.io import OutputDir, atomic_write_json
 from spatialboost.studies.replicate.study import TABLES, StudyConfig, preset, resolve_preset
 
 log = logging.getLogger(__name__)
+# the report files --docs gets unless --docs-md / --docs-prefix name others (the recorded command names those)
+DOCS_MD = "results.md"
+DOCS_PREFIX = "replicate_"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "parallel, and the report reads every seed's finished results",
     )
     parser.add_argument("--docs", type=Path, default=None, help="also write results.md + plots into this dir")
+    parser.add_argument("--docs-md", default=DOCS_MD, help="file name of the markdown written into --docs")
     parser.add_argument(
-        "--docs-md", default="results.md", help="file name of the markdown written into --docs"
-    )
-    parser.add_argument(
-        "--docs-prefix", default="replicate_", help="prefix of the plots/json written into --docs"
+        "--docs-prefix", default=DOCS_PREFIX, help="prefix of the plots/json written into --docs"
     )
     parser.add_argument(
         "--report-only", action="store_true", help="only rewrite the report from the finished arms in --out"
@@ -173,8 +174,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts += [f"--arms {args.arms}"] * bool(args.arms) + [f"--docs {args.docs}"] * (args.docs is not None)
     # a report written beside docs/results.md under another name says so, or its command would overwrite that one
     named = args.docs is not None
-    parts += [f"--docs-md {args.docs_md}"] * (named and args.docs_md != "results.md")
-    parts += [f"--docs-prefix {args.docs_prefix}"] * (named and args.docs_prefix != "replicate_")
+    parts += [f"--docs-md {args.docs_md}"] * (named and args.docs_md != DOCS_MD)
+    parts += [f"--docs-prefix {args.docs_prefix}"] * (named and args.docs_prefix != DOCS_PREFIX)
     tasks = ",".join(bench_tasks(args))
     parts += [f"--bench-tasks {tasks}"] * bool(tasks)
     return " ".join(parts)
