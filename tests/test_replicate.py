@@ -188,8 +188,27 @@ def test_report_marks_partial_results_and_keeps_the_discussion(quick_study, tmp_
     md.write_text(md.read_text() + "\n<!-- discussion -->\nhand-written\n")
     report.write_report(summary, out, plots=False)
     text = md.read_text()
-    assert "**PARTIAL**" in text and "hand-written" in text and "not run" in text
+    assert "**PARTIAL**" in text and "hand-written" in text and "Not run in this study" in text
     assert "## Plan and progress" in text and "| sb-lora | test | 0 / 1 |  | ? |" in text
+
+
+def test_an_arm_table_lists_the_arms_that_did_not_run_under_it_not_as_empty_rows():
+    from spatialboost.studies.replicate.columns import seed_stats
+    from spatialboost.studies.replicate.probing import COLUMNS
+    from spatialboost.studies.replicate.study import ARMS, DEFAULT_ARM, FULL_DEFAULT
+
+    def arm(name, value):
+        cols = {c: dict(seed_stats([value, value + 0.01]), seeds=[0, 1]) for c in COLUMNS.values()}
+        return {"label": ARMS.get(name).label, "seeds": [0, 1], "columns": cols, "diagnostics": {}}
+
+    summary = {"arms": {"base": arm("base", 0.5), DEFAULT_ARM: arm(DEFAULT_ARM, 0.4)}, "config": {}}
+    text = report.arm_table(summary, ["base", FULL_DEFAULT, DEFAULT_ARM])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| " + ARMS.get(n).label for n in ("base", DEFAULT_ARM)]
+    assert "not run |" not in text
+    assert text.endswith(f"Not run in this study: {ARMS.get(FULL_DEFAULT).label}.")
+    assert report.arm_table({"arms": {}, "config": {}}, ["base"]).startswith("_No arm of this table ran")
+    assert "Not run in this study" not in report.arm_table(summary, ["base", DEFAULT_ARM])
 
 
 def test_report_cells_are_mean_and_sample_std_of_the_seeds():

@@ -222,8 +222,9 @@ def beyond_noise(base: dict[str, Any], arm: dict[str, Any], n_test: int | None) 
 
 
 def arm_table(summary: dict[str, Any], names: list[str]) -> str:
-    """Rows = arms, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs base + the
-    columns that differ from the base beyond noise."""
+    """Rows = the arms that ran, columns = the six probe numbers (mean ± std over seeds) + depth RMSE change vs
+    base + the columns that differ from the base beyond noise; the arms of ``names`` that did not run are listed
+    in one line under the table (a study run with ``--arms`` runs a few of each table's rows)."""
     arms = summary["arms"]
     base_cols = arms.get("base", {}).get("columns")
     base = (base_cols or {}).get("depth RMSE (m)", {}).get("mean")
@@ -237,22 +238,18 @@ def arm_table(summary: dict[str, Any], names: list[str]) -> str:
         "beyond noise vs base",
     ]
     lines = table_head(head)
-    for name in names:
-        a = arms.get(name)
-        if a is None:
-            lines.append(
-                f"| {ARMS.get(name.split('@')[0]).label} | not run | "
-                + " | ".join("" for _ in COLUMNS)
-                + " | | | |"
-            )
-            continue
+    missing = [ARMS.get(name.split("@")[0]).label for name in names if name not in arms]
+    for name in (n for n in names if n in arms):
+        a = arms[name]
         cells = [cell(a["columns"][c]) for c in COLUMNS.values()]
         gain = gain_stats(a["diagnostics"], "stage3")
         lines.append(f"| {a['label']} | {len(a['seeds'])} | " + " | ".join(cells)
                      + f" | {cell(gain) if gain else ''} "
                      f"| {scene_change(base_cols['depth RMSE (m)'], a['columns']['depth RMSE (m)']) if base and name != 'base' else ''} "
                      f"| {beyond_noise(base_cols, a['columns'], n_test) if base_cols and name != 'base' else ''} |")  # fmt: skip
-    return "\n".join(lines)
+    if len(lines) == 2:
+        lines = ["_No arm of this table ran in this study._"]
+    return "\n".join(lines) + (f"\n\nNot run in this study: {'; '.join(missing)}." if missing else "")
 
 
 def gain_stats(diags: dict[Any, dict[str, Any]], stage: str, level: str = "all", key: str = "gain"):
