@@ -425,6 +425,8 @@ class RobotBench:
         kind = "blind" if encode is None else "rollout"
         self.timing[f"{kind}_seconds"] += r["seconds"]
         self.timing[f"{kind}_steps"] += r["steps"]
+        log.info("robot %s (%s): success %.2f over %d rollouts, %d steps in %.1f s", task, kind, r["success"],
+                 self.cfg.rollouts, r["steps"], r["seconds"])  # fmt: skip
         return r["success"]
 
     def _common(self) -> dict[str, Any]:
