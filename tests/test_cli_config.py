@@ -129,3 +129,21 @@ def test_no_command_builds_its_config_another_way():
                     bad.append(f"{path.name}:{node.lineno}: {name}")
     assert not bad, bad
     assert {"generate", "train", "probe", "replicate"} <= set(COMMANDS)
+
+
+def test_a_study_config_round_trips_through_its_json_with_the_types_of_each_tuple_position():
+    """``study-config.json`` keeps the recipe's turn counts as [name, count] pairs; reading it back must give
+    (str, int) pairs (a fixed-length tuple type is coerced position by position, not by its first type)."""
+    import json
+
+    from spatialboost.config import from_dict, to_dict
+    from spatialboost.studies.replicate.study import StudyConfig, make_config
+
+    cfg = make_config("out", size="real", recipe="dinov2-s")
+    back = from_dict(StudyConfig, json.loads(json.dumps(to_dict(cfg))))
+    assert back.recipe.extra_turns == cfg.recipe.extra_turns
+    assert all(isinstance(k, int) for _, k in back.recipe.extra_turns)
+    bad = to_dict(cfg)
+    bad["recipe"]["extra_turns"] = [["choice_closer_point", 2, 3]]
+    with pytest.raises(ConfigError, match=r"recipe.extra_turns\[0\]: expected 2 items"):
+        from_dict(StudyConfig, bad)

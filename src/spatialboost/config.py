@@ -222,6 +222,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, a type per position
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)} ({value!r})")
+            return tuple(
+                _coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(args, value, strict=True))
+            )
         inner = args[0] if args else Any
         items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
