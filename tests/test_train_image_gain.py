@@ -158,3 +158,35 @@ def test_stop_at_ab_accuracy_needs_held_out_checks():
         {"stages": {"instruct": {"stop_at_ab_accuracy": 0.7}}, "image_gain": {"datasets": ["x"], "every": 5}}
     )
     assert ok.stages.instruct.stop_at_ab_accuracy == 0.7
+
+
+def test_reads_image_by_the_gain_or_a_clear_ab_gap():
+    from spatialboost.train.config import ImageGainConfig
+    from spatialboost.train.loop import reads_image
+
+    gcfg = ImageGainConfig()  # min_gain 0.05 nats/token, or an A/B gap of 10 points beyond 2 s.e.
+    flat = {"all": {"gain": 0.0, "stderr": 0.001}}
+    assert not reads_image(flat, gcfg) and reads_image({"all": {"gain": 0.06, "stderr": 0.01}}, gcfg)
+    assert reads_image({**flat, "choice": {"acc_right": 0.8, "acc_other": 0.6, "stderr": 0.04}}, gcfg)
+    assert not reads_image({**flat, "choice": {"acc_right": 0.8, "acc_other": 0.6, "stderr": 0.11}}, gcfg)
+    assert not reads_image({**flat, "choice": {"acc_right": 0.58, "acc_other": 0.56, "stderr": 0.01}}, gcfg)
+
+
+def test_a_reading_warm_up_that_ends_without_reading_says_so_at_once(engine_data, tmp_path, caplog):
+    """Stage 1 with the LM trained (the reading warm-up) warns when it ends and its LM ignores the image: the
+    default recipe's 400 steps left 2 of 3 CLIP-B/16 seeds there, and stage 2 only warned later."""
+    from spatialboost.cli import main
+    from train_fixtures import TRAIN_BARE, tiny_overrides
+
+    run = tmp_path / "run"
+    args = [*TRAIN_BARE, *tiny_overrides(run, engine_data["train"], steps=2, every=10, batch=2),
+            "data.refs=[point,region]", "data.max_length=2048", f"image_gain.datasets=[{engine_data['heldout']}]",
+            "image_gain.max_samples=4", "stages.run=[align]", "stages.align.train_llm=true"]  # fmt: skip
+    torch.set_num_threads(1)
+    with caplog.at_level("WARNING", logger="spatialboost.train.loop"):
+        assert main([*args, "image_gain.min_gain=1e9", "image_gain.min_choice_gap=1.0"]) == 0
+    assert "reading warm-up ended at step 2 with an LM that does not read the image" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spatialboost.train.loop"):
+        assert main([*args, f"run_dir={tmp_path / 'run2'}", "image_gain.min_gain=-1e9"]) == 0
+    assert "reading warm-up" not in caplog.text
