@@ -751,3 +751,13 @@ def test_reading_table_reads_the_shared_stage_2_from_whichever_shared_arm_has_th
     assert report.shared_reading_arm(summary) == "sb-dual"  # a tie: the paper's arm
     del summary["arms"]["sb-dual"], summary["arms"][DEFAULT_ARM]
     assert report.reading_table(summary).startswith("_No image gain was measured")
+
+
+def test_the_long_warm_up_size_differs_from_real_in_stage_1_alone():
+    from dataclasses import asdict
+
+    from spatialboost.studies.replicate.study import SIZES
+
+    real, long = asdict(SIZES["real"]), asdict(SIZES["real-a800"])
+    assert {k for k in real if real[k] != long[k]} == {"align_steps"}
+    assert long["align_steps"] == 2 * real["align_steps"]

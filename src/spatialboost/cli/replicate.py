@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
         default=None,
-        help="study size: real | real-224 | real-lm | full | full-v1 | small | quick (default: the preset's)",
+        help="study size: real | real-224 | real-a800 | real-lm | full | full-v1 | small | quick (default: the "
+        "preset's)",
     )
     parser.add_argument(
         "--recipe",

@@ -916,8 +916,12 @@ REAL_LM = replace(
 )
 # rung 1 at 224 px (16x16 patches, 4x the cost of 112 px): the resolution check before choosing 112 px
 REAL_224 = replace(REAL, image_size=224)
+# a reading warm-up (stage 1) of twice the length: at 400 steps 2 of 4 CLIP-B/16 seeds ended it with an LM that does
+# not read the image, and seed 1 read at 800 (session 19, docs/results.md); its own study folder, as its stages 1+2
+# differ from every run at "real"
+REAL_LONG_WARMUP = replace(REAL, align_steps=800)
 SIZES = {"full": FULL, "full-v1": FULL_V1, "small": SMALL, "quick": QUICK, "real": REAL, "real-lm": REAL_LM,
-         "real-224": REAL_224}  # fmt: skip
+         "real-224": REAL_224, "real-a800": REAL_LONG_WARMUP}  # fmt: skip
 
 
 # A study preset: (size, recipe). The default is the real encoder; ``tiny-vit`` is the study of
