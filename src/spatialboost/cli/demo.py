@@ -1,4 +1,4 @@
-"""``spatialboost demo --out DIR [--quick | --full] [--tiny]``: the whole pipeline on the embedded synthetic
+"""``spatialboost demo --out DIR [--quick | --full] [--tiny] [KEY=VALUE ...]``: the whole pipeline on the embedded synthetic
 default, boosting DINOv2-S when its wheel is installed (``spatialboost.studies.demo``)."""
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tiny", action="store_true", help="the tiny ViT pre-trained here instead of DINOv2-S (the fallback)"
     )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the demo recipe (resources/demo-dinov2.yaml), applied after --full's, e.g. "
+        "sizes.choice_turns=24 train.seed=1 train.stages.encoder.max_steps=240; recorded in summary.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
     if args.full and (args.quick or args.tiny):
         raise UserError("--full is the bigger DINOv2 run: it excludes --quick and --tiny; choose one")
+    if args.overrides and args.tiny:
+        raise UserError(
+            "KEY=VALUE overrides apply to the DINOv2 recipe (resources/demo-dinov2.yaml), not --tiny"
+        )
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     scenes = min(args.scenes, 16) if args.quick and args.scenes else args.scenes
     state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite, full=args.full,
-                     tiny=args.tiny)  # fmt: skip
+                     tiny=args.tiny, overrides=args.overrides)  # fmt: skip
     print(summary(state))
     return 0

@@ -120,6 +120,7 @@ class DemoState:
     quick: bool = False
     recipe: DemoRecipe | None = None  # None: the tiny path (resources/demo.yaml)
     fallback: str = ""  # why the demo runs the tiny path although the real encoder was asked for
+    overrides: list[str] = field(default_factory=list)  # the caller's KEY=VALUE on the recipe (summary.json)
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -341,6 +342,7 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
         "train_recipe": state.recipe.recipe if state.recipe else "demo",  # the training recipe it scales down
         "fallback": state.fallback or None,
         "quick": state.quick,
+        "overrides": state.overrides,
         "probe_seeds": len(state.results["probes"].summary["seeds"]),
     }
     for probe, metric in (("depth", "rmse"), ("depth", "absrel"), ("depth", "delta1"), ("seg", "miou")):
@@ -493,11 +495,13 @@ def image_gain_lines(run_dir: Path) -> list[str]:
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def choose_recipe(quick: bool, full: bool, tiny: bool) -> tuple[DemoRecipe | None, str]:
+def choose_recipe(
+    quick: bool, full: bool, tiny: bool, overrides: list[str] | None = None
+) -> tuple[DemoRecipe | None, str]:
     """(the DINOv2 recipe, "") when its encoder can be had; else (None, the one line that says why not)."""
     if tiny:
         return None, ""
-    recipe = load_recipe(quick=quick, full=full)
+    recipe = load_recipe(quick=quick, full=full, overrides=overrides)
     if recipe.train.model.encoder != REAL_ENCODER:
         return recipe, ""
     from spatialboost.models.packaged import packaged_encoder_dir
@@ -520,18 +524,19 @@ def run_demo(
     overwrite: bool = False,
     full: bool = False,
     tiny: bool = False,
+    overrides: list[str] | None = None,
 ) -> DemoState:
     from spatialboost.io import OutputDir
 
     OutputDir.claim(out, DEMO_KIND, overwrite=overwrite, legacy=_legacy_demo).finish(prune=False)
     started = time.perf_counter()  # summary.json's seconds include the wheel's one-time conversion
-    recipe, fallback = choose_recipe(quick, full, tiny)
+    recipe, fallback = choose_recipe(quick, full, tiny, overrides)
     if fallback:
-        log.warning("%s", fallback)
+        log.warning("%s%s", fallback, f" (ignoring {' '.join(overrides)})" if overrides else "")
     if scenes is None:
         scenes = recipe.sizes.scenes if recipe else (16 if quick else 64)
     state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick, recipe=recipe, fallback=fallback,
-                      started=started)  # fmt: skip
+                      started=started, overrides=list(overrides or []) if recipe else [])  # fmt: skip
     for name, step in STEPS:
         t0 = time.perf_counter()
         log.info("demo step: %s", name)

@@ -900,7 +900,10 @@ FULL_V1 = replace(FULL)  # the first full run's sizes (with --recipe paper-text:
 FULL = replace(FULL_V1, align_steps=400)
 # a real encoder at 112 px: DINOv2-S/14 sees 8x8 patches (a quarter of 224 px's cost); 5 depth heads
 # (measured: one head's depth RMSE varies by 2.1% on the same frozen DINOv2-S, 5 heads' mean by ~0.9%)
-REAL = replace(FULL, image_size=112, depth_heads=5)
+# A checkpoint every 50 steps: a job killed mid-stage loses at most 50 steps (~4 min of a CLIP-B/16 stage 3 here;
+# at the earlier 10_000 a kill 28 min into a stage 3 of 400 steps lost all of it, session 19); "checkpoint." is a
+# resumable change, so runs of the earlier setting resume with it
+REAL = replace(FULL, image_size=112, depth_heads=5, checkpoint_every=50)
 # the same through SmolLM2-135M: on one thread of a shared box a stage-1 step cost ~35 s and a stage-2 step
 # (the main conversations, the LM trained) ~95 s, so stage 1 is 100 steps of the short reading conversations,
 # stage 2 30, stage 3's 1x 4 steps (the 5x arms 20), the image gain reads 32 held-out scenes, and a checkpoint
