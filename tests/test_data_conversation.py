@@ -270,10 +270,18 @@ def test_dataset_reads_shards_images_and_skips_with_reason(tokenizer, tmp_path):
     assert item["pixel_values"].dtype == torch.float32
     assert int((item["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 2 * N_IMG
 
+    assert ds.truncated == []
+    full_lengths = [len(s) for s in ds.samples]
     records[3]["conversations"][0]["value"] += " Describe the scene." * 40  # first answer beyond 200 tokens
+    records[2]["conversations"][-1]["value"] += " And more." * 80  # the last answer past 200 tokens: cut
     write_records(tmp_path, records)
     short = ConversationDataset(tmp_path, tokenizer, N_IMG, image_size=8, max_length=200)
     assert len(short) == 3 and [sid for sid, _ in short.skipped] == ["s3"]
+    # a conversation cut short is counted, with its length before the cut (the dataset warns)
+    assert [s.id for s in short.truncated] == ["s2"] and short.truncated[0].full_length > 200 >= len(
+        short[2]["input_ids"]
+    )
+    assert short.truncated[0].full_length > full_lengths[2]
     assert "max_length=200 cuts every answer" in short.skipped[0][1]
     assert all(len(s) <= 200 for s in short.samples)
     with pytest.raises(TruncatedError, match="s3"):

@@ -94,7 +94,9 @@ def test_demo_recipe_file_and_full_overrides():
     # the training recipe is the default one plus what the demo changes; a key below a stage that has no data of
     # its own in the recipe can still be overridden
     default = load_config(TrainConfig, packaged_config("spatialboost"))
-    assert recipe.recipe == "spatialboost" and enc.max_steps == 120 != default.stages.encoder.max_steps
+    # stage 3 is the default recipe's own (its 400 steps): at 120 steps the demo's depth change was noise
+    assert recipe.recipe == "spatialboost" and enc.max_steps == default.stages.encoder.max_steps == 400
+    assert recipe.sizes.choice_scenes == 2560 and full.sizes.choice_scenes > recipe.sizes.choice_scenes
     assert (
         replace(recipe.train.stages.instruct, data=None) == default.stages.instruct
     )  # {}: no data of its own

@@ -54,6 +54,7 @@ class TokenizedConversation:
     labels: list[int]  # LM_IGNORE_INDEX outside answers
     num_images: int  # images whose tokens are in input_ids (after truncation)
     turns: list[int] | None = None  # per token: the answer (0-based turn) a label belongs to, -1 elsewhere
+    full_length: int | None = None  # the length before truncation to max_length (None: not truncated)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -192,7 +193,7 @@ def truncate(sample: TokenizedConversation, max_length: int, image_id: int, n: i
             f"token {first} of {len(sample.input_ids)}); raise max_length or shorten the sample"
         )
     n_images = ids.count(image_id) // n if n else sample.num_images
-    return TokenizedConversation(sample.id, ids, labels, n_images, turns)
+    return TokenizedConversation(sample.id, ids, labels, n_images, turns, full_length=len(sample.input_ids))
 
 
 def prompt_ids(messages: list[dict[str, str]], tokenizer, num_image_tokens: int = 1) -> list[int]:
