@@ -137,8 +137,8 @@ class ConversationDataset(Dataset):
         if self.truncated:
             longest = max(s.full_length for s in self.truncated)
             log.warning("%s: %d of %d conversation(s) are longer than max_length=%d and were cut (the longest: %d "
-                        "tokens); the answers past the cut are not trained: raise data.max_length or use fewer "
-                        "turns", root, len(self.truncated), len(self.samples), max_length, longest)  # fmt: skip
+                        "tokens); the answers past the cut are dropped (neither trained nor scored): raise "
+                        "data.max_length or use fewer turns", root, len(self.truncated), len(self.samples), max_length, longest)  # fmt: skip
         if not self.samples:
             raise UserError(f"{root}: no trainable samples ({len(self.skipped)} skipped)")
         # which sample's images each sample reads (itself unless swap_images)
