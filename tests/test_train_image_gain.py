@@ -43,6 +43,20 @@ def test_image_gain_measures_dependence_and_blind_is_zero(engine_data, vlm_and_t
     assert "within noise" not in ig.describe(hurt) and "negative beyond noise" in ig.describe(hurt)
 
 
+def test_held_out_data_is_cut_at_the_lm_context_not_at_the_stages_row_length(engine_data, vlm_and_tok):
+    """A stage that packs short rows (max_length 64 here) still scores every held-out answer: the image gain
+    tokenizes its held-out set up to the LM's context, so stages compare on the same questions."""
+    from spatialboost.train.config import DataConfig
+
+    vlm, tok = vlm_and_tok
+    full = conversation_dataset(engine_data["heldout"], vlm, tok)
+    assert max(len(s) for s in full.samples) > 64  # the stage's rows would cut these conversations
+    held = ig.load_eval_dataset(engine_data["heldout"], tok, vlm, DataConfig(max_length=64, image_size=64,
+                                                                          refs=["point", "region"]))  # fmt: skip
+    assert ig.eval_max_length(vlm) == vlm.llm.config.max_position_embeddings >= 4096
+    assert held.truncated == [] and [len(s) for s in held.samples] == [len(s) for s in full.samples]
+
+
 def test_stage3_warns_or_refuses_on_a_low_image_gain(tmp_path, caplog):
     from spatialboost.train.config import TrainConfig
     from spatialboost.train.loop import GAIN_FILE, check_stage2_image_gain
