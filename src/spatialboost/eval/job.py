@@ -89,12 +89,17 @@ def probe_before_after(
     out: str | Path | None = None,
     scene_fn=None,
     plots: bool = True,
+    others: dict[str, VisionEncoder | str | Path] | None = None,
 ) -> tuple[ProbeResults, str]:
-    """Probe ``base`` and ``boosted`` with the same seeds; log and return a compact before/after table.
+    """Probe ``base`` and ``boosted`` (and ``others``, each also compared with ``base``: a control) with the
+    same seeds; log and return a compact before/after table.
 
     ``cfg`` defaults to ``ProbeConfig()`` (synthetic benchmark, all tasks, 3 seeds). With ``out`` the full
     report (results.json, results.md, plots) is written there too.
     """
+    others = dict(others or {})
+    if {"base", "boosted"} & set(others):
+        raise ValueError("probe_before_after: `others` cannot be named 'base' or 'boosted'")
     cfg = cfg or ProbeConfig()
     report = None
     if out is not None:
@@ -102,7 +107,9 @@ def probe_before_after(
         report = claim_report_dir(out)  # before any work: never into someone's folder
         if not cfg.features.cache_dir:
             report.subdir("feature-cache")
-    results = run_job({"base": base, "boosted": boosted}, cfg, pairs={"boosted": "base"}, scene_fn=scene_fn)
+    encoders = {"base": base, "boosted": boosted, **others}
+    pairs = {name: "base" for name in encoders if name != "base"}
+    results = run_job(encoders, cfg, pairs=pairs, scene_fn=scene_fn)
     table = markdown_table(results.summary, headline_only=True)
     log.debug("frozen-feature probes, before vs after:\n%s", table)  # the caller prints it once
     if report is not None:

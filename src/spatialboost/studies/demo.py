@@ -121,6 +121,7 @@ class DemoState:
     recipe: DemoRecipe | None = None  # None: the tiny path (resources/demo.yaml)
     fallback: str = ""  # why the demo runs the tiny path although the real encoder was asked for
     overrides: list[str] = field(default_factory=list)  # the caller's KEY=VALUE on the recipe (summary.json)
+    control: bool = False  # also train and probe the no-language control (step ``control``)
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -140,6 +141,10 @@ class DemoState:
     @property
     def heldout_dir(self) -> Path:
         return self.out / "heldout"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.out / CONTROL
 
 
 MAIN_EXTRA = {"choice_closer_point": 2, "choice_closer_object": 1}  # balanced A/B turns in every conversation
@@ -249,6 +254,31 @@ def step_train(state: DemoState) -> None:
     state.results["train"] = run_training(demo_train_config(state))
 
 
+CONTROL = "control"  # the no-language control's run directory under --out, and its name in the probe table
+
+
+def control_train_config(state: DemoState) -> TrainConfig:
+    """The no-language control: the demo's stage 3 again, from the same stages 1-2 (``init_from`` the demo's
+    run), with every sample reading another scene's images (``data.swap_images``). Whatever it moves, training
+    alone moved; the boosted encoder's lead over it is the language's."""
+    overrides = [
+        f"run_dir={state.control_dir}",
+        f"init_from={state.out / 'train'}",
+        "stages.run=[encoder]",
+        "stages.encoder.data.swap_images=true",
+    ]
+    return load_config(TrainConfig, None, overrides, values=flatten(to_dict(demo_train_config(state))))
+
+
+def step_control(state: DemoState) -> None:
+    """``--control``: train the no-language control (skipped without it)."""
+    if not state.control:
+        return
+    from spatialboost.train.pipeline import run_training
+
+    state.results["control_train"] = run_training(control_train_config(state))
+
+
 def step_export(state: DemoState) -> None:
     """The transformers-native folder, its model card carrying the probe table of step ``probe``."""
     from spatialboost.models.export import export_run
@@ -283,9 +313,11 @@ def step_probe(state: DemoState) -> None:
     path = state.out / "train" / "encoder"
     base = saved_base(path)  # the exact weights stage 3 started from (the save's frozen channel)
     boosted = resolve_encoder(path)
+    others = {CONTROL: resolve_encoder(state.control_dir / "encoder")} if state.control else {}
     results, table = probe_before_after(base, boosted, probe_config(state), out=state.out / "probes",
-                                        plots=not state.quick)  # fmt: skip
-    state.results.update(probes=results, probe_table=table, encoders={"base": base, "boosted": boosted})
+                                        plots=not state.quick, others=others)  # fmt: skip
+    encoders = {"base": base, "boosted": boosted, **others}
+    state.results.update(probes=results, probe_table=table, encoders=encoders)
 
 
 def step_figures(state: DemoState) -> None:
@@ -319,6 +351,7 @@ STEPS = [
     ("view", step_view),
     ("base", step_base),
     ("train", step_train),
+    ("control", step_control),
     ("probe", step_probe),
     ("figures", step_figures),
     ("export", step_export),
@@ -345,13 +378,14 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
         "overrides": state.overrides,
         "probe_seeds": len(state.results["probes"].summary["seeds"]),
     }
-    for probe, metric in (("depth", "rmse"), ("depth", "absrel"), ("depth", "delta1"), ("seg", "miou")):
+    for probe, metric in PROBE_METRICS:
         base, boosted = rows[("base", probe, metric)], rows[("boosted", probe, metric)]
         key = f"{probe}_{metric}"
         out[f"{key}_base"], out[f"{key}_boosted"] = base["mean"], boosted["mean"]
-        out[f"{key}_change"] = (boosted["mean"] - base["mean"]) / abs(base["mean"]) if base["mean"] else None
+        out[f"{key}_change"] = _relative(base["mean"], boosted["mean"])
         out[f"{key}_beyond_noise"] = bool(beyond_noise(base, boosted))  # one seed: no estimate -> False
     out["beyond_noise"] = out["depth_rmse_beyond_noise"]
+    out["control"] = control_summary(rows) if state.control else None
     choice = stage_gain(state.out / "train", "instruct").get("choice", {})
     out["ab_accuracy_right"], out["ab_accuracy_swapped"] = choice.get("acc_right"), choice.get("acc_other")
     out["ab_questions"] = choice.get("questions", 0)
@@ -364,6 +398,30 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
     }
     out["seconds"] = round(time.perf_counter() - state.started, 1)
     return out
+
+
+PROBE_METRICS = (("depth", "rmse"), ("depth", "absrel"), ("depth", "delta1"), ("seg", "miou"))
+
+
+def control_summary(rows: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:
+    """The control's figures: each metric vs the base (``*_change``) and the boosted encoder's difference
+    from the control (``*_boosted_vs_control``, relative to the control), each with its noise verdict."""
+    from spatialboost.eval.report import beyond_noise
+
+    out: dict[str, Any] = {}
+    for probe, metric in PROBE_METRICS:
+        base, boosted, control = (rows[(e, probe, metric)] for e in ("base", "boosted", CONTROL))
+        key = f"{probe}_{metric}"
+        out[key] = control["mean"]
+        out[f"{key}_change"] = _relative(base["mean"], control["mean"])
+        out[f"{key}_beyond_noise"] = bool(beyond_noise(base, control))
+        out[f"{key}_boosted_vs_control"] = _relative(control["mean"], boosted["mean"])
+        out[f"{key}_boosted_vs_control_beyond_noise"] = bool(beyond_noise(control, boosted))
+    return out
+
+
+def _relative(before: float, after: float) -> float | None:
+    return (after - before) / abs(before) if before else None
 
 
 def _base_name(state: DemoState) -> str:
@@ -427,6 +485,11 @@ def training_summary(state: DemoState) -> list[str]:
             f"  stage {r.stage:<8}: {r.steps} steps, loss {r.loss_start:.3f} -> {r.loss_end:.3f}, "
             f"{r.tokens_per_s:,.0f} tokens/s{per_step}, trains {groups}"
         )
+    for r in state.results.get("control_train", []):
+        lines.append(
+            f"  control  {r.stage:<8}: {r.steps} steps on other scenes' images (no language), "
+            f"loss {r.loss_start:.3f} -> {r.loss_end:.3f}"
+        )
     lines += image_gain_lines(state.out / "train")
     if "export" in state.results:
         path = state.results["export"]
@@ -472,7 +535,26 @@ def headline_lines(state: DemoState) -> list[str]:
             f"  depth RMSE change {change:+.1%} ({verdict} the noise of {s['probe_seeds']} probe seeds); "
             f"figures: {state.out / 'summary.json'}"
         )
+    if s.get("control"):
+        lines += control_lines(s["control"])
     return lines
+
+
+def control_lines(c: dict[str, Any]) -> list[str]:
+    """What the no-language control says: its own change, and the boosted encoder's lead over it."""
+
+    def said(key: str, value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.1%} ({'beyond' if c[key] else 'within'} noise)"
+
+    return [
+        "  no-language control (the same stage 3 from the same stages 1-2, every sample reading another scene's "
+        "images):",
+        f"    depth RMSE vs base {said('depth_rmse_beyond_noise', c['depth_rmse_change'])}; the boosted encoder "
+        "vs the control (the language's share): depth RMSE "
+        + said("depth_rmse_boosted_vs_control_beyond_noise", c["depth_rmse_boosted_vs_control"])
+        + ", seg mIoU "
+        + said("seg_miou_boosted_vs_control_beyond_noise", c["seg_miou_boosted_vs_control"]),
+    ]
 
 
 def image_gain_lines(run_dir: Path) -> list[str]:
@@ -525,6 +607,7 @@ def run_demo(
     full: bool = False,
     tiny: bool = False,
     overrides: list[str] | None = None,
+    control: bool = False,
 ) -> DemoState:
     from spatialboost.io import OutputDir
 
@@ -536,7 +619,8 @@ def run_demo(
     if scenes is None:
         scenes = recipe.sizes.scenes if recipe else (16 if quick else 64)
     state = DemoState(out=out, scenes=scenes, workers=workers, quick=quick, recipe=recipe, fallback=fallback,
-                      started=started, overrides=list(overrides or []) if recipe else [])  # fmt: skip
+                      started=started, overrides=list(overrides or []) if recipe else [],
+                      control=control)  # fmt: skip
     for name, step in STEPS:
         t0 = time.perf_counter()
         log.info("demo step: %s", name)

@@ -179,11 +179,15 @@ def _resumable(key: str) -> bool:
 
 
 def prepare_tokenizer(cfg: TrainConfig, env):
-    """The configured tokenizer; for a tiny LLM without one, a BPE trained on the corpus (cached)."""
+    """The configured tokenizer; for a tiny LLM without one, the corpus BPE of ``init_from`` (the stages this
+    run continues were trained with it), else a BPE trained on this run's corpus (cached)."""
+    seeded = Path(cfg.init_from) / "tokenizer" if cfg.init_from else None
     if cfg.model.tokenizer:
         tok = load_tokenizer(cfg.model.tokenizer)
     elif cfg.model.llm not in TINY_LLMS:
         tok = load_llm_tokenizer(cfg.model.llm)
+    elif seeded is not None and (seeded / "tokenizer.json").is_file():
+        tok = load_tokenizer(seeded)
     else:
         path = Path(cfg.run_dir) / "tokenizer"
         if env.is_main and not (path / "tokenizer.json").is_file():
