@@ -33,6 +33,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     for key in ("depth_rmse", "seg_miou"):
         assert isinstance(control[f"{key}_beyond_noise"], bool)
         assert isinstance(control[f"{key}_boosted_vs_control_beyond_noise"], bool)
+    assert control["depth_rmse_boosted_better_seeds"][1] == summary["probe_seeds"]  # [wins, seeds compared]
     lead = (summary["depth_rmse_boosted"] - control["depth_rmse"]) / control["depth_rmse"]
     assert control["depth_rmse_boosted_vs_control"] == pytest.approx(lead)
     control_cfg = yaml.safe_load((tmp_path / "control" / "config.yaml").read_text())
@@ -59,6 +60,17 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     assert "## Probe results" in card and "No probe of these weights" not in card  # the demo's probes
     assert "frozen-feature probes on held-out scenes, base -> boosted" in out and "| depth | rmse ↓ |" in out
     assert out.count("| depth | rmse ↓ |") == 1  # the table is printed once
+
+
+def test_seeds_better_pairs_probe_seeds_and_follows_the_metric_direction():
+    from spatialboost.studies.demo import seeds_better
+
+    control = {"seeds": [0, 1, 2], "values": [1.0, 1.0, 1.0], "lower_is_better": True}
+    boosted = {"seeds": [2, 0, 1], "values": [0.5, 2.0, 0.9], "lower_is_better": True}  # seed 0 worse
+    assert seeds_better(control, boosted) == [2, 3]
+    up = {**control, "lower_is_better": False}
+    assert seeds_better(up, {**boosted, "lower_is_better": False}) == [1, 3]
+    assert seeds_better(control, {"seeds": [7], "values": [0.1]}) is None  # no shared probe seed
 
 
 @pytest.mark.slow

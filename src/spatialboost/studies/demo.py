@@ -419,7 +419,20 @@ def control_summary(rows: dict[tuple[str, str, str], dict[str, Any]]) -> dict[st
         out[f"{key}_beyond_noise"] = bool(beyond_noise(base, control))
         out[f"{key}_boosted_vs_control"] = _relative(control["mean"], boosted["mean"])
         out[f"{key}_boosted_vs_control_beyond_noise"] = bool(beyond_noise(control, boosted))
+        out[f"{key}_boosted_better_seeds"] = seeds_better(control, boosted)
     return out
+
+
+def seeds_better(before: dict[str, Any], after: dict[str, Any]) -> list[int] | None:
+    """[probe seeds where ``after`` beats ``before``, probe seeds compared] (rows' per-seed ``values`` paired by
+    ``seeds``), or None when the rows share no seeds."""
+    a = dict(zip(before.get("seeds", []), before.get("values", []), strict=False))
+    b = dict(zip(after.get("seeds", []), after.get("values", []), strict=False))
+    shared = [seed for seed in a if seed in b]
+    if not shared:
+        return None
+    sign = -1.0 if before.get("lower_is_better", after.get("lower_is_better")) else 1.0
+    return [sum(sign * (b[seed] - a[seed]) > 0 for seed in shared), len(shared)]
 
 
 def _relative(before: float, after: float) -> float | None:
@@ -546,17 +559,26 @@ def headline_lines(state: DemoState) -> list[str]:
 def control_lines(c: dict[str, Any]) -> list[str]:
     """What the no-language control says: its own change, and the boosted encoder's lead over it."""
 
-    def said(key: str, value: float | None) -> str:
-        return "n/a" if value is None else f"{value:+.1%} ({'beyond' if c[key] else 'within'} noise)"
+    def said(key: str, value: float | None, seeds: list[int] | None = None) -> str:
+        wins = f"; better on {seeds[0]} of {seeds[1]} probe seeds" if seeds else ""
+        return "n/a" if value is None else f"{value:+.1%} ({'beyond' if c[key] else 'within'} noise{wins})"
 
     return [
         "  no-language control (the same stage 3 from the same stages 1-2, every sample reading another scene's "
         "images):",
         f"    depth RMSE vs base {said('depth_rmse_beyond_noise', c['depth_rmse_change'])}; the boosted encoder "
         "vs the control (the language's share): depth RMSE "
-        + said("depth_rmse_boosted_vs_control_beyond_noise", c["depth_rmse_boosted_vs_control"])
+        + said(
+            "depth_rmse_boosted_vs_control_beyond_noise",
+            c["depth_rmse_boosted_vs_control"],
+            c["depth_rmse_boosted_better_seeds"],
+        )
         + ", seg mIoU "
-        + said("seg_miou_boosted_vs_control_beyond_noise", c["seg_miou_boosted_vs_control"]),
+        + said(
+            "seg_miou_boosted_vs_control_beyond_noise",
+            c["seg_miou_boosted_vs_control"],
+            c["seg_miou_boosted_better_seeds"],
+        ),
     ]
 
 
