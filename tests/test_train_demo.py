@@ -41,6 +41,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path, capsys):
     assert control_cfg["stages"]["encoder"]["data"]["swap_images"] is True
     assert (tmp_path / "control" / "encoder" / "config.json").is_file()
     assert "| control |" in out and "Δ control vs base" in out and "no-language control" in out
+    assert "the boosted encoder vs the control (the language's share): depth RMSE" in out
     assert SUMMARY_KEYS <= set(summary) and summary["overrides"] == ["sizes.choice_turns=2"]
     assert isinstance(summary["beyond_noise"], bool) and summary["encoder"].startswith("tiny-dinov2")
     assert summary["train_recipe"] == "spatialboost"  # the default recipe, at the demo's size

@@ -557,28 +557,30 @@ def headline_lines(state: DemoState) -> list[str]:
 
 
 def control_lines(c: dict[str, Any]) -> list[str]:
-    """What the no-language control says: its own change, and the boosted encoder's lead over it."""
+    """What the no-language control says: its own change vs the base, and the boosted encoder's vs it."""
+    names = {"depth_rmse": "depth RMSE", "depth_absrel": "AbsRel", "seg_miou": "seg mIoU"}
+    lower = {"depth_rmse", "depth_absrel"}  # lower is better
 
-    def said(key: str, value: float | None, seeds: list[int] | None = None) -> str:
+    def said(key: str, lead: bool) -> str:
+        value = c[f"{key}_boosted_vs_control" if lead else f"{key}_change"]
+        if value is None:
+            return f"{names[key]} n/a"
+        beyond = c[f"{key}_boosted_vs_control_beyond_noise" if lead else f"{key}_beyond_noise"]
+        noise = (
+            f"{'better' if (value < 0) == (key in lower) else 'worse'}, beyond noise"
+            if beyond
+            else "within noise"
+        )
+        seeds = c.get(f"{key}_boosted_better_seeds") if lead else None
         wins = f"; better on {seeds[0]} of {seeds[1]} probe seeds" if seeds else ""
-        return "n/a" if value is None else f"{value:+.1%} ({'beyond' if c[key] else 'within'} noise{wins})"
+        return f"{names[key]} {value:+.1%} ({noise}{wins})"
 
     return [
         "  no-language control (the same stage 3 from the same stages 1-2, every sample reading another scene's "
         "images):",
-        f"    depth RMSE vs base {said('depth_rmse_beyond_noise', c['depth_rmse_change'])}; the boosted encoder "
-        "vs the control (the language's share): depth RMSE "
-        + said(
-            "depth_rmse_boosted_vs_control_beyond_noise",
-            c["depth_rmse_boosted_vs_control"],
-            c["depth_rmse_boosted_better_seeds"],
-        )
-        + ", seg mIoU "
-        + said(
-            "seg_miou_boosted_vs_control_beyond_noise",
-            c["seg_miou_boosted_vs_control"],
-            c["seg_miou_boosted_better_seeds"],
-        ),
+        "    the control vs base: " + ", ".join(said(k, lead=False) for k in names),
+        "    the boosted encoder vs the control (the language's share): "
+        + ", ".join(said(k, lead=True) for k in names),
     ]
 
 
