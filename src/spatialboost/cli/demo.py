@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="also train the no-language control (stage 3 again from the same stages 1-2, every sample reading "
         "another scene's images) and probe it beside base and boosted: what training alone moves. "
-        "--no-control skips it (one stage 3 less: about 7 of the demo's 20 minutes)",
+        "--no-control skips it (one stage 3 less: about 10 of the demo's 24 minutes, measured)",
     )
     parser.add_argument(
         "overrides",
