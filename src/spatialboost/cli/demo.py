@@ -1,5 +1,6 @@
-"""``spatialboost demo --out DIR [--quick | --full] [--tiny] [--no-control] [KEY=VALUE ...]``: the whole pipeline on the embedded
-synthetic default, boosting DINOv2-S when its wheel is installed (``spatialboost.studies.demo``)."""
+"""``spatialboost demo --out DIR [--quick | --full] [--tiny] [--no-control] [KEY=VALUE ...]``: the whole
+pipeline on the embedded synthetic default, boosting DINOv2-S when its wheel is installed, with its no-language
+control (``spatialboost.studies.demo``)."""
 
 from __future__ import annotations
 

@@ -424,15 +424,15 @@ def control_summary(rows: dict[tuple[str, str, str], dict[str, Any]]) -> dict[st
 
 
 def seeds_better(before: dict[str, Any], after: dict[str, Any]) -> list[int] | None:
-    """[probe seeds where ``after`` beats ``before``, probe seeds compared] (rows' per-seed ``values`` paired by
-    ``seeds``), or None when the rows share no seeds."""
-    a = dict(zip(before.get("seeds", []), before.get("values", []), strict=False))
-    b = dict(zip(after.get("seeds", []), after.get("values", []), strict=False))
-    shared = [seed for seed in a if seed in b]
-    if not shared:
+    """[probe seeds on which ``after`` beats ``before``, probe seeds compared] (``noise.paired_differences``),
+    or None when the rows are not paired over the same seeds."""
+    from spatialboost.noise import lower_is_better, paired_differences
+
+    diffs = paired_differences(before, after)
+    if diffs is None:
         return None
-    sign = -1.0 if before.get("lower_is_better", after.get("lower_is_better")) else 1.0
-    return [sum(sign * (b[seed] - a[seed]) > 0 for seed in shared), len(shared)]
+    sign = -1.0 if lower_is_better(before.get("metric", ""), before) else 1.0
+    return [sum(sign * d > 0 for d in diffs), len(diffs)]
 
 
 def _relative(before: float, after: float) -> float | None:
@@ -558,8 +558,9 @@ def headline_lines(state: DemoState) -> list[str]:
 
 def control_lines(c: dict[str, Any]) -> list[str]:
     """What the no-language control says: its own change vs the base, and the boosted encoder's vs it."""
+    from spatialboost.noise import lower_is_better
+
     names = {"depth_rmse": "depth RMSE", "depth_absrel": "AbsRel", "seg_miou": "seg mIoU"}
-    lower = {"depth_rmse", "depth_absrel"}  # lower is better
 
     def said(key: str, lead: bool) -> str:
         value = c[f"{key}_boosted_vs_control" if lead else f"{key}_change"]
@@ -567,7 +568,7 @@ def control_lines(c: dict[str, Any]) -> list[str]:
             return f"{names[key]} n/a"
         beyond = c[f"{key}_boosted_vs_control_beyond_noise" if lead else f"{key}_beyond_noise"]
         noise = (
-            f"{'better' if (value < 0) == (key in lower) else 'worse'}, beyond noise"
+            f"{'better' if (value < 0) == lower_is_better(key.split('_', 1)[1]) else 'worse'}, beyond noise"
             if beyond
             else "within noise"
         )
