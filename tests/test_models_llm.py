@@ -33,3 +33,22 @@ def test_keep_first_layers(vlm_and_tok):
     assert llm(input_ids=ids).logits.shape[:2] == (1, 3)
     with pytest.raises(UserError):
         keep_first_layers(llm, 2)
+
+
+def test_new_token_rows_are_the_same_in_every_build(vlm_and_tok):
+    """A pre-trained LM grows rows for <image> / <point> / <region>; where no stage trains the LM (the paper's
+    stage 1, then stage 3) they are saved nowhere, so a rebuild must draw the same rows whatever the RNG did."""
+    from spatialboost.models.llm import ensure_image_token
+
+    _, tok = vlm_and_tok
+    rows = []
+    for draws in (0, 7):
+        llm = build_llm(
+            "tiny-qwen2", vocab_size=len(tok) - 3, seed=0
+        )  # as if its vocab lacked the last 3 tokens
+        torch.rand(draws)  # the global RNG in another state, as in a later stage of the same process
+        state = torch.random.get_rng_state()
+        ensure_image_token(tok, llm)
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+        rows.append(llm.get_input_embeddings().weight[-3:].detach().clone())
+    assert rows[0].shape == (3, llm.config.hidden_size) and torch.equal(rows[0], rows[1])

@@ -205,6 +205,9 @@ def ref_token_ids(tokenizer) -> tuple[int, ...]:
     return tuple(vocab[t] for t in REF_TOKENS.values() if t in vocab)
 
 
+NEW_ROWS_SEED = 0  # seeds the embedding rows of the special tokens added to a pre-trained LM
+
+
 def ensure_special_tokens(tokenizer, tokens: list[str], llm: PreTrainedModel | None = None) -> list[int]:
     """Add ``tokens`` as special tokens where missing (and grow ``llm``'s embeddings); returns their ids."""
     missing = [t for t in tokens if t not in tokenizer.get_vocab()]
@@ -215,7 +218,12 @@ def ensure_special_tokens(tokenizer, tokens: list[str], llm: PreTrainedModel | N
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if llm is not None and llm.get_input_embeddings().num_embeddings < len(tokenizer):
-        llm.resize_token_embeddings(len(tokenizer))
+        # transformers draws the new rows at random (around the old rows' mean): seeded, so every build of this
+        # LM gets the same rows. Where no stage trains the LM they are saved nowhere, and a stage 3 (or a resumed
+        # stage 1) must see the rows the projector was trained against
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(NEW_ROWS_SEED)
+            llm.resize_token_embeddings(len(tokenizer))
     return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
 
 
