@@ -43,9 +43,8 @@ def test_new_token_rows_are_the_same_in_every_build(vlm_and_tok):
     _, tok = vlm_and_tok
     rows = []
     for draws in (0, 7):
-        llm = build_llm(
-            "tiny-qwen2", vocab_size=len(tok) - 3, seed=0
-        )  # as if its vocab lacked the last 3 tokens
+        # a pre-trained LM stands in: its vocab lacks the last 3 tokens of ``tok``
+        llm = build_llm("tiny-qwen2", vocab_size=len(tok) - 3, seed=0)
         torch.rand(draws)  # the global RNG in another state, as in a later stage of the same process
         state = torch.random.get_rng_state()
         ensure_image_token(tok, llm)

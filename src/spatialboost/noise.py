@@ -115,8 +115,12 @@ def verdict(base: dict[str, Any], boosted: dict[str, Any], metric: str | None = 
     delta = boosted["mean"] - base["mean"]
     if abs(delta) <= noise_threshold(base, boosted):
         return "within noise"
-    lower = lower_is_better(base.get("metric", "") if metric is None else metric, base)
-    return "better" if (delta < 0 if lower else delta > 0) else "worse"
+    return direction(delta, base.get("metric", "") if metric is None else metric, base)
+
+
+def direction(delta: float, metric: str, row: dict[str, Any] | None = None) -> str:
+    """Says "better" or "worse": a change ``delta`` of ``metric`` (its direction: ``lower_is_better``)."""
+    return "better" if (delta < 0 if lower_is_better(metric, row) else delta > 0) else "worse"
 
 
 def binomial_se(p: float, n: int) -> float:

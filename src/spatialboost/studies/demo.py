@@ -558,7 +558,7 @@ def headline_lines(state: DemoState) -> list[str]:
 
 def control_lines(c: dict[str, Any]) -> list[str]:
     """What the no-language control says: its own change vs the base, and the boosted encoder's vs it."""
-    from spatialboost.noise import lower_is_better
+    from spatialboost.noise import direction
 
     names = {"depth_rmse": "depth RMSE", "depth_absrel": "AbsRel", "seg_miou": "seg mIoU"}
 
@@ -567,11 +567,7 @@ def control_lines(c: dict[str, Any]) -> list[str]:
         if value is None:
             return f"{names[key]} n/a"
         beyond = c[f"{key}_boosted_vs_control_beyond_noise" if lead else f"{key}_beyond_noise"]
-        noise = (
-            f"{'better' if (value < 0) == lower_is_better(key.split('_', 1)[1]) else 'worse'}, beyond noise"
-            if beyond
-            else "within noise"
-        )
+        noise = f"{direction(value, key.split('_', 1)[1])}, beyond noise" if beyond else "within noise"
         seeds = c.get(f"{key}_boosted_better_seeds") if lead else None
         wins = f"; better on {seeds[0]} of {seeds[1]} probe seeds" if seeds else ""
         return f"{names[key]} {value:+.1%} ({noise}{wins})"
