@@ -38,7 +38,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spatialboost"
 
 # lowest first; a package may import its own modules and any package on a lower layer
 LAYERS: list[set[str]] = [
-    {"errors", "constants", "noise", "image_transform"},  # no spatialboost imports at all
+    {"errors", "constants", "noise", "image_transform", "rng"},  # no spatialboost imports at all
     {"io", "registry"},
     {"config", "dataset_format"},
     {"datagen", "data"},

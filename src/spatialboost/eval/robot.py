@@ -54,6 +54,7 @@ from spatialboost.eval.heads import Standardize, feature_stats
 from spatialboost.eval.probes import ProbeResult
 from spatialboost.io import atomic_open
 from spatialboost.models.encoder_base import VisionEncoder, weights_sha256
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +318,7 @@ def eval_epochs(cfg: RobotConfig) -> list[int]:
 
 def train_and_evaluate(x: np.ndarray, y: np.ndarray, cfg: RobotConfig, seed: int, evaluate) -> dict[str, Any]:
     """BC on (x, y); ``evaluate(policy) -> success rate`` after each epoch of ``eval_epochs``."""
-    with torch.random.fork_rng(devices=[]):  # the seeded init leaves the global generator as it was
-        torch.manual_seed(seed)
+    with seeded(seed):  # the seeded init leaves the global generator as it was
         policy = Policy(*feature_stats(x), cfg.hidden, cfg.layers)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)

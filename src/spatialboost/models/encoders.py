@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from spatialboost.errors import UserError
@@ -43,6 +42,7 @@ from spatialboost.models.hf_encoders import (
 )
 from spatialboost.models.packaged import PACKAGED_ENCODERS, load_packaged
 from spatialboost.registry import Registry, UnknownNameError
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def create_encoder(
     name = str(x)
     if name.startswith(UNSUPPORTED_PREFIXES) and name not in ENCODERS and not Path(name).is_dir():
         raise UnknownNameError(f"unknown encoder {name!r}: {UNSUPPORTED_WHY}")
-    with _seeded(seed):
+    with seeded(seed):
         if name in ENCODERS:
             return _from_entry(name, ENCODERS.get(name), pretrained, kwargs)
         if Path(name).is_dir():
@@ -163,21 +163,3 @@ def _from_dir(path: Path, pretrained: bool, overrides: dict[str, Any]) -> Vision
             "`spatialboost export` / save_pretrained, or a hub id (org/name)"
         )
     return load_pretrained(str(path), pretrained, overrides, local=True)
-
-
-class _seeded:
-    """Fork the global torch RNG and seed it when ``seed`` is given (so callers' RNG is untouched)."""
-
-    def __init__(self, seed: int | None) -> None:
-        self.seed = seed
-        self._fork: Any = None
-
-    def __enter__(self) -> None:
-        if self.seed is not None:
-            self._fork = torch.random.fork_rng(devices=[])
-            self._fork.__enter__()
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fork is not None:
-            self._fork.__exit__(*exc)

@@ -44,6 +44,7 @@ from spatialboost.errors import UserError
 from spatialboost.io import package_file
 from spatialboost.models.config import is_tiny_llm
 from spatialboost.registry import Registry
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,7 @@ def ensure_special_tokens(tokenizer, tokens: list[str], llm: PreTrainedModel | N
         # transformers draws the new rows at random (around the old rows' mean): seeded, so every build of this
         # LM gets the same rows. Where no stage trains the LM they are saved nowhere, and a stage 3 (or a resumed
         # stage 1) must see the rows the projector was trained against
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(NEW_ROWS_SEED)
+        with seeded(NEW_ROWS_SEED):
             llm.resize_token_embeddings(len(tokenizer))
     return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
 

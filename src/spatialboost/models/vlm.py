@@ -42,6 +42,7 @@ from spatialboost.models.encoders import create_encoder
 from spatialboost.models.llm import build_llm, ensure_image_token, ref_token_ids
 from spatialboost.models.preprocess import transform_for
 from spatialboost.models.projector import MLPProjector
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,7 @@ class SpatialVLM(nn.Module):
             **cfg.llm_options.for_llm(cfg.llm),
         )
         image_token_id = ensure_image_token(tokenizer, llm)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 2)
+        with seeded(seed + 2):
             projector = MLPProjector(encoder.spec.embed_dim, llm.config.hidden_size, _out_scale(cfg, llm))
         return cls(encoder, llm, image_token_id, projector=projector, ref_token_ids=ref_token_ids(tokenizer))
 
@@ -346,8 +346,7 @@ def encoder_from_config(
     if check_boost_layers:
         check_layers(encoder, cfg.boost.layers)
     if boosted:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)  # LoRA inits draw random numbers
+        with seeded(seed + 1):  # LoRA inits draw random numbers
             boost_encoder(encoder, cfg.boost)
     return encoder
 

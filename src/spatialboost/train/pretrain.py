@@ -28,6 +28,7 @@ from spatialboost.datagen.scenes.synthetic import COLORS, OBJECT_CLASSES, Synthe
 from spatialboost.models.encoders import create_encoder
 from spatialboost.models.export import save_encoder
 from spatialboost.models.preprocess import preprocess_images
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ def fit(encoder, pixels: torch.Tensor, labels: torch.Tensor, cfg: PretrainConfig
     g = torch.Generator().manual_seed(cfg.seed)
     n_val = max(1, len(pixels) // 10)
     train_x, train_y, val_x, val_y = pixels[n_val:], labels[n_val:], pixels[:n_val], labels[:n_val]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         head = LabelHead(encoder.spec.embed_dim, labels.shape[1])
     encoder.requires_grad_(True).train()
     params = [*encoder.parameters(), *head.parameters()]

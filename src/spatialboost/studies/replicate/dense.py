@@ -30,6 +30,7 @@ from spatialboost.io import confined
 from spatialboost.models.dual_channel import trainable_parameters
 from spatialboost.models.encoder_base import VisionEncoder
 from spatialboost.models.preprocess import transform_for
+from spatialboost.rng import seeded
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,7 @@ def step_images(data: DenseData, step: int, batch_size: int, seed: int) -> list[
 
 
 def make_head(encoder: VisionEncoder, data: DenseData, cfg: DenseConfig) -> PatchHead:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         head = PatchHead(encoder.spec.embed_dim, 1 if cfg.target == "depth" else data.num_classes)
     if cfg.target == "depth":  # start at the mean log-depth, as the depth probe does
         valid = data.depth[data.depth > 0]
