@@ -328,7 +328,7 @@ def check_stage2_image_gain(cfg: TrainConfig) -> None:
             if choice
             else ""
         )
-        + "; stage 3 can then only drift the encoder. Train stage 2 longer, use reference tokens "
+        + f"; stage 3 can then only drift the encoder. Train {name} longer, use reference tokens "
         "(data.refs=[point,region]) with a reading warm-up (stages.align.train_llm) or a pre-trained LM"
     )
     if gcfg.on_low == "refuse":
