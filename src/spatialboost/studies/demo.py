@@ -18,13 +18,12 @@ here on a 2D-only objective (the DINOv2 stand-in) and ``resources/demo.yaml`` (`
 ``--smollm2`` (the recipe file's ``smollm2`` section) trains through the pre-trained SmolLM2-135M kept frozen:
 the paper's stage 1 (projector only), no stage 2, a shorter stage 3; it needs the LM's wheel and never falls back.
 ``--quick`` shrinks every step so the whole loop runs in seconds (the end-to-end test); it runs the DINOv2
-recipe on a random ``tiny-dinov2`` (and the tiny LM under ``--smollm2``), so it never needs a wheel. Nothing else is optional: a step that
-cannot import fails the demo loudly.
+recipe on a random ``tiny-dinov2`` (and the tiny LM under ``--smollm2``), so it never needs a wheel. Nothing
+else is optional: a step that cannot import fails the demo loudly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -480,11 +479,9 @@ def step_seconds(run_dir: Path, stage: str) -> float | None:
 
 def stage_gain(run_dir: Path, stage: str) -> dict[str, Any]:
     """A stage's held-out image gain file (train.image_gain), {} when it was not measured."""
-    from spatialboost.train.loop import GAIN_FILE
-    from spatialboost.train.stages import stage_dir
+    from spatialboost.train.loop import recorded_gain
 
-    path = stage_dir(run_dir, stage) / GAIN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return recorded_gain(stage, run_dir) or {}
 
 
 # --- what the demo prints --------------------------------------------------------------------------------------

@@ -270,12 +270,18 @@ def record_image_gain(
     return result
 
 
+def recorded_gain(stage: str, *roots: str | Path | None) -> dict | None:
+    """``stage``'s recorded image gain from the first run dir in ``roots`` that has one, or None."""
+    for root in roots:
+        path = stage_dir(root, stage) / GAIN_FILE if root else None
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 def stage2_image_gain(cfg: TrainConfig) -> dict | None:
     """Stage 2's recorded image gain (this run, else ``init_from``), or None."""
-    for root in (cfg.run_dir, cfg.init_from):
-        if root and (stage_dir(root, "instruct") / GAIN_FILE).is_file():
-            return json.loads((stage_dir(root, "instruct") / GAIN_FILE).read_text())
-    return None
+    return recorded_gain("instruct", cfg.run_dir, cfg.init_from)
 
 
 def reads_image(gain: dict, gcfg) -> bool:
@@ -293,10 +299,9 @@ def reader_gain(*roots: str | Path | None) -> tuple[str, dict | None]:
     that has it: stage 2's, else stage 1's (a recipe without stage 2: the paper's frozen-LM stage 1, then stage
     3); ("instruct", None) when neither was measured."""
     for stage in ("instruct", "align"):
-        for root in roots:
-            path = stage_dir(root, stage) / GAIN_FILE if root else None
-            if path is not None and path.is_file():
-                return stage, json.loads(path.read_text())
+        gain = recorded_gain(stage, *roots)
+        if gain is not None:
+            return stage, gain
     return "instruct", None
 
 
